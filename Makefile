@@ -1,0 +1,26 @@
+# Two commands for users: `make quickstart` (main job, comes with tpmtls-push) and `make test`.
+# Both install what they need on a fresh Debian 12 machine (as root); re-running is quick.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test clean
+
+setup: $(VENV)/.installed
+	@helpers/setup-debian.sh
+
+# The virtualenv is rebuilt when pyproject.toml changes; Debian packages come first
+# because tpm2-pytss compiles against libtss2-dev.
+$(VENV)/.installed: pyproject.toml
+	@helpers/setup-debian.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+test: setup
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info
