@@ -1,0 +1,500 @@
+"""The session pool: open TPM contexts with keys kept loaded, shared by every thread.
+
+Opening a context, creating the SRK and loading a key cost tens of milliseconds on
+swtpm and seconds on hardware (FINDINGS); a signature costs one TPM2_Sign. So each
+context keeps its SRK and every key it has used loaded, and callers borrow a context
+for one operation. A context that loses its transport, or finds the TPM reset under
+it, is rebuilt and the operation retried once (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, TypeVar
+
+from tpm2_pytss import ESAPI, TSS2_Exception
+from tpm2_pytss.constants import ESYS_TR, TPM2_CAP
+from tpm2_pytss.types import (
+    TPM2B_DATA,
+    TPM2B_DIGEST,
+    TPM2B_PUBLIC,
+    TPM2B_PUBLIC_KEY_RSA,
+    TPM2B_SENSITIVE_CREATE,
+    TPML_PCR_SELECTION,
+    TPMT_SIG_SCHEME,
+    TPMT_SIGNATURE,
+)
+
+from ..errors import (
+    KeyAuthError,
+    KeyFileError,
+    TpmBusy,
+    TpmError,
+    TpmLockout,
+    TpmtlsError,
+    TpmUnavailable,
+    UsageError,
+)
+from . import rc
+from .keyfile import OWNER, KeyBlob
+from .tcti import default_pool_size, is_direct, resolve_tcti
+from .templates import SRK_ECC, SRK_RSA, same_template
+
+T = TypeVar("T")
+
+SRK_PERSISTENT = 0x81000001  # TCG Provisioning Guidance: the SRK's persistent handle
+_SRK_TEMPLATES = {"ecc": SRK_ECC, "rsa": SRK_RSA}
+_RETRY_ATTEMPTS = 6  # RETRY/YIELDED/TESTING: 5 ms … 80 ms, 155 ms in all
+
+# tpm2-tss prints its own log lines on stderr (read from $TSS2_LOG lazily, per module);
+# our errors carry the TPM's response code, so keep stderr to one clear line unless
+# the user asked for TSS logs.
+os.environ.setdefault("TSS2_LOG", "all+NONE")
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the pool's counters (for benchmarks and `tpmtls doctor`)."""
+
+    tcti: str
+    size: int
+    contexts_open: int
+    operations: int
+    signatures: int
+    decryptions: int
+    key_loads: int
+    primaries: int
+    errors: int
+    rebuilds: int
+    retries: int
+    waits: int
+    wait_seconds: float
+    max_wait_seconds: float
+    sign_seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class TpmContext:
+    """One open ESAPI context and what it keeps loaded; used by one thread at a time."""
+
+    def __init__(self, pool: Pool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self._esapi: ESAPI | None = None
+        self._srks: dict[str, tuple[ESYS_TR, TPM2B_PUBLIC]] = {}
+        self._persistent_srk: bool | None = None
+        self._keys: OrderedDict[str, ESYS_TR] = OrderedDict()
+
+    @property
+    def esapi(self) -> ESAPI:
+        if self._esapi is None:
+            self._esapi = self.pool._open_esapi()
+        return self._esapi
+
+    def close(self, flush: bool = False) -> None:
+        """Drop the ESAPI context; a dead transport may make finalising fail, which is fine.
+
+        `flush` first unloads our transient objects: needed on a direct TPM, where
+        nothing else would ever free its three object slots.
+        """
+        esapi, self._esapi = self._esapi, None
+        transient = list(self._keys.values()) + [h for h, _ in self._srks.values()]
+        self._srks.clear()
+        self._keys.clear()
+        self._persistent_srk = None
+        if esapi is None:
+            return
+        try:
+            if flush:
+                for handle in transient:
+                    if esapi.tr_get_tpm_handle(handle) >> 24 == 0x80:  # transient, not persistent
+                        esapi.flush_context(handle)
+        except Exception:  # noqa: BLE001 - best effort: the TPM may be gone
+            pass
+        try:
+            esapi.close()
+        except Exception:  # noqa: BLE001 - the context is being thrown away
+            pass
+
+    def srk(self, kind: str = "ecc") -> tuple[ESYS_TR, TPM2B_PUBLIC]:
+        """The owner-hierarchy SRK for `kind` ('ecc' or 'rsa'), loaded once per context.
+
+        A persistent key at 0x81000001 made from the same template is the same key
+        (same template, same seed), so it is used instead of CreatePrimary when present.
+        """
+        if kind in self._srks:
+            return self._srks[kind]
+        template = _SRK_TEMPLATES[kind]
+        esapi = self.esapi
+        if self._persistent_srk is None:
+            more, data = esapi.get_capability(TPM2_CAP.HANDLES, SRK_PERSISTENT, 1)
+            handles = data.data.handles
+            self._persistent_srk = handles.count > 0 and int(handles.handle[0]) == SRK_PERSISTENT
+        if self._persistent_srk:
+            handle = esapi.tr_from_tpmpublic(SRK_PERSISTENT)
+            public, _, _ = esapi.read_public(handle)
+            if same_template(public.publicArea, template):
+                self._srks[kind] = (handle, public)
+                return self._srks[kind]
+            esapi.tr_close(handle)
+        handle, public, _, _, _ = esapi.create_primary(
+            TPM2B_SENSITIVE_CREATE(),
+            TPM2B_PUBLIC(publicArea=template),
+            ESYS_TR.RH_OWNER,
+            TPM2B_DATA(),
+            TPML_PCR_SELECTION(),
+        )
+        self.pool._count(primaries=1)
+        self._srks[kind] = (handle, public)
+        return self._srks[kind]
+
+    def key(self, blob: KeyBlob, auth: bytes | None = None) -> ESYS_TR:
+        """The ESYS handle of `blob`, loading it on first use in this context."""
+        handle = self._keys.get(blob.key_id)
+        if handle is None:
+            handle = self._load(blob)
+            self._keys[blob.key_id] = handle
+            self.pool._count(key_loads=1)
+        else:
+            self._keys.move_to_end(blob.key_id)
+        # Local to ESYS (no TPM command): set every time so a retry with another
+        # password, or a second key object for the same key, uses its own.
+        self.esapi.tr_set_auth(handle, auth or b"")
+        return handle
+
+    def _load(self, blob: KeyBlob) -> ESYS_TR:
+        esapi = self.esapi
+        if blob.is_persistent:
+            assert blob.handle is not None
+            if not self.pool._handle_present(esapi, blob.handle):
+                raise KeyFileError(f"{blob.source}: no key at persistent handle 0x{blob.handle:08x} on this TPM")
+            handle = esapi.tr_from_tpmpublic(blob.handle)
+            if blob.name and bytes(esapi.tr_get_name(handle)) != blob.name:
+                raise KeyFileError(
+                    f"{blob.source}: the key at 0x{blob.handle:08x} is not the one this file was made for "
+                    "(TPM name differs); re-run 'tpmtls key persist'"
+                )
+            return handle
+        if blob.parent != OWNER:
+            parent = esapi.tr_from_tpmpublic(blob.parent)
+            return self._load_under(parent, blob)
+        last: TSS2_Exception | None = None
+        for kind in self.pool._srk_order(blob.key_id):
+            try:
+                parent, _ = self.srk(kind)
+                handle = self._load_under(parent, blob)
+            except TSS2_Exception as e:
+                if rc.is_context_lost(e) or rc.is_retry(e):
+                    raise
+                last = e
+                continue
+            self.pool._srk_kind[blob.key_id] = kind
+            return handle
+        raise KeyFileError(
+            f"{blob.source}: this TPM's owner-hierarchy SRK (parent 0x{OWNER:08x}) cannot load the key: "
+            f"it was made for a different TPM or parent ({rc.describe(last) if last else 'no SRK'})"
+        )
+
+    def _load_under(self, parent: ESYS_TR, blob: KeyBlob) -> ESYS_TR:
+        return self.esapi.load(parent, blob.private, blob.public)
+
+    def evict_keys(self) -> bool:
+        """Flush the keys this context keeps loaded (not its SRKs); False if there were none.
+
+        Direct TPMs have about three object slots: SRK, a key or two, and whatever a
+        command needs for itself (TPM2_Create, TPM2_Load). Keys reload on next use.
+        """
+        if not self._keys:
+            return False
+        handles = list(self._keys.values())
+        self._keys.clear()
+        for handle in handles:
+            self.esapi.flush_context(handle)
+        return True
+
+
+class Pool:
+    """`size` TPM contexts shared by all threads; `run()` borrows one for an operation.
+
+    Thread-safe. Borrowing waits at most `wait_timeout` seconds, then raises TpmBusy.
+    Contexts are opened lazily and reused most-recently-used first, so a light load
+    keeps one warm context.
+    """
+
+    def __init__(
+        self,
+        tcti: str | None = None,
+        size: int | None = None,
+        *,
+        wait_timeout: float = 30.0,
+        reconnect_timeout: float = 5.0,
+    ) -> None:
+        self.tcti = resolve_tcti(tcti)
+        if size is not None and size < 1:
+            raise UsageError(f"pool size must be at least 1, not {size}")
+        if size is not None and size > 1 and is_direct(self.tcti):
+            raise UsageError(
+                f"TCTI {self.tcti!r} reaches the TPM without a resource manager: it takes one "
+                "connection, so the pool size must be 1 (put tpm2-abrmd or /dev/tpmrm0 in between)"
+            )
+        self.size = size or default_pool_size(self.tcti)
+        self.wait_timeout = wait_timeout
+        self.reconnect_timeout = reconnect_timeout
+        # Sign RSA-PSS with raw RSA over software padding, even when the TPM's own PSS
+        # would do: the fallback for TPMs that use the maximum salt (DESIGN §4), forced
+        # here so tests can exercise it on swtpm.
+        self.force_raw_pss = os.environ.get("TPMTLS_FORCE_RAW_PSS", "") not in ("", "0")
+        self.pss_digest_salt: bool | None = None  # learnt from the first PSS signature
+        self._srk_kind: dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._idle: list[TpmContext] = []
+        self._contexts: list[TpmContext] = []
+        self._closed = False
+        self._stats_lock = threading.Lock()
+        self._counters = dict.fromkeys(
+            ("operations", "signatures", "decryptions", "key_loads", "primaries", "errors", "rebuilds", "retries", "waits"),
+            0,
+        )
+        self._times = {"wait_seconds": 0.0, "max_wait_seconds": 0.0, "sign_seconds": 0.0}
+        self._opening_after_loss = threading.local()
+
+    # -- public -------------------------------------------------------------------
+
+    def run(self, op: str, fn: Callable[[TpmContext], T], blob: KeyBlob | None = None) -> T:
+        """Run `fn(context)` on a borrowed context; `op` names the operation in errors.
+
+        TPM RETRY/YIELDED/TESTING warnings are retried with a short backoff. A lost
+        transport or reset TPM rebuilds the context and runs `fn` once more.
+        """
+        with self._borrow() as ctx:
+            self._count(operations=1)
+            for attempt in (0, 1):
+                try:
+                    return self._with_backoff(fn, ctx)
+                except TSS2_Exception as e:
+                    if attempt == 0 and rc.is_context_lost(e):
+                        self._count(rebuilds=1)
+                        ctx.close()
+                        self._opening_after_loss.active = True
+                        continue
+                    self._count(errors=1)
+                    if rc.is_context_lost(e):
+                        ctx.close()
+                    raise self._translate(e, op, blob) from None
+                except TpmtlsError:
+                    self._count(errors=1)
+                    raise
+                finally:
+                    if attempt == 1:
+                        self._opening_after_loss.active = False
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def sign(self, blob: KeyBlob, digest: bytes, scheme: TPMT_SIG_SCHEME, auth: bytes | None = None) -> TPMT_SIGNATURE:
+        """One TPM2_Sign of a digest computed in software (NULL ticket: unrestricted key)."""
+
+        def fn(ctx: TpmContext) -> TPMT_SIGNATURE:
+            handle = ctx.key(blob, auth)
+            t0 = time.perf_counter()
+            signature = ctx.esapi.sign(handle, TPM2B_DIGEST(digest), scheme)
+            self._count(signatures=1, sign_seconds=time.perf_counter() - t0)
+            return signature
+
+        return self.run("sign", fn, blob)
+
+    def rsa_decrypt(self, blob: KeyBlob, data: bytes, scheme: object, auth: bytes | None = None) -> bytes:
+        """TPM2_RSA_Decrypt; with scheme NULL this is the raw RSA private operation."""
+
+        def fn(ctx: TpmContext) -> bytes:
+            handle = ctx.key(blob, auth)
+            out = ctx.esapi.rsa_decrypt(handle, TPM2B_PUBLIC_KEY_RSA(data), scheme, TPM2B_DATA())
+            self._count(decryptions=1)
+            return bytes(out)
+
+        return self.run("decrypt", fn, blob)
+
+    def stats(self) -> PoolStats:
+        with self._stats_lock:
+            counters, times = dict(self._counters), dict(self._times)
+        with self._cond:
+            open_contexts = sum(1 for c in self._contexts if c._esapi is not None)
+        return PoolStats(tcti=self.tcti, size=self.size, contexts_open=open_contexts, **counters, **times)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close every context; later calls raise. Contexts in use close when returned."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for ctx in idle:
+            ctx.close(flush=is_direct(self.tcti))
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------
+
+    @contextmanager
+    def _borrow(self) -> Iterator[TpmContext]:
+        start = time.monotonic()
+        deadline = start + self.wait_timeout
+        waited = False
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise TpmtlsError(f"the TPM pool for {self.tcti!r} is closed")
+                if self._idle:
+                    ctx = self._idle.pop()
+                    break
+                if len(self._contexts) < self.size:
+                    ctx = TpmContext(self, len(self._contexts))
+                    self._contexts.append(ctx)
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._count_wait(time.monotonic() - start)
+                    raise TpmBusy(
+                        f"all {self.size} TPM contexts for {self.tcti!r} stayed busy for "
+                        f"{self.wait_timeout:g} s; the TPM is overloaded or an operation hangs"
+                    )
+                waited = True
+                self._cond.wait(remaining)
+        if waited:
+            self._count_wait(time.monotonic() - start)
+        try:
+            yield ctx
+        finally:
+            with self._cond:
+                if self._closed:
+                    ctx.close()
+                else:
+                    self._idle.append(ctx)
+                self._cond.notify()
+
+    def _with_backoff(self, fn: Callable[[TpmContext], T], ctx: TpmContext) -> T:
+        for attempt in range(_RETRY_ATTEMPTS):
+            try:
+                return fn(ctx)
+            except TSS2_Exception as e:
+                if attempt == _RETRY_ATTEMPTS - 1:
+                    raise
+                if rc.is_object_memory(e) and ctx.evict_keys():
+                    continue
+                if not rc.is_retry(e):
+                    raise
+                self._count(retries=1)
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _open_esapi(self) -> ESAPI:
+        """Connect to the TPM; after a loss, keep trying for `reconnect_timeout` seconds."""
+        after_loss = getattr(self._opening_after_loss, "active", False)
+        deadline = time.monotonic() + (self.reconnect_timeout if after_loss else 0)
+        delay = 0.05
+        while True:
+            try:
+                esapi = ESAPI(self.tcti)
+                if is_direct(self.tcti):
+                    _flush_orphans(esapi)
+                return esapi
+            except TSS2_Exception as e:
+                if time.monotonic() + delay > deadline:
+                    raise TpmUnavailable(
+                        f"cannot reach the TPM at TCTI {self.tcti!r}: {rc.describe(e)}; is the TPM or "
+                        "resource manager running? choose another with --tcti or $TPMTLS_TCTI"
+                    ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _handle_present(self, esapi: ESAPI, handle: int) -> bool:
+        _, data = esapi.get_capability(TPM2_CAP.HANDLES, handle, 1)
+        handles = data.data.handles
+        return handles.count > 0 and int(handles.handle[0]) == handle
+
+    def _srk_order(self, key_id: str) -> tuple[str, ...]:
+        known = self._srk_kind.get(key_id)
+        if known == "rsa":
+            return ("rsa", "ecc")
+        return ("ecc", "rsa")
+
+    def _count_wait(self, seconds: float) -> None:
+        with self._stats_lock:
+            self._counters["waits"] += 1
+            self._times["wait_seconds"] += seconds
+            self._times["max_wait_seconds"] = max(self._times["max_wait_seconds"], seconds)
+
+    def _count(self, **amounts: float) -> None:
+        with self._stats_lock:
+            for name, amount in amounts.items():
+                if name in self._counters:
+                    self._counters[name] += int(amount)
+                else:
+                    self._times[name] += amount
+
+    def _translate(self, e: TSS2_Exception, op: str, blob: KeyBlob | None) -> TpmtlsError:
+        what = f"{op} with {blob.source}" if blob else op
+        if rc.is_auth(e):
+            return KeyAuthError(f"{blob.source if blob else 'TPM'}: wrong password for this key ({rc.describe(e)})", int(e.rc))
+        if rc.is_lockout(e):
+            return TpmLockout(
+                f"{what}: the TPM is in dictionary-attack lockout ({rc.describe(e)}); wait for its recovery "
+                "time or clear it with 'tpm2_dictionarylockout --clear-lockout'",
+                int(e.rc),
+            )
+        if rc.is_context_lost(e):
+            return TpmUnavailable(f"{what}: lost the TPM at {self.tcti!r} and could not get it back: {rc.describe(e)}")
+        return TpmError(f"{what}: the TPM refused it: {rc.describe(e)}", int(e.rc))
+
+
+def _flush_orphans(esapi: ESAPI) -> None:
+    """Flush every transient object on a direct TPM (like `tpm2_flushcontext -t`).
+
+    Without a resource manager the TPM takes one client at a time, so objects present
+    when we connect were left by a client that is gone, and they fill its few slots.
+    """
+    _, data = esapi.get_capability(TPM2_CAP.HANDLES, 0x80000000, 64)
+    for handle in list(data.data.handles)[: data.data.handles.count]:
+        esapi.flush_context(esapi.tr_from_tpmpublic(int(handle)))
+
+
+_default_pools: dict[str, Pool] = {}
+_default_lock = threading.Lock()
+_abandoned: list[Pool] = []
+
+
+def default_pool(tcti: str | None = None) -> Pool:
+    """The process-wide pool for a TCTI, created on first use."""
+    resolved = resolve_tcti(tcti)
+    with _default_lock:
+        pool = _default_pools.get(resolved)
+        if pool is None:
+            pool = _default_pools[resolved] = Pool(resolved)
+        return pool
+
+
+def _after_fork_in_child() -> None:
+    # A forked child shares the parent's TPM connections; it must never use (or
+    # finalise) them. Keep them referenced and start afresh.
+    global _default_lock
+    _abandoned.extend(_default_pools.values())
+    _default_pools.clear()
+    _default_lock = threading.Lock()
+
+
+def _close_default_pools() -> None:
+    for pool in list(_default_pools.values()):
+        pool.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_default_pools)
