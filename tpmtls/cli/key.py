@@ -1,0 +1,120 @@
+"""`tpmtls key create|import|show|persist`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tpm2_pytss.constants import TPMA_OBJECT
+
+from .. import connect
+from .._files import check_writable, write_atomic
+from ..errors import KeyFileError
+from ..tpm.keyfile import OWNER, read_key_reference
+from ..tpm.templates import ALGORITHMS, algorithm_name
+from ._common import add_password_file, add_tcti, read_secret_file, say
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    key = sub.add_parser("key", help="create, import, inspect and persist TPM keys")
+    ksub = key.add_subparsers(dest="key_command", required=True, metavar="{create,import,show,persist}")
+
+    p = ksub.add_parser("create", help="create a key inside the TPM and write its TSS2 key file")
+    p.add_argument("--alg", choices=ALGORITHMS, default="ecc-p256", help="key algorithm (default ecc-p256)")
+    p.add_argument("--out", required=True, metavar="FILE", help="TSS2 PRIVATE KEY file to write")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    add_password_file(p, "file holding a password to set on the key (makes it DA-protected)")
+    add_tcti(p)
+    p.set_defaults(func=create)
+
+    p = ksub.add_parser("import", help="move an external RSA/EC PEM key into the TPM")
+    p.add_argument("pem", metavar="PEM", help="the software private key (PEM); tpmtls never writes it anywhere")
+    p.add_argument("--out", required=True, metavar="FILE", help="TSS2 PRIVATE KEY file to write")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--pem-password-file", metavar="F", help="file holding the PEM's password, if encrypted")
+    add_password_file(p, "file holding a password to set on the imported key")
+    add_tcti(p)
+    p.set_defaults(func=import_)
+
+    p = ksub.add_parser("show", help="algorithm, parent and attributes of a key file")
+    p.add_argument("key", metavar="FILE", help="key file or handle:0x81…")
+    p.add_argument("--pubout", action="store_true", help="print only the public key (PEM)")
+    add_tcti(p)
+    p.set_defaults(func=show)
+
+    p = ksub.add_parser("persist", help="make a key persistent at a handle (TPM2_EvictControl)")
+    p.add_argument("key", metavar="FILE", help="TSS2 key file")
+    p.add_argument("handle", metavar="0x81xxxxxx", help="owner persistent handle, 0x81000000..0x817fffff")
+    p.add_argument("--out", metavar="FILE", help="also write the handle form of the key (a small PEM)")
+    p.add_argument("--force", action="store_true", help="replace --out FILE if it exists")
+    add_password_file(p)
+    add_tcti(p)
+    p.set_defaults(func=persist)
+
+
+def create(args: argparse.Namespace) -> int:
+    password = read_secret_file(args.password_file)
+    key = connect(args.tcti).create_key(args.alg, args.out, password, overwrite=args.force)
+    say(f"created {key.algorithm} key in the TPM; key file {args.out} (TSS2 PRIVATE KEY, parent 0x{OWNER:08x})")
+    return 0
+
+
+def import_(args: argparse.Namespace) -> int:
+    check_writable(args.out, args.force)
+    pem_path = Path(args.pem)
+    try:
+        pem = pem_path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"{pem_path}: cannot read: {e.strerror}") from None
+    key = connect(args.tcti).import_key(
+        pem,
+        args.out,
+        read_secret_file(args.password_file),
+        pem_password=read_secret_file(args.pem_password_file),
+        overwrite=args.force,
+        source=str(pem_path),
+    )
+    say(f"imported {key.algorithm} key into the TPM; key file {args.out}; "
+        f"{pem_path} is no longer needed: delete it (tpmtls did not copy it anywhere)")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    blob = read_key_reference(args.key)
+    if blob.is_persistent:
+        key = connect(args.tcti).load_key(args.key)
+        public = key.tpm_public
+    else:
+        assert blob.public is not None
+        public = blob.public
+    if args.pubout:
+        print(public.to_pem().decode(), end="")
+        return 0
+    area = public.publicArea
+    attrs = TPMA_OBJECT(area.objectAttributes)
+    if blob.is_persistent:
+        say(f"key: {blob.source} (persistent handle 0x{blob.handle:08x})")
+    else:
+        parent = "owner-hierarchy SRK" if blob.parent == OWNER else "persistent parent"
+        say(f"key: {blob.source} (TSS2 PRIVATE KEY, loadable)")
+        say(f"parent: 0x{blob.parent:08x} ({parent})")
+        say(f"password: {'no' if blob.empty_auth else 'yes'}")
+    say(f"algorithm: {algorithm_name(area)}")
+    say(f"attributes: {attrs}")
+    origin = "created in the TPM" if attrs & TPMA_OBJECT.SENSITIVEDATAORIGIN else "imported"
+    bound = "cannot leave this TPM" if attrs & TPMA_OBJECT.FIXEDTPM else "not fixedTPM"
+    say(f"origin: {origin}; {bound}")
+    say(f"name: {bytes(public.get_name()).hex()}")
+    return 0
+
+
+def persist(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(args.out, args.force)
+    key = connect(args.tcti).load_key(args.key, read_secret_file(args.password_file))
+    persisted = key.persist(args.handle)
+    if args.out:
+        write_atomic(args.out, persisted.to_pem(), 0o644)
+    where = f"; handle key file {args.out}" if args.out else ""
+    say(f"persisted {args.key} at {persisted.reference}{where}")
+    return 0
