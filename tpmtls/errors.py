@@ -39,5 +39,13 @@ class KeyNotExportable(TpmtlsError, TypeError):
     """Someone asked for private key material, which by design never leaves the TPM."""
 
 
+class ProviderError(TpmtlsError):
+    """The OpenSSL shim provider cannot serve this process (not built, or loaded too late)."""
+
+
+class TlsSetupError(TpmtlsError):
+    """A TLS context cannot be set up: certificate, key or CA file unusable or mismatched."""
+
+
 class UsageError(TpmtlsError):
     """Bad arguments that argparse cannot catch (file exists, bad handle, bad subject …)."""
