@@ -6,17 +6,26 @@
     key = tpm.load_key("client.key")          # a cryptography EllipticCurvePrivateKey / RSAPrivateKey
 """
 
-from .errors import (
+# First, before anything imports cryptography: give its OpenSSL the TPM shim provider
+# (it reads its config only once, at its first import). See tpmtls/provider.
+from .provider import bootstrap as _bootstrap
+
+_bootstrap()
+
+from .errors import (  # noqa: E402
     KeyAuthError,
     KeyFileError,
     KeyNotExportable,
+    ProviderError,
+    TlsSetupError,
     TpmBusy,
     TpmError,
     TpmLockout,
     TpmtlsError,
     TpmUnavailable,
 )
-from .tpm import Pool, Tpm, connect
+from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_session, ssl_context  # noqa: E402
+from .tpm import Pool, Tpm, connect  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -25,6 +34,8 @@ __all__ = [
     "KeyFileError",
     "KeyNotExportable",
     "Pool",
+    "ProviderError",
+    "TlsSetupError",
     "Tpm",
     "TpmBusy",
     "TpmError",
@@ -32,4 +43,9 @@ __all__ = [
     "TpmUnavailable",
     "TpmtlsError",
     "connect",
+    "extract_from_ssl",
+    "inject_into_ssl",
+    "pyopenssl_context",
+    "requests_session",
+    "ssl_context",
 ]
