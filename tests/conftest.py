@@ -89,3 +89,31 @@ def openssl(*args: str, env: dict[str, str] | None = None, input: bytes | None =
     if proc.returncode != 0:
         raise AssertionError(f"openssl {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    from peers import Pki
+
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def tpm_client(tpm, pki):
+    """TPM client keys of every algorithm with certificates from the test CA: {alg: (cert, key)}."""
+    made = {}
+    for alg in ("ecc-p256", "ecc-p384", "rsa2048", "rsa3072"):
+        key_path = pki.dir / f"tpm-{alg}.key"
+        key = tpm.create_key(alg, key_path)
+        made[alg] = (pki.issue(key.public_key(), f"tpm-client-{alg}", f"tpm-{alg}.crt"), key_path)
+    return made
+
+
+@pytest.fixture(scope="session")
+def s_server(pki):
+    """`openssl s_server -Verify 1 -CAfile ca.crt -www` for the whole session."""
+    require("openssl")
+    from peers import OpenSSLServer
+
+    with OpenSSLServer(pki) as server:
+        yield server

@@ -7,7 +7,7 @@ import sys
 
 from .. import __version__
 from ..errors import TpmtlsError
-from . import csr, doctor, key
+from . import connect, csr, doctor, key
 from ._common import Parser, add_tcti
 
 
@@ -19,6 +19,7 @@ def build_parser() -> Parser:
     doctor.register(sub)
     key.register(sub)
     csr.register(sub)
+    connect.register(sub)
     return parser
 
 

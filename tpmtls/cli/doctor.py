@@ -12,7 +12,7 @@ from cryptography.hazmat.backends.openssl import backend
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .. import __version__, connect
+from .. import __version__, connect, provider
 from ..errors import TpmtlsError
 from ..tpm.tcti import tcti_source
 from ._common import add_tcti, say
@@ -31,14 +31,35 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _report_provider() -> bool:
+    """One line per OpenSSL: does it have the shim? True when something is wrong."""
+    state = provider.state
+    if state.problem:
+        say(f"provider: FAILED: {state.problem}")
+        return True
+    say(f"provider: {state.path}")
+    if provider.in_cryptography():
+        say(f"provider in cryptography's {backend.openssl_version_text()}: loaded (pyOpenSSL can use TPM keys)")
+    else:
+        why = "cryptography was imported before tpmtls" if state.cryptography_first else "not loaded"
+        say(f"provider in cryptography's {backend.openssl_version_text()}: NO: {why}")
+    try:
+        provider.load_into_system_ssl()
+        say(f"provider in system {ssl.OPENSSL_VERSION}: loaded (stdlib ssl, requests, docker-py can use TPM keys)")
+    except TpmtlsError as e:
+        say(f"provider in system {ssl.OPENSSL_VERSION}: FAILED: {e}")
+        return True
+    return not provider.in_cryptography()
+
+
 def run(args: argparse.Namespace) -> int:
     say(f"tpmtls {__version__}")
     say(f"tpm2-pytss {_version('tpm2-pytss')}; cryptography {_version('cryptography')} "
         f"({backend.openssl_version_text()}); pyOpenSSL {_version('pyOpenSSL')}")
     say(f"stdlib ssl: {ssl.OPENSSL_VERSION}")
+    failed = _report_provider()
     tpm = connect(args.tcti)
     say(f"TCTI: {tpm.tcti} (from {tcti_source(args.tcti)}); pool size {tpm.pool.size}")
-    failed = False
     try:
         info = tpm.info()
         algs = ", ".join(a for a, ok in (("ECC", info.has_ecc), ("RSA", info.has_rsa)) if ok)

@@ -1,0 +1,186 @@
+"""Test PKI (software CA, certificates for TPM keys) and real OpenSSL peers on loopback."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tpmtls.testing import free_port
+
+PEM = serialization.Encoding.PEM
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+class Pki:
+    """A CA with a software server certificate for localhost/127.0.0.1, issuing more on demand."""
+
+    def __init__(self, directory: Path, cn: str = "tpmtls test CA") -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.cert = self._build(self.key.public_key(), cn, ca=True, issuer=(self.key, _name(cn)))
+        self.ca_file = self._write("ca.crt", self.cert.public_bytes(PEM))
+        server_key = ec.generate_private_key(ec.SECP256R1())
+        self.server_key = self._write_key("server.key", server_key)
+        self.server_cert = self.issue(server_key.public_key(), "localhost", "server.crt", server=True)
+
+    def _build(self, public_key, cn, *, ca=False, server=False, issuer=None) -> x509.Certificate:
+        signer, issuer_name = issuer or (self.key, self.cert.subject)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        b = (
+            x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer_name).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+            b = b.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        if server:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(cn), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return b.sign(signer, hashes.SHA256())
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.dir / name
+        path.write_bytes(data)
+        return path
+
+    def _write_key(self, name: str, key) -> Path:
+        return self._write(
+            name, key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+
+    def issue(self, public_key, cn: str, filename: str, *, server: bool = False) -> Path:
+        """A certificate for `public_key` (a TPM key's, or any) signed by this CA."""
+        return self._write(filename, self._build(public_key, cn, server=server).public_bytes(PEM))
+
+    def software_client(self, cn: str = "software-client") -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return self.issue(key.public_key(), cn, f"{cn}.crt"), self._write_key(f"{cn}.key", key)
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+    env.update(extra or {})
+    return env
+
+
+class OpenSSLServer:
+    """`openssl s_server` on a free loopback port; stopped by PID."""
+
+    def __init__(self, pki: Pki, *extra: str, verify_client: bool = True, www: bool = True,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = pki.dir / f"s_server-{self.port}.log"
+        args = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(pki.server_cert),
+                "-key", str(pki.server_key), "-CAfile", str(pki.ca_file), "-naccept", "100000"]
+        if verify_client:
+            args += ["-Verify", "1", "-verify_return_error"]
+        if www:
+            args.append("-www")
+        self.proc = subprocess.Popen([*args, *extra], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=clean_env(env), start_new_session=True)
+        deadline = time.monotonic() + 10
+        while b"ACCEPT" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"openssl s_server did not start: {self.log.read_text()[-500:]}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def __enter__(self) -> "OpenSSLServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class PythonTlsServer:
+    """A threaded stdlib TLS server that answers each connection with the client's CN.
+
+    `context` decides the rest: a TPM key as the server key (server-role tests), or a
+    software key with CERT_REQUIRED (to check what a client presented). Bounded: each
+    connection has a timeout, and the accept loop stops when `stop()` is called.
+    """
+
+    def __init__(self, context) -> None:
+        import socket
+        import threading
+
+        self.context = context
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.subjects: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import ssl
+
+        while not self._stop.is_set():
+            try:
+                raw, _ = self.sock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            raw.settimeout(10)
+            try:
+                with self.context.wrap_socket(raw, server_side=True) as tls:
+                    peer = tls.getpeercert() or {}
+                    cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "-")
+                    self.subjects.append(cn)
+                    tls.recv(1024)
+                    tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello " + cn.encode() + b"\n")
+            except (ssl.SSLError, OSError) as e:
+                self.errors.append(str(e))
+                raw.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+    def __enter__(self) -> "PythonTlsServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def verifying_server_context(pki: Pki):
+    """A software-key server context that requires client certificates from `pki`."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    ctx.load_verify_locations(str(pki.ca_file))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
