@@ -159,6 +159,10 @@ class PythonTlsServer:
                     self.subjects.append(cn)
                     tls.recv(1024)
                     tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello " + cn.encode() + b"\n")
+                    try:
+                        tls.unwrap()  # close_notify: a clean end of the response
+                    except (ssl.SSLError, OSError):
+                        pass
             except (ssl.SSLError, OSError) as e:
                 self.errors.append(str(e))
                 raw.close()

@@ -45,3 +45,11 @@ def pyopenssl_get(ctx, port: int, host: str = "localhost") -> bytes:
     finally:
         conn.close()
         raw.close()
+
+
+def client_subject(page: bytes) -> str | None:
+    """The client certificate subject an `s_server -www` page reports (None: no client cert)."""
+    import re
+
+    m = re.search(rb"Subject: (CN=[^\n]*)", page)
+    return m.group(1).decode().strip() if m else None

@@ -47,5 +47,9 @@ class TlsSetupError(TpmtlsError):
     """A TLS context cannot be set up: certificate, key or CA file unusable or mismatched."""
 
 
+class HandshakeError(TpmtlsError):
+    """A TLS connection failed: peer unreachable, not trusted, or refusing our certificate."""
+
+
 class UsageError(TpmtlsError):
     """Bad arguments that argparse cannot catch (file exists, bad handle, bad subject …)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import provider
-from .errors import KeyFileError, TlsSetupError, UsageError
+from .errors import KeyFileError, TlsSetupError, TpmtlsError, UsageError
 from .tpm.keys import TpmKey
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -47,21 +47,38 @@ def _key_file(key: Any) -> Iterator[str]:
         yield str(path)
 
 
+def _bytes(password: bytes | str | None) -> bytes | None:
+    return password.encode() if isinstance(password, str) else password
+
+
 def _source(key: Any) -> str:
     return key.reference if isinstance(key, TpmKey) else str(key)
 
 
-def _explain(e: Exception, cert: Any, key: Any) -> TlsSetupError:
-    """One line for a failed load: the TPM's reason if there was one, else OpenSSL's."""
+def _explain(e: Exception, cert: Any, key: Any, tcti: str | None, password: bytes | None) -> TlsSetupError:
+    """One line for a failed load: the TPM's reason if there was one, else find out.
+
+    Python's load_cert_chain reports any failure as OSError when errno happens to be
+    set, so the exception says little; the certificate and key are checked here.
+    """
     reason = provider.last_error()
     if reason:
         return TlsSetupError(reason)
-    text = str(e)
-    if "KEY_VALUES_MISMATCH" in text.upper() or "key values mismatch" in text:
+    from cryptography import x509
+
+    from .tpm import connect
+
+    try:
+        public = x509.load_pem_x509_certificate(Path(cert).read_bytes()).public_key()
+    except (OSError, ValueError) as err:
+        return TlsSetupError(f"{cert}: not a readable PEM certificate ({err})")
+    try:
+        tpm_key = key if isinstance(key, TpmKey) else connect(tcti).load_key(key, password)
+    except TpmtlsError as err:
+        return TlsSetupError(str(err))
+    if tpm_key.public_key() != public:
         return TlsSetupError(f"{cert}: this certificate does not belong to the key {_source(key)}")
-    if "DECODER" in text.upper() or "unsupported" in text:
-        return TlsSetupError(f"{_source(key)}: OpenSSL cannot read this key ({text})")
-    return TlsSetupError(f"loading {cert} with key {_source(key)} failed: {text}")
+    return TlsSetupError(f"loading {cert} with key {_source(key)} failed: {e}")
 
 
 def ssl_context(
@@ -99,14 +116,13 @@ def ssl_context(
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
-        pw = password.encode() if isinstance(password, str) else password
-        with _key_file(key) as key_path, provider.loading(_source(key), tcti):
+        with _key_file(key) as key_path, provider.loading(_source(key), tcti, _bytes(password)):
+            if not Path(cert).is_file():
+                raise TlsSetupError(f"{cert}: no such certificate file")
             try:
-                ctx.load_cert_chain(str(cert), key_path, password=pw)
-            except FileNotFoundError:
-                raise TlsSetupError(f"{cert}: no such certificate file") from None
+                ctx.load_cert_chain(str(cert), key_path)
             except (ssl.SSLError, OSError) as e:
-                raise _explain(e, cert, key) from None
+                raise _explain(e, cert, key, tcti, _bytes(password)) from None
     return ctx
 
 
@@ -161,10 +177,7 @@ def pyopenssl_context(
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
-        if password is not None:
-            pw = password.encode() if isinstance(password, str) else password
-            ctx.set_passwd_cb(lambda *_: pw)
-        with _key_file(key) as key_path, provider.loading(_source(key), tcti):
+        with _key_file(key) as key_path, provider.loading(_source(key), tcti, _bytes(password)):
             try:
                 ctx.use_certificate_chain_file(str(cert))
             except SSL.Error as e:
@@ -173,7 +186,7 @@ def pyopenssl_context(
                 ctx.use_privatekey_file(key_path)
                 ctx.check_privatekey()
             except SSL.Error as e:
-                raise _explain(e, cert, key) from None
+                raise _explain(e, cert, key, tcti, _bytes(password)) from None
     return ctx
 
 

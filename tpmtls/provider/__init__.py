@@ -92,15 +92,19 @@ def _set_error(message: str) -> None:
 
 
 @contextmanager
-def loading(source: str | None = None, tcti: str | None = None) -> Iterator[None]:
-    """Name the key file and TCTI for keys OpenSSL decodes on this thread meanwhile."""
-    old = getattr(_local, "source", None), getattr(_local, "tcti", None)
-    _local.source, _local.tcti = source, tcti
+def loading(source: str | None = None, tcti: str | None = None, password: bytes | None = None) -> Iterator[None]:
+    """Name the key file, TCTI and key password for keys OpenSSL decodes on this thread meanwhile.
+
+    The password goes straight to our load callback: no OpenSSL passphrase callback is
+    needed (pyOpenSSL deprecates its one), and it is never stored beyond this block.
+    """
+    old = getattr(_local, "source", None), getattr(_local, "tcti", None), getattr(_local, "password", None)
+    _local.source, _local.tcti, _local.password = source, tcti, password
     _local.error = None
     try:
         yield
     finally:
-        _local.source, _local.tcti = old
+        _local.source, _local.tcti, _local.password = old
 
 
 def last_error() -> str | None:
@@ -122,9 +126,12 @@ def _load(der_p: int, der_len: int, expected: int, pw_p: int | None, pw_len: int
             return 0  # not a TPM key: let other decoders try
         if blob.public is not None and _shim_type(blob.public.publicArea.type) != expected:
             return 0
-        if not blob.empty_auth and not pw_p:
+        password = ctypes.string_at(pw_p, pw_len) if pw_p else getattr(_local, "password", None)
+        if not blob.empty_auth and not password:
+            # The shim now asks OpenSSL's passphrase callback and calls us again; if
+            # nobody answers, this is the reason the caller gets.
+            _set_error(f"{source}: this key has a password and none was given (password=...)")
             return 2
-        password = ctypes.string_at(pw_p, pw_len) if pw_p else None
         try:
             key = connect(getattr(_local, "tcti", None)).load_blob(blob, password)
         except TpmtlsError as e:
