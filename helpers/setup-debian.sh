@@ -30,4 +30,27 @@ fi
 echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+
+# docker.io, docker-registry and nginx would start daemons listening on all interfaces
+# (registry on :5000, nginx on :80); tpmtls only ever starts its own, on loopback, from
+# its fixtures. So no service starts during this install (policy-rc.d, see
+# invoke-rc.d(8)), and on a systemd host the units of the packages installed here are
+# disabled. Packages that were already installed are left exactly as they were.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+fi
+trap 'if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
+before=$(dpkg-query -W -f='${Package}\n' | sort)
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+new=$(comm -13 <(echo "$before") <(dpkg-query -W -f='${Package}\n' | sort))  # with dependencies
+
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  units=$(dpkg -L $new 2>/dev/null | grep -E '^/(usr/)?lib/systemd/system/[^/]+\.(service|socket)$' \
+          | xargs -r -n1 basename | sort -u)
+  if [ -n "$units" ]; then
+    echo "setup: disabling services tpmtls does not need: $(echo $units)"
+    systemctl disable --now $units >/dev/null 2>&1 || true
+  fi
+fi

@@ -10,6 +10,8 @@ def test_doctor_ok(cli, test_tpm):
     assert f"TCTI: {test_tpm.tcti} (from $TPMTLS_TCTI)" in out
     assert "TPM: ok: IBM" in out
     assert "keys: ok: created an ECC P-256 key" in out
+    assert "provider in cryptography's OpenSSL 4" in out and "loaded (pyOpenSSL can use TPM keys)" in out
+    assert "provider in system OpenSSL 3" in out and "loaded (stdlib ssl" in out
 
 
 def test_doctor_without_tpm(cli):
