@@ -55,7 +55,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 __all__ = ["free_port", "SwTpm", "DBusSession", "Abrmd", "TestTpm"]
 
@@ -413,7 +413,38 @@ def _established_clients(port: int) -> int:
 # --------------------------------------------------------------------------
 
 
-class SwTpm:
+_C = TypeVar("_C", bound="_Component")
+
+
+class _Component:
+    """Lifecycle shared by the fixtures: `with X() as x:` starts, and stops on exit
+    (removing a work directory it created); the atexit hook stops what is left."""
+
+    workdir: Path
+    _owns_workdir: bool
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _atexit_stop(self) -> None:
+        self.stop()
+
+    def __enter__(self: _C) -> _C:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._owns_workdir:
+                _remove_workdir(self.workdir)
+
+
+class SwTpm(_Component):
     """A software TPM 2.0 (``swtpm socket``) on 127.0.0.1, data port ``port`` and
     control port ``port + 1``; its NV state lives in ``state_dir`` so it survives
     :meth:`restart`.  It serves one socket connection at a time and has no
@@ -540,9 +571,6 @@ class SwTpm:
             self._proc = None
             _unregister(self)
 
-    def _atexit_stop(self) -> None:
-        self.stop(clean=True)
-
     # -- internals --------------------------------------------------------
     def _launch(self, binary: str, port: int) -> None:
         argv = [
@@ -602,17 +630,6 @@ class SwTpm:
             if rc != 0:
                 raise _fail(f"swtpm: {name} failed", self.log_path, f"rc=0x{rc:x}")
 
-    # -- context manager --------------------------------------------------
-    def __enter__(self) -> "SwTpm":
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        finally:
-            if self._owns_workdir:
-                _remove_workdir(self.workdir)
-
     def __repr__(self) -> str:
         return f"<SwTpm port={self.port} pid={self.pid} state_dir={self.state_dir}>"
 
@@ -626,7 +643,7 @@ class _PortInUse(RuntimeError):
 # --------------------------------------------------------------------------
 
 
-class DBusSession:
+class DBusSession(_Component):
     """A private ``dbus-daemon --session`` (``--nofork``, so we own its PID).
 
     Its socket lives in the work directory when the path is short enough for a
@@ -707,19 +724,6 @@ class DBusSession:
         self.address = None
         _unregister(self)
 
-    def _atexit_stop(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> "DBusSession":
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        finally:
-            if self._owns_workdir:
-                _remove_workdir(self.workdir)
-
     def __repr__(self) -> str:
         return f"<DBusSession pid={self.pid} address={self.address}>"
 
@@ -744,7 +748,7 @@ finally:
 """
 
 
-class Abrmd:
+class Abrmd(_Component):
     """``tpm2-abrmd`` on a private :class:`DBusSession`, in front of *backend_tcti*.
 
     Clients use :attr:`tcti` and must have ``DBUS_SESSION_BUS_ADDRESS`` set to
@@ -865,19 +869,6 @@ class Abrmd:
         self._proc = None
         _unregister(self)
 
-    def _atexit_stop(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> "Abrmd":
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        finally:
-            if self._owns_workdir:
-                _remove_workdir(self.workdir)
-
     def __repr__(self) -> str:
         return f"<Abrmd name={self.name} pid={self.pid} backend={self.backend_tcti}>"
 
@@ -928,7 +919,7 @@ def shared_bus() -> DBusSession:
 
 
 
-class TestTpm:
+class TestTpm(_Component):
     """swtpm + tpm2-abrmd in a temp dir, on this process' private bus: what tests need.
 
     In-process clients use ``tcti`` (``start()`` makes sure the shared private bus
@@ -1028,19 +1019,6 @@ class TestTpm:
         finally:
             self._started = False
             _unregister(self)
-
-    def _atexit_stop(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> "TestTpm":
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        try:
-            self.stop()
-        finally:
-            if self._owns_workdir:
-                _remove_workdir(self.workdir)
 
     def __repr__(self) -> str:
         return f"<TestTpm workdir={self.workdir} swtpm={self.swtpm!r} abrmd={self._abrmd!r}>"
