@@ -47,6 +47,14 @@ class TlsSetupError(TpmtlsError):
     """A TLS context cannot be set up: certificate, key or CA file unusable or mismatched."""
 
 
+class RegistryError(TpmtlsError):
+    """A registry refused, failed or answered something we cannot use."""
+
+
+class ImageError(TpmtlsError):
+    """An image source (daemon image, archive, OCI layout) cannot be read."""
+
+
 class HandshakeError(TpmtlsError):
     """A TLS connection failed: peer unreachable, not trusted, or refusing our certificate."""
 

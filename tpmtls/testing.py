@@ -1022,3 +1022,140 @@ class TestTpm(_Component):
 
     def __repr__(self) -> str:
         return f"<TestTpm workdir={self.workdir} swtpm={self.swtpm!r} abrmd={self._abrmd!r}>"
+
+
+# --------------------------------------------------------------------------
+# A registry that requires client certificates, and images to push to it
+# --------------------------------------------------------------------------
+
+
+class Registry(_Component):
+    """`docker-registry serve` (distribution) on 127.0.0.1 with TLS.
+
+    With `client_ca` it requires client certificates signed by it (mTLS). `htpasswd`
+    adds Basic auth; `token` (a dict with realm, service, issuer, rootcertbundle) adds
+    Bearer token auth.
+    """
+
+    def __init__(self, cert: str | os.PathLike[str], key: str | os.PathLike[str],
+                 client_ca: str | os.PathLike[str] | None = None, workdir: str | os.PathLike[str] | None = None,
+                 *, htpasswd: str | os.PathLike[str] | None = None, token: dict[str, str] | None = None) -> None:
+        self.workdir, self._owns_workdir = _make_workdir(workdir, "tpmtls-registry-")
+        self.cert, self.key, self.client_ca = Path(cert), Path(key), client_ca
+        self.htpasswd, self.token = htpasswd, token
+        self.port: int | None = None
+        self.log_path = self.workdir / "registry.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Registry":
+        if self._proc is not None:
+            return self
+        binary = _find_binary("docker-registry")
+        self.port = free_port()
+        lines = [
+            "version: 0.1",
+            "log:", "  level: warn", "  accesslog:", "    disabled: true",
+            "storage:", f"  filesystem:", f"    rootdirectory: {self.workdir / 'data'}", "  delete:", "    enabled: true",
+            "http:", f"  addr: 127.0.0.1:{self.port}", "  tls:", f"    certificate: {self.cert}", f"    key: {self.key}",
+        ]
+        if self.client_ca:
+            lines += ["    clientcas:", f"      - {self.client_ca}"]
+        if self.htpasswd:
+            lines += ["auth:", "  htpasswd:", "    realm: tpmtls-test", f"    path: {self.htpasswd}"]
+        elif self.token:
+            lines += ["auth:", "  token:"] + [f"    {k}: {v}" for k, v in self.token.items()]
+        config = self.workdir / "config.yml"
+        config.write_text("\n".join(lines) + "\n")
+        self._proc = _spawn([binary, "serve", str(config)], self.log_path, _child_env())
+        _register(self)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._reap()
+                raise _fail("docker-registry exited at start", self.log_path)
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise _fail("docker-registry did not listen in time", self.log_path)
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            _terminate(self._proc)
+            self._proc = None
+            _unregister(self)
+
+    def stop(self) -> None:
+        self._reap()
+
+
+def build_docker_archive(path: str | os.PathLike[str], layers: list[dict[str, bytes | int]],
+                         repo_tag: str = "demo:1") -> Path:
+    """Write a `docker save`-format tar (plain layer tars) that `docker load` accepts.
+
+    Each layer maps file names to content: bytes, or an int = that many random bytes
+    (streamed, so a 200 MB layer costs no memory). Deterministic except random content.
+    """
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    out = Path(path)
+    work = Path(tempfile.mkdtemp(prefix="tpmtls-image-", dir=out.parent))
+    try:
+        diff_ids, layer_names = [], []
+        for i, files in enumerate(layers):
+            layer_tar = work / f"layer{i}.tar"
+            with tarfile.open(layer_tar, "w", format=tarfile.PAX_FORMAT) as tar:
+                for name, content in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.mtime, info.mode, info.uid, info.gid = 0, 0o755, 0, 0
+                    if isinstance(content, int):
+                        info.size = content
+                        tar.addfile(info, _RandomReader(content))
+                    else:
+                        info.size = len(content)
+                        tar.addfile(info, io.BytesIO(content))
+            h = hashlib.sha256()
+            with open(layer_tar, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            diff_ids.append("sha256:" + h.hexdigest())
+            layer_names.append(f"{h.hexdigest()}/layer.tar")
+        config = json.dumps({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/hello"], "Env": ["PATH=/"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": [{"created_by": f"tpmtls.testing layer {i}"} for i in range(len(layers))],
+        }, sort_keys=True).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        manifest = json.dumps([{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]).encode()
+        with tarfile.open(out, "w") as tar:
+            for name, data in ((config_name, config), ("manifest.json", manifest)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            for i, name in enumerate(layer_names):
+                tar.add(work / f"layer{i}.tar", arcname=name)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _RandomReader:
+    """A file-like object giving `size` random bytes, made 1 MiB at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return os.urandom(n)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .. import __version__
-from ..errors import TpmtlsError
 from . import connect, csr, doctor, key
-from ._common import Parser, add_tcti
+from ._common import Parser, add_tcti, run_main
 
 
 def build_parser() -> Parser:
@@ -25,22 +23,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success; 1 with one line on stderr on failure; 2 on bad usage."""
-    args = build_parser().parse_args(argv)
-    if not hasattr(args, "tcti"):
-        args.tcti = None
-    try:
-        return int(args.func(args))
-    except TpmtlsError as e:
-        print(f"tpmtls: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tpmtls: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback on request
-        if os.environ.get("TPMTLS_DEBUG"):
-            raise
-        print(f"tpmtls: internal error: {type(e).__name__}: {e} (set TPMTLS_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 70
+    return run_main("tpmtls", build_parser(), lambda args: int(args.func(args)), argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from ..errors import UsageError
 
@@ -48,3 +48,28 @@ def read_secret_file(path: str | None) -> bytes | None:
 
 def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
+
+
+def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argparse.Namespace], int]",
+             argv: list[str] | None) -> int:
+    """Parse, run, and turn every error into one line on stderr with an exit code."""
+    import os
+
+    from ..errors import TpmtlsError
+
+    args = parser.parse_args(argv)
+    if not hasattr(args, "tcti"):
+        args.tcti = None
+    try:
+        return int(func(args))
+    except TpmtlsError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback on request
+        if os.environ.get("TPMTLS_DEBUG"):
+            raise
+        print(f"{prog}: internal error: {type(e).__name__}: {e} (set TPMTLS_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 70

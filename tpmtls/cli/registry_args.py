@@ -1,0 +1,46 @@
+"""Options tpmtls-push and tpmtls-pull share: certificates, --resolve, jobs, credentials."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import UsageError
+
+
+def add_registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cert-dir", metavar="D", help="certs.d-style directory (ca.crt, client.cert, client.key); "
+                   "default: /etc/docker/certs.d/HOST[:PORT]")
+    p.add_argument("--certs-root", metavar="DIR", help="where to look for HOST[:PORT] directories "
+                   "(default $TPMTLS_CERTS_D or /etc/docker/certs.d)")
+    p.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDR",
+                   help="connect to ADDR for HOST:PORT, like curl (repeatable)")
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in parallel (default 4)")
+    p.add_argument("--username", help="registry user (default: docker config / credential helper)")
+    p.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
+
+
+def registry_options(args: argparse.Namespace) -> dict[str, Any]:
+    from ..registry.auth import Credentials
+    from ..registry.client import parse_resolve
+
+    if args.jobs < 1 or args.jobs > 64:
+        raise UsageError(f"--jobs {args.jobs}: use 1 to 64")
+    credentials = None
+    if args.password_stdin and not args.username:
+        raise UsageError("--password-stdin needs --username")
+    if args.username:
+        if not args.password_stdin:
+            raise UsageError("--username needs --password-stdin (passwords never go on the command line)")
+        secret = sys.stdin.readline().rstrip("\r\n")
+        if not secret:
+            raise UsageError("--password-stdin: stdin gave an empty password")
+        credentials = Credentials(args.username, secret, "--username/--password-stdin")
+    return {
+        "cert_dir": args.cert_dir,
+        "certs_root": args.certs_root,
+        "resolve": parse_resolve(args.resolve),
+        "jobs": args.jobs,
+        "credentials": credentials,
+    }

@@ -1,0 +1,423 @@
+"""An OCI distribution client over a (TPM-backed) ssl.SSLContext.
+
+urllib3 (requests' engine) is used directly: uploads stream from re-openable sources
+in bounded chunks, `--resolve` connects to an address while SNI and the certificate
+check use the registry's name, and every retry is ours to bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+from urllib.parse import urlencode, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import SSLError as Urllib3SSLError
+
+from ..errors import RegistryError
+from .auth import Credentials, parse_challenge
+
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+ATTEMPTS = 5  # per request, and per upload resync
+CHUNK = 8 * 1024 * 1024  # upload chunk: a dropped connection costs at most this much again
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """`host[:port]/repo[:tag|@digest]`."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        tail = f"@{self.digest}" if self.digest else f":{self.ref}"
+        return f"{self.registry}/{self.repository}{tail}"
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse HOST[:PORT]/REPO[:TAG|@DIGEST]; the first part must be a registry host."""
+    registry, sep, rest = text.partition("/")
+    if not sep or not rest or not ("." in registry or ":" in registry or registry == "localhost"):
+        raise RegistryError(f"{text!r}: write the destination as HOST[:PORT]/REPO[:TAG]")
+    digest = None
+    if "@" in rest:
+        rest, _, digest = rest.partition("@")
+        if not digest.startswith("sha256:") or len(digest) != 71:
+            raise RegistryError(f"{text!r}: {digest!r} is not a sha256 digest")
+    repo, _, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not repo:
+        repo, tag = rest, ""
+    if not repo or repo != repo.lower() or any(c in repo for c in " \t"):
+        raise RegistryError(f"{text!r}: repository names are lowercase, like 'library/alpine'")
+    return Reference(registry, repo, tag or (None if digest else "latest"), digest)
+
+
+def parse_resolve(values: list[str] | None) -> dict[str, str]:
+    """curl's --resolve HOST:PORT:ADDR → {"HOST:PORT": "ADDR"}."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        host, _, rest = value.partition(":")
+        port, _, addr = rest.partition(":")
+        if not host or not port.isdigit() or not addr:
+            raise RegistryError(f"--resolve {value!r}: write it as HOST:PORT:ADDRESS")
+        out[f"{host}:{port}"] = addr.strip("[]")
+    return out
+
+
+class Source:
+    """A blob's bytes, readable again from the start (an upload resumes by re-reading
+    and hashing up to where the registry's copy ends)."""
+
+    size: int | None  # None until produced once (compressed on the fly)
+
+    def chunks(self) -> Iterator[bytes]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class RegistryClient:
+    """One registry, over one connection pool; thread-safe."""
+
+    def __init__(
+        self,
+        registry: str,
+        context: ssl.SSLContext,
+        *,
+        resolve: dict[str, str] | None = None,
+        credentials: Credentials | None = None,
+        connections: int = 4,
+        timeout: float = 120.0,
+    ) -> None:
+        host, _, port = registry.rpartition(":") if ":" in registry else (registry, "", "443")
+        self.registry = registry
+        self.host = host
+        self.port = int(port)
+        self.credentials = credentials
+        address = (resolve or {}).get(f"{host}:{self.port}", host)
+        self._timeout = urllib3.Timeout(connect=15.0, read=timeout)
+        # Connect to `address`; SNI, Host and the certificate check use the registry's name.
+        self._pool = urllib3.HTTPSConnectionPool(
+            address, self.port, ssl_context=context, server_hostname=host, assert_hostname=host,
+            maxsize=connections, block=True, timeout=self._timeout, retries=False,
+        )
+        self._others = urllib3.PoolManager(ssl_context=context, retries=False, timeout=self._timeout)
+        self._auth: dict[str, str] = {}  # scope → Authorization header value
+        self._lock = threading.Lock()
+        self.bytes_sent = 0
+
+    def close(self) -> None:
+        self._pool.close()
+        self._others.clear()
+
+    # -- requests ------------------------------------------------------------------
+
+    def _target(self, url: str) -> tuple[Any, str]:
+        parts = urlsplit(url)
+        if not parts.netloc or parts.netloc in (self.registry, f"{self.host}:{self.port}"):
+            return self._pool, parts.path + (f"?{parts.query}" if parts.query else "")
+        return self._others, url
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        scope: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        ok: tuple[int, ...] = (200,),
+        stream: bool = False,
+    ) -> Any:
+        """One request with auth and bounded retries (408/429/5xx, lost connections)."""
+        authed = False
+        for attempt in range(ATTEMPTS):
+            pool, target = self._target(url)
+            hdrs = {"Host": self.registry if pool is self._pool else urlsplit(url).netloc, **(headers or {})}
+            auth = self._auth.get(scope)
+            if auth and pool is self._pool:
+                hdrs["Authorization"] = auth
+            try:
+                resp = pool.urlopen(method, target, body=body, headers=hdrs, redirect=False,
+                                    preload_content=not stream, assert_same_host=False)
+            except Urllib3SSLError as e:
+                raise RegistryError(self._tls_reason(e)) from None
+            except Urllib3Error as e:
+                if attempt == ATTEMPTS - 1:
+                    raise RegistryError(f"{self.registry}: {method} failed after {ATTEMPTS} attempts: {_reason(e)}") from None
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if resp.status == 401 and not authed:
+                authed = True
+                self._authenticate(resp, scope)
+                continue
+            if resp.status in RETRY_STATUS and attempt < ATTEMPTS - 1:
+                resp.drain_conn()
+                time.sleep(_retry_after(resp, 0.2 * 2**attempt))
+                continue
+            if resp.status not in ok:
+                raise RegistryError(self._refusal(method, target, resp))
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _tls_reason(self, e: Exception) -> str:
+        text = str(e)
+        low = text.lower()
+        if "certificate verify failed" in low:
+            if "hostname mismatch" in low or "ip address mismatch" in low:
+                return f"{self.registry}: its certificate is not valid for the name {self.host!r}"
+            return f"{self.registry}: server certificate not trusted (check ca.crt in its certs.d directory)"
+        if "alert" in low and ("certificate" in low or "unknown ca" in low or "handshake failure" in low):
+            return f"{self.registry}: the registry refused our client certificate ({_reason(e)})"
+        return f"{self.registry}: TLS failed: {_reason(e)}"
+
+    def _refusal(self, method: str, target: str, resp: Any) -> str:
+        detail = ""
+        try:
+            errors = json.loads(resp.data or b"{}").get("errors") or []
+            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+        except (ValueError, AttributeError):
+            pass
+        if resp.status == 401:
+            who = f" as {self.credentials.username} ({self.credentials.source})" if self.credentials else ""
+            return f"{self.registry}: authentication failed{who}: {detail or 'unauthorized'}"
+        if resp.status == 403:
+            return f"{self.registry}: access denied for {target.split('?')[0]}: {detail or 'forbidden'}"
+        return f"{self.registry}: {method} {target.split('?')[0]} answered {resp.status}{': ' + detail if detail else ''}"
+
+    def _authenticate(self, resp: Any, scope: str) -> None:
+        header = resp.headers.get("WWW-Authenticate", "")
+        resp.drain_conn()
+        scheme, params = parse_challenge(header)
+        if scheme == "basic":
+            if self.credentials is None:
+                raise RegistryError(f"{self.registry}: needs a login (docker login, a credential helper, or --username)")
+            self._auth[scope] = self.credentials.basic()
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise RegistryError(f"{self.registry}: unsupported authentication challenge {header!r}")
+        query = {"service": params.get("service", "")} if params.get("service") else {}
+        query["scope"] = scope
+        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(query)
+        headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
+        try:
+            token_resp = self._others.request("GET", url, headers=headers)
+        except Urllib3Error as e:
+            raise RegistryError(f"{self.registry}: token server {params['realm']} unreachable: {_reason(e)}") from None
+        if token_resp.status != 200:
+            who = f" as {self.credentials.username} ({self.credentials.source})" if self.credentials else ""
+            raise RegistryError(f"{self.registry}: token server refused{who}: {token_resp.status}")
+        try:
+            answer = json.loads(token_resp.data)
+            token = answer.get("token") or answer["access_token"]
+        except (ValueError, KeyError):
+            raise RegistryError(f"{self.registry}: token server answered without a token") from None
+        self._auth[scope] = f"Bearer {token}"
+
+    # -- the API -------------------------------------------------------------------
+
+    def check(self) -> None:
+        """GET /v2/: reachable, TLS accepted, authentication understood."""
+        self.request("GET", "/v2/", "registry:catalog:*").drain_conn()
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", _push(repo), ok=(200, 404))
+        resp.drain_conn()
+        return resp.status == 200
+
+    def mount(self, repo: str, digest: str, source_repo: str) -> str | None:
+        """Cross-repository mount: None when mounted (201), else the upload URL (202)."""
+        query = urlencode({"mount": digest, "from": source_repo})
+        scope = f"{_push(repo)} repository:{source_repo}:pull"
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/?{query}", scope, ok=(201, 202),
+                            headers={"Content-Length": "0"})
+        resp.drain_conn()
+        return None if resp.status == 201 else resp.headers["Location"]
+
+    def start_upload(self, repo: str) -> tuple[str, int]:
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", _push(repo), ok=(202,),
+                            headers={"Content-Length": "0"})
+        resp.drain_conn()
+        return resp.headers["Location"], int(resp.headers.get("OCI-Chunk-Min-Length") or 0)
+
+    def upload(self, repo: str, source: Source, expected: str | None, progress: Callable[[int], None],
+               location: str | None = None, cancel: threading.Event | None = None) -> tuple[str, int]:
+        """Chunked, resumable upload; returns (digest, size). Verifies `expected` if given.
+
+        A lost connection or a 416 resyncs from the upload's `Range` (GET on the upload
+        URL) and sends only what the registry lacks; a vanished upload starts again.
+        """
+        if location is None:
+            location, min_chunk = self.start_upload(repo)
+        else:
+            min_chunk = 0
+        chunk_size = max(CHUNK, min_chunk)
+        offset = 0
+        for attempt in range(ATTEMPTS * 2):
+            try:
+                location, digest, size = self._send_from(repo, location, source, offset, chunk_size, progress, cancel)
+                break
+            except _Resync as r:
+                location, offset = self._resync(repo, r.location)
+                progress(-1)
+        else:
+            raise RegistryError(f"{self.registry}: upload to {repo} kept failing; gave up after {ATTEMPTS * 2} resyncs")
+        if expected is not None and digest != expected:
+            raise RegistryError(f"{self.registry}: blob content does not match its digest {expected} (got {digest})")
+        sep = "&" if "?" in location else "?"
+        resp = self.request("PUT", f"{location}{sep}{urlencode({'digest': digest})}", _push(repo), ok=(201,),
+                            headers={"Content-Length": "0"})
+        resp.drain_conn()
+        got = resp.headers.get("Docker-Content-Digest")
+        if got and got != digest:
+            raise RegistryError(f"{self.registry}: registry stored {got}, we sent {digest}")
+        return digest, size
+
+    def _send_from(self, repo: str, location: str, source: Source, offset: int, chunk_size: int,
+                   progress: Callable[[int], None], cancel: threading.Event | None) -> tuple[str, str, int]:
+        hasher = hashlib.sha256()
+        position = 0
+        buffer = bytearray()
+        for data in source.chunks():
+            if cancel is not None and cancel.is_set():
+                raise RegistryError("interrupted")
+            hasher.update(data)  # the digest covers the whole blob, resent or not
+            end = position + len(data)
+            if end <= offset:
+                position = end
+                continue
+            buffer += data[max(0, offset - position):]
+            position = end
+            while len(buffer) >= chunk_size:
+                location = self._patch(repo, location, offset, bytes(buffer[:chunk_size]), progress)
+                offset += chunk_size
+                del buffer[:chunk_size]
+        if buffer or offset == 0:
+            location = self._patch(repo, location, offset, bytes(buffer), progress)
+            offset += len(buffer)
+        return location, "sha256:" + hasher.hexdigest(), offset
+
+    def _patch(self, repo: str, location: str, start: int, data: bytes, progress: Callable[[int], None]) -> str:
+        pool, target = self._target(location)
+        headers = {"Host": self.registry, "Content-Type": "application/octet-stream",
+                   "Content-Length": str(len(data))}
+        if data:
+            headers["Content-Range"] = f"{start}-{start + len(data) - 1}"
+        auth = self._auth.get(_push(repo))
+        if auth:
+            headers["Authorization"] = auth
+        try:
+            resp = pool.urlopen("PATCH", target, body=data, headers=headers, redirect=False,
+                                assert_same_host=False, preload_content=True)
+        except Urllib3SSLError as e:
+            raise RegistryError(self._tls_reason(e)) from None
+        except Urllib3Error:
+            self.bytes_sent += len(data)
+            raise _Resync(location) from None
+        self.bytes_sent += len(data)
+        if resp.status == 416 or resp.status in RETRY_STATUS:
+            raise _Resync(location)
+        if resp.status == 401:
+            self._authenticate(resp, _push(repo))
+            raise _Resync(location)
+        if resp.status != 202:
+            raise RegistryError(self._refusal("PATCH", target, resp))
+        progress(len(data))
+        return resp.headers.get("Location", location)
+
+    def _resync(self, repo: str, location: str) -> tuple[str, int]:
+        """Where the registry's copy of an upload ends; a new upload if it is gone."""
+        resp = self.request("GET", location, _push(repo), ok=(204, 404))
+        resp.drain_conn()
+        if resp.status == 404:
+            new, _ = self.start_upload(repo)
+            return new, 0
+        last = (resp.headers.get("Range") or "0--1").rpartition("-")[2]
+        return resp.headers.get("Location", location), int(last) + 1
+
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        resp = self.request("PUT", f"/v2/{repo}/manifests/{ref}", _push(repo), body=data, ok=(201,),
+                            headers={"Content-Type": media_type, "Content-Length": str(len(data))})
+        resp.drain_conn()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        got = resp.headers.get("Docker-Content-Digest")
+        if got and got != digest:
+            raise RegistryError(f"{self.registry}: registry computed {got} for the manifest we sent as {digest}")
+        return digest
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, str]:
+        resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", _pull(repo), headers={"Accept": ", ".join(MANIFEST_TYPES)},
+                            ok=(200, 404))
+        if resp.status == 404:
+            raise RegistryError(f"{self.registry}/{repo}: no manifest {ref!r}")
+        data = resp.data
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if ref.startswith("sha256:") and ref != digest:
+            raise RegistryError(f"{self.registry}/{repo}: manifest content does not match {ref}")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0] or json.loads(data).get("mediaType", "")
+        return data, media_type, digest
+
+    def get_blob(self, repo: str, digest: str, write: Callable[[bytes], None]) -> int:
+        """Stream a blob to `write`, verifying its digest; returns its size."""
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200, 307), stream=True)
+        if resp.status == 307:  # storage redirect: follow without our credentials
+            location = resp.headers["Location"]
+            resp.drain_conn()
+            resp = self._others.request("GET", location, preload_content=False)
+        hasher, size = hashlib.sha256(), 0
+        try:
+            for data in resp.stream(1 << 20):
+                hasher.update(data)
+                size += len(data)
+                write(data)
+        finally:
+            resp.release_conn()
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise RegistryError(f"{self.registry}/{repo}: blob {digest} arrived with other content")
+        return size
+
+
+class _Resync(Exception):
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def _push(repo: str) -> str:
+    return f"repository:{repo}:pull,push"
+
+
+def _pull(repo: str) -> str:
+    return f"repository:{repo}:pull"
+
+
+def _retry_after(resp: Any, default: float) -> float:
+    try:
+        return min(10.0, float(resp.headers.get("Retry-After", default)))
+    except ValueError:
+        return default
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for marker in ("Caused by ", "(Caused by "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    return text.strip("()' ")[:200]

@@ -1,0 +1,192 @@
+"""tpmtls.push(): an image to a registry over TPM-backed mTLS, like `docker push`.
+
+Blobs go in parallel (HEAD first, then a cross-repository mount where a blob is known
+to live in another repository of the registry, else a chunked resumable upload); the
+manifest goes last, so an interrupted push never leaves a tag pointing at missing
+blobs, and running it again resumes (blobs already sent are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._files import write_atomic
+from ..errors import RegistryError
+from .auth import Credentials, find_credentials
+from .certs import DEFAULT_ROOT, cert_dir_for, read_cert_dir, ssl_context_for
+from .client import RegistryClient, Reference, parse_reference
+from .progress import Progress
+from .sources import Blob, Image, open_image
+
+
+@dataclass(frozen=True)
+class PushResult:
+    reference: Reference
+    digest: str
+    size: int  # bytes of the top manifest, as docker push prints it
+    uploaded: int
+    mounted: int
+    existing: int
+    bytes_sent: int
+
+    def line(self) -> str:
+        """Exactly docker push's last line."""
+        return f"{self.reference.ref}: digest: {self.digest} size: {self.size}"
+
+
+class BlobCache:
+    """What earlier pushes learnt: compressed digests of plain layers, and where blobs live.
+
+    `$XDG_CACHE_HOME/tpmtls/blobs.json`; lossy by design (a wrong entry costs a HEAD or
+    a failed mount, never a wrong push: every digest is checked by the registry).
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.path = path or base / "tpmtls" / "blobs.json"
+        self._lock = threading.Lock()
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self.compressed: dict[str, list] = data.get("compressed", {})
+        self.repos: dict[str, dict[str, list[str]]] = data.get("repos", {})
+
+    def lookup(self, diff_id: str) -> tuple[str, int] | None:
+        entry = self.compressed.get(diff_id)
+        return (entry[0], int(entry[1])) if entry else None
+
+    def where(self, registry: str, digest: str) -> list[str]:
+        return list(self.repos.get(registry, {}).get(digest, []))
+
+    def record(self, registry: str, repo: str, blob: Blob, digest: str, size: int) -> None:
+        with self._lock:
+            if blob.diff_id:
+                self.compressed[blob.diff_id] = [digest, size]
+            repos = self.repos.setdefault(registry, {}).setdefault(digest, [])
+            if repo not in repos:
+                repos.append(repo)
+                del repos[:-8]  # a few places are enough to mount from
+
+    def save(self) -> None:
+        with self._lock:
+            data = json.dumps({"compressed": self.compressed, "repos": self.repos}).encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, data, 0o600)
+        except OSError:
+            pass  # a cache we cannot write only costs speed next time
+
+
+def push(
+    image: str | Image,
+    destination: str,
+    *,
+    cert_dir: str | os.PathLike[str] | None = None,
+    certs_root: str | os.PathLike[str] | None = None,
+    resolve: dict[str, str] | None = None,
+    jobs: int = 4,
+    credentials: Credentials | None = None,
+    tcti: str | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    cache: BlobCache | None = None,
+) -> PushResult:
+    """Push `image` (see sources.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
+    ref = parse_reference(destination)
+    root = Path(certs_root or os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
+    certs = read_cert_dir(Path(cert_dir) if cert_dir else cert_dir_for(ref.registry, root))
+    context = ssl_context_for(certs, tcti)
+    client = RegistryClient(ref.registry, context, resolve=resolve, connections=max(1, jobs),
+                            credentials=credentials or find_credentials(ref.registry))
+    progress = progress or Progress(None)
+    cancel = cancel or threading.Event()
+    cache = cache or BlobCache()
+    img = open_image(image) if isinstance(image, str) else image
+    try:
+        client.check()
+        progress.line(f"The push refers to repository [{ref.registry}/{ref.repository}]")
+        uploaded: dict[Blob, tuple[str, int]] = {}
+        counts = {"uploaded": 0, "mounted": 0, "existing": 0}
+        lock = threading.Lock()
+
+        def one(blob: Blob) -> None:
+            digest, size, how = _ensure(client, ref, blob, cache, progress, cancel)
+            with lock:
+                uploaded[blob] = (digest, size)
+                counts[how] += 1
+            cache.record(ref.registry, ref.repository, blob, digest, size)
+
+        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tpmtls-push") as pool:
+            futures = [pool.submit(one, b) for b in img.blobs]
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in futures:
+                    if f.done() and f.exception():
+                        raise f.exception()  # type: ignore[misc]
+            except BaseException:
+                cancel.set()
+                for f in futures:
+                    f.cancel()
+                raise
+        cache.save()
+        manifests = img.render(uploaded)
+        digest = ""
+        for i, (data, media_type) in enumerate(manifests):
+            top = i == len(manifests) - 1
+            target = (ref.digest or ref.ref) if top else None
+            digest = client.put_manifest(ref.repository, target or _sha(data), data, media_type)
+        if ref.digest and digest != ref.digest:
+            raise RegistryError(f"{ref}: the manifest pushed has digest {digest}, not the one named")
+        result = PushResult(ref, digest, len(manifests[-1][0]), counts["uploaded"], counts["mounted"],
+                            counts["existing"], client.bytes_sent)
+        progress.line(result.line())
+        return result
+    finally:
+        progress.close()
+        client.close()
+        img.cleanup()
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _ensure(client: RegistryClient, ref: Reference, blob: Blob, cache: BlobCache, progress: Progress,
+            cancel: threading.Event) -> tuple[str, int, str]:
+    """Make sure the registry has `blob` in ref's repository: existing, mounted or uploaded."""
+    repo = ref.repository
+    known = (blob.digest, blob.size) if blob.digest else cache.lookup(blob.diff_id or "")
+    task = progress.task(blob.name, blob.size)
+    if known and known[0] and client.blob_exists(repo, known[0]):
+        task.done("Layer already exists")
+        return known[0], int(known[1]), "existing"
+    location = None
+    if known and known[0]:
+        for other in cache.where(ref.registry, known[0]):
+            if other == repo:
+                continue
+            location = client.mount(repo, known[0], other)
+            if location is None:
+                task.done(f"Mounted from {other}")
+                return known[0], int(known[1]), "mounted"
+            break  # 202: the registry opened an upload instead; use it
+    digest, size = client.upload(repo, blob.source, blob.digest, task.advance, location, cancel)
+    task.done("Pushed")
+    return digest, size, "uploaded"
+
+
+def print_progress_default() -> Progress:
+    """Bars on a terminal, plain lines otherwise."""
+    return Progress(sys.stderr if sys.stderr.isatty() else None, plain=sys.stdout)
+
+
+__all__ = ["BlobCache", "PushResult", "push"]

@@ -1,0 +1,291 @@
+"""Images to push: a daemon image, `docker-archive:PATH`, `oci:PATH[:TAG]`, `oci-archive:PATH`.
+
+Blobs are regions of files (a layout directory or an uncompressed tar), read in 1 MiB
+pieces, so memory stays flat whatever the layer size. `docker save` layers are plain
+tars: they are gzipped on the fly while uploading, with a deterministic gzip (fixed
+header, fixed level) so a resumed upload regenerates exactly the same bytes, and a
+cache maps their uncompressed digest to the compressed one for later pushes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import ImageError
+from .client import Source
+
+READ = 1 << 20
+GZIP_LEVEL = 6  # gzip's and Docker's default: the usual size/CPU balance
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+
+
+class FileRegion(Source):
+    """`size` bytes of `path` from `start`."""
+
+    def __init__(self, path: Path, start: int, size: int) -> None:
+        self.path, self.start, self.size = path, start, size
+
+    def chunks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            left = self.size
+            while left > 0:
+                data = f.read(min(READ, left))
+                if not data:
+                    raise ImageError(f"{self.path}: ends early (truncated archive?)")
+                left -= len(data)
+                yield data
+
+    def head(self, n: int) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read(min(n, self.size))
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for data in self.chunks():
+            h.update(data)
+        return "sha256:" + h.hexdigest()
+
+
+class GzipSource(Source):
+    """A plain tar, gzip-compressed while it is read (deterministic output)."""
+
+    def __init__(self, inner: FileRegion) -> None:
+        self.inner = inner
+        self.size = None
+
+    def chunks(self) -> Iterator[bytes]:
+        # wbits 31: gzip wrapper with mtime 0 and no name, so the bytes depend only on the input
+        z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        for data in self.inner.chunks():
+            out = z.compress(data)
+            if out:
+                yield out
+        yield z.flush()
+
+
+@dataclass(eq=False)
+class Blob:
+    """One blob to push. `digest`/`size` are None for layers compressed on the fly."""
+
+    source: Source
+    media_type: str
+    digest: str | None
+    size: int | None
+    diff_id: str | None = None  # uncompressed digest (cache key for compressed-on-the-fly layers)
+    name: str = ""  # for progress lines
+
+
+@dataclass
+class Image:
+    """What a push sends: blobs, then manifests built from what the blobs became."""
+
+    description: str
+    blobs: list[Blob]
+    # (uploaded digests/sizes by blob) -> [(manifest bytes, media type)], children first, top last
+    render: Callable[[dict[Blob, tuple[str, int]]], list[tuple[bytes, str]]]
+    cleanup: Callable[[], None] = field(default=lambda: None)
+
+
+# ---- files: a directory or an uncompressed tar ----------------------------------------
+
+
+class _Files:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.members: dict[str, tarfile.TarInfo] = {}
+        if path.is_file():
+            try:
+                with tarfile.open(path, "r:") as tar:
+                    self.members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+            except tarfile.ReadError:
+                raise ImageError(f"{path}: not an uncompressed tar archive (gunzip it first if compressed)") from None
+            except OSError as e:
+                raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+        elif not path.is_dir():
+            raise ImageError(f"{path}: no such file or directory")
+
+    def region(self, name: str) -> FileRegion:
+        if self.members:
+            member = self.members.get(name)
+            if member is None:
+                raise ImageError(f"{self.path}: has no {name}")
+            return FileRegion(self.path, member.offset_data, member.size)
+        target = self.path / name
+        if not target.is_file():
+            raise ImageError(f"{self.path}: has no {name}")
+        return FileRegion(target, 0, target.stat().st_size)
+
+    def has(self, name: str) -> bool:
+        return name in self.members if self.members else (self.path / name).is_file()
+
+    def read(self, name: str, limit: int = 16 << 20) -> bytes:
+        region = self.region(name)
+        if region.size > limit:
+            raise ImageError(f"{self.path}: {name} is implausibly large for metadata")
+        return b"".join(region.chunks())
+
+    def json(self, name: str) -> object:
+        try:
+            return json.loads(self.read(name))
+        except ValueError:
+            raise ImageError(f"{self.path}: {name} is not valid JSON") from None
+
+
+# ---- OCI image layout ------------------------------------------------------------------
+
+
+def oci_image(path: Path, tag: str | None = None) -> Image:
+    """An OCI image layout (directory or tar): blobs and manifests pushed exactly as stored."""
+    files = _Files(path)
+    if not files.has("oci-layout") or not files.has("index.json"):
+        raise ImageError(f"{path}: not an OCI image layout (no oci-layout/index.json)")
+    index = files.json("index.json")
+    descriptors = index.get("manifests") if isinstance(index, dict) else None
+    if not descriptors:
+        raise ImageError(f"{path}: index.json lists no manifests")
+    if tag:
+        chosen = [d for d in descriptors if (d.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
+        if not chosen:
+            raise ImageError(f"{path}: no image tagged {tag!r}")
+    elif len(descriptors) > 1:
+        names = [(d.get("annotations") or {}).get("org.opencontainers.image.ref.name", "?") for d in descriptors]
+        raise ImageError(f"{path}: holds {len(descriptors)} images ({', '.join(names)}); name one as oci:{path}:TAG")
+    else:
+        chosen = descriptors
+    blobs: dict[str, Blob] = {}
+    manifests: list[tuple[bytes, str]] = []
+
+    def blob_of(desc: dict) -> Blob:
+        digest = desc["digest"]
+        if digest not in blobs:
+            region = files.region(f"blobs/{digest.replace(':', '/')}")
+            if region.size != desc.get("size", region.size):
+                raise ImageError(f"{path}: blob {digest} has {region.size} bytes, its descriptor says {desc['size']}")
+            blobs[digest] = Blob(region, desc.get("mediaType", ""), digest, region.size, name=digest[7:19])
+        return blobs[digest]
+
+    def walk(desc: dict, depth: int = 0) -> None:
+        if depth > 4:
+            raise ImageError(f"{path}: indexes nested too deeply")
+        data = files.read(f"blobs/{desc['digest'].replace(':', '/')}")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"]:
+            raise ImageError(f"{path}: manifest {desc['digest']} does not match its content")
+        doc = json.loads(data)
+        media_type = desc.get("mediaType") or doc.get("mediaType") or "application/vnd.oci.image.manifest.v1+json"
+        if media_type in INDEX_TYPES:
+            for child in doc.get("manifests", []):
+                walk(child, depth + 1)
+        else:
+            blob_of(doc["config"])
+            for layer in doc.get("layers", []):
+                blob_of(layer)
+        manifests.append((data, media_type))
+
+    walk(chosen[0])
+    return Image(f"oci:{path}", list(blobs.values()), lambda uploaded: manifests)
+
+
+# ---- docker save archives --------------------------------------------------------------
+
+
+def docker_archive(path: Path, cleanup: Callable[[], None] = lambda: None) -> Image:
+    """A `docker save` tar: config and layers; plain layers are gzipped on the fly."""
+    files = _Files(path)
+    if not files.members:
+        raise ImageError(f"{path}: not a docker-archive tar")
+    if files.has("oci-layout") and files.has("index.json") and not files.has("manifest.json"):
+        return oci_image(path)
+    entries = files.json("manifest.json")
+    if not isinstance(entries, list) or not entries:
+        raise ImageError(f"{path}: manifest.json lists no image")
+    entry = entries[0]
+    config_region = files.region(entry["Config"])
+    config_bytes = b"".join(config_region.chunks())
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    try:
+        diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError):
+        raise ImageError(f"{path}: {entry['Config']} is not an image config") from None
+    if len(diff_ids) != len(entry["Layers"]):
+        raise ImageError(f"{path}: {len(entry['Layers'])} layers but the config lists {len(diff_ids)}")
+    config = Blob(config_region, DOCKER_CONFIG, config_digest, config_region.size, name="config")
+    layers = []
+    for name, diff_id in zip(entry["Layers"], diff_ids):
+        region = files.region(name)
+        short = diff_id[7:19]
+        if region.head(2) == b"\x1f\x8b":  # already compressed: push as it is
+            layers.append(Blob(region, DOCKER_LAYER_GZIP, region.sha256(), region.size, name=short))
+        else:
+            layers.append(Blob(GzipSource(region), DOCKER_LAYER_GZIP, None, None, diff_id=diff_id, name=short))
+
+    def render(uploaded: dict[Blob, tuple[str, int]]) -> list[tuple[bytes, str]]:
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": DOCKER_CONFIG, "size": config.size, "digest": config.digest},
+            "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": uploaded[b][1], "digest": uploaded[b][0]} for b in layers],
+        }
+        return [(json.dumps(manifest, indent=3).encode(), DOCKER_MANIFEST)]
+
+    return Image(f"docker-archive:{path}", [config, *layers], render, cleanup)
+
+
+def daemon_image(name: str) -> Image:
+    """An image of the local daemon ($DOCKER_HOST), saved to a temp file first (disk, not memory)."""
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+
+    try:
+        client = docker.from_env(timeout=600)
+        image = client.images.get(name)
+    except ImageNotFound:
+        raise ImageError(f"{name}: no such image in the local Docker daemon") from None
+    except DockerException as e:
+        raise ImageError(f"cannot reach the Docker daemon for {name!r}: {str(e).splitlines()[0]}") from None
+    fd, tmp = tempfile.mkstemp(prefix="tpmtls-save-", suffix=".tar")
+
+    def cleanup() -> None:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for data in image.save(named=True):
+                out.write(data)
+        img = docker_archive(Path(tmp), cleanup)
+    except BaseException:
+        cleanup()
+        raise
+    img.description = f"{name} (local daemon)"
+    return img
+
+
+def open_image(spec: str) -> Image:
+    """IMAGE as tpmtls-push takes it: docker-archive:PATH, oci:PATH[:TAG], oci-archive:PATH, or a daemon image."""
+    if spec.startswith("docker-archive:"):
+        return docker_archive(Path(spec.split(":", 1)[1]))
+    if spec.startswith("oci-archive:"):
+        return oci_image(Path(spec.split(":", 1)[1]))
+    if spec.startswith("oci:"):
+        rest = spec.split(":", 1)[1]
+        path, _, tag = rest.partition(":")
+        return oci_image(Path(path), tag or None)
+    return daemon_image(spec)
