@@ -29,6 +29,20 @@ from .tpm import Pool, Tpm, connect  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def push(image, destination, **options):  # type: ignore[no-untyped-def]
+    """Push an image to HOST[:PORT]/REPO[:TAG] over TPM-backed mTLS; see tpmtls.registry.push."""
+    from .registry.push import push as _push
+
+    return _push(image, destination, **options)
+
+
+def pull(source, destination, **options):  # type: ignore[no-untyped-def]
+    """Pull HOST[:PORT]/REPO[:TAG|@DIGEST] to oci:/docker-archive:/docker-daemon:; see tpmtls.registry.pull."""
+    from .registry.pull import pull as _pull
+
+    return _pull(source, destination, **options)
+
 __all__ = [
     "KeyAuthError",
     "KeyFileError",
@@ -45,6 +59,8 @@ __all__ = [
     "connect",
     "extract_from_ssl",
     "inject_into_ssl",
+    "pull",
+    "push",
     "pyopenssl_context",
     "requests_session",
     "ssl_context",
