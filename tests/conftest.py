@@ -117,3 +117,45 @@ def s_server(pki):
 
     with OpenSSLServer(pki) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def registry(pki, tmp_path_factory):
+    """docker-registry on loopback requiring client certificates from the test CA."""
+    require("docker-registry")
+    from tpmtls.testing import Registry
+
+    with Registry(pki.server_cert, pki.server_key, pki.ca_file, tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def tpm_certs(pki, tpm, tmp_path_factory):
+    from registry_env import tpm_cert_dir
+
+    return tpm_cert_dir(tmp_path_factory.mktemp("tpmcerts") / "tpm", pki, tpm)
+
+
+@pytest.fixture(scope="module")
+def soft_certs(pki, tmp_path_factory):
+    from registry_env import software_cert_dir
+
+    require("skopeo")
+    return software_cert_dir(tmp_path_factory.mktemp("softcerts") / "soft", pki)
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory):
+    from tpmtls.testing import build_docker_archive
+
+    return build_docker_archive(tmp_path_factory.mktemp("img") / "img.tar",
+                                [{"hello": b"hello from tpmtls\n"}, {"data.bin": 2_000_000}, {"etc/motd": b"hi\n"}])
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory):
+    require("dockerd", "docker")
+    from tpmtls.testing import Dockerd
+
+    with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
+        yield d

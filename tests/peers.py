@@ -50,7 +50,8 @@ class Pki:
             b = b.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         if server:
             b = b.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(cn), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.SubjectAlternativeName([x509.DNSName(cn), x509.DNSName("server.domain.com"),
+                                             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False,
             )
         return b.sign(signer, hashes.SHA256())

@@ -180,9 +180,11 @@ class RegistryClient:
     def _tls_reason(self, e: Exception) -> str:
         text = str(e)
         low = text.lower()
+        if "doesn't match" in low or "hostname mismatch" in low or "ip address mismatch" in low:
+            names = text.split("match", 1)[1].strip(" '.") if "either of" in text else ""
+            also = f" (it names {names.replace('either of ', '')})" if names else ""
+            return f"{self.registry}: its certificate is not valid for the name {self.host!r}{also}"
         if "certificate verify failed" in low:
-            if "hostname mismatch" in low or "ip address mismatch" in low:
-                return f"{self.registry}: its certificate is not valid for the name {self.host!r}"
             return f"{self.registry}: server certificate not trusted (check ca.crt in its certs.d directory)"
         if "alert" in low and ("certificate" in low or "unknown ca" in low or "handshake failure" in low):
             return f"{self.registry}: the registry refused our client certificate ({_reason(e)})"

@@ -1,0 +1,120 @@
+"""tpmtls-push to a real mTLS docker-registry; skopeo (software key) reads back the same thing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import tpmtls
+from tpmtls.registry.push import BlobCache
+
+from peers import clean_env
+from registry_env import env_for, run_cli, skopeo_layers, skopeo_raw
+
+LINE = "{tag}: digest: {digest} size: {size}"
+
+
+def test_push_docker_archive(registry, tpm_certs, soft_certs, small_image, test_tpm, tmp_path):
+    dest = f"localhost:{registry.port}/demo:1"
+    proc = run_cli("push", f"docker-archive:{small_image}", dest, "--cert-dir", str(tpm_certs),
+                   env=env_for(test_tpm, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    raw, digest = skopeo_raw(dest, soft_certs)
+    manifest = json.loads(raw)
+    assert proc.stdout.strip().splitlines()[-1] == LINE.format(tag="1", digest=digest, size=len(raw))
+    assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert skopeo_layers(dest, soft_certs) == [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_push_again_uploads_nothing_and_second_repo_mounts(registry, tpm_certs, small_image, test_tpm, tmp_path):
+    cache = BlobCache(tmp_path / "cache.json")
+    options = dict(cert_dir=tpm_certs, tcti=test_tpm.tcti, cache=cache)
+    first = tpmtls.push(f"docker-archive:{small_image}", f"localhost:{registry.port}/again:1", **options)
+    assert first.uploaded == 4 and first.bytes_sent > 2_000_000  # config + 3 layers
+    second = tpmtls.push(f"docker-archive:{small_image}", f"localhost:{registry.port}/again:1", **options)
+    assert (second.uploaded, second.mounted, second.existing, second.bytes_sent) == (0, 0, 4, 0)
+    assert second.digest == first.digest
+    other = tpmtls.push(f"docker-archive:{small_image}", f"localhost:{registry.port}/elsewhere:1", **options)
+    assert (other.uploaded, other.mounted, other.bytes_sent) == (0, 4, 0)
+    assert other.digest == first.digest
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive"])
+def test_push_oci_layouts(kind, registry, tpm_certs, soft_certs, small_image, test_tpm, tmp_path):
+    target = tmp_path / ("layout" if kind == "oci" else "layout.tar")
+    ref = f"{target}:v1" if kind == "oci" else str(target)
+    subprocess.run(["skopeo", "copy", "--insecure-policy", f"docker-archive:{small_image}", f"{kind}:{ref}"],
+                   check=True, capture_output=True, env=clean_env(), timeout=120)
+    dest = f"localhost:{registry.port}/{kind}:v1"
+    result = tpmtls.push(f"{kind}:{ref}", dest, cert_dir=tpm_certs, tcti=test_tpm.tcti,
+                         cache=BlobCache(tmp_path / "c.json"))
+    raw, digest = skopeo_raw(dest, soft_certs)
+    assert result.digest == digest
+    if kind == "oci":  # pushed byte for byte: the layout's own manifest digest
+        assert json.loads((target / "index.json").read_text())["manifests"][0]["digest"] == digest
+
+
+def _oci_multiplatform(layout: Path) -> str:
+    """An OCI layout whose index names two single-layer images (amd64, arm64)."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    children = []
+    for arch in ("amd64", "arm64"):
+        layer = put(f"layer for {arch}".encode() * 100)
+        config = put(json.dumps({"architecture": arch, "os": "linux",
+                                 "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}).encode())
+        manifest = put(json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer}],
+        }).encode())
+        children.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+                         "platform": {"os": "linux", "architecture": arch}})
+    index = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": children}).encode())
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", **index,
+         "annotations": {"org.opencontainers.image.ref.name": "multi"}}]}))
+    return index["digest"]
+
+
+def test_push_multiplatform_index(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
+    index_digest = _oci_multiplatform(tmp_path / "multi")
+    dest = f"localhost:{registry.port}/multi:1"
+    result = tpmtls.push(f"oci:{tmp_path / 'multi'}:multi", dest, cert_dir=tpm_certs, tcti=test_tpm.tcti,
+                         cache=BlobCache(tmp_path / "c.json"))
+    raw, digest = skopeo_raw(dest, soft_certs)
+    assert result.digest == digest == index_digest
+    for child in json.loads(raw)["manifests"]:  # every platform's manifest is there, by digest
+        _, child_digest = skopeo_raw(f"localhost:{registry.port}/multi@{child['digest']}", soft_certs)
+        assert child_digest == child["digest"]
+
+
+def test_pull_round_trip(registry, tpm_certs, small_image, test_tpm, tmp_path):
+    dest = f"localhost:{registry.port}/roundtrip:7"
+    pushed = tpmtls.push(f"docker-archive:{small_image}", dest, cert_dir=tpm_certs, tcti=test_tpm.tcti,
+                         cache=BlobCache(tmp_path / "c.json"))
+    pulled = run_cli("pull", dest, f"oci:{tmp_path / 'out'}", "--cert-dir", str(tpm_certs),
+                     env=env_for(test_tpm, tmp_path))
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"Digest: {pushed.digest}" in pulled.stdout
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == pushed.digest
+    archive = tmp_path / "img.tar"
+    result = tpmtls.pull(dest, f"docker-archive:{archive}", cert_dir=tpm_certs, tcti=test_tpm.tcti)
+    assert result.digest == pushed.digest
+    # what we pulled pushes back to the very same manifest
+    again = tpmtls.push(f"docker-archive:{archive}", f"localhost:{registry.port}/roundtrip2:7",
+                        cert_dir=tpm_certs, tcti=test_tpm.tcti, cache=BlobCache(tmp_path / "c2.json"))
+    assert again.digest == pushed.digest

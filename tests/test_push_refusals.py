@@ -1,0 +1,97 @@
+"""Every refusal is one clear line with a non-zero exit and no traceback; SIGINT leaves nothing broken."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tpmtls.testing import build_docker_archive, free_port
+
+from peers import Pki, clean_env
+from registry_env import cert_dir, env_for, one_line_failure, run_cli, skopeo_raw
+
+
+def push(image, dest, certs, test_tpm, tmp_path, *extra):
+    return run_cli("push", f"docker-archive:{image}", dest, "--cert-dir", str(certs), *extra,
+                   env=env_for(test_tpm, tmp_path))
+
+
+def test_registry_rejects_client_certificate(registry, pki, small_image, test_tpm, tmp_path):
+    stranger = Pki(tmp_path / "other", cn="not the registry's CA")
+    cert, key = stranger.software_client("stranger")
+    certs = cert_dir(tmp_path / "c", pki, cert, key)  # trusts the registry, but its cert is from elsewhere
+    line = one_line_failure(push(small_image, f"localhost:{registry.port}/x:1", certs, test_tpm, tmp_path))
+    assert f"localhost:{registry.port}" in line and "refused our client certificate" in line
+
+
+def test_no_client_certificate(registry, pki, small_image, test_tpm, tmp_path):
+    certs = cert_dir(tmp_path / "c", pki, None, None)
+    line = one_line_failure(push(small_image, f"localhost:{registry.port}/x:1", certs, test_tpm, tmp_path))
+    assert "refused our client certificate" in line
+
+
+def test_server_certificate_not_trusted(registry, pki, tpm_certs, small_image, test_tpm, tmp_path):
+    certs = tmp_path / "noca"
+    certs.mkdir()
+    for name in ("client.cert", "client.key"):
+        (certs / name).write_bytes((tpm_certs / name).read_bytes())
+    line = one_line_failure(push(small_image, f"localhost:{registry.port}/x:1", certs, test_tpm, tmp_path))
+    assert "server certificate not trusted" in line
+
+
+def test_name_does_not_match(registry, tpm_certs, small_image, test_tpm, tmp_path):
+    name = f"wrong.example:{registry.port}"
+    line = one_line_failure(push(small_image, f"{name}/x:1", tpm_certs, test_tpm, tmp_path,
+                                 "--resolve", f"{name}:127.0.0.1"))
+    assert "not valid for the name 'wrong.example'" in line
+
+
+def test_registry_down(tpm_certs, small_image, test_tpm, tmp_path):
+    port = free_port()
+    line = one_line_failure(push(small_image, f"localhost:{port}/x:1", tpm_certs, test_tpm, tmp_path))
+    assert f"localhost:{port}" in line and "refused" in line.lower()
+
+
+@pytest.mark.parametrize("image, expected", [
+    ("docker-archive:/nonexistent/img.tar", "/nonexistent/img.tar: no such file or directory"),
+    ("oci:/nonexistent/layout", "/nonexistent/layout: no such file or directory"),
+])
+def test_missing_images(image, expected, registry, tpm_certs, test_tpm, tmp_path):
+    proc = run_cli("push", image, f"localhost:{registry.port}/x:1", "--cert-dir", str(tpm_certs),
+                   env=env_for(test_tpm, tmp_path))
+    assert expected in one_line_failure(proc)
+
+
+def test_unreadable_archive(registry, tpm_certs, test_tpm, tmp_path):
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"\x00not a tar at all" * 100)
+    line = one_line_failure(push(garbage, f"localhost:{registry.port}/x:1", tpm_certs, test_tpm, tmp_path))
+    assert "garbage.tar" in line
+
+
+def test_bad_destination(tpm_certs, small_image, test_tpm, tmp_path):
+    line = one_line_failure(push(small_image, "justaname", tpm_certs, test_tpm, tmp_path))
+    assert "HOST[:PORT]/REPO[:TAG]" in line
+
+
+def test_sigint_then_resume(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
+    image = build_docker_archive(tmp_path / "big.tar", [{"big.bin": 120_000_000}])
+    dest = f"localhost:{registry.port}/interrupted:1"
+    env = {**clean_env(), **env_for(test_tpm, tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", dest,
+                             "--cert-dir", str(tpm_certs)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines() == [err.strip()] and "interrupted" in err and "Traceback" not in err
+    # nothing was tagged, and running it again completes
+    again = push(image, dest, tpm_certs, test_tpm, tmp_path)
+    assert again.returncode == 0, again.stderr
+    _, digest = skopeo_raw(dest, soft_certs)
+    assert f"digest: {digest}" in again.stdout
