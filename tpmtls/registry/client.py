@@ -157,9 +157,9 @@ class RegistryClient:
             try:
                 resp = pool.urlopen(method, target, body=body, headers=hdrs, redirect=False,
                                     preload_content=not stream, assert_same_host=False)
-            except Urllib3SSLError as e:
-                raise RegistryError(self._tls_reason(e)) from None
             except Urllib3Error as e:
+                if _tls_refusal(e):
+                    raise RegistryError(self._tls_reason(e)) from None
                 if attempt == ATTEMPTS - 1:
                     raise RegistryError(f"{self.registry}: {method} failed after {ATTEMPTS} attempts: {_reason(e)}") from None
                 time.sleep(0.2 * 2**attempt)
@@ -328,9 +328,9 @@ class RegistryClient:
         try:
             resp = pool.urlopen("PATCH", target, body=data, headers=headers, redirect=False,
                                 assert_same_host=False, preload_content=True)
-        except Urllib3SSLError as e:
-            raise RegistryError(self._tls_reason(e)) from None
-        except Urllib3Error:
+        except Urllib3Error as e:
+            if _tls_refusal(e):
+                raise RegistryError(self._tls_reason(e)) from None
             self.bytes_sent += len(data)
             raise _Resync(location) from None
         self.bytes_sent += len(data)
@@ -345,7 +345,14 @@ class RegistryClient:
         return resp.headers.get("Location", location)
 
     def _resync(self, repo: str, location: str) -> tuple[str, int]:
-        """Where the registry's copy of an upload ends; a new upload if it is gone."""
+        """Where the registry's copy of an upload ends; a new upload if it is gone.
+
+        distribution 2.x signs the offset into the upload URL (`_state`) and, once a cut
+        request left more bytes than that, answers even this status GET with 404
+        BLOB_UPLOAD_INVALID and cancels the upload; v3 and other registries answer the
+        Range. So a cut *between* requests resumes everywhere, a cut *inside* a request
+        resumes where the registry allows it and otherwise starts a fresh upload.
+        """
         resp = self.request("GET", location, _push(repo), ok=(204, 404))
         resp.drain_conn()
         if resp.status == 404:
@@ -408,6 +415,14 @@ def _push(repo: str) -> str:
 
 def _pull(repo: str) -> str:
     return f"repository:{repo}:pull"
+
+
+def _tls_refusal(e: Exception) -> bool:
+    """A TLS error that retrying cannot fix (certificates, alerts) vs. a lost connection."""
+    if not isinstance(e, Urllib3SSLError) and "SSL" not in type(getattr(e, "reason", None)).__name__:
+        return False
+    low = str(e).lower()
+    return any(w in low for w in ("certificate", "alert", "handshake", "doesn't match", "verify failed", "unknown ca"))
 
 
 def _retry_after(resp: Any, default: float) -> float:
