@@ -1,0 +1,189 @@
+"""Registry authentication: Basic (htpasswd) and Bearer tokens, credentials as docker finds them."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import http.server
+import json
+import os
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.x509.oid import NameOID
+
+from tpmtls.testing import Registry
+
+from conftest import require
+from registry_env import env_for, one_line_failure, run_cli
+
+USER, PASSWORD = "pusher", "correct horse battery"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A distribution token server: checks Basic credentials, grants what was asked (ES256 JWT, x5c)."""
+
+    def __init__(self, pki, directory: Path) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token signer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(hours=1))
+                     .not_valid_after(now + datetime.timedelta(days=1)).sign(self.key, hashes.SHA256()))
+        self.bundle = directory / "token-signer.crt"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                server.requests += 1
+                auth = self.headers.get("Authorization", "")
+                expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if auth != expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                query = parse_qs(urlsplit(self.path).query)
+                body = json.dumps({"token": server.token(query.get("service", [""])[0],
+                                                         " ".join(query.get("scope", [])))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def token(self, service: str, scopes: str) -> str:
+        access = []
+        for scope in scopes.split():
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256",
+                  "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()]}
+        claims = {"iss": "tpmtls-test-issuer", "sub": USER, "aud": service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": str(uuid.uuid4()), "access": access}
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        r, s = utils.decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def basic_registry(pki, tmp_path_factory):
+    require("htpasswd", "docker-registry")
+    work = tmp_path_factory.mktemp("basic")
+    htpasswd = work / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, check=True, text=True).stdout
+    htpasswd.write_text(line.strip() + "\n")
+    with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", htpasswd=htpasswd) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def token_registry(pki, tmp_path_factory):
+    require("docker-registry")
+    work = tmp_path_factory.mktemp("token")
+    tokens = TokenServer(pki, work)
+    config = {"realm": f"https://localhost:{tokens.port}/token", "service": "tpmtls-test",
+              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
+    try:
+        with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", token=config) as reg:
+            yield reg, tokens
+    finally:
+        tokens.close()
+
+
+def docker_config(tmp_path: Path, content: dict) -> None:
+    (tmp_path / "docker").mkdir(exist_ok=True)
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(content))
+
+
+def auth_entry(user: str, password: str) -> dict:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def credential_helper(tmp_path: Path, user: str, password: str) -> dict[str, str]:
+    """A docker-credential-* program on PATH that answers `get` like the real ones."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    helper = bindir / "docker-credential-tpmtlstest"
+    answer = json.dumps({"ServerURL": "", "Username": user, "Secret": password})
+    helper.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho '{answer}'\n")
+    helper.chmod(0o755)
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.fixture(params=["basic", "token"])
+def auth_registry(request, basic_registry, token_registry):
+    return basic_registry if request.param == "basic" else token_registry[0]
+
+
+def test_credentials_from_config_json(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    host = f"localhost:{auth_registry.port}"
+    docker_config(tmp_path, {"auths": {host: auth_entry(USER, PASSWORD)}})
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/authed:1", "--cert-dir", str(tpm_certs),
+                   env=env_for(test_tpm, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("1: digest: sha256:")
+
+
+def test_credentials_from_helper(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    host = f"localhost:{auth_registry.port}"
+    docker_config(tmp_path, {"credHelpers": {host: "tpmtlstest"}})
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/helped:1", "--cert-dir", str(tpm_certs),
+                   env=env_for(test_tpm, tmp_path, **credential_helper(tmp_path, USER, PASSWORD)))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_password_stdin(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    host = f"localhost:{auth_registry.port}"
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/stdin:1", "--cert-dir", str(tpm_certs),
+                   "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_wrong_password_is_one_line(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    host = f"localhost:{auth_registry.port}"
+    docker_config(tmp_path, {"auths": {host: auth_entry(USER, "wrong")}})
+    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/denied:1", "--cert-dir",
+                                    str(tpm_certs), env=env_for(test_tpm, tmp_path)))
+    print(line)
+    assert host in line and f"as {USER}" in line and ("authentication failed" in line or "refused" in line)
+
+
+def test_no_credentials_is_one_line(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    host = f"localhost:{auth_registry.port}"
+    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/anon:1", "--cert-dir",
+                                    str(tpm_certs), env=env_for(test_tpm, tmp_path)))
+    print(line)
+    assert host in line
