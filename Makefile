@@ -1,11 +1,11 @@
-# Two commands for users: `make quickstart` (main job, comes with tpmtls-push) and `make test`.
+# Two commands for users: `make quickstart` (the main job, end to end) and `make test`.
 # Both install what they need on a fresh Debian 12 machine (as root); re-running is quick.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test clean
+.PHONY: setup quickstart test clean
 
 setup: $(VENV)/.installed
 	@helpers/setup-debian.sh
@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
+
+quickstart: setup
+	$(VENV)/bin/tpmtls quickstart
 
 test: setup
 	$(PY) -m pytest tests

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import connect, csr, doctor, key
+from . import ca, connect, csr, doctor, key, quickstart
 from ._common import Parser, add_tcti, run_main
 
 
@@ -18,6 +18,8 @@ def build_parser() -> Parser:
     key.register(sub)
     csr.register(sub)
     connect.register(sub)
+    ca.register(sub)
+    quickstart.register(sub)
     return parser
 
 

@@ -120,6 +120,7 @@ class RegistryClient:
         )
         self._others = urllib3.PoolManager(ssl_context=context, retries=False, timeout=self._timeout)
         self._auth: dict[str, str] = {}  # scope → Authorization header value
+        self._answered = False  # has the registry ever answered a request?
         self._lock = threading.Lock()
         self.bytes_sent = 0
 
@@ -161,9 +162,16 @@ class RegistryClient:
                 if _tls_refusal(e):
                     raise RegistryError(self._tls_reason(e)) from None
                 if attempt == ATTEMPTS - 1:
+                    if not self._answered and _closed_after_handshake(e):
+                        # TLS 1.3: our side of the handshake ends before the server judges our
+                        # certificate (RFC 8446, 4.4.2); its alert can be lost in the close.
+                        raise RegistryError(
+                            f"{self.registry}: the registry refused our client certificate (it closed every TLS "
+                            f"connection right after the handshake: {_reason(e)})") from None
                     raise RegistryError(f"{self.registry}: {method} failed after {ATTEMPTS} attempts: {_reason(e)}") from None
                 time.sleep(0.2 * 2**attempt)
                 continue
+            self._answered = True
             if resp.status == 401 and not authed:
                 authed = True
                 self._authenticate(resp, scope)
@@ -224,7 +232,9 @@ class RegistryClient:
         except Urllib3Error as e:
             raise RegistryError(f"{self.registry}: token server {params['realm']} unreachable: {_reason(e)}") from None
         if token_resp.status != 200:
-            who = f" as {self.credentials.username} ({self.credentials.source})" if self.credentials else ""
+            if self.credentials is None:
+                raise RegistryError(f"{self.registry}: needs a login (docker login, a credential helper, or --username)")
+            who = f" as {self.credentials.username} ({self.credentials.source})"
             raise RegistryError(f"{self.registry}: token server refused{who}: {token_resp.status}")
         try:
             answer = json.loads(token_resp.data)
@@ -423,6 +433,11 @@ def _tls_refusal(e: Exception) -> bool:
         return False
     low = str(e).lower()
     return any(w in low for w in ("certificate", "alert", "handshake", "doesn't match", "verify failed", "unknown ca"))
+
+
+def _closed_after_handshake(e: Exception) -> bool:
+    low = str(e).lower()
+    return "eof occurred in violation of protocol" in low or "unexpected eof" in low or "connection reset" in low
 
 
 def _retry_after(resp: Any, default: float) -> float:

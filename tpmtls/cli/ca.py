@@ -1,0 +1,82 @@
+"""`tpmtls ca init|issue` and `tpmtls certs install`: a file CA and Docker's certs.d."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .._files import check_writable, write_atomic
+from ..errors import UsageError
+from ..pki.ca import FileCA
+from ._common import say
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ca = sub.add_parser("ca", help="a small file CA (for one machine, tests and the quickstart)")
+    csub = ca.add_subparsers(dest="ca_command", required=True, metavar="{init,issue}")
+    p = csub.add_parser("init", help="create ca.crt and ca.key (0600) in DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--name", required=True, help="the CA's common name")
+    p.set_defaults(func=init)
+    p = csub.add_parser("issue", help="sign a CSR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--csr", required=True, metavar="FILE")
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--client", action="store_true", help="a client certificate (clientAuth)")
+    role.add_argument("--server", action="store_true", help="a server certificate (serverAuth; needs --san)")
+    p.add_argument("--san", action="append", default=[], metavar="DNS:h,IP:a")
+    p.add_argument("--out", required=True, metavar="CERT")
+    p.add_argument("--force", action="store_true", help="replace CERT if it exists")
+    p.set_defaults(func=issue)
+
+    certs = sub.add_parser("certs", help="Docker's certs.d")
+    ssub = certs.add_subparsers(dest="certs_command", required=True, metavar="{install}")
+    p = ssub.add_parser("install", help="put ca.crt, client.cert, client.key where Docker looks for HOST[:PORT]")
+    p.add_argument("hostport", metavar="HOST[:PORT]")
+    p.add_argument("--cert", required=True, metavar="C")
+    p.add_argument("--key", required=True, metavar="K", help="the TPM key file (TSS2 PRIVATE KEY) or handle form")
+    p.add_argument("--ca", required=True, metavar="CA")
+    p.add_argument("--root", default="/etc/docker/certs.d", metavar="DIR")
+    p.set_defaults(func=install)
+
+
+def init(args: argparse.Namespace) -> int:
+    ca = FileCA.init(args.dir, args.name)
+    say(f"created CA {args.name!r}: {ca.cert_path} (its key {Path(args.dir) / 'ca.key'} is mode 0600)")
+    return 0
+
+
+def issue(args: argparse.Namespace) -> int:
+    out = check_writable(args.out, args.force)
+    ca = FileCA.open(args.dir)
+    try:
+        csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"{args.csr}: no such CSR file") from None
+    except ValueError as e:
+        raise UsageError(f"{args.csr}: not a PEM CSR ({e})") from None
+    cert = ca.issue(csr, server=args.server, sans=args.san)
+    write_atomic(out, cert.public_bytes(Encoding.PEM), 0o644)
+    say(f"issued {'server' if args.server else 'client'} certificate for {cert.subject.rfc4514_string()} to {out}")
+    return 0
+
+
+def install(args: argparse.Namespace) -> int:
+    from ..tpm.keyfile import read_key_reference
+
+    read_key_reference(args.key)  # a clear error now if it is not a TPM key file
+    for f in (args.cert, args.ca):
+        if not Path(f).is_file():
+            raise UsageError(f"{f}: no such file")
+    target = Path(args.root) / args.hostport
+    target.mkdir(parents=True, exist_ok=True)
+    for src, name, mode in ((args.ca, "ca.crt", 0o644), (args.cert, "client.cert", 0o644), (args.key, "client.key", 0o600)):
+        write_atomic(target / name, Path(src).read_bytes(), mode)
+    say(f"installed {target}/ca.crt, client.cert, client.key (TPM key: Docker's names, tpmtls reads the label)")
+    return 0
+
+
+__all__ = ["register"]
