@@ -118,3 +118,45 @@ def test_pull_round_trip(registry, tpm_certs, small_image, test_tpm, tmp_path):
     again = tpmtls.push(f"docker-archive:{archive}", f"localhost:{registry.port}/roundtrip2:7",
                         cert_dir=tpm_certs, tcti=test_tpm.tcti, cache=BlobCache(tmp_path / "c2.json"))
     assert again.digest == pushed.digest
+
+
+def test_skopeo_copy_reads_back_the_same_manifest(registry, tpm_certs, soft_certs, small_image, test_tpm, tmp_path):
+    dest = f"localhost:{registry.port}/copied:1"
+    pushed = tpmtls.push(f"docker-archive:{small_image}", dest, cert_dir=tpm_certs, tcti=test_tpm.tcti,
+                         cache=BlobCache(tmp_path / "c.json"))
+    out = tmp_path / "copy"
+    subprocess.run(["skopeo", "copy", "--insecure-policy", "--src-cert-dir", str(soft_certs), f"docker://{dest}",
+                    f"dir:{out}"], check=True, capture_output=True, env=clean_env(), timeout=120)
+    manifest = (out / "manifest.json").read_bytes()  # dir: keeps the manifest byte for byte
+    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == pushed.digest
+    for layer in json.loads(manifest)["layers"]:
+        assert "sha256:" + hashlib.sha256((out / layer["digest"][7:]).read_bytes()).hexdigest() == layer["digest"]
+
+
+def test_progress_bars_on_a_terminal(registry, tpm_certs, small_image, test_tpm, tmp_path):
+    """On a terminal (a pty from `script`) rich draws bars; the last line is still docker push's."""
+    import shlex
+    import shutil
+    import sys
+
+    if shutil.which("script") is None:
+        pytest.skip("script (util-linux) is not installed")
+    cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{small_image}",
+                                           f"localhost:{registry.port}/tty:1", "--cert-dir", str(tpm_certs)])
+    proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=120,
+                          env={**clean_env(), **env_for(test_tpm, tmp_path), "COLUMNS": "120", "TERM": "xterm"})
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Pushed" in proc.stdout and "━" in proc.stdout  # rich's bar
+    assert "1: digest: sha256:" in proc.stdout
+
+
+def test_certs_d_rules(registry, pki, small_image, test_tpm, tmp_path):
+    from registry_env import one_line_failure
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "ca.crt").write_bytes(pki.ca_file.read_bytes())
+    (lonely / "client.cert").write_bytes(pki.ca_file.read_bytes())
+    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"localhost:{registry.port}/x:1",
+                                    "--cert-dir", str(lonely), env=env_for(test_tpm, tmp_path)))
+    assert "client.cert: client certificate without its key client.key" in line
