@@ -424,6 +424,17 @@ class _Component:
 
     workdir: Path
     _owns_workdir: bool
+    _proc: "subprocess.Popen[bytes] | None" = None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running process, or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self._proc is not None and not _has_exited(self._proc)
 
     def start(self) -> Any:
         raise NotImplementedError
@@ -468,16 +479,6 @@ class SwTpm(_Component):
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- info -------------------------------------------------------------
-    @property
-    def pid(self) -> int | None:
-        """PID of the running swtpm, or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """True while the swtpm process is alive."""
-        return self._proc is not None and not _has_exited(self._proc)
-
     @property
     def tcti(self) -> str:
         """TCTI string for a direct (single-client) connection."""
@@ -658,16 +659,6 @@ class DBusSession(_Component):
         self.address: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the running dbus-daemon, or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """True while the dbus-daemon process is alive."""
-        return self._proc is not None and not _has_exited(self._proc)
-
     def start(self) -> "DBusSession":
         """Start the daemon and read its address from stdout (bounded wait)."""
         if self._proc is not None:
@@ -776,16 +767,6 @@ class Abrmd(_Component):
     def tcti(self) -> str:
         """Client TCTI string."""
         return f"tabrmd:bus_name={self.name},bus_type=session"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running tpm2-abrmd, or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """True while the tpm2-abrmd process is alive."""
-        return self._proc is not None and not _has_exited(self._proc)
 
     def start(self) -> "Abrmd":
         """Start tpm2-abrmd (``--flush-all``) on the private bus and wait (bounded)
@@ -1061,7 +1042,7 @@ class Registry(_Component):
         lines = [
             "version: 0.1",
             "log:", "  level: warn", "  accesslog:", "    disabled: true",
-            "storage:", f"  filesystem:", f"    rootdirectory: {self.workdir / 'data'}", "  delete:", "    enabled: true",
+            "storage:", "  filesystem:", f"    rootdirectory: {self.workdir / 'data'}", "  delete:", "    enabled: true",
             "http:", f"  addr: 127.0.0.1:{self.port}", "  tls:", f"    certificate: {self.cert}", f"    key: {self.key}",
         ]
         if self.client_ca:

@@ -7,11 +7,17 @@ label is `TSS2 PRIVATE KEY` (or the handle form) lives in the TPM (DESIGN §7).
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import RegistryError
+
+if TYPE_CHECKING:
+    from .auth import Credentials
+    from .client import RegistryClient
 
 DEFAULT_ROOT = Path("/etc/docker/certs.d")
 
@@ -71,3 +77,17 @@ def ssl_context_for(certs: CertDir, tcti: str | None = None) -> ssl.SSLContext:
         except (ssl.SSLError, OSError) as e:
             raise RegistryError(f"{ca}: not a PEM CA certificate ({e})") from None
     return ctx
+
+
+def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" = None,
+                    certs_root: "str | os.PathLike[str] | None" = None, resolve: dict[str, str] | None = None,
+                    jobs: int = 4, credentials: "Credentials | None" = None, tcti: str | None = None) -> "RegistryClient":
+    """A client for `registry` set up the way `docker push/pull` would: certs.d (or
+    `cert_dir`), credentials from the docker config unless given, `--resolve`."""
+    from .auth import find_credentials
+    from .client import RegistryClient
+
+    root = Path(certs_root or os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
+    certs = read_cert_dir(Path(cert_dir) if cert_dir else cert_dir_for(registry, root))
+    return RegistryClient(registry, ssl_context_for(certs, tcti), resolve=resolve, connections=max(1, jobs),
+                          credentials=credentials or find_credentials(registry))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .._files import write_atomic
 from ..errors import ImageError, RegistryError
-from .auth import Credentials, find_credentials
-from .certs import DEFAULT_ROOT, cert_dir_for, read_cert_dir, ssl_context_for
+from .auth import Credentials
+from .certs import registry_client
 from .client import RegistryClient, Reference, parse_reference
 from .progress import Progress
 from .sources import INDEX_TYPES
@@ -93,10 +93,8 @@ def pull(
     if kind not in ("oci", "docker-archive", "docker-daemon") or (kind != "docker-daemon" and not where):
         raise ImageError(f"{destination!r}: write the destination as oci:PATH, docker-archive:PATH or docker-daemon:")
     ref = parse_reference(source)
-    root = Path(certs_root or os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
-    certs = read_cert_dir(Path(cert_dir) if cert_dir else cert_dir_for(ref.registry, root))
-    client = RegistryClient(ref.registry, ssl_context_for(certs, tcti), resolve=resolve, connections=max(1, jobs),
-                            credentials=credentials or find_credentials(ref.registry))
+    client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
+                             credentials=credentials, tcti=tcti)
     progress = progress or Progress(None)
     try:
         data, media_type, digest = client.get_manifest(ref.repository, ref.ref)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .._files import write_atomic
 from ..errors import RegistryError
-from .auth import Credentials, find_credentials
-from .certs import DEFAULT_ROOT, cert_dir_for, read_cert_dir, ssl_context_for
+from .auth import Credentials
+from .certs import registry_client
 from .client import RegistryClient, Reference, parse_reference
 from .progress import Progress
 from .sources import Blob, Image, open_image
@@ -100,11 +100,8 @@ def push(
 ) -> PushResult:
     """Push `image` (see sources.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
     ref = parse_reference(destination)
-    root = Path(certs_root or os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
-    certs = read_cert_dir(Path(cert_dir) if cert_dir else cert_dir_for(ref.registry, root))
-    context = ssl_context_for(certs, tcti)
-    client = RegistryClient(ref.registry, context, resolve=resolve, connections=max(1, jobs),
-                            credentials=credentials or find_credentials(ref.registry))
+    client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
+                             credentials=credentials, tcti=tcti)
     progress = progress or Progress(None)
     cancel = cancel or threading.Event()
     cache = cache or BlobCache()
