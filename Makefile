@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup quickstart test clean
 
-setup: $(VENV)/.installed
+# Debian packages first (tpm2-pytss compiles against libtss2-dev, the shim against
+# libssl-dev), then the virtualenv, rebuilt when the package's build inputs change.
+setup:
 	@helpers/setup-debian.sh
+	@$(MAKE) -s $(VENV)/.installed
 
-# The virtualenv is rebuilt when pyproject.toml changes; Debian packages come first
-# because tpm2-pytss compiles against libtss2-dev.
-$(VENV)/.installed: pyproject.toml
-	@helpers/setup-debian.sh
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard tpmtls/provider/*.c tpmtls/provider/*.h)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

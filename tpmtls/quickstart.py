@@ -2,7 +2,8 @@
 
 A software TPM behind tpm2-abrmd, a CA, a client key created inside the TPM with its
 certificate, a local docker-registry that requires client certificates, a small image
-built here, and seed 000's push to `server.domain.com:PORT/alpine` (with --resolve);
+built here, and the push a forked dockerd was once needed for, to
+`server.domain.com:PORT/alpine` (with --resolve);
 then the same push with a key the CA never signed, and with no client certificate,
 must be refused; the image is pulled back and its digest checked. Everything started
 is stopped. Exit 0 only if every step held.
@@ -164,7 +165,7 @@ def run(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
             steps.run(f"start a registry that requires client certificates, as {HOST}", registry_up)
             steps.run("install the client certificate Docker's way (certs.d)", certs_d)
             steps.run("build a small image", image)
-            steps.run("push it with the TPM key (seed 000's push, without forking Docker)", push_it)
+            steps.run("push it with the TPM key (Docker's names and certs.d; no forked dockerd)", push_it)
             steps.run("check the registry refuses everyone else", refusals)
             steps.run("pull it back and compare digests", pull_back)
         print("everything started was stopped; quickstart passed", file=out, flush=True)

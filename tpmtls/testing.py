@@ -1179,8 +1179,8 @@ class Dockerd(_Component):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                self._reap()
-                raise _fail("dockerd exited at start", self.log_path)
+                self.stop()  # also removes the runtime dir: __exit__ never runs for a failed start
+                raise _fail("dockerd exited at start (it needs cgroups and a real root mount)", self.log_path)
             try:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.settimeout(2)

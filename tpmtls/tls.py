@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from . import provider
 from .errors import KeyFileError, TlsSetupError, TpmtlsError, UsageError
 from .tpm.keys import TpmKey
+from .tpm.pool import Pool
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -90,12 +91,14 @@ def ssl_context(
     password: bytes | str | None = None,
     tcti: str | None = None,
     tls_version: str | None = None,
+    pool: Pool | None = None,
 ) -> ssl.SSLContext:
     """A stdlib `ssl.SSLContext` with a TPM key (client or server role).
 
     Client: verifies the server against `cafile` (system CAs if None) with hostname
     checks. Server: with `cafile`, requires and verifies client certificates (mTLS).
     `tls_version` '1.2' or '1.3' pins the protocol; default: TLS 1.2 or newer.
+    `pool`: sign through this pool instead of the process-wide one for the TCTI.
     """
     provider.load_into_system_ssl()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
@@ -116,7 +119,7 @@ def ssl_context(
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
-        with _key_file(key) as key_path, provider.loading(_source(key), tcti, _bytes(password)):
+        with _key_file(key) as key_path, provider.loading(_source(key), tcti, _bytes(password), pool):
             if not Path(cert).is_file():
                 raise TlsSetupError(f"{cert}: no such certificate file")
             try:
@@ -136,6 +139,7 @@ def pyopenssl_context(
     password: bytes | str | None = None,
     tcti: str | None = None,
     tls_version: str | None = None,
+    pool: Pool | None = None,
 ) -> Any:
     """An `OpenSSL.SSL.Context` (pyOpenSSL) with a TPM key.
 
@@ -177,7 +181,7 @@ def pyopenssl_context(
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
-        with _key_file(key) as key_path, provider.loading(_source(key), tcti, _bytes(password)):
+        with _key_file(key) as key_path, provider.loading(_source(key), tcti, _bytes(password), pool):
             try:
                 ctx.use_certificate_chain_file(str(cert))
             except SSL.Error as e:

@@ -92,19 +92,22 @@ def _set_error(message: str) -> None:
 
 
 @contextmanager
-def loading(source: str | None = None, tcti: str | None = None, password: bytes | None = None) -> Iterator[None]:
+def loading(source: str | None = None, tcti: str | None = None, password: bytes | None = None,
+            pool: Any = None) -> Iterator[None]:
     """Name the key file, TCTI and key password for keys OpenSSL decodes on this thread meanwhile.
 
     The password goes straight to our load callback: no OpenSSL passphrase callback is
     needed (pyOpenSSL deprecates its one), and it is never stored beyond this block.
     """
-    old = getattr(_local, "source", None), getattr(_local, "tcti", None), getattr(_local, "password", None)
-    _local.source, _local.tcti, _local.password = source, tcti, password
+    names = ("source", "tcti", "password", "pool")
+    old = tuple(getattr(_local, n, None) for n in names)
+    _local.source, _local.tcti, _local.password, _local.pool = source, tcti, password, pool
     _local.error = None
     try:
         yield
     finally:
-        _local.source, _local.tcti, _local.password = old
+        for name, value in zip(names, old):
+            setattr(_local, name, value)
 
 
 def last_error() -> str | None:
@@ -133,7 +136,7 @@ def _load(der_p: int, der_len: int, expected: int, pw_p: int | None, pw_len: int
             _set_error(f"{source}: this key has a password and none was given (password=...)")
             return 2
         try:
-            key = connect(getattr(_local, "tcti", None)).load_blob(blob, password)
+            key = connect(getattr(_local, "tcti", None), pool=getattr(_local, "pool", None)).load_blob(blob, password)
         except TpmtlsError as e:
             _set_error(str(e))
             return -1

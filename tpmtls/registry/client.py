@@ -448,8 +448,13 @@ def _retry_after(resp: Any, default: float) -> float:
 
 
 def _reason(e: Exception) -> str:
+    """The innermost cause of a urllib3 error, without its wrapping ("... (Caused by X('…'))")."""
     text = str(e)
-    for marker in ("Caused by ", "(Caused by "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-    return text.strip("()' ")[:200]
+    if "Caused by " in text:
+        text = text.split("Caused by ", 1)[1]
+        if text.endswith(")"):
+            text = text[:-1]  # the ")" that closed "(Caused by"
+    text = text.strip()
+    while text.startswith(("'", '"')) and text.endswith(("'", '"')) and len(text) > 1:
+        text = text[1:-1]
+    return text[:200]

@@ -236,8 +236,12 @@ class Pool:
         *,
         wait_timeout: float = 30.0,
         reconnect_timeout: float = 5.0,
+        ephemeral: bool = False,
     ) -> None:
         self.tcti = resolve_tcti(tcti)
+        # ephemeral: open a context for each operation and close it after (connect, SRK,
+        # load, sign, close) — what a naive signer does; kept as the benchmarks' baseline.
+        self.ephemeral = ephemeral
         if size is not None and size < 1:
             raise UsageError(f"pool size must be at least 1, not {size}")
         if size is not None and size > 1 and is_direct(self.tcti):
@@ -374,6 +378,8 @@ class Pool:
         try:
             yield ctx
         finally:
+            if self.ephemeral:
+                ctx.close(flush=True)
             with self._cond:
                 if self._closed:
                     ctx.close()
