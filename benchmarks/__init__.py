@@ -1,0 +1,1 @@
+"""tpmtls benchmarks: `python -m benchmarks {handshakes,pool,push}` (see README "Performance")."""

@@ -1,0 +1,107 @@
+"""What every benchmark needs, started here and stopped by PID: a software TPM behind
+tpm2-abrmd, a CA, TPM and software client keys with certificates, an `openssl s_server`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+import tpmtls
+from tpmtls.pki.ca import FileCA
+from tpmtls.pki.csr import build_csr
+from tpmtls.testing import TestTpm, free_port
+
+ALGS = ("ecc-p256", "ecc-p384", "rsa2048", "rsa3072")
+
+
+class Lab:
+    def __init__(self, work: Path, stack: ExitStack) -> None:
+        self.work = work
+        self.tpm = stack.enter_context(TestTpm(work / "tpm"))
+        self.ca = FileCA.init(work / "ca", "tpmtls benchmark CA")
+        server_key = ec.generate_private_key(ec.SECP256R1())
+        self.server_key = self._write_key("server.key", server_key)
+        self.server_cert = self._write_cert("server.crt", self.ca.issue(
+            build_csr(server_key, "CN=localhost"), server=True, sans=["DNS:localhost,IP:127.0.0.1"]))
+        self._servers: list[subprocess.Popen[bytes]] = []
+        stack.callback(self.stop_servers)
+
+    def _write_key(self, name: str, key: Any) -> Path:
+        path = self.work / name
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        return path
+
+    def _write_cert(self, name: str, cert: Any) -> Path:
+        path = self.work / name
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def client(self, alg: str, kind: str) -> tuple[Path, Path]:
+        """(cert, key) for a TPM key ('tpm') or a software key of the same algorithm ('software')."""
+        cert, key = self.work / f"{kind}-{alg}.crt", self.work / f"{kind}-{alg}.key"
+        if cert.exists():
+            return cert, key
+        if kind == "tpm":
+            k: Any = tpmtls.connect(self.tpm.tcti).create_key(alg, key)
+        else:
+            k = (rsa.generate_private_key(65537, int(alg[3:])) if alg.startswith("rsa")
+                 else ec.generate_private_key(ec.SECP256R1() if alg == "ecc-p256" else ec.SECP384R1()))
+            self._write_key(key.name, k)
+        self._write_cert(cert.name, self.ca.issue(build_csr(k, f"CN={kind}-{alg}")))
+        return cert, key
+
+    def s_server(self) -> int:
+        """`openssl s_server -Verify 1 -www` in its own process (no GIL shared with the clients)."""
+        port = free_port()
+        log = open(self.work / f"s_server-{port}.log", "wb")
+        env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+        proc = subprocess.Popen(
+            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(self.server_cert), "-key",
+             str(self.server_key), "-CAfile", str(self.ca.cert_path), "-Verify", "1", "-verify_return_error",
+             "-www", "-naccept", "100000000"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True)
+        self._servers.append(proc)
+        deadline = time.monotonic() + 10
+        while b"ACCEPT" not in (self.work / f"s_server-{port}.log").read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("openssl s_server did not start")
+            time.sleep(0.02)
+        return port
+
+    def stop_servers(self) -> None:
+        for proc in self._servers:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+    def worker_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+        return {**env, **self.tpm.env}
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import ssl
+
+    from cryptography.hazmat.backends.openssl import backend
+
+    return {
+        "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "system_openssl": ssl.OPENSSL_VERSION, "cryptography_openssl": backend.openssl_version_text(),
+        "tpm": "swtpm behind tpm2-abrmd (private D-Bus)", "server": "openssl s_server -www (separate process)",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv[1:],
+    }

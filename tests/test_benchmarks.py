@@ -1,0 +1,53 @@
+"""The benchmarks run and report what they promise (no timing assertions: numbers go in the README)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str, tmp_path: Path) -> dict:
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_handshakes_benchmark_runs_every_mode(tmp_path):
+    require("openssl", "swtpm", "tpm2-abrmd")
+    data = bench("handshakes", "--seconds", "0.5", "--threads", "1,2", "--alg", "ecc-p256", "--path",
+                 "stdlib,pyopenssl", "--resume", tmp_path=tmp_path)
+    modes = {r["mode"] for r in data["results"]}
+    assert modes == {"software", "tpmtls", "open-per-sign", "tpm2-openssl", "tpmtls+resume"}
+    for r in data["results"]:
+        assert set(r) >= {"mode", "alg", "tls", "path", "threads", "handshakes_per_s", "p50_ms", "p99_ms", "errors"}
+        if r["mode"] in ("software", "tpmtls", "open-per-sign"):
+            assert r["errors"] == 0 and r["handshakes_per_s"] > 0, r
+        if r["mode"] == "tpmtls":
+            assert r["tpm_signatures"] == r["count"]  # one TPM signature per handshake
+    assert data["raw_sign_per_s"]["ecc-p256"]["1"] > 0
+    assert {"machine", "cpus", "system_openssl", "cryptography_openssl"} <= set(data["env"])
+
+
+def test_pool_benchmark(tmp_path):
+    data = bench("pool", "--sizes", "1,2", "--threads", "1,4", "--seconds", "0.3", tmp_path=tmp_path)
+    assert len(data["results"]) == 4
+    assert all(r["errors"] == 0 and r["signatures_per_s"] > 0 for r in data["results"])
+
+
+@pytest.mark.parametrize("size", ["4"])
+def test_push_benchmark(size, tmp_path):
+    require("skopeo", "docker-registry")
+    data = bench("push", "--size-mb", size, "--layers", "2", tmp_path=tmp_path)
+    runs = {(r["tool"], r["run"]): r for r in data["results"]}
+    assert set(runs) == {("tpmtls-push", "cold"), ("tpmtls-push", "warm"), ("skopeo", "cold"), ("skopeo", "warm")}
+    assert all(r["ok"] and r["peak_rss_mb"] > 0 for r in runs.values()), runs
