@@ -78,3 +78,20 @@ def test_closed_pool_refuses(test_tpm):
     pool.close()
     with pytest.raises(tpmtls.TpmtlsError, match="closed"):
         pool.run("after close", lambda ctx: None)
+
+
+def test_ephemeral_pool_opens_and_closes_per_operation(test_tpm):
+    """The naive signer (the benchmarks' open-per-sign baseline): connect, SRK, load, sign, close."""
+    pool = tpmtls.Pool(test_tpm.tcti, size=1, ephemeral=True)
+    try:
+        key = tpmtls.connect(pool=pool).create_key("ecc-p256")
+        before = pool.stats()
+        for _ in range(3):
+            sig = key.sign(b"m", ec.ECDSA(hashes.SHA256()))
+            key.public_key().verify(sig, b"m", ec.ECDSA(hashes.SHA256()))
+        after = pool.stats()
+        assert after.signatures - before.signatures == 3
+        assert after.key_loads - before.key_loads == 3 and after.primaries - before.primaries == 3
+        assert after.contexts_open == 0
+    finally:
+        pool.close()

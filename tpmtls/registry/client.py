@@ -304,46 +304,43 @@ class RegistryClient:
 
     def _send_from(self, repo: str, location: str, source: Source, offset: int, chunk_size: int,
                    progress: Callable[[int], None], cancel: threading.Event | None) -> tuple[str, str, int]:
-        hasher = hashlib.sha256()
-        position = 0
-        buffer = bytearray()
-        for data in source.chunks():
-            if cancel is not None and cancel.is_set():
-                raise RegistryError("interrupted")
-            hasher.update(data)  # the digest covers the whole blob, resent or not
-            end = position + len(data)
-            if end <= offset:
-                position = end
-                continue
-            buffer += data[max(0, offset - position):]
-            position = end
-            while len(buffer) >= chunk_size:
-                location = self._patch(repo, location, offset, bytes(buffer[:chunk_size]), progress)
-                offset += chunk_size
-                del buffer[:chunk_size]
-        if buffer or offset == 0:
-            location = self._patch(repo, location, offset, bytes(buffer), progress)
-            offset += len(buffer)
-        return location, "sha256:" + hasher.hexdigest(), offset
+        """One pass over `source`: hash all of it, send what lies past `offset` in PATCHes
+        of `chunk_size` bytes streamed straight from the source (no chunk in memory)."""
+        feed = _Feed(source, cancel)
+        feed.skip(offset)
+        while True:
+            length = min(chunk_size, source.size - offset) if source.size is not None else None
+            if length == 0 or feed.done:
+                break
+            location, sent = self._patch(repo, location, offset, feed.take(chunk_size), length, progress)
+            offset += sent
+            if sent == 0:
+                break
+        return location, "sha256:" + feed.hasher.hexdigest(), offset
 
-    def _patch(self, repo: str, location: str, start: int, data: bytes, progress: Callable[[int], None]) -> str:
+    def _patch(self, repo: str, location: str, start: int, body: Iterator[bytes], length: int | None,
+               progress: Callable[[int], None]) -> tuple[str, int]:
+        """Stream one PATCH. With a known length: Content-Length and Content-Range (OCI
+        chunked upload); with an unknown one (gzip on the fly): chunked transfer encoding,
+        which distribution appends as it reads."""
         pool, target = self._target(location)
-        headers = {"Host": self.registry, "Content-Type": "application/octet-stream",
-                   "Content-Length": str(len(data))}
-        if data:
-            headers["Content-Range"] = f"{start}-{start + len(data) - 1}"
+        headers = {"Host": self.registry, "Content-Type": "application/octet-stream"}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+            headers["Content-Range"] = f"{start}-{start + length - 1}"
         auth = self._auth.get(_push(repo))
         if auth:
             headers["Authorization"] = auth
+        counted = _Counted(body)
         try:
-            resp = pool.urlopen("PATCH", target, body=data, headers=headers, redirect=False,
-                                assert_same_host=False, preload_content=True)
+            resp = pool.urlopen("PATCH", target, body=counted, headers=headers, redirect=False,
+                                assert_same_host=False, preload_content=True, chunked=length is None)
         except Urllib3Error as e:
+            self.bytes_sent += counted.n
             if _tls_refusal(e):
                 raise RegistryError(self._tls_reason(e)) from None
-            self.bytes_sent += len(data)
             raise _Resync(location) from None
-        self.bytes_sent += len(data)
+        self.bytes_sent += counted.n
         if resp.status == 416 or resp.status in RETRY_STATUS:
             raise _Resync(location)
         if resp.status == 401:
@@ -351,8 +348,8 @@ class RegistryClient:
             raise _Resync(location)
         if resp.status != 202:
             raise RegistryError(self._refusal("PATCH", target, resp))
-        progress(len(data))
-        return resp.headers.get("Location", location)
+        progress(counted.n)
+        return resp.headers.get("Location", location), counted.n
 
     def _resync(self, repo: str, location: str) -> tuple[str, int]:
         """Where the registry's copy of an upload ends; a new upload if it is gone.
@@ -411,6 +408,71 @@ class RegistryClient:
         if "sha256:" + hasher.hexdigest() != digest:
             raise RegistryError(f"{self.registry}/{repo}: blob {digest} arrived with other content")
         return size
+
+
+class _Feed:
+    """A single pass over a blob's bytes: everything read is hashed; `take(n)` hands out
+    the next n bytes as pieces, splitting a source piece where a chunk ends."""
+
+    def __init__(self, source: Source, cancel: threading.Event | None) -> None:
+        self._it = iter(source.chunks())
+        self._pending = b""
+        self._cancel = cancel
+        self.hasher = hashlib.sha256()
+        self.done = False
+
+    def _next(self) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        if self._cancel is not None and self._cancel.is_set():
+            raise RegistryError("interrupted")
+        data = next(self._it, b"")
+        if not data:
+            self.done = True
+        self.hasher.update(data)  # the digest covers the whole blob, resent or not
+        return data
+
+    def skip(self, n: int) -> None:
+        while n > 0:
+            data = self._next()
+            if not data:
+                return
+            if len(data) > n:
+                self._pending = data[n:]
+            n -= len(data)
+        if not self._pending and not self.done:
+            self._peek()
+
+    def _peek(self) -> None:
+        data = self._next()
+        self._pending = data
+
+    def take(self, n: int) -> Iterator[bytes]:
+        while n > 0:
+            data = self._next()
+            if not data:
+                return
+            if len(data) > n:
+                self._pending = data[n:]
+                data = data[:n]
+            n -= len(data)
+            yield data
+        if not self._pending and not self.done:
+            self._peek()  # learn now whether anything is left
+
+
+class _Counted:
+    """An iterable request body that counts what went out (for bytes_sent and progress)."""
+
+    def __init__(self, body: Iterator[bytes]) -> None:
+        self.body = body
+        self.n = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for data in self.body:
+            self.n += len(data)
+            yield data
 
 
 class _Resync(Exception):
