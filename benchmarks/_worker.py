@@ -104,8 +104,6 @@ def make_connector(cfg: dict[str, Any]) -> Callable[[Any], Any]:
         pctx.set_verify(SSL.VERIFY_PEER)
         pctx.use_certificate_chain_file(cert)
         pctx.use_privatekey_file(key)
-    if cfg["resume"]:
-        pctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
 
     def once_py(session: Any) -> Any:
         raw = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -124,7 +122,12 @@ def make_connector(cfg: dict[str, Any]) -> Callable[[Any], Any]:
                         break
                 except (SSL.ZeroReturnError, SSL.SysCallError):
                     break
-            return conn.get_session()
+            session = conn.get_session()
+            try:
+                conn.shutdown()  # close_notify: OpenSSL marks sessions of unclean ends not resumable
+            except SSL.Error:
+                pass
+            return session
         finally:
             conn.close()
             raw.close()
