@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -189,3 +191,91 @@ def verifying_server_context(pki: Pki):
     ctx.load_verify_locations(str(pki.ca_file))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+class CuttingProxy:
+    """Loopback TCP proxy counting client→registry bytes. Once a connection has carried
+    more than `cut_after` bytes it is cut, once: `inside` a request (in the middle of the
+    upload data) or `after` the registry's next response (between two requests).
+    `throttle` sleeps per forwarded piece (a slow link); `carried_enough` is set once
+    `signal_after` bytes went up."""
+
+    def __init__(self, upstream_port: int, cut_after: int | None = None, where: str = "inside",
+                 throttle: float = 0.0, signal_after: int = 0) -> None:
+        self.upstream, self.where, self.throttle = upstream_port, where, throttle
+        self.cut_after = cut_after if cut_after is not None else float("inf")
+        self.signal_after = signal_after
+        self.carried_enough = threading.Event()  # set once `signal_after` upload bytes went through
+        self.sent = 0
+        self.cuts = 0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
+            client.settimeout(30)
+            state = {"carried": 0, "armed": False}
+            threading.Thread(target=self._pump, args=(client, upstream, True, state), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False, state), daemon=True).start()
+
+    def _cut_now(self, state: dict, upward: bool) -> bool:
+        with self.lock:
+            if self.cuts:
+                return False
+            if upward and state["carried"] > self.cut_after:
+                if self.where == "inside":
+                    self.cuts += 1
+                    return True
+                state["armed"] = True
+            if not upward and state["armed"]:
+                self.cuts += 1
+                return True
+        return False
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upward: bool, state: dict) -> None:
+        try:
+            while not self.stop.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upward:
+                    if self.throttle:
+                        time.sleep(self.throttle)  # per piece: a slow link
+                    with self.lock:
+                        self.sent += len(data)
+                        state["carried"] += len(data)
+                        if self.sent > self.signal_after:
+                            self.carried_enough.set()
+                    if self._cut_now(state, True):
+                        break
+                    dst.sendall(data)
+                else:
+                    dst.sendall(data)
+                    if self._cut_now(state, False):
+                        break
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(5)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tpmtls.testing import build_docker_archive, free_port
 
-from peers import Pki, clean_env
+from peers import CuttingProxy, Pki, clean_env
 from registry_env import cert_dir, env_for, one_line_failure, run_cli, skopeo_raw
 
 
@@ -79,19 +78,25 @@ def test_bad_destination(tpm_certs, small_image, test_tpm, tmp_path):
 
 
 def test_sigint_then_resume(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
-    image = build_docker_archive(tmp_path / "big.tar", [{"big.bin": 120_000_000}])
-    dest = f"localhost:{registry.port}/interrupted:1"
+    """SIGINT mid-upload (through a slow loopback link): exit 130, one line, nothing tagged;
+    the same command then completes."""
+    image = build_docker_archive(tmp_path / "big.tar", [{"big.bin": 40_000_000}])
+    proxy = CuttingProxy(registry.port, throttle=0.002, signal_after=4_000_000)
+    dest = f"localhost:{proxy.port}/interrupted:1"
     env = {**clean_env(), **env_for(test_tpm, tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", dest,
-                             "--cert-dir", str(tpm_certs)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", dest,
+                                 "--cert-dir", str(tpm_certs)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proxy.carried_enough.wait(60), "the upload never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proxy.close()
     assert proc.returncode == 130, (out, err)
     assert err.strip().splitlines() == [err.strip()] and "interrupted" in err and "Traceback" not in err
-    # nothing was tagged, and running it again completes
-    again = push(image, dest, tpm_certs, test_tpm, tmp_path)
+    assert "digest:" not in out  # nothing was tagged
+    again = push(image, f"localhost:{registry.port}/interrupted:1", tpm_certs, test_tpm, tmp_path)
     assert again.returncode == 0, again.stderr
-    _, digest = skopeo_raw(dest, soft_certs)
+    _, digest = skopeo_raw(f"localhost:{registry.port}/interrupted:1", soft_certs)
     assert f"digest: {digest}" in again.stdout
