@@ -6,6 +6,8 @@
     key = tpm.load_key("client.key")          # a cryptography EllipticCurvePrivateKey / RSAPrivateKey
 """
 
+from typing import TYPE_CHECKING, Any
+
 # First, before anything imports cryptography: give its OpenSSL the TPM shim provider
 # (it reads its config only once, at its first import). See tpmtls/provider.
 from .provider import bootstrap as _bootstrap
@@ -29,15 +31,19 @@ from .tpm import Pool, Tpm, connect  # noqa: E402
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:  # imported lazily at call time: the registry client is not needed to sign
+    from .registry.pull import PullResult
+    from .registry.push import PushResult
 
-def push(image, destination, **options):  # type: ignore[no-untyped-def]
+
+def push(image: str, destination: str, **options: Any) -> "PushResult":
     """Push an image to HOST[:PORT]/REPO[:TAG] over TPM-backed mTLS; see tpmtls.registry.push."""
     from .registry.push import push as _push
 
     return _push(image, destination, **options)
 
 
-def pull(source, destination, **options):  # type: ignore[no-untyped-def]
+def pull(source: str, destination: str, **options: Any) -> "PullResult":
     """Pull HOST[:PORT]/REPO[:TAG|@DIGEST] to oci:/docker-archive:/docker-daemon:; see tpmtls.registry.pull."""
     from .registry.pull import pull as _pull
 

@@ -40,6 +40,7 @@ Design notes:
 from __future__ import annotations
 
 import atexit
+from abc import ABC, abstractmethod
 import os
 import random
 import secrets
@@ -418,7 +419,7 @@ def _established_clients(port: int) -> int:
 _C = TypeVar("_C", bound="_Component")
 
 
-class _Component:
+class _Component(ABC):
     """Lifecycle shared by the fixtures: `with X() as x:` starts, and stops on exit
     (removing a work directory it created); the atexit hook stops what is left."""
 
@@ -436,11 +437,13 @@ class _Component:
         """True while the process is alive."""
         return self._proc is not None and not _has_exited(self._proc)
 
+    @abstractmethod
     def start(self) -> Any:
-        raise NotImplementedError
+        """Start the process (bounded wait until it serves); returns self."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop it by PID; idempotent."""
 
     def _atexit_stop(self) -> None:
         self.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+from abc import ABC, abstractmethod
 import threading
 import time
 from dataclasses import dataclass
@@ -83,14 +84,15 @@ def parse_resolve(values: list[str] | None) -> dict[str, str]:
     return out
 
 
-class Source:
+class Source(ABC):
     """A blob's bytes, readable again from the start (an upload resumes by re-reading
     and hashing up to where the registry's copy ends)."""
 
-    size: int | None  # None until produced once (compressed on the fly)
+    size: int | None  # None when unknown before reading (compressed on the fly)
 
-    def chunks(self) -> Iterator[bytes]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes, from the start, in pieces."""
 
 
 class RegistryClient:
@@ -434,19 +436,12 @@ class _Feed:
         return data
 
     def skip(self, n: int) -> None:
-        while n > 0:
-            data = self._next()
-            if not data:
-                return
-            if len(data) > n:
-                self._pending = data[n:]
-            n -= len(data)
-        if not self._pending and not self.done:
-            self._peek()
+        """Read (and hash) the next n bytes without sending them: what the registry has."""
+        for _ in self.take(n):
+            pass
 
     def _peek(self) -> None:
-        data = self._next()
-        self._pending = data
+        self._pending = self._next()
 
     def take(self, n: int) -> Iterator[bytes]:
         while n > 0:

@@ -41,7 +41,8 @@ def _blob_path(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
 
 
-def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, progress: Progress) -> None:
+def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, progress: Progress,
+                cancel: threading.Event) -> None:
     if target.exists() and "sha256:" + _file_sha(target) == digest:
         progress.line(f"{digest[7:19]}: Already exists")
         return
@@ -49,7 +50,13 @@ def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, pr
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            client.get_blob(repo, digest, out.write)
+
+            def write(data: bytes) -> None:
+                if cancel.is_set():  # another download failed, or Ctrl-C: stop here
+                    raise RegistryError("interrupted")
+                out.write(data)
+
+            client.get_blob(repo, digest, write)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,7 +147,7 @@ def _download(client: RegistryClient, ref: Reference, layout: Path, digests: set
               progress: Progress) -> None:
     cancel = threading.Event()
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tpmtls-pull") as pool:
-        futures = [pool.submit(_fetch_blob, client, ref.repository, d, _blob_path(layout, d), progress)
+        futures = [pool.submit(_fetch_blob, client, ref.repository, d, _blob_path(layout, d), progress, cancel)
                    for d in sorted(digests)]
         try:
             for f in futures:
