@@ -126,7 +126,7 @@ def run(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
                         f"{result.line()}")
 
             def refusals() -> str:
-                lines = []
+                lines: list[str] = []
                 stranger = FileCA.init(work / "stranger-ca", "a CA the registry does not trust")
                 soft = ec.generate_private_key(ec.SECP256R1())
                 for label, cert_and_key in (

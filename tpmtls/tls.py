@@ -30,8 +30,9 @@ def _key_file(key: Any) -> Iterator[str]:
     The temp file holds only what a key file holds (a TPM-wrapped blob or a handle):
     never private key material.
     """
+    data: bytes
     if isinstance(key, TpmKey):
-        data: bytes | None = key.to_pem()
+        data = key.to_pem()
     elif isinstance(key, str) and key.startswith("handle:"):
         from .tpm.keyfile import handle_pem, parse_handle
 
@@ -74,7 +75,7 @@ def _explain(e: Exception, cert: Any, key: Any, tcti: str | None, password: byte
     except (OSError, ValueError) as err:
         return TlsSetupError(f"{cert}: not a readable PEM certificate ({err})")
     try:
-        tpm_key = key if isinstance(key, TpmKey) else connect(tcti).load_key(key, password)
+        tpm_key: Any = key if isinstance(key, TpmKey) else connect(tcti).load_key(key, password)
     except TpmtlsError as err:
         return TlsSetupError(str(err))
     if tpm_key.public_key() != public:

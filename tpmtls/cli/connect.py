@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import socket
 import ssl
+from typing import Any
 
 from .. import provider, ssl_context
 from ..errors import HandshakeError, UsageError
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         with socket.create_connection((host, port), timeout=args.timeout) as raw:
             with ctx.wrap_socket(raw, server_hostname=name) as tls:
                 _await_verdict(tls)
-                peer = tls.getpeercert() or {}
+                peer: dict[str, Any] = dict(tls.getpeercert() or {})
                 subject = ",".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
                 cipher = tls.cipher()
                 say(f"connected to {host}:{port} ({name})")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import __version__, connect, provider
 from ..errors import TpmtlsError
+from ..tpm.keys import TpmECPrivateKey
 from ..tpm.tcti import tcti_source
 from ._common import add_tcti, say
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"TPM: ok: {info.manufacturer} '{info.vendor}', firmware {info.firmware}, TPM {info.spec}; {algs}")
         t0 = time.perf_counter()
         key = tpm.create_key("ecc-p256")
+        assert isinstance(key, TpmECPrivateKey)
         created = time.perf_counter() - t0
         t0 = time.perf_counter()
         sig = key.sign(b"tpmtls doctor", ec.ECDSA(hashes.SHA256()))

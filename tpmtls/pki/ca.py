@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,7 +72,7 @@ class FileCA:
             raise UsageError(f"{d}/ca.key: not the EC key 'tpmtls ca init' makes")
         return cls(d, key, cert)
 
-    def issue(self, csr: x509.CertificateSigningRequest, *, server: bool = False, sans: list[str] = (),
+    def issue(self, csr: x509.CertificateSigningRequest, *, server: bool = False, sans: Sequence[str] = (),
               days: int = 825) -> x509.Certificate:
         """Sign `csr` for a client (clientAuth) or a server (serverAuth, with SANs)."""
         if not csr.is_signature_valid:

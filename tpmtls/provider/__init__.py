@@ -191,14 +191,17 @@ _HASH_NAMES = {"SHA1": "sha1", "SHA256": "sha256", "SHA2256": "sha256", "SHA384"
 def _hash(name: bytes | None, digest_len: int | None, key: Any) -> Any:
     from cryptography.hazmat.primitives import hashes
 
-    by_name = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+    by_name: dict[str, type[hashes.HashAlgorithm]] = {
+        "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
     text = (name or b"").decode().upper().replace("-", "").replace("_", "")
     if text:
         if text not in _HASH_NAMES:
             raise ValueError(f"digest {text} is not one the TPM signs")
         return by_name[_HASH_NAMES[text]]()
     if digest_len is not None:
-        return {20: hashes.SHA1, 32: hashes.SHA256, 48: hashes.SHA384, 64: hashes.SHA512}[digest_len]()
+        by_size: dict[int, type[hashes.HashAlgorithm]] = {
+            20: hashes.SHA1, 32: hashes.SHA256, 48: hashes.SHA384, 64: hashes.SHA512}
+        return by_size[digest_len]()
     return hashes.SHA384() if getattr(key, "key_size", 0) == 384 else hashes.SHA256()
 
 
@@ -218,8 +221,9 @@ def _sign(key_id: int, md: bytes | None, pad_mode: int, saltlen: int, mgf1: byte
         algorithm = utils.Prehashed(alg) if prehashed else alg
         try:
             if isinstance(key, rsa.RSAPrivateKey):
+                pad: padding.AsymmetricPadding
                 if pad_mode == 6:
-                    salt = {-1: padding.PSS.DIGEST_LENGTH, -2: padding.PSS.MAX_LENGTH, -3: padding.PSS.MAX_LENGTH,
+                    salt: Any = {-1: padding.PSS.DIGEST_LENGTH, -2: padding.PSS.MAX_LENGTH, -3: padding.PSS.MAX_LENGTH,
                             -4: padding.PSS.DIGEST_LENGTH}.get(saltlen, saltlen)
                     pad = padding.PSS(padding.MGF1(_hash(mgf1, None, key) if mgf1 else alg), salt)
                     scheme = f"rsa_pss_rsae_{alg.name}"

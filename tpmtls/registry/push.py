@@ -161,7 +161,7 @@ def _ensure(client: RegistryClient, ref: Reference, blob: Blob, cache: BlobCache
             cancel: threading.Event) -> tuple[str, int, str]:
     """Make sure the registry has `blob` in ref's repository: existing, mounted or uploaded."""
     repo = ref.repository
-    known = (blob.digest, blob.size) if blob.digest else cache.lookup(blob.diff_id or "")
+    known = (blob.digest, blob.size or 0) if blob.digest else cache.lookup(blob.diff_id or "")
     task = progress.task(blob.name, blob.size)
     if known and known[0] and client.blob_exists(repo, known[0]):
         task.done("Layer already exists")

@@ -37,6 +37,8 @@ INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 class FileRegion(Source):
     """`size` bytes of `path` from `start`."""
 
+    size: int
+
     def __init__(self, path: Path, start: int, size: int) -> None:
         self.path, self.start, self.size = path, start, size
 

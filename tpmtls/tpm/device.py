@@ -24,7 +24,7 @@ from tpm2_pytss.utils import wrap
 from .._files import check_writable, write_atomic
 from ..errors import KeyAuthError, KeyFileError, UsageError
 from .keyfile import OWNER, KeyBlob, read_key_reference
-from .keys import TpmKey, make_key
+from .keys import AnyTpmKey, TpmKey, make_key
 from .pool import Pool, TpmContext, default_pool
 from .templates import ALGORITHMS, key_template
 
@@ -80,7 +80,7 @@ class Tpm:
         password: bytes | str | None = None,
         *,
         overwrite: bool = False,
-    ) -> TpmKey:
+    ) -> AnyTpmKey:
         """Create a key inside the TPM (fixedTPM|fixedParent|sensitiveDataOrigin) under the SRK.
 
         With `path`, the key file (a TSS2 PRIVATE KEY, wrapped by this TPM) is written
@@ -112,7 +112,7 @@ class Tpm:
         pem_password: bytes | None = None,
         overwrite: bool = False,
         source: str = "<pem>",
-    ) -> TpmKey:
+    ) -> AnyTpmKey:
         """Import an external RSA or EC private key: from now on only this TPM can use it.
 
         The key is wrapped for the SRK in software (tpm2-pytss `wrap`: inner AES and an
@@ -151,13 +151,13 @@ class Tpm:
         private, imported = self.pool.run("import key", fn)
         return self._finish(private, imported, auth, out)
 
-    def load_key(self, ref: str | os.PathLike[str] | TpmKey, password: bytes | str | None = None) -> TpmKey:
+    def load_key(self, ref: str | os.PathLike[str] | AnyTpmKey, password: bytes | str | None = None) -> AnyTpmKey:
         """Load a key reference: a TSS2 key file, 'handle:0x81…', the handle form, or a key."""
         if isinstance(ref, TpmKey):
-            return ref
+            return ref  # type: ignore[return-value]
         return self.load_blob(read_key_reference(ref), password)
 
-    def load_blob(self, blob: KeyBlob, password: bytes | str | None = None) -> TpmKey:
+    def load_blob(self, blob: KeyBlob, password: bytes | str | None = None) -> AnyTpmKey:
         """Load a parsed key: checks here that the TPM takes it, so errors surface early."""
         auth = _password(password)
         if not blob.empty_auth and auth is None:
@@ -215,7 +215,7 @@ class Tpm:
 
         return self.pool.run("read TPM properties", fn)
 
-    def _finish(self, private: object, public: TPM2B_PUBLIC, auth: bytes | None, out: object) -> TpmKey:
+    def _finish(self, private: object, public: TPM2B_PUBLIC, auth: bytes | None, out: object) -> AnyTpmKey:
         blob = KeyBlob(
             source=str(out) if out is not None else "<new key>",
             parent=OWNER,

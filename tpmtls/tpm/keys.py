@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import Any, Self, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,7 +31,7 @@ _TPM_HASH = {
 }
 
 
-def _digest(data: bytes, algorithm: Any) -> tuple[bytes, hashes.HashAlgorithm]:
+def _digest(data: Buffer, algorithm: Any) -> tuple[bytes, hashes.HashAlgorithm]:
     """Hash in software (or take a Prehashed digest) and return it with its algorithm."""
     if isinstance(algorithm, utils.Prehashed):
         alg = algorithm._algorithm
@@ -123,10 +125,10 @@ class TpmKey:
             "use the key file (to_pem()) to refer to it"
         )
 
-    def __copy__(self) -> TpmKey:
+    def __copy__(self) -> Self:
         return self  # immutable: nothing to copy
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> TpmKey:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
         return self
 
     def __repr__(self) -> str:
@@ -143,7 +145,7 @@ class TpmRSAPrivateKey(TpmKey, rsa.RSAPrivateKey):
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public_key
 
-    def sign(self, data: bytes, padding: padding.AsymmetricPadding, algorithm: Any) -> bytes:
+    def sign(self, data: Buffer, padding: padding.AsymmetricPadding, algorithm: Any) -> bytes:
         digest, alg = _digest(data, algorithm)
         if isinstance(padding, _PKCS1v15):
             sig = self._sign_with(_scheme(TPM2_ALG.RSASSA, alg.name), digest)
@@ -222,7 +224,7 @@ class TpmECPrivateKey(TpmKey, ec.EllipticCurvePrivateKey):
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public_key
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("TPM EC keys sign with ECDSA only")
         digest, alg = _digest(data, signature_algorithm.algorithm)
@@ -250,9 +252,9 @@ def _salt_length(pad: padding.PSS, alg: hashes.HashAlgorithm, key_bits: int) -> 
         return max_salt
     if salt is padding.PSS.AUTO:
         raise ValueError("PSS.AUTO is for verification only; sign with DIGEST_LENGTH or MAX_LENGTH")
-    if not 0 <= int(salt) <= max_salt:
+    if not isinstance(salt, int) or not 0 <= salt <= max_salt:
         raise ValueError(f"PSS salt length {salt} does not fit a {key_bits}-bit key with {alg.name}")
-    return int(salt)
+    return salt
 
 
 def _mgf1(seed: bytes, length: int, alg: hashes.HashAlgorithm) -> bytes:
@@ -286,7 +288,7 @@ def emsa_pss_encode(
     return em.rjust(key_bits // 8, b"\0")
 
 
-def make_key(pool: Pool, blob: KeyBlob, public: TPM2B_PUBLIC, password: bytes | None = None) -> TpmKey:
+def make_key(pool: Pool, blob: KeyBlob, public: TPM2B_PUBLIC, password: bytes | None = None) -> "AnyTpmKey":
     """The right key class for a public area."""
     if public.publicArea.type == TPM2_ALG.RSA:
         return TpmRSAPrivateKey(pool, blob, public, password)
@@ -295,4 +297,7 @@ def make_key(pool: Pool, blob: KeyBlob, public: TPM2B_PUBLIC, password: bytes | 
     raise TpmError(f"{blob.source}: not an RSA or EC key (TPM type 0x{int(public.publicArea.type):x})")
 
 
-__all__ = ["TpmKey", "TpmRSAPrivateKey", "TpmECPrivateKey", "make_key", "emsa_pss_encode"]
+AnyTpmKey = Union[TpmRSAPrivateKey, TpmECPrivateKey]
+"""What create/import/load return: narrow with isinstance, as with cryptography's loaders."""
+
+__all__ = ["AnyTpmKey", "TpmKey", "TpmRSAPrivateKey", "TpmECPrivateKey", "make_key", "emsa_pss_encode"]

@@ -1,0 +1,15 @@
+"""The package type-checks (py.typed promises users precise hints)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mypy_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "mypy", "tpmtls", "--ignore-missing-imports"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
