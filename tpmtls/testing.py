@@ -671,7 +671,7 @@ class DBusSession(_Component):
         binary = _find_binary("dbus-daemon")
         argv = [binary, "--session", "--nofork", "--nopidfile", "--nosyslog", "--print-address=1"]
         sockdir = str(self.workdir.resolve())
-        if len(sockdir) <= 80:  # sun_path is 108 bytes incl. "/dbus-XXXXXXXXXX"
+        if len(sockdir) <= 80:  # sun_path holds 108 bytes, and dbus adds "/dbus-" plus a 10-character random name
             argv.append(f"--address=unix:dir={sockdir}")
         self._proc = _spawn(argv, self.log_path, _child_env(), stdout=subprocess.PIPE)
         _register(self)
