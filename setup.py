@@ -13,6 +13,7 @@ setup(
             "tpmtls.provider._shim",
             sources=[
                 "tpmtls/provider/shim_core.c",
+                "tpmtls/provider/shim_params.c",
                 "tpmtls/provider/shim_keymgmt.c",
                 "tpmtls/provider/shim_signature.c",
                 "tpmtls/provider/shim_decoder.c",

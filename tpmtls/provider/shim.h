@@ -49,7 +49,6 @@ typedef int (*shim_sign_fn)(uint64_t id, const char *mdname, int pad_mode, int s
                             const char *mgf1_mdname, int prehashed,
                             const unsigned char *tbs, size_t tbs_len,
                             unsigned char *sig, size_t *sig_len);
-typedef void (*shim_free_fn)(uint64_t id);
 /* last error of this thread, for the OpenSSL error queue */
 typedef size_t (*shim_error_fn)(char *buf, size_t size);
 
@@ -57,10 +56,11 @@ struct shim_callbacks {
     shim_load_fn load;
     shim_pem2der_fn pem2der;
     shim_sign_fn sign;
-    shim_free_fn free;
     shim_error_fn error;
 };
 extern struct shim_callbacks shim_cb;
+/* 0 once the interpreter is exiting: no callback may run then (shim_core.c) */
+int shim_python_alive(void);
 
 /* ---- one provider context per OpenSSL core that loaded us ---- */
 typedef struct {
@@ -95,13 +95,14 @@ void shim_error(shim_provctx *prov, int reason, const char *fmt, ...);
 /* raise the Python side's last error (or `fallback`) on the OpenSSL error queue */
 void shim_error_from_python(shim_provctx *prov, const char *fallback);
 
-/* ---- local OSSL_PARAM helpers: struct layout is stable ABI across 3.x/4.x ---- */
+/* ---- local OSSL_PARAM helpers (shim_params.c): struct layout is stable ABI across 3.x/4.x ---- */
 OSSL_PARAM *shim_param_locate(OSSL_PARAM *params, const char *key);
 const OSSL_PARAM *shim_param_locate_const(const OSSL_PARAM *params, const char *key);
 int shim_param_set_int(OSSL_PARAM *p, int value);
 int shim_param_set_utf8(OSSL_PARAM *p, const char *value);
 int shim_param_set_octets(OSSL_PARAM *p, const void *data, size_t len);
 /* a big-endian unsigned number as an OSSL_PARAM_UNSIGNED_INTEGER (native endian) */
+void shim_be_to_native(unsigned char *out, size_t out_size, const unsigned char *be, size_t len);
 int shim_param_set_bn(OSSL_PARAM *p, const unsigned char *be, size_t len);
 int shim_param_get_int(const OSSL_PARAM *p, int *value);
 int shim_param_get_utf8(const OSSL_PARAM *p, char *buf, size_t size);

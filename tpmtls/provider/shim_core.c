@@ -1,4 +1,5 @@
 /* Provider entry point, algorithm tables, errors, key references, OSSL_PARAM helpers. */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,15 +9,35 @@
 
 struct shim_callbacks shim_cb;
 
+/*
+ * Python may only be called while its interpreter runs. `import tpmtls` sets the
+ * callbacks; an atexit hook calls tpmtls_shutdown() before the interpreter tears
+ * down its modules, because OpenSSL frees keys (and may even sign, from a daemon
+ * thread) during the final garbage collection, when a ctypes callback would crash
+ * the process (FINDINGS "Process exit").
+ */
+static int python_alive;
+
 /* Called from Python (ctypes) before any OpenSSL core loads us. */
 SHIM_EXPORT void tpmtls_set_callbacks(shim_load_fn load, shim_pem2der_fn pem2der, shim_sign_fn sign,
-                                      shim_free_fn free_fn, shim_error_fn error)
+                                      shim_error_fn error)
 {
     shim_cb.load = load;
     shim_cb.pem2der = pem2der;
     shim_cb.sign = sign;
-    shim_cb.free = free_fn;
     shim_cb.error = error;
+    __atomic_store_n(&python_alive, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Called from Python at interpreter exit: from now on no callback runs. */
+SHIM_EXPORT void tpmtls_shutdown(void)
+{
+    __atomic_store_n(&python_alive, 0, __ATOMIC_SEQ_CST);
+}
+
+int shim_python_alive(void)
+{
+    return __atomic_load_n(&python_alive, __ATOMIC_SEQ_CST);
 }
 
 /* How many OpenSSL cores have initialised us: `tpmtls doctor` shows it. */
@@ -24,6 +45,65 @@ static int init_count;
 SHIM_EXPORT int tpmtls_init_count(void)
 {
     return __atomic_load_n(&init_count, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * Freed keys are queued here, not reported by a callback: OpenSSL frees keys from
+ * wherever the last reference goes (a garbage collection, an exception unwinding a
+ * frame, a thread holding a Python lock), and calling Python there would crash at
+ * exit, deadlock on a lock the thread holds, or clobber a pending exception. Python
+ * drains the queue when it loads the next key (tpmtls_take_freed).
+ */
+static pthread_mutex_t freed_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t *freed;
+static size_t freed_len, freed_cap;
+
+static void freed_prepare(void)
+{
+    pthread_mutex_lock(&freed_lock);
+}
+
+static void freed_release(void)
+{
+    pthread_mutex_unlock(&freed_lock);
+}
+
+/* fork() while another thread held the lock must not leave it locked in the child */
+__attribute__((constructor)) static void freed_atfork(void)
+{
+    pthread_atfork(freed_prepare, freed_release, freed_release);
+}
+
+static void defer_free(uint64_t id)
+{
+    pthread_mutex_lock(&freed_lock);
+    if (freed_len == freed_cap) {
+        size_t cap = freed_cap ? freed_cap * 2 : 64;
+        uint64_t *grown = realloc(freed, cap * sizeof(*freed));
+
+        if (grown == NULL) { /* out of memory: Python keeps one stale entry, harmless */
+            pthread_mutex_unlock(&freed_lock);
+            return;
+        }
+        freed = grown;
+        freed_cap = cap;
+    }
+    freed[freed_len++] = id;
+    pthread_mutex_unlock(&freed_lock);
+}
+
+/* Move up to `max` freed key ids into `out`; returns how many. */
+SHIM_EXPORT size_t tpmtls_take_freed(uint64_t *out, size_t max)
+{
+    size_t n;
+
+    pthread_mutex_lock(&freed_lock);
+    n = freed_len < max ? freed_len : max;
+    memcpy(out, freed, n * sizeof(*out));
+    memmove(freed, freed + n, (freed_len - n) * sizeof(*freed));
+    freed_len -= n;
+    pthread_mutex_unlock(&freed_lock);
+    return n;
 }
 
 /* ---- keys ---- */
@@ -49,15 +129,15 @@ void shim_key_unref(shim_key *key)
 {
     if (key == NULL || __atomic_sub_fetch(&key->refs, 1, __ATOMIC_SEQ_CST) > 0)
         return;
-    if (key->has_private && shim_cb.free != NULL)
-        shim_cb.free(key->info.id);
+    if (key->has_private)
+        defer_free(key->info.id);
     free(key);
 }
 
 /* ---- errors ---- */
 
 static const OSSL_ITEM shim_reasons[] = {
-    { SHIM_R_NOT_LOADED, "tpmtls Python side not registered (import tpmtls first)" },
+    { SHIM_R_NOT_LOADED, "tpmtls Python side not available (import tpmtls first; not during interpreter exit)" },
     { SHIM_R_TPM_FAILED, "TPM operation failed" },
     { SHIM_R_BAD_PARAM, "unsupported parameter" },
     { SHIM_R_NO_PRIVATE, "no TPM key behind this object" },
@@ -83,142 +163,9 @@ void shim_error_from_python(shim_provctx *prov, const char *fallback)
 {
     char msg[512] = "";
 
-    if (shim_cb.error != NULL)
+    if (shim_cb.error != NULL && shim_python_alive())
         shim_cb.error(msg, sizeof(msg));
     shim_error(prov, SHIM_R_TPM_FAILED, "%s", msg[0] ? msg : fallback);
-}
-
-/* ---- OSSL_PARAM helpers (see shim.h: no libcrypto symbols) ---- */
-
-OSSL_PARAM *shim_param_locate(OSSL_PARAM *params, const char *key)
-{
-    for (OSSL_PARAM *p = params; p != NULL && p->key != NULL; p++)
-        if (strcmp(p->key, key) == 0)
-            return p;
-    return NULL;
-}
-
-const OSSL_PARAM *shim_param_locate_const(const OSSL_PARAM *params, const char *key)
-{
-    return shim_param_locate((OSSL_PARAM *)params, key);
-}
-
-int shim_param_set_int(OSSL_PARAM *p, int value)
-{
-    if (p->data_type == OSSL_PARAM_INTEGER || p->data_type == OSSL_PARAM_UNSIGNED_INTEGER) {
-        p->return_size = p->data_size;
-        if (p->data == NULL)
-            return 1;
-        if (p->data_size == sizeof(int32_t)) {
-            *(int32_t *)p->data = value;
-            return 1;
-        }
-        if (p->data_size == sizeof(int64_t)) {
-            *(int64_t *)p->data = value;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-int shim_param_set_utf8(OSSL_PARAM *p, const char *value)
-{
-    size_t len = strlen(value);
-
-    if (p->data_type != OSSL_PARAM_UTF8_STRING)
-        return 0;
-    p->return_size = len;
-    if (p->data == NULL)
-        return 1;
-    if (p->data_size < len + 1)
-        return 0;
-    memcpy(p->data, value, len + 1);
-    return 1;
-}
-
-int shim_param_set_octets(OSSL_PARAM *p, const void *data, size_t len)
-{
-    if (p->data_type != OSSL_PARAM_OCTET_STRING)
-        return 0;
-    p->return_size = len;
-    if (p->data == NULL)
-        return 1;
-    if (p->data_size < len)
-        return 0;
-    memcpy(p->data, data, len);
-    return 1;
-}
-
-int shim_param_set_bn(OSSL_PARAM *p, const unsigned char *be, size_t len)
-{
-    unsigned char *out = p->data;
-
-    if (p->data_type != OSSL_PARAM_UNSIGNED_INTEGER)
-        return 0;
-    p->return_size = len;
-    if (out == NULL)
-        return 1;
-    if (p->data_size < len)
-        return 0;
-    /* native (little) endian, zero-extended to the buffer size */
-    memset(out, 0, p->data_size);
-    for (size_t i = 0; i < len; i++)
-        out[i] = be[len - 1 - i];
-    p->return_size = p->data_size;
-    return 1;
-}
-
-int shim_param_get_int(const OSSL_PARAM *p, int *value)
-{
-    if (p->data_type != OSSL_PARAM_INTEGER && p->data_type != OSSL_PARAM_UNSIGNED_INTEGER)
-        return 0;
-    if (p->data_size == sizeof(int32_t)) {
-        *value = *(const int32_t *)p->data;
-        return 1;
-    }
-    if (p->data_size == sizeof(int64_t)) {
-        *value = (int)*(const int64_t *)p->data;
-        return 1;
-    }
-    return 0;
-}
-
-int shim_param_get_utf8(const OSSL_PARAM *p, char *buf, size_t size)
-{
-    size_t len;
-
-    if (p->data_type != OSSL_PARAM_UTF8_STRING || p->data == NULL)
-        return 0;
-    len = strnlen(p->data, p->data_size);
-    if (len + 1 > size)
-        return 0;
-    memcpy(buf, p->data, len);
-    buf[len] = '\0';
-    return 1;
-}
-
-OSSL_PARAM shim_param_utf8(const char *key, char *value)
-{
-    OSSL_PARAM p = { key, OSSL_PARAM_UTF8_STRING, value, strlen(value), SHIM_PARAM_UNMODIFIED };
-    return p;
-}
-
-OSSL_PARAM shim_param_octets(const char *key, void *data, size_t len)
-{
-    OSSL_PARAM p = { key, OSSL_PARAM_OCTET_STRING, data, len, SHIM_PARAM_UNMODIFIED };
-    return p;
-}
-
-OSSL_PARAM shim_param_uint(const char *key, unsigned char *native, size_t len)
-{
-    OSSL_PARAM p = { key, OSSL_PARAM_UNSIGNED_INTEGER, native, len, SHIM_PARAM_UNMODIFIED };
-    return p;
-}
-
-OSSL_PARAM shim_param_end(void)
-{
-    OSSL_PARAM p = { NULL, 0, NULL, 0, 0 };
-    return p;
 }
 
 /* ---- provider ---- */
@@ -281,10 +228,13 @@ static int shim_get_params(void *provctx, OSSL_PARAM params[])
 {
     OSSL_PARAM *p;
 
-    if ((p = shim_param_locate(params, OSSL_PROV_PARAM_NAME)) != NULL && p->data_type == OSSL_PARAM_UTF8_PTR)
+    if ((p = shim_param_locate(params, OSSL_PROV_PARAM_NAME)) != NULL && p->data_type == OSSL_PARAM_UTF8_PTR
+        && p->data != NULL && p->data_size >= sizeof(const char *)) {
         *(const char **)p->data = "tpmtls TPM shim provider";
+        p->return_size = strlen("tpmtls TPM shim provider");
+    }
     if ((p = shim_param_locate(params, OSSL_PROV_PARAM_STATUS)) != NULL)
-        shim_param_set_int(p, shim_cb.sign != NULL);
+        shim_param_set_int(p, shim_cb.sign != NULL && shim_python_alive());
     return 1;
 }
 

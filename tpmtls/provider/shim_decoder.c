@@ -72,7 +72,7 @@ static int pem_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
     long der_len;
     int ok = 1;
 
-    if (shim_cb.pem2der == NULL || (pem = read_all(ctx, in, &len)) == NULL)
+    if (shim_cb.pem2der == NULL || !shim_python_alive() || (pem = read_all(ctx, in, &len)) == NULL)
         return 1; /* not ours to judge */
     der = malloc(len + 1);
     der_len = der == NULL ? -1 : shim_cb.pem2der(pem, len, der, len + 1);
@@ -102,7 +102,7 @@ static int key_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
 
     if (selection != 0 && (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) == 0)
         return 1; /* asked for public parts only: the certificate's job, not ours */
-    if (shim_cb.load == NULL || (der = read_all(ctx, in, &len)) == NULL)
+    if (shim_cb.load == NULL || !shim_python_alive() || (der = read_all(ctx, in, &len)) == NULL)
         return 1;
     if ((key = shim_key_new(ctx->prov)) == NULL) {
         free(der);
@@ -117,7 +117,7 @@ static int key_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
         } else {
             rc = shim_cb.load(der, len, ctx->type, password, pw_len, &key->info);
         }
-        memset(password, 0, sizeof(password));
+        explicit_bzero(password, sizeof(password)); /* a plain memset may be optimised away */
     }
     free(der);
     if (rc == 1) {

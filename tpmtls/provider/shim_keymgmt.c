@@ -168,10 +168,8 @@ static int rsa_export(void *keydata, int selection, OSSL_CALLBACK *cb, void *cba
 
     if (export_refused(selection) || !(selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY))
         return 0;
-    for (size_t i = 0; i < key->info.pub_len; i++)
-        n[i] = key->info.pub[key->info.pub_len - 1 - i];
-    for (size_t i = 0; i < key->info.e_len; i++)
-        e[i] = key->info.e[key->info.e_len - 1 - i];
+    shim_be_to_native(n, key->info.pub_len, key->info.pub, key->info.pub_len);
+    shim_be_to_native(e, key->info.e_len, key->info.e, key->info.e_len);
     params[0] = shim_param_uint(OSSL_PKEY_PARAM_RSA_N, n, key->info.pub_len);
     params[1] = shim_param_uint(OSSL_PKEY_PARAM_RSA_E, e, key->info.e_len);
     params[2] = shim_param_end();

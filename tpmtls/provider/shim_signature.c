@@ -28,6 +28,21 @@ typedef struct {
 } sig_ctx;
 
 enum { PAD_PKCS1 = 1, PAD_PSS = 6 };
+/* RSA_PSS_SALTLEN_* of OpenSSL's rsa.h (a libcrypto header we do not include) */
+enum { SALT_DIGEST = -1, SALT_AUTO = -2, SALT_MAX = -3, SALT_AUTO_DIGEST_MAX = -4 };
+#ifndef OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO_DIGEST_MAX /* OpenSSL 3.1+; the system's is 3.0 */
+#define OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO_DIGEST_MAX "auto-digestmax"
+#endif
+
+/* The defaults of a fresh operation: every (re-)init starts from these. */
+static void sig_reset(sig_ctx *ctx)
+{
+    ctx->mdname[0] = '\0';
+    ctx->mgf1[0] = '\0';
+    ctx->pad_mode = PAD_PKCS1;
+    ctx->saltlen = SALT_DIGEST;
+    ctx->len = 0;
+}
 
 static void *sig_newctx(shim_provctx *prov, int type)
 {
@@ -36,8 +51,7 @@ static void *sig_newctx(shim_provctx *prov, int type)
     if (ctx != NULL) {
         ctx->prov = prov;
         ctx->type = type;
-        ctx->pad_mode = PAD_PKCS1;
-        ctx->saltlen = -1;
+        sig_reset(ctx);
     }
     return ctx;
 }
@@ -99,7 +113,7 @@ static int sig_init(sig_ctx *ctx, void *keydata, const char *mdname, const OSSL_
         return 0;
     shim_key_unref(ctx->key);
     ctx->key = shim_key_ref(key);
-    ctx->len = 0;
+    sig_reset(ctx); /* nothing of a previous operation carries over */
     if (mdname != NULL && mdname[0] != '\0') {
         if (strlen(mdname) >= sizeof(ctx->mdname))
             return 0;
@@ -155,8 +169,9 @@ static int do_sign(sig_ctx *ctx, int prehashed, const unsigned char *tbs, size_t
         *siglen = (size_t)ctx->key->info.max_size;
         return 1;
     }
-    if (shim_cb.sign == NULL) {
-        shim_error(ctx->prov, SHIM_R_NOT_LOADED, "tpmtls callbacks are not registered in this process");
+    if (shim_cb.sign == NULL || !shim_python_alive()) {
+        shim_error(ctx->prov, SHIM_R_NOT_LOADED,
+                   "tpmtls cannot sign now: not imported in this process, or the interpreter is exiting");
         return 0;
     }
     if (shim_cb.sign(ctx->key->info.id, ctx->mdname, ctx->pad_mode, ctx->saltlen, ctx->mgf1, prehashed,
@@ -230,21 +245,28 @@ static int parse_pad_mode(const OSSL_PARAM *p, int *mode)
 
 static int parse_saltlen(const OSSL_PARAM *p, int *saltlen)
 {
-    char s[16];
+    char s[32], *end;
+    long value;
 
     if (shim_param_get_int(p, saltlen))
-        return *saltlen >= -4;
+        return *saltlen >= SALT_AUTO_DIGEST_MAX;
     if (!shim_param_get_utf8(p, s, sizeof(s)))
         return 0;
     if (strcmp(s, OSSL_PKEY_RSA_PSS_SALT_LEN_DIGEST) == 0)
-        *saltlen = -1;
+        *saltlen = SALT_DIGEST;
     else if (strcmp(s, OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO) == 0)
-        *saltlen = -2;
+        *saltlen = SALT_AUTO;
     else if (strcmp(s, OSSL_PKEY_RSA_PSS_SALT_LEN_MAX) == 0)
-        *saltlen = -3;
-    else
-        *saltlen = atoi(s);
-    return *saltlen >= -3;
+        *saltlen = SALT_MAX;
+    else if (strcmp(s, OSSL_PKEY_RSA_PSS_SALT_LEN_AUTO_DIGEST_MAX) == 0)
+        *saltlen = SALT_AUTO_DIGEST_MAX;
+    else {
+        value = strtol(s, &end, 10);
+        if (end == s || *end != '\0' || value < 0 || value > 4096)
+            return 0; /* not a number or a name OpenSSL defines: refuse, never guess 0 */
+        *saltlen = (int)value;
+    }
+    return 1;
 }
 
 static int sig_set_ctx_params(void *vctx, const OSSL_PARAM params[])
@@ -265,8 +287,10 @@ static int sig_set_ctx_params(void *vctx, const OSSL_PARAM params[])
         return 0;
     }
     if ((p = shim_param_locate_const(params, OSSL_SIGNATURE_PARAM_PSS_SALTLEN)) != NULL
-        && !parse_saltlen(p, &ctx->saltlen))
+        && !parse_saltlen(p, &ctx->saltlen)) {
+        shim_error(ctx->prov, SHIM_R_BAD_PARAM, "unsupported RSA-PSS salt length");
         return 0;
+    }
     if ((p = shim_param_locate_const(params, OSSL_SIGNATURE_PARAM_MGF1_DIGEST)) != NULL
         && !shim_param_get_utf8(p, ctx->mgf1, sizeof(ctx->mgf1)))
         return 0;
