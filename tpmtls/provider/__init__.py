@@ -7,22 +7,29 @@ imports anything that imports cryptography; it writes a config listing the shim,
 `OPENSSL_CONF` just around that import, and puts the environment back so no child
 process inherits it (FINDINGS: a leaked provider config killed swtpm). The system
 OpenSSL (stdlib `ssl`) exposes `OSSL_PROVIDER_*`, so the shim is loaded there on demand.
+One private module per OpenSSL core: `_cryptography`, `_system`.
+
+Python is called only while the interpreter runs: an atexit hook tells the shim to stop
+(OpenSSL frees keys during the final garbage collection), and freed keys are queued in C
+rather than reported by a callback, so a free can never crash at exit, deadlock on a
+lock, or disturb a pending exception.
 
 This module must not import cryptography at module level.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
-import ctypes.util
-import os
 import re
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from . import _cryptography
+from ._system import SystemOpenSSL
 
 SHIM_RSA, SHIM_EC = 1, 2
 PROVIDER_NAME = b"tpmtls"  # sorts after "default": OpenSSL prefers default's methods on ties
@@ -56,7 +63,6 @@ _SIGN = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
     ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
 )
-_FREE = ctypes.CFUNCTYPE(None, ctypes.c_uint64)
 _ERROR = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t)
 
 
@@ -69,11 +75,21 @@ class _State:
     cryptography_first = False  # cryptography was imported before tpmtls
     system_loaded = False
     system_provider: int | None = None
+    system: SystemOpenSSL | None = None
     callbacks: tuple[Any, ...] = ()
+
+    @property
+    def libcrypto(self) -> ctypes.CDLL | None:
+        """The system libcrypto once the shim was loaded there (tests fetch algorithms through it)."""
+        return self.system.lib if self.system is not None else None
 
 
 state = _State()
-_lock = threading.Lock()
+# Two locks, each held only around a few dict or ctypes operations. Neither is ever
+# taken by something OpenSSL can call from a garbage collection (frees go through a
+# queue in C), so a collection while one is held cannot deadlock.
+_system_lock = threading.Lock()
+_keys_lock = threading.Lock()
 _local = threading.local()
 _keys: dict[int, Any] = {}
 _next_id = iter(range(1, 2**62))
@@ -110,6 +126,26 @@ def loading(source: str | None = None, tcti: str | None = None, password: bytes 
             setattr(_local, name, value)
 
 
+@contextmanager
+def passphrase_from_openssl() -> Iterator[None]:
+    """Let keys decoded on this thread meanwhile take their password from OpenSSL's callback.
+
+    Only for callers that set one (stdlib `load_cert_chain(password=...)`): OpenSSL's
+    default callback prompts on the terminal.
+    """
+    old = getattr(_local, "passphrase_callback", False)
+    _local.passphrase_callback = True
+    try:
+        yield
+    finally:
+        _local.passphrase_callback = old
+
+
+def clear_error() -> None:
+    """Forget this thread's last callback failure (before an operation whose failure we explain)."""
+    _local.error = None
+
+
 def last_error() -> str | None:
     """The last failure a callback reported on this thread (one line), if any."""
     return getattr(_local, "error", None)
@@ -131,10 +167,11 @@ def _load(der_p: int, der_len: int, expected: int, pw_p: int | None, pw_len: int
             return 0
         password = ctypes.string_at(pw_p, pw_len) if pw_p else getattr(_local, "password", None)
         if not blob.empty_auth and not password:
-            # The shim now asks OpenSSL's passphrase callback and calls us again; if
-            # nobody answers, this is the reason the caller gets.
-            _set_error(f"{source}: this key has a password and none was given (password=...)")
-            return 2
+            _set_error(f"{source}: this TPM key has a password and none was given")
+            # Ask OpenSSL's passphrase callback only when the caller gave one (ssl's
+            # load_cert_chain(password=...) after inject_into_ssl): without one OpenSSL
+            # falls back to prompting on the terminal, and a library never prompts.
+            return 2 if getattr(_local, "passphrase_callback", False) and not pw_p else -1
         try:
             key = connect(getattr(_local, "tcti", None), pool=getattr(_local, "pool", None)).load_blob(blob, password)
         except TpmtlsError as e:
@@ -160,14 +197,12 @@ def _fill(info: Any, key: Any) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     pub = key.public_key()
-    with _lock:
-        key_id = next(_next_id)
-        _keys[key_id] = key
-    info.id = key_id
     if isinstance(pub, rsa.RSAPublicKey):
         numbers = pub.public_numbers()
         n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
         e = numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")
+        if len(n) > len(info.pub) or len(e) > len(info.e):
+            raise ValueError(f"RSA key of {pub.key_size} bits is larger than the shim handles")
         info.type, info.bits, info.max_size = SHIM_RSA, pub.key_size, len(n)
         info.security_bits = {2048: 112, 3072: 128, 4096: 152}.get(pub.key_size, 112)
         ctypes.memmove(info.pub, n, len(n))
@@ -182,57 +217,52 @@ def _fill(info: Any, key: Any) -> None:
         info.group = {"secp256r1": b"prime256v1", "secp384r1": b"secp384r1"}[pub.curve.name]
         ctypes.memmove(info.pub, point, len(point))
         info.pub_len = len(point)
+    else:
+        raise ValueError(f"unsupported key type {type(pub).__name__}")
+    _forget_freed_keys()
+    with _keys_lock:
+        key_id = next(_next_id)
+        _keys[key_id] = key
+    info.id = key_id
 
 
-_HASH_NAMES = {"SHA1": "sha1", "SHA256": "sha256", "SHA2256": "sha256", "SHA384": "sha384", "SHA2384": "sha384",
-               "SHA512": "sha512", "SHA2512": "sha512"}
+def _forget_freed_keys() -> None:
+    """Drop the key objects OpenSSL has freed since last time (queued by the shim)."""
+    assert state.lib is not None
+    batch = (ctypes.c_uint64 * 256)()
+    for _ in range(1 << 16):  # bounded: 16M freed keys between two loads is not a real process
+        count = state.lib.tpmtls_take_freed(batch, len(batch))
+        if count:
+            with _keys_lock:
+                for key_id in batch[:count]:
+                    _keys.pop(key_id, None)
+        if count < len(batch):
+            return
 
 
-def _hash(name: bytes | None, digest_len: int | None, key: Any) -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    by_name: dict[str, type[hashes.HashAlgorithm]] = {
-        "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-    text = (name or b"").decode().upper().replace("-", "").replace("_", "")
-    if text:
-        if text not in _HASH_NAMES:
-            raise ValueError(f"digest {text} is not one the TPM signs")
-        return by_name[_HASH_NAMES[text]]()
-    if digest_len is not None:
-        by_size: dict[int, type[hashes.HashAlgorithm]] = {
-            20: hashes.SHA1, 32: hashes.SHA256, 48: hashes.SHA384, 64: hashes.SHA512}
-        return by_size[digest_len]()
-    return hashes.SHA384() if getattr(key, "key_size", 0) == 384 else hashes.SHA256()
+def live_keys() -> int:
+    """How many TPM key objects OpenSSL holds (after forgetting freed ones); for tests and doctor."""
+    if state.lib is not None:
+        _forget_freed_keys()
+    with _keys_lock:
+        return len(_keys)
 
 
 def _sign(key_id: int, md: bytes | None, pad_mode: int, saltlen: int, mgf1: bytes | None, prehashed: int,
           tbs_p: int, tbs_len: int, sig_p: int, sig_len_p: Any) -> int:
     try:
-        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-
         from ..errors import TpmtlsError
+        from ..tpm.signing import sign_for_openssl
 
-        key = _keys.get(key_id)
+        with _keys_lock:
+            key = _keys.get(key_id)
         if key is None:
             _set_error("tpmtls: signing with a key the shim no longer knows")
             return 0
         data = ctypes.string_at(tbs_p, tbs_len)
-        alg = _hash(md, tbs_len if prehashed else None, key)
-        algorithm = utils.Prehashed(alg) if prehashed else alg
         try:
-            if isinstance(key, rsa.RSAPrivateKey):
-                pad: padding.AsymmetricPadding
-                if pad_mode == 6:
-                    salt: Any = {-1: padding.PSS.DIGEST_LENGTH, -2: padding.PSS.MAX_LENGTH, -3: padding.PSS.MAX_LENGTH,
-                            -4: padding.PSS.DIGEST_LENGTH}.get(saltlen, saltlen)
-                    pad = padding.PSS(padding.MGF1(_hash(mgf1, None, key) if mgf1 else alg), salt)
-                    scheme = f"rsa_pss_rsae_{alg.name}"
-                else:
-                    pad, scheme = padding.PKCS1v15(), f"rsa_pkcs1_{alg.name}"
-                sig = key.sign(data, pad, algorithm)
-            else:
-                sig = key.sign(data, ec.ECDSA(algorithm))
-                scheme = f"ecdsa_{key.curve.name}_{alg.name}"
+            sig, scheme = sign_for_openssl(key, data, md.decode() if md else None, pad_mode, saltlen,
+                                           mgf1.decode() if mgf1 else None, bool(prehashed))
         except TpmtlsError as e:
             _set_error(str(e))
             return 0
@@ -252,11 +282,6 @@ def _sign(key_id: int, md: bytes | None, pad_mode: int, saltlen: int, mgf1: byte
 def last_signature_scheme() -> str | None:
     """The TLS SignatureScheme name of this thread's last TPM signature (for `tpmtls connect`)."""
     return getattr(_local, "last_scheme", None)
-
-
-def _free(key_id: int) -> None:
-    with _lock:
-        _keys.pop(key_id, None)
 
 
 _PEM = re.compile(rb"-----BEGIN (TSS2 PRIVATE KEY|TPMTLS KEY HANDLE)-----\r?\n(.*?)-----END \1-----", re.S)
@@ -280,7 +305,9 @@ def _pem2der(pem_p: int, pem_len: int, out_p: int, out_size: int) -> int:
 
 
 def _error(buf_p: int, size: int) -> int:
-    message = (getattr(_local, "error", None) or "").encode()[: max(0, size - 1)]
+    if size <= 0:
+        return 0
+    message = (getattr(_local, "error", None) or "").encode()[: size - 1]
     ctypes.memmove(buf_p, message + b"\0", len(message) + 1)
     return len(message)
 
@@ -301,37 +328,18 @@ def bootstrap() -> None:
     except OSError as e:
         state.problem = f"cannot load the shim provider {path}: {e}"
         return
-    callbacks = (_LOAD(_load), _PEM2DER(_pem2der), _SIGN(_sign), _FREE(_free), _ERROR(_error))
+    lib.tpmtls_take_freed.restype = ctypes.c_size_t
+    lib.tpmtls_take_freed.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    callbacks = (_LOAD(_load), _PEM2DER(_pem2der), _SIGN(_sign), _ERROR(_error))
     lib.tpmtls_set_callbacks(*callbacks)
     state.path, state.lib, state.callbacks = path, lib, callbacks  # keep the thunks alive
+    # Registered now, so it runs after the atexit hooks of anything imported later
+    # (their TLS clean-up may still sign), and before the interpreter frees modules.
+    atexit.register(lib.tpmtls_shutdown)
     if "cryptography.hazmat.bindings._rust" in sys.modules:
         state.cryptography_first = True
         return
-    _load_into_cryptography(path)
-
-
-def _load_into_cryptography(path: Path) -> None:
-    previous = os.environ.get("OPENSSL_CONF")
-    include = f".include {previous}\n" if previous and os.path.isfile(previous) else ""
-    config = (
-        f"{include}"
-        "openssl_conf = tpmtls_init\n"
-        "[tpmtls_init]\nproviders = tpmtls_providers\n"
-        "[tpmtls_providers]\ndefault = tpmtls_default\ntpmtls = tpmtls_shim\n"
-        "[tpmtls_default]\nactivate = 1\n"
-        f"[tpmtls_shim]\nmodule = {path}\nactivate = 1\n"
-    )
-    with tempfile.TemporaryDirectory(prefix="tpmtls-ossl-") as tmp:
-        conf = Path(tmp) / "openssl.cnf"
-        conf.write_text(config)
-        os.environ["OPENSSL_CONF"] = str(conf)
-        try:
-            import cryptography.hazmat.bindings._rust  # noqa: F401 - initialises its OpenSSL now
-        finally:
-            if previous is None:
-                os.environ.pop("OPENSSL_CONF", None)
-            else:
-                os.environ["OPENSSL_CONF"] = previous
+    _cryptography.load(path)
 
 
 def in_cryptography() -> bool:
@@ -355,70 +363,34 @@ def require_cryptography() -> None:
         raise ProviderError("cryptography's OpenSSL did not load the tpmtls provider (see 'tpmtls doctor')")
 
 
-def _system_libcrypto() -> ctypes.CDLL:
-    import _ssl  # the stdlib's OpenSSL: make sure it is mapped, then find it by soname
-
-    names = [ctypes.util.find_library("crypto"), "libcrypto.so.3"]
-    for name in filter(None, names):
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.OpenSSL_version.restype = ctypes.c_char_p
-        lib.OpenSSL_version.argtypes = [ctypes.c_int]
-        if lib.OpenSSL_version(0).decode() == _ssl.OPENSSL_VERSION:
-            return lib
-    raise OSError(f"cannot find the libcrypto behind the ssl module ({_ssl.OPENSSL_VERSION})")
-
-
 def load_into_system_ssl() -> None:
     """Load the shim into the system OpenSSL (stdlib ssl); idempotent and thread-safe."""
     from ..errors import ProviderError
 
-    with _lock:
+    with _system_lock:
         if state.system_loaded:
             return
         if state.problem:
             raise ProviderError(state.problem)
         assert state.lib is not None
         try:
-            libcrypto = _system_libcrypto()
+            system = state.system or SystemOpenSSL()
         except OSError as e:
             raise ProviderError(str(e)) from None
-        libcrypto.OSSL_PROVIDER_available.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        libcrypto.OSSL_PROVIDER_load.restype = ctypes.c_void_p
-        libcrypto.OSSL_PROVIDER_load.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        libcrypto.OSSL_PROVIDER_add_builtin.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-        # Loading any provider explicitly stops OpenSSL from loading the default one by
-        # itself; make sure it is there so software keys, digests and ciphers keep working.
-        if not libcrypto.OSSL_PROVIDER_available(None, b"default"):
-            libcrypto.OSSL_PROVIDER_load(None, b"default")
-        init = ctypes.cast(state.lib.OSSL_provider_init, ctypes.c_void_p)
-        libcrypto.OSSL_PROVIDER_add_builtin(None, PROVIDER_NAME, init)
-        provider = libcrypto.OSSL_PROVIDER_load(None, PROVIDER_NAME)
-        if not provider:
-            raise ProviderError(f"the system OpenSSL ({_ssl_version()}) refused the tpmtls provider {state.path}")
-        state.system_provider = provider
-        state.system_loaded = True
-        state.libcrypto = libcrypto  # type: ignore[attr-defined]
+        handle = system.load(PROVIDER_NAME, ctypes.cast(state.lib.OSSL_provider_init, ctypes.c_void_p))
+        if handle is None:
+            raise ProviderError(f"the system OpenSSL ({system.version}) refused the tpmtls provider {state.path}")
+        state.system, state.system_provider, state.system_loaded = system, handle, True
 
 
 def unload_from_system_ssl() -> None:
     """Undo `load_into_system_ssl` (keys already in contexts keep working)."""
-    with _lock:
-        if not state.system_loaded:
+    with _system_lock:
+        if not state.system_loaded or state.system is None or state.system_provider is None:
             return
-        lib = state.libcrypto  # type: ignore[attr-defined]
-        lib.OSSL_PROVIDER_unload.argtypes = [ctypes.c_void_p]
-        lib.OSSL_PROVIDER_unload(state.system_provider)
+        state.system.unload(state.system_provider)
         state.system_loaded = False
         state.system_provider = None
-
-
-def _ssl_version() -> str:
-    import ssl
-
-    return ssl.OPENSSL_VERSION
 
 
 def init_count() -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Self, Union
+from typing import Any, TypeVar, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -53,6 +53,8 @@ def _scheme(alg: TPM2_ALG, hash_name: str) -> TPMT_SIG_SCHEME:
     scheme.details.any.hashAlg = _TPM_HASH[hash_name]
     return scheme
 
+
+_Key = TypeVar("_Key", bound="TpmKey")  # typing.Self needs Python 3.11; we support 3.10
 
 class TpmKey:
     """What TPM keys have beyond the cryptography interface: reference, file, persist."""
@@ -125,10 +127,10 @@ class TpmKey:
             "use the key file (to_pem()) to refer to it"
         )
 
-    def __copy__(self) -> Self:
+    def __copy__(self: _Key) -> _Key:
         return self  # immutable: nothing to copy
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+    def __deepcopy__(self: _Key, memo: dict[int, Any]) -> _Key:
         return self
 
     def __repr__(self) -> str:
