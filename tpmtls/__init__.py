@@ -15,53 +15,67 @@ from .provider import bootstrap as _bootstrap
 _bootstrap()
 
 from .errors import (  # noqa: E402
+    HandshakeError,
+    ImageError,
     KeyAuthError,
     KeyFileError,
     KeyNotExportable,
     ProviderError,
+    RegistryError,
     TlsSetupError,
     TpmBusy,
     TpmError,
     TpmLockout,
     TpmtlsError,
     TpmUnavailable,
+    UsageError,
 )
 from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_session, ssl_context  # noqa: E402
 from .tpm import Pool, Tpm, connect  # noqa: E402
+from .tpm.keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey  # noqa: E402
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:  # imported lazily at call time: the registry client is not needed to sign
-    from .registry.pull import PullResult
-    from .registry.push import PushResult
+if TYPE_CHECKING:
+    from .registry.pull import pull
+    from .registry.push import push
+
+# Imported on first use (PEP 562), with their own typed signatures: signing needs
+# none of the registry client.
+_LAZY = {"push": ".registry.push", "pull": ".registry.pull"}
 
 
-def push(image: str, destination: str, **options: Any) -> "PushResult":
-    """Push an image to HOST[:PORT]/REPO[:TAG] over TPM-backed mTLS; see tpmtls.registry.push."""
-    from .registry.push import push as _push
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-    return _push(image, destination, **options)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tpmtls' has no attribute {name!r}")
 
-
-def pull(source: str, destination: str, **options: Any) -> "PullResult":
-    """Pull HOST[:PORT]/REPO[:TAG|@DIGEST] to oci:/docker-archive:/docker-daemon:; see tpmtls.registry.pull."""
-    from .registry.pull import pull as _pull
-
-    return _pull(source, destination, **options)
 
 __all__ = [
+    "AnyTpmKey",
+    "HandshakeError",
+    "ImageError",
     "KeyAuthError",
     "KeyFileError",
     "KeyNotExportable",
     "Pool",
     "ProviderError",
+    "RegistryError",
     "TlsSetupError",
     "Tpm",
     "TpmBusy",
+    "TpmECPrivateKey",
     "TpmError",
+    "TpmKey",
     "TpmLockout",
+    "TpmRSAPrivateKey",
     "TpmUnavailable",
     "TpmtlsError",
+    "UsageError",
     "connect",
     "extract_from_ssl",
     "inject_into_ssl",

@@ -1,0 +1,36 @@
+"""The public surface: every error a public function raises is importable from tpmtls, signatures are typed."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import tpmtls
+from tpmtls import errors
+
+
+def test_every_error_class_is_exported():
+    raised = {name for name, obj in vars(errors).items() if inspect.isclass(obj) and issubclass(obj, Exception)}
+    assert raised <= set(tpmtls.__all__)
+    for name in raised:
+        assert issubclass(getattr(tpmtls, name), tpmtls.TpmtlsError)
+
+
+def test_key_types_are_exported():
+    assert issubclass(tpmtls.TpmRSAPrivateKey, tpmtls.TpmKey)
+    assert issubclass(tpmtls.TpmECPrivateKey, tpmtls.TpmKey)
+
+
+def test_push_and_pull_keep_their_typed_signatures():
+    for fn in (tpmtls.push, tpmtls.pull):
+        params = inspect.signature(fn).parameters
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), fn
+        assert "cert_dir" in params and "tcti" in params
+
+
+def test_import_does_not_load_the_registry_client():
+    code = "import sys, tpmtls; print('tpmtls.registry.client' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.strip() == "False"
