@@ -64,6 +64,8 @@ class Cli:
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"tpmtls {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+        for crash in ("Traceback", "Exception ignored", "Fatal Python error"):
+            assert crash not in proc.stderr, f"tpmtls {' '.join(args)}: {proc.stderr}"
         return proc
 
     def fails(self, *args: str, env: dict[str, str] | None = None) -> str:

@@ -88,6 +88,7 @@ def test_tpmtls_key_works_in_tpm2_openssl_client(test_tpm, tpm_client, pki):
              "-ign_eof"],
             input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, env=env, timeout=60,
         )
+    assert proc.returncode == 0, (server.errors, proc.stderr[-500:])
     assert b"hello tpm-client-ecc-p256" in proc.stdout, (server.errors, proc.stderr[-500:])
     assert server.subjects == ["tpm-client-ecc-p256"]
 

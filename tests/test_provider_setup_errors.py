@@ -93,6 +93,7 @@ def test_cryptography_imported_first(tpm_client, pki, test_tpm):
         except tpmtls.ProviderError as e:
             print("error:", e)
     """, test_tpm.env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert "stdlib ok" in proc.stdout, proc.stderr
     assert "error: cryptography was imported before tpmtls" in proc.stdout
     assert "import tpmtls first" in proc.stdout
@@ -112,6 +113,7 @@ def test_provider_not_built(tpm_client, pki, test_tpm, tmp_path: Path):
             except tpmtls.ProviderError as e:
                 print("error:", e)
     """, test_tpm.env, pythonpath=without_editable_install(copy), args=("-S",))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(lines) == 2, proc.stdout + proc.stderr
     assert all("shim provider is not built" in line and "pip install" in line for line in lines)
