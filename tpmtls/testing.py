@@ -58,7 +58,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, TypeVar
 
-__all__ = ["free_port", "SwTpm", "DBusSession", "Abrmd", "TestTpm"]
+from ._latency import LatencyForwarder, TpmTiming
+
+__all__ = ["free_port", "SwTpm", "DBusSession", "Abrmd", "TestTpm", "TpmTiming"]
 
 #: Bounded wait for any component to come up.
 START_TIMEOUT = 10.0
@@ -915,10 +917,18 @@ class TestTpm(_Component):
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
-        """Prepare (not start) the stack; *workdir* defaults to a new temp dir."""
+    def __init__(self, workdir: str | os.PathLike[str] | None = None, *, timing: TpmTiming | None = None) -> None:
+        """Prepare (not start) the stack; *workdir* defaults to a new temp dir.
+
+        *timing*: give the TPM a hardware TPM's pace (e.g. ``TpmTiming.with_sign(50)``):
+        a forwarder between abrmd and swtpm holds each response for the command's
+        modelled duration (see :mod:`tpmtls._latency`); ``latency.counts`` then tells
+        how many of each TPM command ran.
+        """
         self.workdir, self._owns_workdir = _make_workdir(workdir, "tpmtls-")
         self.swtpm = SwTpm(self.workdir / "swtpm")
+        self.timing = timing
+        self.latency: LatencyForwarder | None = None
         self.bus: DBusSession | None = None
         self._abrmd: Abrmd | None = None
         self._started = False
@@ -938,7 +948,9 @@ class TestTpm(_Component):
 
     @property
     def direct_tcti(self) -> str:
-        """TCTI straight to swtpm, bypassing abrmd (no object isolation while abrmd runs)."""
+        """TCTI straight to swtpm (through the latency forwarder if any), bypassing abrmd."""
+        if self.latency is not None:
+            return f"swtpm:host={_HOST},port={self.latency.port}"
         return self.swtpm.tcti
 
     @property
@@ -974,8 +986,11 @@ class TestTpm(_Component):
             return self
         try:
             self.swtpm.start()
+            if self.timing is not None:
+                assert self.swtpm.port is not None
+                self.latency = LatencyForwarder(self.swtpm.port, free_port(2), self.timing).start()
             self.bus = shared_bus()
-            self._abrmd = Abrmd(self.swtpm.tcti, self.bus, self.workdir / "abrmd")
+            self._abrmd = Abrmd(self.direct_tcti, self.bus, self.workdir / "abrmd")
             self._abrmd.start()
         except BaseException:
             self._stop_components()
@@ -990,6 +1005,8 @@ class TestTpm(_Component):
         if self._abrmd is not None:
             steps.append(self._abrmd.stop)
         steps.append(lambda: self.swtpm.stop(clean=True))
+        if self.latency is not None:
+            steps.append(self.latency.stop)
         for step in steps:
             try:
                 step()

@@ -1,0 +1,217 @@
+"""A software TPM with a hardware TPM's pace: a forwarder that delays each TPM response.
+
+swtpm answers a TPM2_Sign in 1–2 ms; discrete TPMs take tens to hundreds of
+milliseconds, and that is what users of real TPMs meet. `LatencyForwarder` sits
+between the TPM's clients (tpm2-abrmd, or a direct swtpm TCTI) and swtpm: it listens on
+a data port and the control port right after it (the swtpm TCTI's layout), reads the
+command code from each command's 10-byte header (TPM 2.0 Part 1, 18.2: tag, size, code),
+lets swtpm execute it, and holds the response until the command's modelled duration has
+passed. Commands are executed one at a time, as a TPM does. The control channel
+(power, locality) is passed through untouched.
+
+Default durations follow published figures for discrete TPMs (wolfTPM's README, also in
+FINDINGS): ECDSA P-256 signing at 14.5–23.6/s (≈ 42–69 ms; default 50 ms), RSA-2048
+private operations at 4–8.5/s (≈ 120–250 ms; RSA_Decrypt 120 ms). Key creation under a
+primary is slow on every TPM (ECC key generation ≈ 150 ms; RSA takes seconds and is not
+modelled per algorithm: the command code alone does not say which); other commands a few
+milliseconds (5 ms). Pass your own `durations` to model a specific part.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+# TPM 2.0 Part 2, 6.5.2 (TPM_CC)
+CC_NAMES = {
+    0x120: "EvictControl", 0x131: "CreatePrimary", 0x147: "ActivateCredential", 0x148: "Certify",
+    0x153: "Create", 0x156: "Import", 0x157: "Load", 0x158: "Quote", 0x159: "RSA_Decrypt",
+    0x15D: "Sign", 0x161: "ContextLoad", 0x162: "ContextSave", 0x165: "FlushContext",
+    0x173: "ReadPublic", 0x176: "StartAuthSession", 0x17A: "GetCapability", 0x17B: "GetRandom",
+    0x191: "CreateLoaded",
+}
+_BY_NAME = {name: cc for cc, name in CC_NAMES.items()}
+
+DEFAULT_DURATIONS = {
+    "Sign": 0.050, "RSA_Decrypt": 0.120, "Certify": 0.050, "Quote": 0.050,
+    "Create": 0.150, "CreatePrimary": 0.150, "CreateLoaded": 0.150, "Import": 0.050,
+    "Load": 0.020, "ActivateCredential": 0.050,
+}
+DEFAULT_OTHER = 0.005
+_HEADER = 10
+_MAX_COMMAND = 1 << 16  # TPM commands are at most a few KB (TPM_PT_MAX_COMMAND_SIZE)
+
+
+@dataclass
+class TpmTiming:
+    """How long each TPM command takes, in seconds, by command name (see CC_NAMES)."""
+
+    durations: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_DURATIONS))
+    other: float = DEFAULT_OTHER
+
+    @classmethod
+    def with_sign(cls, sign_ms: float) -> TpmTiming:
+        """The defaults, with TPM2_Sign taking `sign_ms` milliseconds (`--tpm-latency` in the benchmarks)."""
+        timing = cls()
+        timing.durations["Sign"] = sign_ms / 1000
+        return timing
+
+    def duration(self, cc: int) -> float:
+        return self.durations.get(CC_NAMES.get(cc, ""), self.other)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def _recv_message(sock: socket.socket) -> tuple[int, bytes] | None:
+    """One TPM command or response: (code, whole bytes); None at end of stream."""
+    header = _recv_exact(sock, _HEADER)
+    if header is None:
+        return None
+    _, size, code = struct.unpack(">HII", header)
+    if not _HEADER <= size <= _MAX_COMMAND:
+        raise ValueError(f"not a TPM message (size {size})")
+    rest = _recv_exact(sock, size - _HEADER) if size > _HEADER else b""
+    if rest is None:
+        return None
+    return code, header + rest
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close for good: shutdown() first, or a thread blocked in recv() keeps the connection up."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class LatencyForwarder:
+    """Listens on 127.0.0.1:`port` (data) and `port`+1 (control), forwarding to swtpm at `upstream_port`.
+
+    Thread-based and bounded: accept loops poll a stop flag every 0.2 s, every socket has
+    a timeout, and `stop()` closes everything. `counts` tells how many of each command
+    went through (TPM2_Sign included), `delayed` how many seconds were added.
+    """
+
+    def __init__(self, upstream_port: int, port: int, timing: TpmTiming | None = None) -> None:
+        self.upstream_port = upstream_port
+        self.port = port
+        self.timing = timing or TpmTiming()
+        self.counts: Counter[str] = Counter()
+        self.delayed = 0.0
+        self._tpm = threading.Lock()  # one command at a time, as in a TPM
+        self._stats = threading.Lock()
+        self._stop = threading.Event()
+        self._listeners: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._open: set[socket.socket] = set()
+
+    def start(self) -> LatencyForwarder:
+        for offset, handler in ((0, self._serve_data), (1, self._serve_control)):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port + offset))
+            listener.listen(16)
+            listener.settimeout(0.2)
+            self._listeners.append(listener)
+            self._spawn(self._accept_loop, listener, offset, handler)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sock in [*self._listeners, *list(self._open)]:
+            _shut(sock)
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> LatencyForwarder:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def signatures(self) -> int:
+        with self._stats:
+            return self.counts["Sign"]
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self, listener: socket.socket, offset: int, handler: object) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port + offset), timeout=30)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, upstream):
+                sock.settimeout(300)  # an idle resource manager keeps its connection open
+                self._open.add(sock)
+            self._spawn(handler, client, upstream)
+
+    def _close(self, *socks: socket.socket) -> None:
+        for sock in socks:
+            self._open.discard(sock)
+            _shut(sock)
+
+    def _serve_data(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while not self._stop.is_set():
+                command = _recv_message(client)
+                if command is None:
+                    return
+                cc, data = command
+                with self._tpm:
+                    started = time.monotonic()
+                    upstream.sendall(data)
+                    response = _recv_message(upstream)
+                    if response is None:
+                        return
+                    pause = self.timing.duration(cc) - (time.monotonic() - started)
+                    if pause > 0:
+                        time.sleep(pause)
+                with self._stats:
+                    self.counts[CC_NAMES.get(cc, hex(cc))] += 1
+                    self.delayed += max(pause, 0.0)
+                client.sendall(response[1])
+        except (OSError, ValueError):
+            return
+        finally:
+            self._close(client, upstream)
+
+    def _serve_control(self, client: socket.socket, upstream: socket.socket) -> None:
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while not self._stop.is_set():
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    dst.sendall(data)
+            except OSError:
+                return
+            finally:
+                self._close(src, dst)
+
+        self._spawn(pump, upstream, client)
+        pump(client, upstream)
