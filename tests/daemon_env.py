@@ -105,6 +105,7 @@ class _Process:
     """A child in its own session, logging to `log`, stopped by PID."""
 
     proc: subprocess.Popen[bytes] | None = None
+    returncode: int | None = None
     log: Path
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -127,6 +128,7 @@ class _Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        self.returncode = self.proc.returncode
         self.proc = None
 
     def __enter__(self):  # noqa: ANN204 - returns the subclass
@@ -198,6 +200,8 @@ class Nginx(_Process):
 
 class ProxyProcess(_Process):
     """`python -m tpmtls daemon-proxy …` as a user runs it; ready once it logs 'listening on'."""
+
+    socket: Path
 
     def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
         self.log = workdir / f"daemon-proxy-{time.monotonic_ns()}.log"
