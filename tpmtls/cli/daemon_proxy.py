@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
                         password=read_secret_file(args.password_file), log=_log)
     proxy.probe()  # fail now, with one line, if the daemon, its CA or our certificate is wrong
     proxy.bind()
+    if not proxy.half_close:
+        _log("the upstream is not dockerd itself (NGINX?): the end of a client's stdin is not forwarded, "
+             "since NGINX would end the whole stream and lose its output")
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         proxy.stop()

@@ -133,6 +133,10 @@ class DaemonProxy:
         self._threads: set[threading.Thread] = set()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._listener: socket.socket | None = None
+        # Forward a client's half-close (end of stdin) as a TLS close_notify? dockerd reads it as
+        # EOF on the container's stdin; NGINX ends the whole upgraded stream on it (its
+        # ngx_http_upstream_process_upgraded), losing the output, so not to NGINX. Set by probe().
+        self.half_close = True
 
     # ---- upstream ------------------------------------------------------------------------
 
@@ -177,7 +181,10 @@ class DaemonProxy:
         finally:
             tls.close()
         self._remember(tls)
-        status = reply.split(b"\r\n", 1)[0].decode(errors="replace")
+        head = reply.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
+        status = head[0]
+        server = next((h.split(":", 1)[1].strip() for h in head[1:] if h.lower().startswith("server:")), "")
+        self.half_close = server.startswith("Docker/")
         if " 200 " not in status + " ":
             if " 400 " in status and (b"SSL certificate" in reply or b"No required SSL" in reply):
                 raise explain_tls_failure(Exception(reply.decode(errors="replace")), self.upstream, self.cert_path)
@@ -270,7 +277,7 @@ class DaemonProxy:
                 return
             how = "resumed" if tls.obj.session_reused else "full handshake"
             try:
-                up, down, error = _pump(client, tls, self._stop, lambda: self._remember(tls))
+                up, down, error = _pump(client, tls, self._stop, lambda: self._remember(tls), self.half_close)
             finally:
                 tls.close()
             self._remember(tls)
@@ -377,9 +384,13 @@ def _complete(reply: bytes) -> bool:
     return False
 
 
-def _pump(client: socket.socket, tls: _Tls, stop: threading.Event,
-          on_first_reply: Callable[[], None]) -> tuple[int, int, BaseException | None]:
-    """Forward both ways until both directions are closed; returns (bytes up, bytes down, error)."""
+def _pump(client: socket.socket, tls: _Tls, stop: threading.Event, on_first_reply: Callable[[], None],
+          half_close: bool = True) -> tuple[int, int, BaseException | None]:
+    """Forward both ways until both directions are closed; returns (bytes up, bytes down, error).
+
+    Without `half_close` the client's end of input is not forwarded: on a hijacked
+    stream we wait for the server to finish, otherwise the client is done.
+    """
     raw = tls.raw
     client.setblocking(False)
     raw.setblocking(False)
@@ -388,6 +399,7 @@ def _pump(client: socket.socket, tls: _Tls, stop: threading.Event,
     client_reading = upstream_reading = True
     client_write_open = True
     up = down = 0
+    hijacked = False
     error: BaseException | None = None
     sel = selectors.DefaultSelector()
     try:
@@ -417,10 +429,14 @@ def _pump(client: socket.socket, tls: _Tls, stop: threading.Event,
                         data = client.recv(_CHUNK)
                         if data:
                             up += len(data)
+                            hijacked = hijacked or b"upgrade: tcp" in data.lower()
                             tls.obj.write(data)
                         else:
                             client_reading = False
-                            _close_notify(tls)  # the CLI closed stdin: a TLS half-close upstream
+                            if half_close:
+                                _close_notify(tls)  # the CLI closed stdin: a TLS half-close upstream
+                            elif not hijacked:
+                                break  # a plain API connection the CLI is done with
                         to_upstream += tls.outgoing.read()
                     if mask & selectors.EVENT_WRITE and to_client:
                         sent = client.send(to_client)
