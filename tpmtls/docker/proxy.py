@@ -149,6 +149,9 @@ class DaemonProxy:
     def _open_upstream(self) -> "_Tls":
         try:
             raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
+            # Small records (a resumed handshake's Finished, then the request) must not wait for
+            # delayed ACKs: Nagle cost 40 ms per resumed connection (measured).
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             reason = e.strerror or str(e)
             raise DaemonError(f"{self.upstream}: cannot connect ({reason}): is dockerd (or its NGINX front) "
@@ -239,6 +242,8 @@ class DaemonProxy:
                     if self._stop.is_set():
                         break
                     raise
+                if self.family == "tcp":
+                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 t = threading.Thread(target=self._serve_one, args=(client,), daemon=True)
                 self._threads.add(t)
                 t.start()
