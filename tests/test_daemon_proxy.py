@@ -165,3 +165,33 @@ def test_the_systemd_unit_runs_a_valid_daemon_proxy_command():
     assert (args.upstream, args.listen, args.cert_path) == (
         "tcp://docker1.example:2376", "unix:///run/tpmtls/docker1.example:2376/docker.sock",
         "/etc/tpmtls/docker/docker1.example:2376")
+
+
+def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(dpki, tls_daemon, tmp_path):
+    """If the daemon stops accepting our certificate while the proxy runs, the CLI says why."""
+    import threading
+
+    from tpmtls.docker.config import CertPath
+    from tpmtls.docker.proxy import DaemonProxy
+
+    _daemon, port = tls_daemon
+    foreign = tmp_path / "foreign"
+    shutil.copytree(dpki.tpm_dir, foreign)
+    for name in ("cert.pem", "key.pem"):
+        shutil.copy(dpki.foreign_dir / name, foreign / name)
+    lines: list[str] = []
+    proxy = DaemonProxy(f"tcp://127.0.0.1:{port}", f"unix://{tmp_path}/r.sock", CertPath(foreign),
+                        log=lines.append)  # no probe(): as if the daemon's CA changed after start
+    proxy.bind()
+    server = threading.Thread(target=proxy.serve, daemon=True)
+    server.start()
+    try:
+        proc = run([DOCKER, "-H", f"unix://{tmp_path}/r.sock", "version", "--format", "{{.Server.Version}}"],
+                   env={"DOCKER_CONFIG": str(tmp_path / "cfg")})
+    finally:
+        proxy.stop()
+        server.join(10)
+    assert proc.returncode != 0
+    assert "Error response from daemon: tpmtls daemon-proxy: tcp://127.0.0.1:" in proc.stderr
+    assert "refused our client certificate" in proc.stderr
+    assert any("refused our client certificate" in ln for ln in lines), lines
