@@ -123,3 +123,6 @@ def test_dockerd_refuses_a_foreign_or_missing_client_certificate(dpki, tls_daemo
            "DOCKER_CERT_PATH": str(dpki.foreign_dir)}
     proc = run([DOCKER, "version", "--format", "{{.Server.Version}}"], env=env)
     assert proc.returncode != 0 and "bad certificate" in proc.stderr
+    proc = run([DOCKER, "--tlsverify", f"--tlscacert={dpki.ca}", "-H", f"tcp://127.0.0.1:{port}", "version",
+                "--format", "{{.Server.Version}}"], env={"DOCKER_CERT_PATH": str(dpki.root / "nothing-here")})
+    assert proc.returncode != 0 and "client authentication (--tlsverify) enabled" in proc.stderr, proc.stderr
