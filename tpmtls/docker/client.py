@@ -21,13 +21,10 @@ from docker.constants import DEFAULT_MAX_POOL_SIZE, DEFAULT_NUM_POOLS, DEFAULT_T
 from requests.adapters import HTTPAdapter
 
 from ..errors import HandshakeError, TpmtlsError, UsageError
+from . import DaemonError
 from .config import CertPath, default_cert_path, parse_host
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-
-
-class DaemonError(TpmtlsError):
-    """The Docker daemon cannot be reached or did not answer as a Docker daemon."""
 
 
 class TpmDaemonAdapter(HTTPAdapter):
