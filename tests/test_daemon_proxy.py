@@ -146,6 +146,10 @@ def test_bad_upstream_or_certificates_are_one_line_at_start(dpki, tls_daemon, tm
     shutil.copytree(dpki.tpm_dir, missing)
     (missing / "cert.pem").unlink()
     assert f"{missing / 'cert.pem'}: missing" in fails("--upstream", f"tcp://127.0.0.1:{port}", cert_path=missing)
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(dpki.tpm_dir, mismatched)
+    shutil.copy(dpki.soft_dir / "cert.pem", mismatched / "cert.pem")
+    assert "does not belong to the key" in fails("--upstream", f"tcp://127.0.0.1:{port}", cert_path=mismatched)
     # the daemon's plain unix socket is no TLS daemon: a plain-TCP stand-in is the proxy's own TCP side
     plain_port = free_port()
     with ProxyProcess(tmp_path, dpki.env, "--upstream", f"tcp://127.0.0.1:{port}",
