@@ -63,7 +63,10 @@ def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
 def _bind_unix(path: str) -> socket.socket:
     p = Path(path)
     if not p.parent.is_dir():
-        p.parent.mkdir(mode=0o755, parents=True)
+        try:
+            p.parent.mkdir(mode=0o755, parents=True)
+        except OSError as e:
+            raise UsageError(f"{p.parent}: cannot create the socket's directory: {e.strerror}") from None
     if p.exists() or p.is_symlink():
         if not stat.S_ISSOCK(p.lstat().st_mode):
             raise UsageError(f"{p}: exists and is not a socket; remove it or choose another --listen")
