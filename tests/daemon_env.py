@@ -174,6 +174,8 @@ class TlsDockerd(_Process):
     def stop(self) -> None:
         super().stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.socket.parent.name.startswith("tps-"):  # made by start_daemon for this daemon only
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
 
 class Nginx(_Process):
