@@ -12,6 +12,8 @@ packages=(
   tpm2-openssl
   # registry, registry client, Docker daemon, NGINX for the mTLS front
   docker-registry skopeo docker.io nginx-light
+  # a static busybox: the tiny image the daemon tests run containers from
+  busybox-static
   # test peers (htpasswd: bcrypt entries for the registry's Basic auth)
   openssl curl apache2-utils
 )

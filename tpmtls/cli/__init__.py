@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import ca, connect, csr, doctor, key, quickstart
+from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, key, quickstart
 from ._common import Parser, add_tcti, run_main
 
 
@@ -19,6 +19,8 @@ def build_parser() -> Parser:
     csr.register(sub)
     connect.register(sub)
     ca.register(sub)
+    certs_daemon.register(sub.choices["certs"])
+    daemon_proxy.register(sub)
     quickstart.register(sub)
     return parser
 

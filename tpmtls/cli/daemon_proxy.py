@@ -1,0 +1,66 @@
+"""`tpmtls daemon-proxy`: the stock docker CLI through a local socket, TPM-backed mTLS upstream."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from types import FrameType
+
+from ._common import add_password_file, add_tcti, read_secret_file
+
+DEFAULT_LISTEN = "unix:///run/tpmtls/docker.sock"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("daemon-proxy", help="a local Docker API socket for the stock docker CLI, "
+                                            "forwarded over TPM-backed mTLS to a TLS dockerd")
+    p.add_argument("--upstream", metavar="tcp://HOST:2376",
+                   help="the TLS daemon (or its NGINX front); default: $DOCKER_HOST")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="unix:///PATH|tcp://127.0.0.1:PORT",
+                   help=f"where the CLI connects (default {DEFAULT_LISTEN}; mode 0660; loopback TCP only)")
+    p.add_argument("--cert-path", metavar="D",
+                   help="ca.pem, cert.pem, key.pem (the TPM key file); default $DOCKER_CERT_PATH or ~/.docker")
+    add_password_file(p)
+    add_tcti(p)
+    p.set_defaults(func=run)
+
+
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} tpmtls daemon-proxy: {line}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..docker.config import default_cert_path
+    from ..docker.proxy import DaemonProxy
+    from ..errors import UsageError
+
+    upstream = args.upstream or os.environ.get("DOCKER_HOST")
+    if not upstream:
+        raise UsageError("no upstream daemon: pass --upstream tcp://HOST:2376 (or set DOCKER_HOST)")
+    proxy = DaemonProxy(upstream, args.listen, default_cert_path(args.cert_path), tcti=args.tcti,
+                        password=read_secret_file(args.password_file), log=_log)
+    proxy.probe()  # fail now, with one line, if the daemon, its CA or our certificate is wrong
+    proxy.bind()
+    if not proxy.half_close:
+        _log("the upstream is not dockerd itself (NGINX?): the end of a client's stdin is not forwarded, "
+             "since NGINX would end the whole stream and lose its output")
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        proxy.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    _log(f"listening on {proxy.bound}, forwarding to {proxy.upstream} as {proxy.cert_path.cert} "
+         f"(TPM signatures so far: {proxy.signatures()}); use DOCKER_HOST={proxy.bound}")
+    proxy.serve()
+    n = proxy.stats.connections
+    _log(f"stopped after {n} connection{'' if n == 1 else 's'} ({proxy.stats.resumed} resumed, "
+         f"{proxy.stats.full_handshakes} full handshakes incl. the start-up check, {proxy.stats.failures} refused); "
+         f"TPM signatures: {proxy.signatures()}")
+    return 0
+
+
+__all__ = ["register"]
