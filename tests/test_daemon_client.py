@@ -187,3 +187,21 @@ def test_inject_into_ssl_lets_docker_py_itself_use_the_tpm_key(dpki, tls_daemon,
     assert proc.returncode == 0, proc.stderr
     a, b = proc.stdout.split()
     assert a == b and a.startswith("1.")
+
+
+def test_readme_docker_py_example_runs_verbatim(dpki, tls_daemon, archive, tmp_path):
+    """The README's docker-py block, unchanged, as its own process, against the TLS daemon."""
+    import re
+
+    daemon, port = tls_daemon
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "docker_client" in b)
+    local = {**dpki.env, **daemon.local_env}
+    for argv in (["docker", "load", "-i", str(archive)], ["docker", "tag", IMAGE, "alpine"]):
+        proc = run(argv, env=local, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    script = tmp_path / "readme_docker.py"
+    script.write_text(block)
+    env = {**dpki.env, **docker_env(port, dpki.tpm_dir), "HOME": str(tmp_path)}
+    proc = run([sys.executable, str(script)], env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -152,9 +152,12 @@ def _readme_python_blocks() -> list[str]:
 
 
 def test_readme_examples_run_verbatim(tpm, pki, tmp_path, example_env):
-    """Each ```python block of the README, unchanged, in order, in one directory."""
-    blocks = _readme_python_blocks()
-    assert len(blocks) >= 2
+    """Each ```python block of the README, unchanged, in order, in one directory.
+
+    The docker-py block needs a TLS dockerd: tests/test_daemon_client.py runs it against one.
+    """
+    blocks = [b for b in _readme_python_blocks() if "docker_client" not in b]
+    assert len(blocks) >= 3
     for i, block in enumerate(blocks):
         if i == 1:  # the TLS block names client.crt and ca.crt next to the key the first block made
             key = tpm.load_key(tmp_path / "client.key")

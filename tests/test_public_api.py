@@ -29,8 +29,13 @@ def test_push_and_pull_keep_their_typed_signatures():
         assert "cert_dir" in params and "tcti" in params
 
 
-def test_import_does_not_load_the_registry_client():
-    code = "import sys, tpmtls; print('tpmtls.registry.client' in sys.modules)"
+def test_docker_client_keeps_its_typed_signature():
+    params = inspect.signature(tpmtls.docker_client).parameters
+    assert list(params) == ["base_url", "cert_path", "tls_verify", "version", "timeout", "tcti", "password"]
+
+
+def test_import_does_not_load_the_registry_client_or_docker_py():
+    code = "import sys, tpmtls; print('tpmtls.registry.client' in sys.modules or 'docker' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.strip() == "False"

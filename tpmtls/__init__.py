@@ -15,6 +15,7 @@ from .provider import bootstrap as _bootstrap
 _bootstrap()
 
 from .errors import (  # noqa: E402
+    DaemonError,
     HandshakeError,
     ImageError,
     KeyAuthError,
@@ -37,12 +38,13 @@ from .tpm.keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey  # no
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .docker.client import docker_client
     from .registry.pull import pull
     from .registry.push import push
 
 # Imported on first use (PEP 562), with their own typed signatures: signing needs
-# none of the registry client.
-_LAZY = {"push": ".registry.push", "pull": ".registry.pull"}
+# neither the registry client nor docker-py.
+_LAZY = {"push": ".registry.push", "pull": ".registry.pull", "docker_client": ".docker.client"}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AnyTpmKey",
+    "DaemonError",
     "HandshakeError",
     "ImageError",
     "KeyAuthError",
@@ -77,6 +80,7 @@ __all__ = [
     "TpmtlsError",
     "UsageError",
     "connect",
+    "docker_client",
     "extract_from_ssl",
     "inject_into_ssl",
     "pull",

@@ -61,3 +61,7 @@ class HandshakeError(TpmtlsError):
 
 class UsageError(TpmtlsError):
     """Bad arguments that argparse cannot catch (file exists, bad handle, bad subject …)."""
+
+
+class DaemonError(TpmtlsError):
+    """The Docker daemon cannot be reached or did not answer as a Docker daemon."""

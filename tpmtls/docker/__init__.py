@@ -6,11 +6,7 @@ daemon-proxy for the stock docker CLI and the NGINX front of `docker.sock`.
 `tpmtls daemon-proxy` commands.
 """
 
-from ..errors import TpmtlsError
-
-
-class DaemonError(TpmtlsError):
-    """The Docker daemon cannot be reached or did not answer as a Docker daemon."""
+from ..errors import DaemonError
 
 
 __all__ = ["DaemonError"]
