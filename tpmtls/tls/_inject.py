@@ -1,0 +1,140 @@
+"""`inject_into_ssl()` / `extract_from_ssl()`: plain stdlib `load_cert_chain` takes TPM key files.
+
+All injection state lives in `_state` here (truststore's model: one flag, one patched
+class, an undo that always works), and the process environment is never touched: the
+TCTI given to `inject_into_ssl` is kept here and handed to the provider's loading.
+
+The shim is in the system OpenSSL exactly while someone needs it: while injected, or
+for the moment a tpmtls factory decodes its key (`system_provider()`). So a later
+`ssl_context()` cannot silently re-enable plain decoding after `extract_from_ssl()`.
+Keys already decoded keep working either way (they hold the provider).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Union
+
+from .. import provider
+from ._errors import KeyLoadError
+
+_Password = Union[str, bytes, bytearray, Callable[[], Union[str, bytes, bytearray]], None]
+
+
+class _State:
+    injected = False
+    tcti: str | None = None
+    users = 0  # factories decoding a key right now
+    original: Any = None  # what SSLContext.__dict__ had for load_cert_chain (normally nothing)
+
+
+_state = _State()
+_lock = threading.Lock()
+
+
+def _sync() -> None:
+    """Load or unload the shim so it is in the system OpenSSL iff someone needs it (lock held)."""
+    if _state.injected or _state.users:
+        provider.load_into_system_ssl()
+    else:
+        provider.unload_from_system_ssl()
+
+
+@contextmanager
+def system_provider() -> Iterator[None]:
+    """Keep the shim in the system OpenSSL for the duration (a factory decoding its key)."""
+    with _lock:
+        _state.users += 1
+        try:
+            _sync()
+        except BaseException:
+            _state.users -= 1
+            raise
+    try:
+        yield
+    finally:
+        with _lock:
+            _state.users -= 1
+            _sync()
+
+
+def _load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None, password: _Password = None) -> None:
+    """`SSLContext.load_cert_chain` while injected: TPM keys load with the injected TCTI and
+    `password`; a missing or wrong password is a clear `KeyLoadError`, never a prompt."""
+    asked = []
+
+    def no_password() -> bytes:
+        # Without this, OpenSSL's default passphrase callback prompts on the terminal
+        # (and blocks); an empty answer makes the load fail, and we say why below.
+        asked.append(True)
+        return b""
+
+    given = password if password is not None else no_password
+    eager = password if isinstance(password, (str, bytes, bytearray)) else None
+    name = os.fspath(keyfile if keyfile is not None else certfile)
+    key_password = eager.encode() if isinstance(eager, str) else (bytes(eager) if eager is not None else None)
+    with provider.loading(name, _state.tcti, key_password):
+        try:
+            plain_load_cert_chain(self, certfile, keyfile, given)
+        except (ssl.SSLError, OSError) as e:
+            reason = provider.last_error()
+            if reason:
+                raise KeyLoadError(reason) from None
+            if asked:
+                raise KeyLoadError(f"{name}: the key is encrypted and no password was given (password=...)") from e
+            raise
+
+
+#: The stdlib's own method, for tpmtls's factories (which pass the TCTI and password themselves).
+plain_load_cert_chain = ssl.SSLContext.load_cert_chain
+
+
+def inject_into_ssl(tcti: str | None = None) -> None:
+    """Let plain `ssl.SSLContext.load_cert_chain(cert, "client.key")` take TPM key files.
+
+    Loads the shim into the system OpenSSL and wraps `ssl.SSLContext.load_cert_chain`
+    (every context, also ones requests, urllib3, http.client and docker-py make) so a
+    TPM key uses `tcti` (default: $TPMTLS_TCTI, $TPM2TOOLS_TCTI, /dev/tpmrm0, read at
+    load time) and `password=`; a key with a password and none given fails with a
+    `KeyLoadError` (an `ssl.SSLError`) instead of OpenSSL's terminal prompt.
+    Undo with `extract_from_ssl()`; calling it again only changes the TCTI.
+    """
+    with _lock:
+        _state.tcti = tcti
+        if _state.injected:
+            return
+        _state.injected = True
+        try:
+            _sync()
+        except BaseException:
+            _state.injected = False
+            raise
+        _state.original = ssl.SSLContext.__dict__.get("load_cert_chain")
+        ssl.SSLContext.load_cert_chain = _load_cert_chain  # type: ignore[method-assign, assignment]
+
+
+def extract_from_ssl() -> None:
+    """Undo `inject_into_ssl()`: plain stdlib ssl no longer decodes TPM key files.
+
+    Contexts that already hold a TPM key keep working; tpmtls's own factories
+    (`ssl_context`, `requests_session`) work as before.
+    """
+    with _lock:
+        if not _state.injected:
+            return
+        if _state.original is None:
+            del ssl.SSLContext.load_cert_chain
+        else:
+            ssl.SSLContext.load_cert_chain = _state.original  # type: ignore[method-assign]
+        _state.original = None
+        _state.injected = False
+        _state.tcti = None
+        _sync()
+
+
+def injected() -> bool:
+    """True between `inject_into_ssl()` and `extract_from_ssl()`."""
+    return _state.injected
