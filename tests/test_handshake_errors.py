@@ -37,11 +37,13 @@ def outage(fresh_tpm, tmp_path):
     with OpenSSLServer(pki) as server:
         ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti)
         session = tpmtls.requests_session(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti)
+        pyopenssl_ctx = tpmtls.pyopenssl_context(cert, tmp_path / "k.key", pki.ca_file, hostname="localhost",
+                                                 tcti=fresh_tpm.tcti)
         assert client_subject(stdlib_get(ctx, server.port)) == "CN=outage"  # works while the TPM is there
         default_pool(fresh_tpm.tcti).reconnect_timeout = 0.5  # fail fast once it is gone
         fresh_tpm.abrmd.kill()
         with session:
-            yield ctx, session, server, fresh_tpm.tcti
+            yield ctx, session, server, fresh_tpm.tcti, pyopenssl_ctx
     default_pool(fresh_tpm.tcti).close()
 
 
@@ -53,21 +55,21 @@ def assert_names_the_tpm(err: BaseException, tcti: str) -> None:
 
 
 def test_socket_handshake_error_names_the_tpm(outage):
-    ctx, _, server, tcti = outage
+    ctx, _, server, tcti, _ = outage
     with pytest.raises(ssl.SSLError) as err:
         stdlib_get(ctx, server.port)
     assert_names_the_tpm(err.value, tcti)
 
 
 def test_requests_error_names_the_tpm(outage):
-    _, session, server, tcti = outage
+    _, session, server, tcti, _ = outage
     with pytest.raises(requests.exceptions.SSLError) as err:
         session.get(f"https://localhost:{server.port}/", timeout=20)
     assert tcti in str(err.value) and "TLS handshake failed" in str(err.value)
 
 
 def test_asyncio_error_names_the_tpm(outage):
-    ctx, _, server, tcti = outage
+    ctx, _, server, tcti, _ = outage
 
     async def connect() -> None:
         reader, writer = await asyncio.wait_for(
@@ -77,6 +79,35 @@ def test_asyncio_error_names_the_tpm(outage):
     with pytest.raises(ssl.SSLError) as err:
         asyncio.run(connect())
     assert_names_the_tpm(err.value, tcti)
+
+
+def test_pyopenssl_last_error_names_the_tpm(outage):
+    """pyOpenSSL's SSL.Error carries OpenSSL codes only; last_error() on the thread has the reason."""
+    from OpenSSL import SSL
+
+    from tls_clients import pyopenssl_get
+
+    _, _, server, tcti, ctx = outage
+    with pytest.raises(SSL.Error):
+        pyopenssl_get(ctx, server.port)
+    assert tcti in (provider.last_error() or "")
+
+
+def test_pyopenssl_stale_tpm_failure_is_reset_at_handshake_start(tpm_client, pki, s_server, test_tpm, tmp_path):
+    from OpenSSL import SSL
+
+    from tls_clients import pyopenssl_get
+
+    pw_key = tmp_path / "pw.key"
+    tpmtls.connect(test_tpm.tcti).create_key("ecc-p256", pw_key, password="x")
+    cert, key = tpm_client["ecc-p256"]
+    ctx = tpmtls.pyopenssl_context(cert, key, pki.ca_file, hostname="wrong.example", tcti=test_tpm.tcti)
+    with pytest.raises(tpmtls.TlsSetupError):
+        tpmtls.pyopenssl_context(cert, pw_key, pki.ca_file, hostname="localhost", tcti=test_tpm.tcti)
+    assert provider.last_error()  # a failure recorded on this thread ...
+    with pytest.raises(SSL.Error):
+        pyopenssl_get(ctx, s_server.port)
+    assert provider.last_error() is None  # ... is not this handshake's reason
 
 
 def test_a_stale_tpm_failure_is_never_blamed(tpm_client, pki, s_server, test_tpm, tmp_path):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import provider
 from ..errors import HandshakeError, TlsSetupError, UsageError
 from ..tpm.pool import Pool
+from ._errors import clear_tpm_error
 from ._keyref import KeyRef, as_bytes, explain, key_file, source
 
 if TYPE_CHECKING:
@@ -65,6 +66,12 @@ def _mismatch_error() -> type[Exception]:
 _Mismatch: type[Exception] | None = None
 
 
+def _handshake_start(conn: Any, where: int, ret: int) -> None:
+    """Info callback: a handshake starts on this thread; a TPM failure recorded before is stale."""
+    if where & 0x10:  # SSL_CB_HANDSHAKE_START
+        clear_tpm_error()
+
+
 def _check_hostname(hostname: str) -> None:
     """Refuse names no certificate can match, before any connection."""
     if not hostname.strip() or any(c.isspace() or c == "\0" for c in hostname):
@@ -89,8 +96,13 @@ def pyopenssl_context(
     against `hostname` (required: pyOpenSSL does no name check of its own); `hostname`
     may be a DNS name or an IPv4/IPv6 address (then it must be in an IP SAN). A server
     context with `cafile` requires client certificates. Needs `import tpmtls` before
-    cryptography is imported (see `tpmtls doctor`). When a handshake fails with an
-    `SSL.Error`, `tpmtls.provider.last_error()` on that thread names a TPM failure.
+    cryptography is imported (see `tpmtls doctor`).
+
+    pyOpenSSL's handshake errors list OpenSSL's codes only (`('tpmtls', '', 'TPM
+    operation failed')`); after an `SSL.Error`, `tpmtls.provider.last_error()` on the
+    same thread gives the TPM's reason for that handshake, or None when the TPM was
+    not the cause (the context resets it as each handshake starts, through its info
+    callback: keep it, or clear it yourself if you set your own).
     """
     provider.require_cryptography()
     from OpenSSL import SSL, crypto
@@ -114,6 +126,7 @@ def pyopenssl_context(
             ctx.set_default_verify_paths()
     except SSL.Error as e:
         raise TlsSetupError(f"{cafile}: cannot load CA certificates: {e}") from None
+    ctx.set_info_callback(_handshake_start)
     if server:
         if cafile is not None:
             ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)

@@ -17,23 +17,17 @@ from typing import Iterator
 from .. import provider
 from ..errors import TlsSetupError, UsageError
 from ..tpm.pool import Pool
-from ._errors import TpmHandshakeError
+from ._errors import TpmHandshakeError, clear_tpm_error
 from ._inject import plain_load_cert_chain, system_provider
 from ._keyref import KeyRef, as_bytes, explain, key_file, source
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def _clear_tpm_error() -> None:
-    """Forget this thread's recorded TPM failure, so a stale one is never blamed."""
-    with provider.loading():  # entering a loading block resets the thread's recorded error
-        pass
-
-
 @contextmanager
 def _tpm_reason() -> Iterator[None]:
     """Re-raise a handshake error caused by a failed TPM signature with the TPM's reason."""
-    _clear_tpm_error()
+    clear_tpm_error()
     try:
         yield
     except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TpmHandshakeError):
