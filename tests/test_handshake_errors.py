@@ -167,3 +167,25 @@ def test_connect_with_a_software_key_does_not_claim_the_tpm(cli, pki, s_server, 
     assert "in the TPM)" not in out.replace("(not in the TPM)", "")
     assert "peer: commonName=localhost" in out
 
+
+
+def test_injected_plain_ssl_handshake_error_names_the_tpm(fresh_tpm, tmp_path):
+    """After inject_into_ssl(), contexts made by anyone (here: plain ssl) say why too; extract undoes it."""
+    pki = Pki(tmp_path / "pki")
+    key = tpmtls.connect(fresh_tpm.tcti).create_key("ecc-p256", tmp_path / "k.key")
+    cert = pki.issue(key.public_key(), "injected", "k.crt")
+    tpmtls.inject_into_ssl(fresh_tpm.tcti)
+    try:
+        ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+        ctx.load_cert_chain(str(cert), str(tmp_path / "k.key"))
+        with OpenSSLServer(pki) as server:
+            assert client_subject(stdlib_get(ctx, server.port)) == "CN=injected"
+            default_pool(fresh_tpm.tcti).reconnect_timeout = 0.5
+            fresh_tpm.abrmd.kill()
+            with pytest.raises(ssl.SSLError) as err:
+                stdlib_get(ctx, server.port)
+    finally:
+        tpmtls.extract_from_ssl()
+        default_pool(fresh_tpm.tcti).close()
+    assert_names_the_tpm(err.value, fresh_tpm.tcti)
+    assert ssl.SSLContext.sslsocket_class is ssl.SSLSocket and "load_cert_chain" not in vars(ssl.SSLContext)

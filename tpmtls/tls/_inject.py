@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Union
 
 from .. import provider
 from ._errors import KeyLoadError
+from ._handshake import TpmSSLObject, TpmSSLSocket
 
 _Password = Union[str, bytes, bytearray, Callable[[], Union[str, bytes, bytearray]], None]
 
@@ -28,7 +29,7 @@ class _State:
     injected = False
     tcti: str | None = None
     users = 0  # factories decoding a key right now
-    original: Any = None  # what SSLContext.__dict__ had for load_cert_chain (normally nothing)
+    saved: dict[str, Any] = {}  # what ssl.SSLContext.__dict__ had for the names we patch
 
 
 _state = _State()
@@ -95,11 +96,13 @@ plain_load_cert_chain = ssl.SSLContext.load_cert_chain
 def inject_into_ssl(tcti: str | None = None) -> None:
     """Let plain `ssl.SSLContext.load_cert_chain(cert, "client.key")` take TPM key files.
 
-    Loads the shim into the system OpenSSL and wraps `ssl.SSLContext.load_cert_chain`
-    (every context, also ones requests, urllib3, http.client and docker-py make) so a
-    TPM key uses `tcti` (default: $TPMTLS_TCTI, $TPM2TOOLS_TCTI, /dev/tpmrm0, read at
-    load time) and `password=`; a key with a password and none given fails with a
-    `KeyLoadError` (an `ssl.SSLError`) instead of OpenSSL's terminal prompt.
+    Loads the shim into the system OpenSSL and patches one class, `ssl.SSLContext`
+    (so every context, also ones requests, urllib3, http.client and docker-py make):
+    `load_cert_chain` loads a TPM key with `tcti` (default: $TPMTLS_TCTI,
+    $TPM2TOOLS_TCTI, /dev/tpmrm0, read at load time) and `password=`, and a key with a
+    password but none given fails with a `KeyLoadError` (an `ssl.SSLError`) instead of
+    OpenSSL's terminal prompt; its sockets raise `TpmHandshakeError` naming the TPM's
+    reason when a handshake fails because the TPM could not sign.
     Undo with `extract_from_ssl()`; calling it again only changes the TCTI.
     """
     with _lock:
@@ -112,8 +115,14 @@ def inject_into_ssl(tcti: str | None = None) -> None:
         except BaseException:
             _state.injected = False
             raise
-        _state.original = ssl.SSLContext.__dict__.get("load_cert_chain")
-        ssl.SSLContext.load_cert_chain = _load_cert_chain  # type: ignore[method-assign, assignment]
+        patches = {"load_cert_chain": _load_cert_chain, "sslsocket_class": TpmSSLSocket,
+                   "sslobject_class": TpmSSLObject}
+        _state.saved = {name: ssl.SSLContext.__dict__.get(name, _ABSENT) for name in patches}
+        for name, value in patches.items():
+            setattr(ssl.SSLContext, name, value)
+
+
+_ABSENT = object()
 
 
 def extract_from_ssl() -> None:
@@ -125,11 +134,12 @@ def extract_from_ssl() -> None:
     with _lock:
         if not _state.injected:
             return
-        if _state.original is None:
-            del ssl.SSLContext.load_cert_chain
-        else:
-            ssl.SSLContext.load_cert_chain = _state.original  # type: ignore[method-assign]
-        _state.original = None
+        for name, value in _state.saved.items():
+            if value is _ABSENT:
+                delattr(ssl.SSLContext, name)
+            else:
+                setattr(ssl.SSLContext, name, value)
+        _state.saved = {}
         _state.injected = False
         _state.tcti = None
         _sync()

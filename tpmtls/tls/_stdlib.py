@@ -3,65 +3,23 @@
 The context is a `TpmSSLContext`: its sockets and SSL objects (what http.client,
 requests/urllib3 and asyncio get from `wrap_socket`/`wrap_bio`) turn a handshake that
 failed because the TPM could not sign into a `TpmHandshakeError` naming the TPM's
-reason, instead of OpenSSL's "EVP lib". It is still an `ssl.SSLError`.
+reason, instead of OpenSSL's "EVP lib" (see `_handshake`).
 """
 
 from __future__ import annotations
 
 import os
 import ssl
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .. import provider
 from ..errors import TlsSetupError, UsageError
 from ..tpm.pool import Pool
-from ._errors import TpmHandshakeError, clear_tpm_error
+from ._handshake import TpmSSLContext
 from ._inject import plain_load_cert_chain, system_provider
 from ._keyref import KeyRef, as_bytes, explain, key_file, source
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-@contextmanager
-def _tpm_reason() -> Iterator[None]:
-    """Re-raise a handshake error caused by a failed TPM signature with the TPM's reason."""
-    clear_tpm_error()
-    try:
-        yield
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TpmHandshakeError):
-        raise
-    except ssl.SSLError as e:
-        reason = provider.last_error()  # the sign callback ran on this thread, in this handshake
-        if not reason:
-            raise
-        err = TpmHandshakeError(f"TLS handshake failed: {reason}", e.library, e.reason)
-        err.ssl_error = e  # type: ignore[attr-defined]
-        raise err from None
-
-
-class TpmSSLSocket(ssl.SSLSocket):
-    """An `ssl.SSLSocket` whose handshake errors name the TPM's reason."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        with _tpm_reason():
-            super().do_handshake(block)
-
-
-class TpmSSLObject(ssl.SSLObject):
-    """An `ssl.SSLObject` (asyncio, TLS in TLS) whose handshake errors name the TPM's reason."""
-
-    def do_handshake(self) -> None:
-        with _tpm_reason():
-            super().do_handshake()
-
-
-class TpmSSLContext(ssl.SSLContext):
-    """What `ssl_context()` returns: an `ssl.SSLContext` making TPM-aware sockets."""
-
-    sslsocket_class = TpmSSLSocket
-    sslobject_class = TpmSSLObject
 
 
 def ssl_context(
