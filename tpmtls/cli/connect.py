@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     version.add_argument("--tls1.3", dest="tls_version", action="store_const", const="1.3", help="TLS 1.3 only")
     p.add_argument("--servername", metavar="N", help="name to send (SNI) and verify (default: HOST)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect/handshake timeout (10 s)")
-    add_password_file(p, "file holding the key's password (without it, a key that has one is asked for on "
-                         "the terminal; with no terminal, the command fails)")
+    add_password_file(p, "file holding the key's password; without it, a key's password is asked for on "
+                         "the terminal (like ssh does), and with no terminal the command fails")
     add_tcti(p)
     p.set_defaults(func=run)
 

@@ -10,6 +10,7 @@ caller; a mismatch fails the handshake before any application data is sent.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from typing import TYPE_CHECKING, Any, Callable
@@ -51,19 +52,15 @@ def _name_check(hostname: str) -> Callable[[Any, "crypto.X509", int, int, int], 
     return verify
 
 
+@functools.cache
 def _mismatch_error() -> type[Exception]:
+    """The error of a name mismatch: a tpmtls `HandshakeError` and a pyOpenSSL `SSL.Error`."""
     from OpenSSL import SSL
 
-    global _Mismatch
-    if _Mismatch is None:
-        class NameMismatch(HandshakeError, SSL.Error):
-            """The server's certificate does not name the host we asked for (an `SSL.Error`)."""
+    class NameMismatch(HandshakeError, SSL.Error):
+        """The server's certificate does not name the host we asked for."""
 
-        _Mismatch = NameMismatch
-    return _Mismatch
-
-
-_Mismatch: type[Exception] | None = None
+    return NameMismatch
 
 
 def _handshake_start(conn: Any, where: int, ret: int) -> None:
