@@ -104,6 +104,20 @@ def test_missing_or_wrong_password_after_inject_is_one_clear_error(injected, pw_
     assert str(wrong.value).startswith(f"{key}: wrong password")
 
 
+def test_a_raising_password_callable_raises_its_own_exception(injected, pw_client, capfd):
+    """As plain ssl does; and nothing is left pending for the provider's callbacks to trip on."""
+    cert, key = pw_client
+
+    def refuse() -> str:
+        raise LookupError("no password in the keyring")
+
+    with pytest.raises(LookupError, match="no password in the keyring"):
+        ssl.create_default_context().load_cert_chain(str(cert), str(key), password=refuse)
+    with pytest.raises(TypeError, match="not int"):
+        ssl.create_default_context().load_cert_chain(str(cert), str(key), password=lambda: 42)
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 def test_inject_leaves_the_environment_alone(test_tpm, tpm_client, monkeypatch):
     for name in ("TPMTLS_TCTI", "TPM2TOOLS_TCTI"):
         monkeypatch.delenv(name, raising=False)

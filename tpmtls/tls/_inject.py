@@ -65,26 +65,40 @@ def system_provider() -> Iterator[None]:
 def _load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None, password: _Password = None) -> None:
     """`SSLContext.load_cert_chain` while injected: TPM keys load with the injected TCTI and
     `password`; a missing or wrong password is a clear `KeyLoadError`, never a prompt."""
-    asked = []
+    asked: list[bool] = []
+    problems: list[BaseException] = []
 
-    def no_password() -> bytes:
-        # Without this, OpenSSL's default passphrase callback prompts on the terminal
-        # (and blocks); an empty answer makes the load fail, and we say why below.
+    def answer() -> bytes:
+        # OpenSSL's passphrase callback. Never let it raise: OpenSSL would go on to call
+        # the shim's Python callbacks with the exception pending. No password: an empty
+        # answer, not OpenSSL's default callback (which prompts on the terminal and blocks).
         asked.append(True)
-        return b""
+        try:
+            value = password() if callable(password) else password
+            if value is None:
+                return b""
+            if isinstance(value, str):
+                return value.encode()
+            if isinstance(value, (bytes, bytearray)):
+                return bytes(value)
+            raise TypeError(f"password should be a string or bytes, not {type(value).__name__}")
+        except Exception as e:  # noqa: BLE001 - re-raised below, once OpenSSL is done
+            problems.append(e)
+            return b""
 
-    given = password if password is not None else no_password
     eager = password if isinstance(password, (str, bytes, bytearray)) else None
     name = os.fspath(keyfile if keyfile is not None else certfile)
     key_password = eager.encode() if isinstance(eager, str) else (bytes(eager) if eager is not None else None)
     with provider.loading(name, _state.tcti, key_password):
         try:
-            plain_load_cert_chain(self, certfile, keyfile, given)
+            plain_load_cert_chain(self, certfile, keyfile, answer)
         except (ssl.SSLError, OSError) as e:
+            if problems:
+                raise problems[0] from None
             reason = provider.last_error()
             if reason:
                 raise KeyLoadError(reason) from None
-            if asked:
+            if asked and password is None:
                 raise KeyLoadError(f"{name}: the key is encrypted and no password was given (password=...)") from e
             raise
 
