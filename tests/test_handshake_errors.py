@@ -63,9 +63,11 @@ def test_socket_handshake_error_names_the_tpm(outage):
 
 def test_requests_error_names_the_tpm(outage):
     _, session, server, tcti, _ = outage
-    with pytest.raises(requests.exceptions.SSLError) as err:
+    with pytest.raises(requests.exceptions.SSLError) as err:  # what requests callers catch ...
         session.get(f"https://localhost:{server.port}/", timeout=20)
-    assert tcti in str(err.value) and "TLS handshake failed" in str(err.value)
+    assert isinstance(err.value, HandshakeError)  # ... and a tpmtls error
+    assert str(err.value).startswith(f"https://localhost:{server.port}/: TLS handshake failed: ")
+    assert tcti in str(err.value) and "\n" not in str(err.value)
 
 
 def test_asyncio_error_names_the_tpm(outage):

@@ -13,8 +13,10 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from requests.adapters import HTTPAdapter
+from requests.exceptions import SSLError
 
-from ..errors import UsageError
+from ..errors import HandshakeError, UsageError
+from ._errors import TpmHandshakeError
 
 if TYPE_CHECKING:
     from requests.models import PreparedRequest, Response
@@ -45,7 +47,13 @@ class TpmAdapter(HTTPAdapter):
         if cert is not None:
             raise UsageError("this session presents the client certificate it was made with; cert= is not supported")
         # verify=True and no cert: requests adds no CA file or client key to the connection
-        return super().send(request, stream=stream, timeout=timeout, verify=True, cert=None, proxies=proxies)
+        try:
+            return super().send(request, stream=stream, timeout=timeout, verify=True, cert=None, proxies=proxies)
+        except SSLError as e:
+            tpm = _tpm_failure(e)
+            if tpm is None:
+                raise
+            raise TpmSSLError(f"{request.url}: {tpm}", request=request) from e
 
     def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
         # requests' version points the connection at a CA file (certifi by default),
@@ -53,3 +61,20 @@ class TpmAdapter(HTTPAdapter):
         if url.lower().startswith("https"):
             conn.cert_reqs = "CERT_REQUIRED"
             conn.ca_certs = conn.ca_cert_dir = None
+
+
+class TpmSSLError(SSLError, HandshakeError):
+    """requests' `SSLError` for a handshake the TPM could not sign; the text names its reason."""
+
+
+def _tpm_failure(error: BaseException) -> TpmHandshakeError | None:
+    """The `TpmHandshakeError` inside requests' and urllib3's wrappers (args, causes), if any."""
+    seen: list[BaseException] = [error]
+    for current in seen:
+        if isinstance(current, TpmHandshakeError):
+            return current
+        if len(seen) > 20:  # wrappers nest a few levels; never walk a cycle for ever
+            break
+        nested = [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
+        seen.extend(x for x in nested if isinstance(x, BaseException) and x not in seen)
+    return None
