@@ -46,6 +46,36 @@ def read_secret_file(path: str | None) -> bytes | None:
     return secret
 
 
+def key_password(key: str, password_file: str | None) -> bytes | None:
+    """The password for a TPM key file: from --password-file, else asked on the terminal
+    (like ssh asks for a key's passphrase), else a one-line error saying how to give it.
+
+    None when the key needs none (or is not a TPM key file: OpenSSL judges those).
+    """
+    if password_file is not None:
+        return read_secret_file(password_file)
+    from ..errors import KeyFileError
+    from ..tpm.keyfile import read_key_reference
+
+    try:
+        if read_key_reference(key).empty_auth:
+            return None
+    except KeyFileError:
+        return None  # a software key or a broken file: the TLS set-up says what is wrong
+    if not sys.stdin.isatty():
+        raise UsageError(f"{key}: this key has a password: give it with --password-file F "
+                         "(or run on a terminal to be asked for it)")
+    import getpass
+
+    try:
+        secret = getpass.getpass(f"Password for {key}: ")
+    except EOFError:
+        secret = ""
+    if not secret:
+        raise UsageError(f"{key}: no password entered (the key has one; or give it with --password-file F)")
+    return secret.encode()
+
+
 def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 

@@ -7,9 +7,10 @@ import socket
 import ssl
 from typing import Any
 
-from .. import provider, ssl_context
+from .. import provider
 from ..errors import HandshakeError, UsageError
-from ._common import add_password_file, add_tcti, read_secret_file, say
+from ..tls import TpmHandshakeError, ssl_context
+from ._common import add_password_file, add_tcti, key_password, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     version.add_argument("--tls1.3", dest="tls_version", action="store_const", const="1.3", help="TLS 1.3 only")
     p.add_argument("--servername", metavar="N", help="name to send (SNI) and verify (default: HOST)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect/handshake timeout (10 s)")
-    add_password_file(p)
+    add_password_file(p, "file holding the key's password; without it, a key's password is asked for on "
+                         "the terminal (like ssh does), and with no terminal the command fails")
     add_tcti(p)
     p.set_defaults(func=run)
 
@@ -38,7 +40,7 @@ def split_target(target: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     host, port = split_target(args.target)
     name = args.servername or host
-    ctx = ssl_context(args.cert, args.key, args.cafile, password=read_secret_file(args.password_file),
+    ctx = ssl_context(args.cert, args.key, args.cafile, password=key_password(args.key, args.password_file),
                       tcti=args.tcti, tls_version=args.tls_version)
     try:
         with socket.create_connection((host, port), timeout=args.timeout) as raw:
@@ -50,16 +52,34 @@ def run(args: argparse.Namespace) -> int:
                 say(f"connected to {host}:{port} ({name})")
                 say(f"protocol: {tls.version()}")
                 say(f"cipher: {cipher[0] if cipher else '?'}")
-                say(f"client signature: {provider.last_signature_scheme() or 'none (session resumed)'} (in the TPM)")
+                say(_client_key_line(args.key, tls))
                 say(f"peer: {subject}")
     except ssl.SSLCertVerificationError as e:
         raise HandshakeError(f"{host}:{port}: server certificate not trusted for {name!r}: {e.verify_message}") from None
+    except TpmHandshakeError as e:
+        raise HandshakeError(f"{host}:{port}: {e}") from None
     except ssl.SSLError as e:
-        reason = provider.last_error()
-        raise HandshakeError(f"{host}:{port}: handshake failed: {reason or _alert(e)}") from None
+        raise HandshakeError(f"{host}:{port}: handshake failed: {_refusal(e, args.cert)}") from None
     except OSError as e:
         raise HandshakeError(f"{host}:{port}: cannot connect: {e.strerror or e}") from None
     return 0
+
+
+def _client_key_line(key: str, tls: ssl.SSLSocket) -> str:
+    """What signed for us: the TPM (and with which scheme), or a software key file."""
+    from ..errors import KeyFileError
+    from ..tpm.keyfile import read_key_reference
+
+    try:
+        read_key_reference(key)
+    except KeyFileError:
+        return f"client key: {key}, a software key (not in the TPM)"
+    scheme = provider.last_signature_scheme()
+    if tls.session_reused:
+        return "client signature: none (session resumed)"
+    if scheme is None:
+        return "client signature: none (the server asked for no client certificate)"
+    return f"client signature: {scheme} (in the TPM)"
 
 
 def _await_verdict(tls: ssl.SSLSocket, seconds: float = 1.0) -> None:
@@ -73,8 +93,36 @@ def _await_verdict(tls: ssl.SSLSocket, seconds: float = 1.0) -> None:
         pass
 
 
-def _alert(e: ssl.SSLError) -> str:
+def _refusal(e: ssl.SSLError, cert: str) -> str:
+    """Why the server ended the handshake: our certificate's own dates first, then its alert."""
     reason = (e.reason or str(e)).lower().replace("_", " ")
-    if "unknown ca" in reason or "certificate required" in reason or "bad certificate" in reason:
+    dates = _validity_problem(cert)
+    if dates:
+        return f"the server refused our client certificate ({reason}): {dates}"
+    if "unknown ca" in reason:
         return f"the server refused our client certificate ({reason}): it does not trust the CA that issued it"
+    if "certificate expired" in reason:
+        return f"the server refused our client certificate ({reason}): it considers it expired"
+    if "certificate required" in reason:
+        return f"the server requires a client certificate and did not accept ours ({reason})"
+    if "bad certificate" in reason or "unsupported certificate" in reason or "certificate revoked" in reason:
+        return f"the server refused our client certificate ({reason})"
     return reason
+
+
+def _validity_problem(cert: str) -> str | None:
+    """'… expired on …' / '… not valid before …' when our certificate is outside its dates now."""
+    import datetime
+
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(open(cert, "rb").read())
+    except (OSError, ValueError):
+        return None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if certificate.not_valid_after_utc < now:
+        return f"{cert} expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    if certificate.not_valid_before_utc > now:
+        return f"{cert} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+    return None

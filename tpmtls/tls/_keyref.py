@@ -1,0 +1,93 @@
+"""Key references as the TLS factories take them, and one-line reasons for failed loads."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from .. import provider
+from ..errors import KeyFileError, TlsSetupError, TpmtlsError
+from ..tpm.keys import AnyTpmKey, TpmKey
+
+#: What a `key=` argument accepts (DESIGN §2): a TPM key file path, "handle:0x81…", or a key object.
+KeyRef = Union[str, "os.PathLike[str]", TpmKey]
+
+
+_TPM_PEM = re.compile(rb"-----BEGIN (TSS2 PRIVATE KEY|TPMTLS KEY HANDLE)-----(.*?)-----END \1-----", re.S)
+
+
+@contextmanager
+def key_file(key: KeyRef, *, der: bool = False) -> Iterator[str]:
+    """A path OpenSSL can read for any key reference (a handle or key object gets a temp file).
+
+    The temp file holds only what a key file holds (a TPM-wrapped blob or a handle):
+    never private key material. `der`: a TPM key as DER, which OpenSSL decodes without
+    a passphrase callback (for PEM it would prompt on the terminal when none is set).
+    """
+    data: bytes
+    if isinstance(key, TpmKey):
+        data = key.to_pem()
+    elif isinstance(key, str) and key.startswith("handle:"):
+        from ..tpm.keyfile import handle_pem, parse_handle
+
+        data = handle_pem(parse_handle(key))
+    else:
+        path = Path(key)
+        if not path.is_file():
+            raise KeyFileError(f"{path}: no such key file")
+        data = path.read_bytes() if der else b""
+        if not (der and _TPM_PEM.search(data)):
+            yield str(path)  # a software key, or PEM wanted: OpenSSL reads the file itself
+            return
+    if der:
+        m = _TPM_PEM.search(data)
+        try:
+            data = base64.b64decode(re.sub(rb"\s+", b"", m.group(2)), validate=True) if m else data
+        except (binascii.Error, ValueError):
+            raise KeyFileError(f"{source(key)}: damaged PEM: the base64 body does not decode") from None
+    with tempfile.TemporaryDirectory(prefix="tpmtls-key-") as tmp:
+        path = Path(tmp) / ("key.der" if der else "key.pem")
+        path.write_bytes(data)
+        yield str(path)
+
+
+def as_bytes(password: bytes | str | None) -> bytes | None:
+    return password.encode() if isinstance(password, str) else password
+
+
+def source(key: KeyRef) -> str:
+    """How a key reference is named in messages."""
+    return key.reference if isinstance(key, TpmKey) else os.fspath(key)
+
+
+def explain(e: Exception, cert: str | os.PathLike[str], key: KeyRef, tcti: str | None,
+            password: bytes | None) -> TlsSetupError:
+    """One line for a failed load: the TPM's reason if there was one, else find out.
+
+    Python's load_cert_chain reports any failure as OSError when errno happens to be
+    set, so the exception says little; the certificate and key are checked here.
+    """
+    reason = provider.last_error()
+    if reason:
+        return TlsSetupError(reason)
+    from cryptography import x509
+
+    from ..tpm import connect
+
+    try:
+        public = x509.load_pem_x509_certificate(Path(cert).read_bytes()).public_key()
+    except (OSError, ValueError) as err:
+        return TlsSetupError(f"{cert}: not a readable PEM certificate ({err})")
+    try:
+        tpm_key: AnyTpmKey = key if isinstance(key, (TpmKey)) else connect(tcti).load_key(key, password)  # type: ignore[assignment]
+    except TpmtlsError as err:
+        return TlsSetupError(str(err))
+    if tpm_key.public_key() != public:
+        return TlsSetupError(f"{cert}: this certificate does not belong to the key {source(key)}")
+    return TlsSetupError(f"loading {cert} with key {source(key)} failed: {e}")
