@@ -97,7 +97,7 @@ def test_missing_or_wrong_password_after_inject_is_one_clear_error(injected, pw_
     with pytest.raises(ssl.SSLError) as missing:
         ssl.create_default_context().load_cert_chain(str(cert), str(key))
     assert isinstance(missing.value, tpmtls.TpmtlsError)
-    assert str(missing.value) == f"{key}: this key has a password and none was given (password=...)"
+    assert str(missing.value) == f"{key}: this key has a password and none was given"
     with pytest.raises(ssl.SSLError) as wrong:
         ssl.create_default_context().load_cert_chain(str(cert), str(key), password="wrong")
     assert isinstance(wrong.value, tpmtls.TpmtlsError)

@@ -54,10 +54,7 @@ class KeyInfo(ctypes.Structure):
     ]
 
 
-_LOAD = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
-    ctypes.POINTER(KeyInfo),
-)
+_LOAD = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.POINTER(KeyInfo))
 _PEM2DER = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t)
 _SIGN = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
@@ -126,21 +123,6 @@ def loading(source: str | None = None, tcti: str | None = None, password: bytes 
             setattr(_local, name, value)
 
 
-@contextmanager
-def passphrase_from_openssl() -> Iterator[None]:
-    """Let keys decoded on this thread meanwhile take their password from OpenSSL's callback.
-
-    Only for callers that set one (stdlib `load_cert_chain(password=...)`): OpenSSL's
-    default callback prompts on the terminal.
-    """
-    old = getattr(_local, "passphrase_callback", False)
-    _local.passphrase_callback = True
-    try:
-        yield
-    finally:
-        _local.passphrase_callback = old
-
-
 def clear_error() -> None:
     """Forget this thread's last callback failure (before an operation whose failure we explain)."""
     _local.error = None
@@ -151,7 +133,7 @@ def last_error() -> str | None:
     return getattr(_local, "error", None)
 
 
-def _load(der_p: int, der_len: int, expected: int, pw_p: int | None, pw_len: int, out: Any) -> int:
+def _load(der_p: int, der_len: int, expected: int, out: Any) -> int:
     try:
         from ..errors import KeyFileError, TpmtlsError
         from ..tpm import connect
@@ -165,13 +147,10 @@ def _load(der_p: int, der_len: int, expected: int, pw_p: int | None, pw_len: int
             return 0  # not a TPM key: let other decoders try
         if blob.public is not None and _shim_type(blob.public.publicArea.type) != expected:
             return 0
-        password = ctypes.string_at(pw_p, pw_len) if pw_p else getattr(_local, "password", None)
+        password = getattr(_local, "password", None)
         if not blob.empty_auth and not password:
-            _set_error(f"{source}: this TPM key has a password and none was given")
-            # Ask OpenSSL's passphrase callback only when the caller gave one (ssl's
-            # load_cert_chain(password=...) after inject_into_ssl): without one OpenSSL
-            # falls back to prompting on the terminal, and a library never prompts.
-            return 2 if getattr(_local, "passphrase_callback", False) and not pw_p else -1
+            _set_error(f"{source}: this key has a password and none was given")
+            return -1
         try:
             key = connect(getattr(_local, "tcti", None), pool=getattr(_local, "pool", None)).load_blob(blob, password)
         except TpmtlsError as e:

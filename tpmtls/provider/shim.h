@@ -38,9 +38,8 @@ typedef struct {
     size_t e_len;
 } shim_keyinfo;
 
-/* load: 1 loaded, 0 not ours (empty-handed), 2 needs a password, -1 error */
-typedef int (*shim_load_fn)(const unsigned char *der, size_t der_len, int expected_type,
-                            const char *password, size_t password_len, shim_keyinfo *out);
+/* load: 1 loaded, 0 not ours (empty-handed), -1 error (reason via the error callback) */
+typedef int (*shim_load_fn)(const unsigned char *der, size_t der_len, int expected_type, shim_keyinfo *out);
 /* pem2der: bytes written to out (0: not a PEM we decode, -1: error) */
 typedef long (*shim_pem2der_fn)(const unsigned char *pem, size_t pem_len,
                                 unsigned char *out, size_t out_size);

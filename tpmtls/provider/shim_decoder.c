@@ -96,9 +96,7 @@ static int key_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
     size_t len = 0;
     unsigned char *der;
     shim_key *key;
-    int rc = -1, ok = 0;
-    char password[1024];
-    size_t pw_len = 0;
+    int rc, ok = 0;
 
     if (selection != 0 && (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) == 0)
         return 1; /* asked for public parts only: the certificate's job, not ours */
@@ -108,17 +106,13 @@ static int key_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
         free(der);
         return 0;
     }
-    rc = shim_cb.load(der, len, ctx->type, NULL, 0, &key->info);
-    if (rc == 2) {
-        /* The key has a password: ask whoever is decoding (ssl's password=, pyOpenSSL's callback). */
-        if (pw_cb == NULL || !pw_cb(password, sizeof(password), &pw_len, NULL, pw_cbarg)) {
-            shim_error(ctx->prov, SHIM_R_TPM_FAILED, "this TPM key has a password and none was given");
-            rc = -1;
-        } else {
-            rc = shim_cb.load(der, len, ctx->type, password, pw_len, &key->info);
-        }
-        explicit_bzero(password, sizeof(password)); /* a plain memset may be optimised away */
-    }
+    /*
+     * Key passwords come from tpmtls (ssl_context(password=), the injected
+     * load_cert_chain(password=)), never from OpenSSL's passphrase callback: without
+     * a caller's callback OpenSSL's default one prompts on the terminal, and a
+     * library never prompts. So pw_cb is not used.
+     */
+    rc = shim_cb.load(der, len, ctx->type, &key->info);
     free(der);
     if (rc == 1) {
         OSSL_PARAM params[4];

@@ -11,8 +11,7 @@ from ..errors import HandshakeError, TlsSetupError
 
 def clear_tpm_error() -> None:
     """Forget this thread's recorded TPM failure, so a stale one is never blamed for a handshake."""
-    with provider.loading():  # entering a loading block resets the thread's recorded error
-        pass
+    provider.clear_error()
 
 
 class _SSLErrorText(ssl.SSLError):

@@ -89,6 +89,11 @@ def _load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None, p
     eager = password if isinstance(password, (str, bytes, bytearray)) else None
     name = os.fspath(keyfile if keyfile is not None else certfile)
     key_password = eager.encode() if isinstance(eager, str) else (bytes(eager) if eager is not None else None)
+    if callable(password) and _tpm_key_with_password(name):
+        # The shim takes TPM key passwords from us, never from OpenSSL's callback: ask now.
+        key_password = answer() or None
+        if problems:
+            raise problems[0]
     with provider.loading(name, _state.tcti, key_password):
         try:
             plain_load_cert_chain(self, certfile, keyfile, answer)
@@ -99,8 +104,19 @@ def _load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None, p
             if reason:
                 raise KeyLoadError(reason) from None
             if asked and password is None:
-                raise KeyLoadError(f"{name}: the key is encrypted and no password was given (password=...)") from e
+                raise KeyLoadError(f"{name}: the key is encrypted and no password was given") from e
             raise
+
+
+def _tpm_key_with_password(path: str) -> bool:
+    """True for a TPM key file whose key has a password (False for software keys and unreadable files)."""
+    from ..errors import TpmtlsError
+    from ..tpm.keyfile import read_key_reference
+
+    try:
+        return not read_key_reference(path).empty_auth
+    except (TpmtlsError, OSError, ValueError):
+        return False
 
 
 #: The stdlib's own method, for tpmtls's factories (which pass the TCTI and password themselves).
