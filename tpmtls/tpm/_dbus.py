@@ -30,7 +30,11 @@ _MAX_MESSAGE = 1 << 20  # far above anything a bus daemon or tpm2-abrmd sends us
 
 
 class DBusError(OSError):
-    """The bus or the peer could not be reached, refused, or did not answer in time."""
+    """The bus or the peer could not be reached, or refused."""
+
+
+class DBusTimeout(DBusError):
+    """The bus or the peer did not answer by the deadline."""
 
 
 def bus_address(bus_type: str) -> str:
@@ -147,6 +151,9 @@ class Connection:
             try:
                 sock.settimeout(_remaining(deadline))
                 sock.connect(target)
+            except socket.timeout:
+                sock.close()
+                raise DBusTimeout(f"the D-Bus bus at {address!r} did not accept a connection in time") from None
             except OSError as e:
                 sock.close()
                 last = e
@@ -199,14 +206,14 @@ class Connection:
         try:
             self.sock.sendall(data)
         except socket.timeout:
-            raise DBusError("the D-Bus bus did not take our message in time") from None
+            raise DBusTimeout("the D-Bus bus did not take our message in time") from None
 
     def _recv(self, deadline: float, n: int) -> bytes:
         self.sock.settimeout(_remaining(deadline))
         try:
             data, ancdata, _, _ = self.sock.recvmsg(n, socket.CMSG_SPACE(16 * 4))
         except socket.timeout:
-            raise DBusError("no answer on the D-Bus bus in time") from None
+            raise DBusTimeout("no answer on the D-Bus bus in time") from None
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
@@ -281,5 +288,5 @@ class Connection:
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise DBusError("timed out")
+        raise DBusTimeout("timed out")
     return left

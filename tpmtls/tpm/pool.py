@@ -518,15 +518,17 @@ class Pool:
                     # (in a forked child the objects present may be the parent's)
                     _flush_orphans(esapi)
                 return esapi, tcti
-            except TSS2_Exception as e:
-                if tcti is not None and tcti.timed_out is not None:
+            except transport.TransportTimeout:
+                if tcti is not None:
                     tcti.close()
-                    raise self._timeout_error("connect") from None
+                raise self._timeout_error("connect") from None
+            except TSS2_Exception as e:
                 if tcti is not None:
                     tcti.close()
                 if time.monotonic() + delay > deadline:
+                    why = f"{e.reason} (rc 0x{int(e.rc):x})" if isinstance(e, transport.TransportUnavailable) else rc.describe(e)
                     raise TpmUnavailable(
-                        f"cannot reach the TPM at TCTI {self.tcti!r}: {rc.describe(e)}; is the TPM or "
+                        f"cannot reach the TPM at TCTI {self.tcti!r}: {why}; is the TPM or "
                         "resource manager running? set the TCTI to use (tcti=, --tcti or $TPMTLS_TCTI)"
                     ) from None
             time.sleep(delay)

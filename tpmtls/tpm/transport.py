@@ -40,6 +40,14 @@ class TransportTimeout(TSS2_Exception):
         self.seconds = seconds
 
 
+class TransportUnavailable(TSS2_Exception):
+    """No connection to the TPM's service; `reason` says why (for the one-line error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(TSS2_RC.TCTI_RC_NO_CONNECTION)
+        self.reason = reason
+
+
 def _conf(tcti: str) -> tuple[str, dict[str, str]]:
     name, _, conf = tcti.partition(":")
     return name, dict(p.split("=", 1) for p in conf.split(",") if "=" in p)
@@ -161,22 +169,22 @@ class TabrmdTcti(StreamTcti):
         super().__init__(timeout)
         bus_name = conf.get("bus_name", "com.intel.tss2.Tabrmd")
         deadline = time.monotonic() + timeout
+        bus: _dbus.Connection | None = None
         try:
             bus = _dbus.Connection(_dbus.bus_address(conf.get("bus_type", "system")), deadline)
-        except (_dbus.DBusError, OSError):
-            raise TSS2_Exception(TSS2_RC.TCTI_RC_NO_CONNECTION) from None
-        try:
             reply = bus.call(deadline, bus_name, _TABRMD_PATH, _TABRMD_IFACE, "CreateConnection")
-        except (_dbus.DBusError, OSError):
-            bus.close()
-            raise TSS2_Exception(TSS2_RC.TCTI_RC_NO_CONNECTION) from None
+        except _dbus.DBusTimeout:
+            raise TransportTimeout(timeout) from None
+        except OSError as e:  # DBusError included: no bus, no tpm2-abrmd on it, refused
+            raise TransportUnavailable(str(e)) from None
+        finally:
+            if bus is not None:
+                # tpm2-abrmd keys the TPM connection by its socket, not by our bus connection.
+                bus.close()
         if not reply.fds:
-            bus.close()
-            raise TSS2_Exception(TSS2_RC.TCTI_RC_NO_CONNECTION)
+            raise TransportUnavailable("tpm2-abrmd's CreateConnection reply carried no socket")
         for extra in reply.fds[1:]:
             os.close(extra)
-        # tpm2-abrmd keys the connection by this socket, not by our bus connection.
-        bus.close()
         self._sock = socket.socket(fileno=reply.fds[0])
         self._sock.setblocking(True)
 
