@@ -525,6 +525,8 @@ class Pool:
             except TSS2_Exception as e:
                 if tcti is not None:
                     tcti.close()
+                    if tcti.timed_out is not None:  # a command of the connect (orphan flush)
+                        raise self._timeout_error("connect") from None
                 if time.monotonic() + delay > deadline:
                     why = f"{e.reason} (rc 0x{int(e.rc):x})" if isinstance(e, transport.TransportUnavailable) else rc.describe(e)
                     raise TpmUnavailable(
