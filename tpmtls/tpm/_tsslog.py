@@ -102,3 +102,11 @@ def while_loading() -> Iterator[None]:
             return
         with _quiet_env():
             yield
+
+
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
