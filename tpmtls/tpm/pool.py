@@ -528,7 +528,8 @@ class Pool:
                     if tcti.timed_out is not None:  # a command of the connect (orphan flush)
                         raise self._timeout_error("connect") from None
                 if time.monotonic() + delay > deadline:
-                    why = f"{e.reason} (rc 0x{int(e.rc):x})" if isinstance(e, transport.TransportUnavailable) else rc.describe(e)
+                    cause = e if isinstance(e, transport.TransportUnavailable) else tcti.unavailable if tcti else None
+                    why = f"{cause.reason} (rc 0x{int(e.rc):x})" if cause is not None else rc.describe(e)
                     raise TpmUnavailable(
                         f"cannot reach the TPM at TCTI {self.tcti!r}: {why}; is the TPM or "
                         "resource manager running? set the TCTI to use (tcti=, --tcti or $TPMTLS_TCTI)"

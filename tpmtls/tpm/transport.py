@@ -104,6 +104,12 @@ class StreamTcti(PyTCTI):
         if os.getpid() == self._pid:
             self._close()
 
+    @property
+    def unavailable(self) -> TransportUnavailable | None:
+        """Why the last command found no TPM to talk to (tpm2-pytss keeps only the rc)."""
+        last = self._last_exception
+        return last if isinstance(last, TransportUnavailable) else None
+
     def _check_usable(self) -> None:
         if self.timed_out is not None:
             raise self.timed_out
@@ -227,8 +233,9 @@ class SwtpmTcti(StreamTcti):
                 sock = socket.create_connection(self._address, timeout=self._remaining())
         except socket.timeout:
             self._expire()
-        except OSError:
-            raise TSS2_Exception(TSS2_RC.TCTI_RC_IO_ERROR) from None
+        except OSError as e:
+            where = self._path or "{}:{}".format(*self._address)
+            raise TransportUnavailable(f"swtpm at {where}: {e.strerror or e}") from None
         self._sock = sock
         frame = struct.pack(">IBI", _SWTPM_SEND_COMMAND, self._locality, len(command)) + command
         self._io(sock, "write", data=frame)
