@@ -283,6 +283,7 @@ class Pool:
         self.pss_digest_salt: bool | None = None  # learnt from the first PSS signature
         self._srk_kind: dict[str, str] = {}
         self._closed = False
+        self._forked_child = False
         self._fresh_state()
         _live_pools.add(self)
 
@@ -484,20 +485,21 @@ class Pool:
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 failures.append(e)
 
+        bound = self.timeout * _COMMANDS_PER_OPERATION
         worker = threading.Thread(target=work, name=f"tpmtls-{op}", daemon=True)
         worker.start()
-        worker.join(self.timeout * _COMMANDS_PER_OPERATION)
+        worker.join(bound)
         if results:
             return results[0]
         if failures:
             raise failures[0]
         ctx.abandoned = True
-        raise self._timeout_error(op)
+        raise self._timeout_error(op, bound)
 
-    def _timeout_error(self, op: str) -> TpmUnavailable:
+    def _timeout_error(self, op: str, seconds: float | None = None) -> TpmUnavailable:
         return TpmUnavailable(
-            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {self.timeout:g} s; is it "
-            "stopped or hung? (the bound is timeout= or $TPMTLS_TPM_TIMEOUT)"
+            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {seconds or self.timeout:g} s; "
+            "is it stopped or hung? (the bound is timeout= or $TPMTLS_TPM_TIMEOUT)"
         )
 
     def _open_esapi(self, after_loss: bool = False) -> tuple[ESAPI, transport.StreamTcti | None]:
@@ -514,7 +516,7 @@ class Pool:
                 else:
                     with while_loading():
                         esapi = ESAPI(self.tcti)
-                if is_direct(self.tcti) and not getattr(self, "_forked_child", False):
+                if is_direct(self.tcti) and not self._forked_child:
                     # (in a forked child the objects present may be the parent's)
                     _flush_orphans(esapi)
                 return esapi, tcti
