@@ -194,6 +194,11 @@ class TabrmdTcti(StreamTcti):
         self._sock = socket.socket(fileno=reply.fds[0])
         self._sock.setblocking(True)
 
+    def do_set_locality(self, locality: int) -> None:
+        # tpm2-abrmd takes it over D-Bus (SetLocality); tpmtls only ever uses locality 0.
+        if locality != 0:
+            raise TSS2_Exception(TSS2_RC.TCTI_RC_NOT_IMPLEMENTED)
+
     def _send(self, command: bytes) -> None:
         self._io(self._sock, "write", data=command)
 
