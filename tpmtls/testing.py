@@ -865,12 +865,14 @@ class Abrmd(_Component):
 # The one private session bus of this process
 # --------------------------------------------------------------------------
 #
-# The tabrmd TCTI talks D-Bus through GLib, and GLib keeps ONE session-bus
-# connection per process, made from $DBUS_SESSION_BUS_ADDRESS the first time a
-# client connects (measured: a second bus in the same process is unreachable,
-# "Fails to connect to next lower layer"). So every abrmd started for this
-# process sits on one private bus, each under its own --dbus-name, and the
-# bus lives until the interpreter exits.
+# libtss2-tcti-tabrmd (what tpm2-tools and a plain tpm2-pytss ESAPI("tabrmd:...")
+# load) talks D-Bus through GLib, and GLib keeps ONE session-bus connection per
+# process, made from $DBUS_SESSION_BUS_ADDRESS the first time a client connects
+# (measured: a second bus in the same process is unreachable, "Fails to connect
+# to next lower layer"). tpmtls's own pool does not use it (tpmtls/tpm/transport.py
+# reads the variable at each connect), but in-process users of that TCTI may. So
+# every abrmd started for this process sits on one private bus, each under its
+# own --dbus-name, and the bus lives until the interpreter exits.
 
 _shared_bus: DBusSession | None = None
 _shared_bus_lock = threading.Lock()

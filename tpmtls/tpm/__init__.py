@@ -2,11 +2,12 @@
 
 from .device import Tpm, TpmInfo, connect
 from .keyfile import KeyBlob, parse_key_bytes, read_key_reference
-from .keys import TpmECPrivateKey, TpmKey, TpmRSAPrivateKey
+from .keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey
 from .pool import Pool, PoolStats, default_pool
 from .tcti import resolve_tcti
 
 __all__ = [
+    "AnyTpmKey",
     "KeyBlob",
     "Pool",
     "PoolStats",

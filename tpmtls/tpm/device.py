@@ -161,7 +161,7 @@ class Tpm:
         """Load a parsed key: checks here that the TPM takes it, so errors surface early."""
         auth = _password(password)
         if not blob.empty_auth and auth is None:
-            raise KeyAuthError(f"{blob.source}: this key has a password; pass it (--password-file)")
+            raise KeyAuthError(f"{blob.source}: this key has a password and none was given")
 
         def fn(ctx: TpmContext) -> TPM2B_PUBLIC:
             handle = ctx.key(blob, auth)

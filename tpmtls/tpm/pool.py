@@ -13,6 +13,7 @@ import atexit
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -41,7 +42,8 @@ from ..errors import (
     TpmUnavailable,
     UsageError,
 )
-from . import rc
+from . import rc, transport
+from ._tsslog import quiet_tss_logs, while_loading
 from .keyfile import OWNER, KeyBlob
 from .tcti import default_pool_size, is_direct, resolve_tcti
 from .templates import SRK_ECC, SRK_RSA, same_template
@@ -51,11 +53,13 @@ T = TypeVar("T")
 SRK_PERSISTENT = 0x81000001  # TCG Provisioning Guidance: the SRK's persistent handle
 _SRK_TEMPLATES = {"ecc": SRK_ECC, "rsa": SRK_RSA}
 _RETRY_ATTEMPTS = 6  # RETRY/YIELDED/TESTING: 5 ms … 80 ms, 155 ms in all
+DEFAULT_TIMEOUT = 60.0
+"""Seconds one TPM command (or one connect) may take before the pool gives up on it.
 
-# tpm2-tss prints its own log lines on stderr (read from $TSS2_LOG lazily, per module);
-# our errors carry the TPM's response code, so keep stderr to one clear line unless
-# the user asked for TSS logs.
-os.environ.setdefault("TSS2_LOG", "all+NONE")
+Hardware TPMs take seconds for RSA key generation, and tens of seconds at worst; a
+TPM that has not answered in a minute is stuck (or stopped). Override per pool with
+`Pool(timeout=…)` or process-wide with $TPMTLS_TPM_TIMEOUT (seconds).
+"""
 
 
 @dataclass(frozen=True)
@@ -89,15 +93,23 @@ class TpmContext:
         self.pool = pool
         self.index = index
         self._esapi: ESAPI | None = None
+        self._transport: transport.StreamTcti | None = None
         self._srks: dict[str, tuple[ESYS_TR, TPM2B_PUBLIC]] = {}
         self._persistent_srk: bool | None = None
         self._keys: OrderedDict[str, ESYS_TR] = OrderedDict()
+        self.after_loss = False  # the next connect follows a lost one: wait for the TPM to return
+        self.abandoned = False  # a command on it missed its deadline: never use it again
 
     @property
     def esapi(self) -> ESAPI:
         if self._esapi is None:
-            self._esapi = self.pool._open_esapi()
+            self._esapi, self._transport = self.pool._open_esapi(self.after_loss)
         return self._esapi
+
+    @property
+    def timed_out(self) -> transport.TransportTimeout | None:
+        """The deadline a command of this context missed, if any."""
+        return self._transport.timed_out if self._transport is not None else None
 
     def close(self, flush: bool = False) -> None:
         """Drop the ESAPI context; a dead transport may make finalising fail, which is fine.
@@ -106,6 +118,7 @@ class TpmContext:
         nothing else would ever free its three object slots.
         """
         esapi, self._esapi = self._esapi, None
+        tcti, self._transport = self._transport, None
         transient = list(self._keys.values()) + [h for h, _ in self._srks.values()]
         self._srks.clear()
         self._keys.clear()
@@ -113,7 +126,7 @@ class TpmContext:
         if esapi is None:
             return
         try:
-            if flush:
+            if flush and (tcti is None or tcti.timed_out is None):
                 for handle in transient:
                     if esapi.tr_get_tpm_handle(handle) >> 24 == 0x80:  # transient, not persistent
                         esapi.flush_context(handle)
@@ -123,6 +136,8 @@ class TpmContext:
             esapi.close()
         except Exception:  # noqa: BLE001 - the context is being thrown away
             pass
+        if tcti is not None:
+            tcti.close()
 
     def srk(self, kind: str = "ecc") -> tuple[ESYS_TR, TPM2B_PUBLIC]:
         """The owner-hierarchy SRK for `kind` ('ecc' or 'rsa'), loaded once per context.
@@ -192,7 +207,9 @@ class TpmContext:
                 parent, _ = self.srk(kind)
                 handle = self._load_under(parent, blob)
             except TSS2_Exception as e:
-                if rc.is_context_lost(e) or rc.is_retry(e):
+                # Full object slots (a direct TPM has about three) are not "another TPM's
+                # key": let the caller evict a key and load again.
+                if rc.is_context_lost(e) or rc.is_retry(e) or rc.is_object_memory(e):
                     raise
                 last = e
                 continue
@@ -206,18 +223,17 @@ class TpmContext:
     def _load_under(self, parent: ESYS_TR, blob: KeyBlob) -> ESYS_TR:
         return self.esapi.load(parent, blob.private, blob.public)
 
-    def evict_keys(self) -> bool:
-        """Flush the keys this context keeps loaded (not its SRKs); False if there were none.
+    def evict_key(self) -> bool:
+        """Flush the least recently used key this context keeps (never its SRKs).
 
         Direct TPMs have about three object slots: SRK, a key or two, and whatever a
         command needs for itself (TPM2_Create, TPM2_Load). Keys reload on next use.
+        False when there was no key to flush.
         """
         if not self._keys:
             return False
-        handles = list(self._keys.values())
-        self._keys.clear()
-        for handle in handles:
-            self.esapi.flush_context(handle)
+        _, handle = self._keys.popitem(last=False)
+        self.esapi.flush_context(handle)
         return True
 
 
@@ -225,8 +241,11 @@ class Pool:
     """`size` TPM contexts shared by all threads; `run()` borrows one for an operation.
 
     Thread-safe. Borrowing waits at most `wait_timeout` seconds, then raises TpmBusy.
-    Contexts are opened lazily and reused most-recently-used first, so a light load
-    keeps one warm context.
+    Each TPM command and each connect may take at most `timeout` seconds (default
+    $TPMTLS_TPM_TIMEOUT, else DEFAULT_TIMEOUT), then fails with TpmUnavailable naming
+    the TCTI. Contexts are opened lazily and reused most-recently-used first, so a
+    light load keeps one warm context. Fork-safe: in a child the pool opens contexts
+    of its own and leaves the parent's alone.
     """
 
     def __init__(
@@ -236,6 +255,7 @@ class Pool:
         *,
         wait_timeout: float = 30.0,
         reconnect_timeout: float = 5.0,
+        timeout: float | None = None,
         ephemeral: bool = False,
     ) -> None:
         self.tcti = resolve_tcti(tcti)
@@ -252,23 +272,51 @@ class Pool:
         self.size = size or default_pool_size(self.tcti)
         self.wait_timeout = wait_timeout
         self.reconnect_timeout = reconnect_timeout
+        self.timeout = _command_timeout(timeout)
+        # tabrmd and swtpm: our own transports bound each command; other TCTIs (device,
+        # mssim …) cannot, so their operations run in a worker thread with a bounded join.
+        self._own_transport = transport.handles(self.tcti)
         # Sign RSA-PSS with raw RSA over software padding, even when the TPM's own PSS
         # would do: the fallback for TPMs that use the maximum salt (DESIGN §4), forced
         # here so tests can exercise it on swtpm.
         self.force_raw_pss = os.environ.get("TPMTLS_FORCE_RAW_PSS", "") not in ("", "0")
         self.pss_digest_salt: bool | None = None  # learnt from the first PSS signature
         self._srk_kind: dict[str, str] = {}
+        self._closed = False
+        self._forked_child = False
+        self._fresh_state()
+        _live_pools.add(self)
+
+    def _fresh_state(self) -> None:
+        """Locks, contexts and counters of this process (again, in a forked child)."""
+        self._pid = os.getpid()
         self._cond = threading.Condition()
         self._idle: list[TpmContext] = []
         self._contexts: list[TpmContext] = []
-        self._closed = False
         self._stats_lock = threading.Lock()
         self._counters = dict.fromkeys(
             ("operations", "signatures", "decryptions", "key_loads", "primaries", "errors", "rebuilds", "retries", "waits"),
             0,
         )
         self._times = {"wait_seconds": 0.0, "max_wait_seconds": 0.0, "sign_seconds": 0.0}
-        self._opening_after_loss = threading.local()
+
+    def _after_fork(self) -> None:
+        """In a forked child: keep the parent's contexts referenced but never use or close them.
+
+        They share the parent's sockets (the parent's commands and ours would interleave
+        and each side would read the other's responses) and, for tpm2-tss's TCTIs, state
+        of libraries that do not survive fork; finalising them could write on the
+        parent's connection. So the child starts with no context and opens its own.
+        """
+        _inherited.extend(self._contexts)
+        self._forked_child = True
+        self._fresh_state()
+
+    def _check_process(self) -> None:
+        # os.register_at_fork covers os.fork() and multiprocessing; this catches a fork
+        # done in C (which runs no Python hooks).
+        if self._pid != os.getpid():
+            self._after_fork()
 
     # -- public -------------------------------------------------------------------
 
@@ -276,18 +324,25 @@ class Pool:
         """Run `fn(context)` on a borrowed context; `op` names the operation in errors.
 
         TPM RETRY/YIELDED/TESTING warnings are retried with a short backoff. A lost
-        transport or reset TPM rebuilds the context and runs `fn` once more.
+        transport or reset TPM rebuilds the context and runs `fn` once more. A command
+        that misses its deadline is not retried: the TPM is stuck, and a retry would
+        only double the wait.
         """
+        self._check_process()
         with self._borrow() as ctx:
             self._count(operations=1)
             for attempt in (0, 1):
                 try:
-                    return self._with_backoff(fn, ctx)
+                    return self._bounded(fn, ctx, op)
                 except TSS2_Exception as e:
+                    if ctx.timed_out is not None:
+                        self._count(errors=1)
+                        ctx.close()
+                        raise self._timeout_error(op) from None
                     if attempt == 0 and rc.is_context_lost(e):
                         self._count(rebuilds=1)
                         ctx.close()
-                        self._opening_after_loss.active = True
+                        ctx.after_loss = True
                         continue
                     self._count(errors=1)
                     if rc.is_context_lost(e):
@@ -298,7 +353,7 @@ class Pool:
                     raise
                 finally:
                     if attempt == 1:
-                        self._opening_after_loss.active = False
+                        ctx.after_loss = False
             raise AssertionError("unreachable")  # pragma: no cover
 
     def sign(self, blob: KeyBlob, digest: bytes, scheme: TPMT_SIG_SCHEME, auth: bytes | None = None) -> TPMT_SIGNATURE:
@@ -325,6 +380,7 @@ class Pool:
         return self.run("decrypt", fn, blob)
 
     def stats(self) -> PoolStats:
+        self._check_process()
         with self._stats_lock:
             counters, times = dict(self._counters), dict(self._times)
         with self._cond:
@@ -333,6 +389,7 @@ class Pool:
 
     def close(self) -> None:
         """Close every context; later calls raise. Contexts in use close when returned."""
+        self._check_process()
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -378,14 +435,22 @@ class Pool:
         try:
             yield ctx
         finally:
-            if self.ephemeral:
-                ctx.close(flush=True)
-            with self._cond:
-                if self._closed:
-                    ctx.close()
-                else:
-                    self._idle.append(ctx)
-                self._cond.notify()
+            if ctx.abandoned:
+                # A thread is still stuck in a command on it: keep it referenced, never
+                # reuse it, and let a new context take its place.
+                with self._cond:
+                    self._contexts.remove(ctx)
+                    _inherited.append(ctx)
+                    self._cond.notify()
+            else:
+                if self.ephemeral:
+                    ctx.close(flush=True)
+                with self._cond:
+                    if self._closed:
+                        ctx.close()
+                    else:
+                        self._idle.append(ctx)
+                    self._cond.notify()
 
     def _with_backoff(self, fn: Callable[[TpmContext], T], ctx: TpmContext) -> T:
         for attempt in range(_RETRY_ATTEMPTS):
@@ -394,7 +459,7 @@ class Pool:
             except TSS2_Exception as e:
                 if attempt == _RETRY_ATTEMPTS - 1:
                     raise
-                if rc.is_object_memory(e) and ctx.evict_keys():
+                if rc.is_object_memory(e) and ctx.evict_key():
                     continue
                 if not rc.is_retry(e):
                     raise
@@ -402,22 +467,74 @@ class Pool:
                 time.sleep(0.005 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _open_esapi(self) -> ESAPI:
+    def _bounded(self, fn: Callable[[TpmContext], T], ctx: TpmContext, op: str) -> T:
+        """`fn` with every TPM command bounded by `timeout`.
+
+        Our own transports bound each command themselves. For tpm2-tss's TCTIs the
+        operation runs in a worker thread joined for at most `timeout` per command the
+        operation may send; one that does not come back leaves its context abandoned.
+        """
+        if self._own_transport:
+            return self._with_backoff(fn, ctx)
+        results: list[T] = []
+        failures: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                results.append(self._with_backoff(fn, ctx))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                failures.append(e)
+
+        bound = self.timeout * _COMMANDS_PER_OPERATION
+        worker = threading.Thread(target=work, name=f"tpmtls-{op}", daemon=True)
+        worker.start()
+        worker.join(bound)
+        if results:
+            return results[0]
+        if failures:
+            raise failures[0]
+        ctx.abandoned = True
+        raise self._timeout_error(op, bound)
+
+    def _timeout_error(self, op: str, seconds: float | None = None) -> TpmUnavailable:
+        return TpmUnavailable(
+            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {seconds or self.timeout:g} s; "
+            "is it stopped or hung? (the bound is timeout= or $TPMTLS_TPM_TIMEOUT)"
+        )
+
+    def _open_esapi(self, after_loss: bool = False) -> tuple[ESAPI, transport.StreamTcti | None]:
         """Connect to the TPM; after a loss, keep trying for `reconnect_timeout` seconds."""
-        after_loss = getattr(self._opening_after_loss, "active", False)
         deadline = time.monotonic() + (self.reconnect_timeout if after_loss else 0)
         delay = 0.05
         while True:
+            tcti: transport.StreamTcti | None = None
             try:
-                esapi = ESAPI(self.tcti)
-                if is_direct(self.tcti):
+                quiet_tss_logs()
+                if self._own_transport:
+                    tcti = transport.open_transport(self.tcti, self.timeout)
+                    esapi = ESAPI(tcti)
+                else:
+                    with while_loading():
+                        esapi = ESAPI(self.tcti)
+                if is_direct(self.tcti) and not self._forked_child:
+                    # (in a forked child the objects present may be the parent's)
                     _flush_orphans(esapi)
-                return esapi
+                return esapi, tcti
+            except transport.TransportTimeout:
+                if tcti is not None:
+                    tcti.close()
+                raise self._timeout_error("connect") from None
             except TSS2_Exception as e:
+                if tcti is not None:
+                    tcti.close()
+                    if tcti.timed_out is not None:  # a command of the connect (orphan flush)
+                        raise self._timeout_error("connect") from None
                 if time.monotonic() + delay > deadline:
+                    cause = e if isinstance(e, transport.TransportUnavailable) else tcti.unavailable if tcti else None
+                    why = f"{cause.reason} (rc 0x{int(e.rc):x})" if cause is not None else rc.describe(e)
                     raise TpmUnavailable(
-                        f"cannot reach the TPM at TCTI {self.tcti!r}: {rc.describe(e)}; is the TPM or "
-                        "resource manager running? choose another with --tcti or $TPMTLS_TCTI"
+                        f"cannot reach the TPM at TCTI {self.tcti!r}: {why}; is the TPM or "
+                        "resource manager running? set the TCTI to use (tcti=, --tcti or $TPMTLS_TCTI)"
                     ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
@@ -473,9 +590,30 @@ def _flush_orphans(esapi: ESAPI) -> None:
         esapi.flush_context(esapi.tr_from_tpmpublic(int(handle)))
 
 
+def _command_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        raw = os.environ.get("TPMTLS_TPM_TIMEOUT", "")
+        if not raw:
+            return DEFAULT_TIMEOUT
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise UsageError(f"$TPMTLS_TPM_TIMEOUT={raw!r} is not a number of seconds") from None
+    if not timeout > 0:
+        raise UsageError(f"the TPM command timeout must be a positive number of seconds, not {timeout}")
+    return float(timeout)
+
+
+# An operation sends a few TPM commands (SRK, load, sign; connect on tpm2-tss TCTIs):
+# the worker-thread bound for those TCTIs allows that many command timeouts.
+_COMMANDS_PER_OPERATION = 4
+
 _default_pools: dict[str, Pool] = {}
 _default_lock = threading.Lock()
-_abandoned: list[Pool] = []
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+# Contexts this process must never use nor finalise: inherited from the parent at fork,
+# or abandoned with a thread stuck in them. Referenced for the life of the process.
+_inherited: list[TpmContext] = []
 
 
 def default_pool(tcti: str | None = None) -> Pool:
@@ -489,12 +627,13 @@ def default_pool(tcti: str | None = None) -> Pool:
 
 
 def _after_fork_in_child() -> None:
-    # A forked child shares the parent's TPM connections; it must never use (or
-    # finalise) them. Keep them referenced and start afresh.
+    # Every pool of the parent (default or explicit, and so every Tpm and key object
+    # holding one) keeps working in the child, on contexts of its own. Locks held by
+    # other threads at fork time would never be released here: make new ones.
     global _default_lock
-    _abandoned.extend(_default_pools.values())
-    _default_pools.clear()
     _default_lock = threading.Lock()
+    for pool in list(_live_pools):
+        pool._after_fork()
 
 
 def _close_default_pools() -> None:

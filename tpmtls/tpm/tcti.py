@@ -8,7 +8,8 @@ DEFAULT_TCTI = "device:/dev/tpmrm0"
 
 # TCTIs that talk to a TPM with no resource manager in between: one connection at a
 # time and only three transient object slots (FINDINGS: swtpm), so a pool of one.
-_DIRECT = ("swtpm", "mssim", "device:/dev/tpm0")
+# (tpm2-tss also takes a TCTI module's file name in place of its short name.)
+_DIRECT = ("swtpm", "mssim", "device:/dev/tpm0", "libtss2-tcti-swtpm", "libtss2-tcti-mssim")
 
 
 def resolve_tcti(tcti: str | None = None) -> str:
