@@ -44,6 +44,7 @@ DEFAULT_DURATIONS = {
 DEFAULT_OTHER = 0.005
 _HEADER = 10
 _MAX_COMMAND = 1 << 16  # TPM commands are at most a few KB (TPM_PT_MAX_COMMAND_SIZE)
+_SEND_COMMAND = 8  # TPM_SEND_COMMAND of the simulator protocol
 
 
 @dataclass
@@ -74,18 +75,61 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(data)
 
 
-def _recv_message(sock: socket.socket) -> tuple[int, bytes] | None:
-    """One TPM command or response: (code, whole bytes); None at end of stream."""
-    header = _recv_exact(sock, _HEADER)
-    if header is None:
+def _recv_raw(sock: socket.socket, first: bytes) -> tuple[int, bytes] | None:
+    """The rest of a bare TPM command or response whose first 4 bytes were read: (code, bytes)."""
+    more = _recv_exact(sock, _HEADER - 4)
+    if more is None:
         return None
+    header = first + more
     _, size, code = struct.unpack(">HII", header)
     if not _HEADER <= size <= _MAX_COMMAND:
         raise ValueError(f"not a TPM message (size {size})")
     rest = _recv_exact(sock, size - _HEADER) if size > _HEADER else b""
-    if rest is None:
+    return None if rest is None else (code, header + rest)
+
+
+def _sized(sock: socket.socket) -> bytes | None:
+    """A 4-byte big-endian length and that many bytes (the simulator protocol's framing)."""
+    head = _recv_exact(sock, 4)
+    if head is None:
         return None
-    return code, header + rest
+    (size,) = struct.unpack(">I", head)
+    if size > _MAX_COMMAND:
+        raise ValueError(f"not a TPM message (size {size})")
+    body = _recv_exact(sock, size)
+    return None if body is None else head + body
+
+
+def _read_command(client: socket.socket) -> tuple[int, bytes, bool] | None:
+    """One command from a client: (command code, bytes to relay, framed by the simulator protocol).
+
+    swtpm's data socket takes bare TPM commands (libtss2-tcti-swtpm) or the simulator
+    protocol (TPM_SEND_COMMAND, locality, size, command; answered with size, response and
+    a 4-byte acknowledgement), which tpmtls's own transport speaks. Both are relayed as
+    they came; the command code is read either way.
+    """
+    first = _recv_exact(client, 4)
+    if first is None:
+        return None
+    if struct.unpack(">I", first)[0] == _SEND_COMMAND:
+        locality = _recv_exact(client, 1)
+        command = _sized(client)
+        if locality is None or command is None or len(command) < 4 + _HEADER:
+            return None
+        return struct.unpack(">I", command[4 + 6:4 + _HEADER])[0], first + locality + command, True
+    message = _recv_raw(client, first)
+    return None if message is None else (message[0], message[1], False)
+
+
+def _run(upstream: socket.socket, data: bytes, framed: bool) -> bytes | None:
+    """Send one command to swtpm and read its whole response, in the same framing."""
+    upstream.sendall(data)
+    if framed:
+        response, ack = _sized(upstream), _recv_exact(upstream, 4)
+        return None if response is None or ack is None else response + ack
+    head = _recv_exact(upstream, 4)
+    reply = None if head is None else _recv_raw(upstream, head)
+    return None if reply is None else reply[1]
 
 
 def _shut(sock: socket.socket) -> None:
@@ -178,14 +222,13 @@ class LatencyForwarder:
     def _serve_data(self, client: socket.socket, upstream: socket.socket) -> None:
         try:
             while not self._stop.is_set():
-                command = _recv_message(client)
+                command = _read_command(client)  # idle clients wait here, not holding the TPM
                 if command is None:
                     return
-                cc, data = command
+                cc, data, framed = command
                 with self._tpm:
                     started = time.monotonic()
-                    upstream.sendall(data)
-                    response = _recv_message(upstream)
+                    response = _run(upstream, data, framed)
                     if response is None:
                         return
                     pause = self.timing.duration(cc) - (time.monotonic() - started)
@@ -194,7 +237,7 @@ class LatencyForwarder:
                 with self._stats:
                     self.counts[CC_NAMES.get(cc, hex(cc))] += 1
                     self.delayed += max(pause, 0.0)
-                client.sendall(response[1])
+                client.sendall(response)
         except (OSError, ValueError):
             return
         finally:
