@@ -252,10 +252,16 @@ def _sign(key_id: int, md: bytes | None, pad_mode: int, saltlen: int, mgf1: byte
         ctypes.memmove(sig_p, sig, len(sig))
         sig_len_p.contents.value = len(sig)
         _local.last_scheme = scheme
+        _local.signatures = getattr(_local, "signatures", 0) + 1
         return 1
     except Exception as e:  # noqa: BLE001 - never let an exception cross into C
         _set_error(f"tpmtls: internal error while signing: {type(e).__name__}: {e}")
         return 0
+
+
+def signatures_on_this_thread() -> int:
+    """How many TPM signatures OpenSSL asked for on this thread so far (handshakes count theirs)."""
+    return int(getattr(_local, "signatures", 0))
 
 
 def last_signature_scheme() -> str | None:

@@ -1,4 +1,4 @@
-"""Stdlib sockets and SSL objects whose handshake errors name the TPM's reason.
+"""Stdlib sockets and SSL objects: TPM reasons in handshake errors, client session resumption.
 
 A handshake that fails because the TPM could not sign surfaces from OpenSSL as
 "EVP lib"; the shim's sign callback recorded why on the handshake's thread
@@ -6,16 +6,22 @@ A handshake that fails because the TPM could not sign surfaces from OpenSSL as
 re-raise such a failure as a `TpmHandshakeError` (an `ssl.SSLError` and a tpmtls
 `HandshakeError`). `TpmSSLContext` makes them; `inject_into_ssl` installs them on
 `ssl.SSLContext` for as long as it is injected.
+
+A client socket of a `TpmSSLContext` with a session cache (`_resume`, on by default)
+offers the newest session it has for the server, counts full and resumed handshakes and
+the TPM signatures they made, and keeps the new session: at once for TLS 1.2, after the
+first read for TLS 1.3 (its tickets come after the handshake).
 """
 
 from __future__ import annotations
 
 import ssl
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Hashable, Iterator
 
 from .. import provider
 from ._errors import TpmHandshakeError, clear_tpm_error
+from ._resume import SessionCache
 
 
 @contextmanager
@@ -35,24 +41,136 @@ def _tpm_reason() -> Iterator[None]:
         raise err from None
 
 
+class _Resumption:
+    """The per-connection half of session resumption, shared by sockets and SSL objects."""
+
+    def __init__(self, cache: SessionCache, server: Hashable) -> None:
+        self.cache, self.server = cache, server
+        self.signatures = provider.signatures_on_this_thread()
+        self.pending = True  # the new session is not stored yet
+
+    @staticmethod
+    def start(conn: Any, port: int | None) -> _Resumption | None:
+        """Offer a cached session to a client connection about to shake hands."""
+        cache = getattr(conn.context, "sessions", None)
+        if cache is None or conn.server_side or not conn.server_hostname:
+            return None
+        server = (conn.server_hostname, port)
+        if conn.session is None:  # the caller did not choose a session
+            session = cache.get(server)
+            if session is not None:
+                try:
+                    conn.session = session
+                except ValueError:  # made by another context: not ours to offer
+                    cache.forget(server)
+        return _Resumption(cache, server)
+
+    def failed(self) -> None:
+        self.cache.forget(self.server)  # a server that rejects our session must not see it again
+
+    def done(self, conn: Any) -> None:
+        self.cache.count(conn.session_reused, provider.signatures_on_this_thread() - self.signatures)
+        self.keep(conn)
+
+    def keep(self, conn: Any) -> None:
+        session = conn.session
+        if session is None or (conn.version() == "TLSv1.3" and not session.has_ticket):
+            return  # TLS 1.3 tickets arrive after the handshake: try again after a read
+        self.cache.put(self.server, session)
+        self.pending = False
+
+
+def _peer_port(sock: ssl.SSLSocket) -> int | None:
+    try:
+        return int(sock.getpeername()[1])
+    except (OSError, IndexError, TypeError):
+        return None
+
+
 class TpmSSLSocket(ssl.SSLSocket):
-    """An `ssl.SSLSocket` whose handshake errors name the TPM's reason."""
+    """An `ssl.SSLSocket` whose handshake errors name the TPM's reason, resuming sessions."""
+
+    _tpmtls_resume: _Resumption | None = None
 
     def do_handshake(self, block: bool = False) -> None:
-        with _tpm_reason():
-            super().do_handshake(block)
+        resume = self._tpmtls_resume = _Resumption.start(self, _peer_port(self))
+        try:
+            with _tpm_reason():
+                super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError:
+            if resume is not None:
+                resume.failed()
+            raise
+        if resume is not None:
+            resume.done(self)
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:  # noqa: A002 - ssl's own signature
+        data = super().read(len, buffer)
+        resume = self._tpmtls_resume
+        if resume is not None and resume.pending:
+            resume.keep(self)
+        return data
 
 
 class TpmSSLObject(ssl.SSLObject):
-    """An `ssl.SSLObject` (asyncio, TLS in TLS) whose handshake errors name the TPM's reason."""
+    """An `ssl.SSLObject` (asyncio, TLS in TLS): TPM reasons in handshake errors, sessions resumed per name."""
+
+    _tpmtls_resume: _Resumption | None = None
 
     def do_handshake(self) -> None:
-        with _tpm_reason():
-            super().do_handshake()
+        if self._tpmtls_resume is None:  # non-blocking: called again until it completes
+            self._tpmtls_resume = _Resumption.start(self, None)
+        resume = self._tpmtls_resume
+        try:
+            with _tpm_reason():
+                super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError:
+            if resume is not None:
+                resume.failed()
+            raise
+        if resume is not None:
+            resume.done(self)
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:  # noqa: A002 - ssl's own signature
+        data = super().read(len, buffer)
+        resume = self._tpmtls_resume
+        if resume is not None and resume.pending:
+            resume.keep(self)
+        return data
 
 
 class TpmSSLContext(ssl.SSLContext):
-    """What `ssl_context()` returns: an `ssl.SSLContext` making TPM-aware sockets."""
+    """What `ssl_context()` returns: an `ssl.SSLContext` making TPM-aware sockets.
+
+    `sessions` is its client session cache (`sessions.stats()`: full and resumed
+    handshakes, TPM signatures); None turns resumption off. Loading another certificate
+    or other trust anchors empties it.
+    """
 
     sslsocket_class = TpmSSLSocket
     sslobject_class = TpmSSLObject
+    sessions: SessionCache | None = None
+
+    def load_cert_chain(self, *args: Any, **kwargs: Any) -> None:
+        super().load_cert_chain(*args, **kwargs)
+        self._forget_sessions()
+
+    def load_verify_locations(self, *args: Any, **kwargs: Any) -> None:
+        super().load_verify_locations(*args, **kwargs)
+        self._forget_sessions()
+
+    def load_default_certs(self, *args: Any, **kwargs: Any) -> None:
+        super().load_default_certs(*args, **kwargs)
+        self._forget_sessions()
+
+    def set_default_verify_paths(self) -> None:
+        super().set_default_verify_paths()
+        self._forget_sessions()
+
+    def _forget_sessions(self) -> None:
+        if self.sessions is not None:
+            self.sessions.clear()

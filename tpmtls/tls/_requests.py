@@ -22,18 +22,21 @@ def requests_session(
     *,
     password: bytes | str | None = None,
     tcti: str | None = None,
+    resume: bool = True,
 ) -> "requests.Session":
     """A `requests.Session` presenting the TPM-backed client certificate on HTTPS.
 
     It trusts only `cafile` (the system CAs if None), whatever $REQUESTS_CA_BUNDLE or
     $CURL_CA_BUNDLE say; per-request `verify=`/`cert=` are not honoured (False or a
-    certificate is refused). Proxy settings from the environment still apply.
+    certificate is refused). Proxy settings from the environment still apply. New
+    connections resume the TLS session of earlier ones (`resume=False` turns it off), so
+    the TPM signs once per server and session lifetime, not per connection.
     """
     import requests
 
     from ._adapter import TpmAdapter
 
-    context = ssl_context(cert, key, cafile, password=password, tcti=tcti)
+    context = ssl_context(cert, key, cafile, password=password, tcti=tcti, resume=resume)
     session = requests.Session()
     session.mount("https://", TpmAdapter(context))
     return session

@@ -18,6 +18,7 @@ from ..tpm.pool import Pool
 from ._handshake import TpmSSLContext
 from ._inject import plain_load_cert_chain, system_provider
 from ._keyref import KeyRef, as_bytes, explain, key_file, source
+from ._resume import SessionCache
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -32,7 +33,8 @@ def ssl_context(
     tcti: str | None = None,
     tls_version: str | None = None,
     pool: Pool | None = None,
-) -> ssl.SSLContext:
+    resume: bool = True,
+) -> TpmSSLContext:
     """A stdlib `ssl.SSLContext` with a TPM key (client or server role).
 
     Client: verifies the server against `cafile` (system CAs if None) with hostname
@@ -40,9 +42,14 @@ def ssl_context(
     `tls_version` '1.2' or '1.3' pins the protocol; default: TLS 1.2 or newer.
     `pool`: sign through this pool instead of the process-wide one for the TCTI.
     Handshakes that fail because the TPM could not sign raise `TpmHandshakeError`.
+    A client context resumes TLS sessions per server (one TPM signature per server and
+    session lifetime, not per connection); `resume=False` turns that off, and
+    `ctx.sessions.stats()` counts full and resumed handshakes and TPM signatures.
     """
     with system_provider():  # before the SSL_CTX exists: it takes its signature algorithms from the providers then
-        return _make(cert, key, cafile, server, password, tcti, tls_version, pool)
+        ctx = _make(cert, key, cafile, server, password, tcti, tls_version, pool)
+    ctx.sessions = SessionCache() if resume and not server else None
+    return ctx
 
 
 def _make(cert: str | os.PathLike[str] | None, key: KeyRef | None, cafile: str | os.PathLike[str] | None,

@@ -1,0 +1,117 @@
+"""Client session resumption: the TPM signs once per server, not once per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+import tpmtls
+from tpmtls.tpm.pool import default_pool
+
+from peers import OpenSSLServer
+
+
+@pytest.fixture(scope="module")
+def server(pki):
+    with OpenSSLServer(pki) as s:
+        yield s
+
+
+def _get(ctx, port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            return data
+
+
+def _pool_signatures(tcti: str) -> int:
+    return default_pool(tcti).stats().signatures
+
+
+def test_second_connection_is_resumed_without_a_tpm_signature(tpm_client, pki, server, test_tpm):
+    cert, key = tpm_client["ecc-p256"]
+    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti)
+    before = _pool_signatures(test_tpm.tcti)
+    for _ in range(5):
+        assert b"Client certificate" in _get(ctx, server.port)
+    stats = ctx.sessions.stats()
+    assert (stats.full_handshakes, stats.resumed_handshakes, stats.tpm_signatures) == (1, 4, 1)
+    assert _pool_signatures(test_tpm.tcti) - before == 1
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_both_tls_versions_resume(version, tpm_client, pki, server, test_tpm):
+    cert, key = tpm_client["rsa2048"]
+    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti, tls_version=version)
+    for _ in range(3):
+        _get(ctx, server.port)
+    assert ctx.sessions.stats().resumed_handshakes == 2
+
+
+def test_requests_session_resumes_new_connections(tpm_client, pki, server, test_tpm):
+    cert, key = tpm_client["ecc-p256"]
+    before = _pool_signatures(test_tpm.tcti)
+    with tpmtls.requests_session(cert, key, pki.ca_file, tcti=test_tpm.tcti) as session:
+        for _ in range(4):  # s_server -www closes every connection: each request opens a new one
+            assert session.get(f"https://localhost:{server.port}/", timeout=20).ok
+    assert _pool_signatures(test_tpm.tcti) - before == 1
+
+
+def test_no_resumption_across_a_new_client_certificate_or_ca_set(tpm_client, pki, server, test_tpm):
+    cert, key = tpm_client["ecc-p256"]
+    other_cert, other_key = tpm_client["ecc-p384"]
+    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti)
+    _get(ctx, server.port)
+    assert ctx.sessions.stats().cached_sessions == 1
+    ctx.load_verify_locations(str(pki.ca_file))  # other trust anchors: nothing cached survives
+    assert ctx.sessions.stats().cached_sessions == 0
+    _get(ctx, server.port)
+    soft_cert, soft_key = pki.software_client("resumption-client")
+    ctx.load_cert_chain(str(soft_cert), str(soft_key))  # another client certificate: the same
+    assert ctx.sessions.stats().cached_sessions == 0
+    assert b"resumption-client" in _get(ctx, server.port)
+    assert ctx.sessions.stats().resumed_handshakes == 0
+    separate = tpmtls.ssl_context(other_cert, other_key, pki.ca_file, tcti=test_tpm.tcti)
+    _get(separate, server.port)
+    assert separate.sessions.stats().resumed_handshakes == 0
+
+
+def test_a_server_that_refuses_resumption_still_works(tpm_client, pki, test_tpm):
+    cert, key = tpm_client["ecc-p256"]
+    with OpenSSLServer(pki, "-no_ticket", "-no_cache") as stateless:
+        ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti)
+        for _ in range(3):
+            assert b"Client certificate" in _get(ctx, stateless.port)
+    stats = ctx.sessions.stats()
+    assert (stats.full_handshakes, stats.resumed_handshakes, stats.tpm_signatures) == (3, 0, 3)
+
+
+def test_resumption_can_be_turned_off(tpm_client, pki, server, test_tpm):
+    cert, key = tpm_client["ecc-p256"]
+    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti, resume=False)
+    before = _pool_signatures(test_tpm.tcti)
+    for _ in range(3):
+        _get(ctx, server.port)
+    assert ctx.sessions is None
+    assert _pool_signatures(test_tpm.tcti) - before == 3
+
+
+def test_asyncio_connections_resume(tpm_client, pki, server, test_tpm):
+    cert, key = tpm_client["ecc-p256"]
+    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti)
+
+    async def fetch() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx, server_hostname="localhost")
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        return data
+
+    for _ in range(3):
+        assert b"Client certificate" in asyncio.run(fetch())
+    assert ctx.sessions.stats().resumed_handshakes == 2
