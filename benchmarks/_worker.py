@@ -73,7 +73,8 @@ def make_connector(cfg: dict[str, Any]) -> Callable[[Any], Any]:
         import ssl
 
         if mode in ("tpmtls", "open-per-sign"):
-            ctx = tpmtls.ssl_context(cert, key, ca, tls_version=version, pool=pool)
+            ctx = tpmtls.ssl_context(cert, key, ca, tls_version=version, pool=pool,
+                                     resume=False)  # the worker resumes by hand (--resume): it measures both
         else:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.load_verify_locations(ca)
@@ -94,7 +95,8 @@ def make_connector(cfg: dict[str, Any]) -> Callable[[Any], Any]:
     from OpenSSL import SSL
 
     if mode in ("tpmtls", "open-per-sign"):
-        pctx = tpmtls.pyopenssl_context(cert, key, ca, hostname="localhost", tls_version=version, pool=pool)
+        pctx = tpmtls.pyopenssl_context(cert, key, ca, hostname="localhost", tls_version=version, pool=pool,
+                                        resume=False)
     else:
         pctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         v = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}[version]

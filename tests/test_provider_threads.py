@@ -17,7 +17,8 @@ from tls_clients import client_subject, pyopenssl_get, stdlib_get
 
 def test_32_threads_x_50_handshakes_one_key(tpm_client, pki, s_server, test_tpm):
     cert, key = tpm_client["ecc-p256"]
-    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti, tls_version="1.3")
+    ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti, tls_version="1.3",
+                                resume=False)  # every handshake signs: this is the signing path under load
     pool = default_pool(test_tpm.tcti)
     before = pool.stats()
 
@@ -38,7 +39,7 @@ def test_32_threads_x_50_handshakes_one_key(tpm_client, pki, s_server, test_tpm)
 
 def test_pyopenssl_threads(tpm_client, pki, s_server, test_tpm):
     cert, key = tpm_client["rsa2048"]
-    ctx = tpmtls.pyopenssl_context(cert, key, pki.ca_file, hostname="localhost", tcti=test_tpm.tcti)
+    ctx = tpmtls.pyopenssl_context(cert, key, pki.ca_file, hostname="localhost", tcti=test_tpm.tcti, resume=False)
     pool = default_pool(test_tpm.tcti)
     before = pool.stats().signatures
 
@@ -60,7 +61,7 @@ def test_tpm_goes_away_mid_run(fresh_tpm, tmp_path):
     pki = Pki(tmp_path / "pki")
     key = tpmtls.connect(fresh_tpm.tcti).create_key("ecc-p256", tmp_path / "k.key")
     cert = pki.issue(key.public_key(), "survivor", "k.crt")
-    ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti)
+    ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti, resume=False)
     pool = default_pool(fresh_tpm.tcti)
     results: list[str] = []
     errors: list[str] = []

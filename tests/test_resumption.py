@@ -115,3 +115,29 @@ def test_asyncio_connections_resume(tpm_client, pki, server, test_tpm):
     for _ in range(3):
         assert b"Client certificate" in asyncio.run(fetch())
     assert ctx.sessions.stats().resumed_handshakes == 2
+
+
+def test_pyopenssl_connections_resume(tpm_client, pki, server, test_tpm):
+    from OpenSSL import SSL
+
+    cert, key = tpm_client["ecc-p256"]
+    ctx = tpmtls.pyopenssl_context(cert, key, pki.ca_file, hostname="localhost", tcti=test_tpm.tcti)
+    before = _pool_signatures(test_tpm.tcti)
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        sock.settimeout(None)  # pyOpenSSL reads a timed socket as non-blocking
+        conn = SSL.Connection(ctx, sock)
+        conn.set_tlsext_host_name(b"localhost")
+        conn.set_connect_state()
+        conn.do_handshake()
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            while conn.recv(65536):
+                pass
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            pass
+        conn.shutdown()
+        sock.close()
+    stats = ctx.tpmtls_sessions.stats()
+    assert (stats.full_handshakes, stats.resumed_handshakes) == (1, 2)
+    assert _pool_signatures(test_tpm.tcti) - before == 1

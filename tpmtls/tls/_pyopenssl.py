@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import provider
@@ -20,6 +21,7 @@ from ..errors import HandshakeError, TlsSetupError, UsageError
 from ..tpm.pool import Pool
 from ._errors import clear_tpm_error
 from ._keyref import KeyRef, as_bytes, explain, key_file, source
+from ._resume import SessionCache
 
 if TYPE_CHECKING:
     from OpenSSL import SSL, crypto
@@ -63,10 +65,62 @@ def _mismatch_error() -> type[Exception]:
     return NameMismatch
 
 
+_CB_HANDSHAKE_START, _CB_HANDSHAKE_DONE = 0x10, 0x20  # SSL_CB_* of OpenSSL's ssl.h
+
+
 def _handshake_start(conn: Any, where: int, ret: int) -> None:
     """Info callback: a handshake starts on this thread; a TPM failure recorded before is stale."""
-    if where & 0x10:  # SSL_CB_HANDSHAKE_START
+    if where & _CB_HANDSHAKE_START:
         clear_tpm_error()
+
+
+class _ClientSessions:
+    """The info callback of a pyOpenSSL client context: TPM reasons reset, sessions resumed.
+
+    pyOpenSSL exposes no new-session callback, so the session is taken from the
+    connection itself: offered when a handshake starts (SSL_set_session before the
+    ClientHello is built), refreshed at every later callback of that connection — TLS
+    1.3 tickets arrive after the handshake, and the close_notify of a clean `shutdown()`
+    is the last callback with the ticketed session. pyOpenSSL has no SSL_session_reused
+    either: a handshake counts as resumed when a session was offered and it needed no
+    TPM signature.
+    """
+
+    def __init__(self, hostname: str, cache: SessionCache) -> None:
+        self.hostname, self.cache = hostname, cache
+        # per live connection: (server, session offered, signatures before; -1 once counted)
+        self._state: weakref.WeakKeyDictionary[Any, tuple[tuple[str, int | None], bool, int]] = \
+            weakref.WeakKeyDictionary()
+
+    def __call__(self, conn: Any, where: int, ret: int) -> None:
+        if where & _CB_HANDSHAKE_START:
+            clear_tpm_error()
+            server = (self.hostname, _peer_port(conn))
+            session = self.cache.get(server)
+            if session is not None:
+                conn.set_session(session)
+            self._state[conn] = (server, session is not None, provider.signatures_on_this_thread())
+            return
+        state = self._state.get(conn)
+        if state is None:
+            return
+        server, offered, signatures = state
+        if where & _CB_HANDSHAKE_DONE and signatures >= 0:
+            signed = provider.signatures_on_this_thread() - signatures
+            self.cache.count(offered and signed == 0, signed)
+            self._state[conn] = (server, offered, -1)
+        session = conn.get_session()
+        if session is not None:
+            self.cache.put_pyopenssl(server, session)
+        if where & 0x4008 == 0x4008:  # SSL_CB_WRITE_ALERT: close_notify or an error, the end
+            self._state.pop(conn, None)
+
+
+def _peer_port(conn: Any) -> int | None:
+    try:
+        return int(conn.getpeername()[1])
+    except Exception:  # noqa: BLE001 - a memory-BIO connection has no socket
+        return None
 
 
 def _check_hostname(hostname: str) -> None:
@@ -86,6 +140,7 @@ def pyopenssl_context(
     tcti: str | None = None,
     tls_version: str | None = None,
     pool: Pool | None = None,
+    resume: bool = True,
 ) -> "SSL.Context":
     """An `OpenSSL.SSL.Context` (pyOpenSSL) with a TPM key.
 
@@ -100,6 +155,10 @@ def pyopenssl_context(
     same thread gives the TPM's reason for that handshake, or None when the TPM was
     not the cause (the context resets it as each handshake starts, through its info
     callback: keep it, or clear it yourself if you set your own).
+
+    A client context resumes sessions per server (`resume=False` turns it off; counters
+    in `ctx.tpmtls_sessions.stats()`); shut connections down cleanly (`conn.shutdown()`)
+    so TLS 1.3 tickets are kept.
     """
     provider.require_cryptography()
     from OpenSSL import SSL, crypto
@@ -123,7 +182,12 @@ def pyopenssl_context(
             ctx.set_default_verify_paths()
     except SSL.Error as e:
         raise TlsSetupError(f"{cafile}: cannot load CA certificates: {e}") from None
-    ctx.set_info_callback(_handshake_start)
+    sessions = SessionCache() if resume and not server else None
+    setattr(ctx, "tpmtls_sessions", sessions)  # noqa: B010 - pyOpenSSL's Context declares no such attribute
+    if sessions is not None and hostname:
+        ctx.set_info_callback(_ClientSessions(hostname, sessions))
+    else:
+        ctx.set_info_callback(_handshake_start)
     if server:
         if cafile is not None:
             ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Any, Hashable
 
 DEFAULT_SIZE = 128  # servers per context: a client talks to a few registries and daemons
 
@@ -39,17 +39,17 @@ class SessionCache:
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
-        self._sessions: OrderedDict[Hashable, ssl.SSLSession] = OrderedDict()
+        self._sessions: OrderedDict[Hashable, Any] = OrderedDict()  # ssl.SSLSession or pyOpenSSL's
         self._lock = threading.Lock()
         self._full = self._resumed = self._signatures = 0
 
-    def get(self, server: Hashable) -> ssl.SSLSession | None:
+    def get(self, server: Hashable) -> Any:
         """A session for `server` whose lifetime has not run out, or None."""
         with self._lock:
             session = self._sessions.get(server)
             if session is None:
                 return None
-            if time.time() >= session.time + session.timeout:
+            if isinstance(session, ssl.SSLSession) and time.time() >= session.time + session.timeout:
                 del self._sessions[server]
                 return None
             self._sessions.move_to_end(server)
@@ -59,6 +59,14 @@ class SessionCache:
         """Keep `session` for `server` if it can be resumed (has a ticket or an id)."""
         if session is None or not (session.has_ticket or session.id):
             return
+        with self._lock:
+            self._sessions[server] = session
+            self._sessions.move_to_end(server)
+            while len(self._sessions) > self.size:
+                self._sessions.popitem(last=False)
+
+    def put_pyopenssl(self, server: Hashable, session: Any) -> None:
+        """Keep a pyOpenSSL `Session` (it tells nothing about tickets: the newest one wins)."""
         with self._lock:
             self._sessions[server] = session
             self._sessions.move_to_end(server)
