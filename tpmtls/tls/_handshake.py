@@ -50,14 +50,19 @@ class _Resumption:
         self.pending = True  # the new session is not stored yet
 
     @staticmethod
-    def start(conn: Any, port: int | None) -> _Resumption | None:
-        """Offer a cached session to a client connection about to shake hands."""
+    def start(conn: Any, port: int | None, wait: float = 0.0) -> _Resumption | None:
+        """Offer a cached session to a client connection about to shake hands.
+
+        `wait`: how long a blocking socket may wait for another thread's full handshake
+        with the same server to yield a session (0 for SSL objects: an event loop must
+        never block).
+        """
         cache = getattr(conn.context, "sessions", None)
         if cache is None or conn.server_side or not conn.server_hostname:
             return None
         server = (conn.server_hostname, port)
         if conn.session is None:  # the caller did not choose a session
-            session = cache.get(server)
+            session = cache.lead_or_wait(server, wait)
             if session is not None:
                 try:
                     conn.session = session
@@ -67,6 +72,10 @@ class _Resumption:
 
     def failed(self) -> None:
         self.cache.forget(self.server)  # a server that rejects our session must not see it again
+
+    def closed(self) -> None:
+        if self.pending:  # never read, so no TLS 1.3 ticket: let waiting threads go on
+            self.cache.settled(self.server)
 
     def done(self, conn: Any) -> None:
         self.cache.count(conn.session_reused, provider.signatures_on_this_thread() - self.signatures)
@@ -78,6 +87,11 @@ class _Resumption:
             return  # TLS 1.3 tickets arrive after the handshake: try again after a read
         self.cache.put(self.server, session)
         self.pending = False
+
+
+# How long a thread waits for another thread's full handshake with the same server (its
+# session) before signing one of its own: a hardware TPM takes 40–250 ms per signature.
+_COALESCE_WAIT = 5.0
 
 
 def _peer_port(sock: ssl.SSLSocket) -> int | None:
@@ -93,7 +107,9 @@ class TpmSSLSocket(ssl.SSLSocket):
     _tpmtls_resume: _Resumption | None = None
 
     def do_handshake(self, block: bool = False) -> None:
-        resume = self._tpmtls_resume = _Resumption.start(self, _peer_port(self))
+        timeout = self.gettimeout()
+        wait = _COALESCE_WAIT if timeout is None else min(timeout, _COALESCE_WAIT)
+        resume = self._tpmtls_resume = _Resumption.start(self, _peer_port(self), wait)
         try:
             with _tpm_reason():
                 super().do_handshake(block)
@@ -112,6 +128,11 @@ class TpmSSLSocket(ssl.SSLSocket):
         if resume is not None and resume.pending:
             resume.keep(self)
         return data
+
+    def _real_close(self) -> None:
+        if self._tpmtls_resume is not None:
+            self._tpmtls_resume.closed()
+        super()._real_close()  # type: ignore[misc]
 
 
 class TpmSSLObject(ssl.SSLObject):

@@ -42,6 +42,7 @@ class SessionCache:
         self._sessions: OrderedDict[Hashable, Any] = OrderedDict()  # ssl.SSLSession or pyOpenSSL's
         self._lock = threading.Lock()
         self._full = self._resumed = self._signatures = 0
+        self._inflight: dict[Hashable, threading.Event] = {}
 
     def get(self, server: Hashable) -> Any:
         """A session for `server` whose lifetime has not run out, or None."""
@@ -64,6 +65,7 @@ class SessionCache:
             self._sessions.move_to_end(server)
             while len(self._sessions) > self.size:
                 self._sessions.popitem(last=False)
+        self.settled(server)
 
     def put_pyopenssl(self, server: Hashable, session: Any) -> None:
         """Keep a pyOpenSSL `Session` (it tells nothing about tickets: the newest one wins)."""
@@ -76,6 +78,33 @@ class SessionCache:
     def forget(self, server: Hashable) -> None:
         with self._lock:
             self._sessions.pop(server, None)
+        self.settled(server)
+
+    def lead_or_wait(self, server: Hashable, wait: float) -> Any:
+        """A session for `server`; if there is none and another thread's full handshake with
+        it is under way, wait for that one's session (at most `wait` seconds) instead of
+        signing again. Returns None to the thread that should make the full handshake.
+
+        Many threads starting at once would otherwise each sign in the TPM for the same
+        server: at 50 ms a signature, 16 threads queue for most of a second.
+        """
+        session = self.get(server)
+        if session is not None or wait <= 0:
+            return session
+        with self._lock:
+            event = self._inflight.get(server)
+            if event is None:
+                self._inflight[server] = threading.Event()
+                return None  # we lead: settled() is called when our session is kept or we fail
+        event.wait(wait)
+        return self.get(server)
+
+    def settled(self, server: Hashable) -> None:
+        """The full handshake with `server` is over (session kept, or it failed): release waiters."""
+        with self._lock:
+            event = self._inflight.pop(server, None)
+        if event is not None:
+            event.set()
 
     def clear(self) -> None:
         """Drop every session (the client certificate or the trust anchors changed)."""
