@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, key, key_transfer, quickstart
+from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_pairing, key, key_transfer, quickstart
 from ._common import Parser, add_tcti, run_main
 
 
@@ -22,6 +22,7 @@ def build_parser() -> Parser:
     ca.register(sub)
     certs_daemon.register(sub.choices["certs"])
     daemon_proxy.register(sub)
+    enroll_pairing.register(sub)
     quickstart.register(sub)
     return parser
 
