@@ -158,16 +158,29 @@ def check_certificate(pem: bytes, ca: x509.Certificate, server_key: object, name
     return cert
 
 
-def listening_socket(listen: str | None) -> socket.socket:
-    """The socket systemd passed (LISTEN_FDS/LISTEN_PID, sd_listen_fds(3)), else bind `listen` at fd 3."""
+def listening_socket(listen: str | None) -> tuple[socket.socket, int]:
+    """(the TCP socket to pair on, how many sockets systemd passed; 0: we bound `listen`).
+
+    systemd (LISTEN_FDS/LISTEN_PID, sd_listen_fds(3)) may pass several sockets: we pair on
+    the one TCP socket and hand all of them to dockerd. Note dockerd wraps *every* fd://
+    socket in TLS when --tlsverify is on (moby listeners.Init), so a local unix socket
+    belongs in --dockerd-arg=--host=unix://… rather than in the socket unit.
+    """
     fds, pid = os.environ.get("LISTEN_FDS"), os.environ.get("LISTEN_PID")
     if fds and pid == str(os.getpid()):
-        if fds != "1":
-            raise UsageError(f"LISTEN_FDS={fds}: give enroll-agent exactly one socket (the daemon's TLS port)")
-        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-        if sock.type != socket.SOCK_STREAM:
-            raise UsageError("the socket passed in LISTEN_FDS is not a stream socket (ListenStream=)")
-        return sock
+        if not fds.isdigit() or not 0 < int(fds) < 64:
+            raise UsageError(f"LISTEN_FDS={fds!r}: not a socket count systemd would pass")
+        tcp = []
+        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(fds)):
+            s = socket.socket(fileno=fd)
+            if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6):
+                tcp.append(s)
+            else:
+                s.detach()  # leave it open for dockerd
+        if len(tcp) != 1:
+            raise UsageError(f"systemd passed {len(tcp)} TCP sockets (LISTEN_FDS={fds}); enroll-agent needs "
+                             "exactly one: the daemon's TLS port (ListenStream=2376)")
+        return tcp[0], int(fds)
     if not listen:
         raise UsageError("no listening socket: run under systemd socket activation "
                          "(helpers/tpmtls-enroll-agent.socket) or pass --listen ADDRESS:PORT")
@@ -180,7 +193,7 @@ def listening_socket(listen: str | None) -> socket.socket:
                                     backlog=128)
     except OSError as e:
         raise UsageError(f"--listen {listen}: cannot listen: {e.strerror}") from None
-    return sock  # moved to fd 3 only at exec: until then fd 3 may belong to someone else
+    return sock, 0  # moved to fd 3 only at exec: until then fd 3 may belong to someone else
 
 
 @dataclass
@@ -318,16 +331,22 @@ def dockerd_argv(dockerd: str, ca: Path, state: AgentState, extra: Sequence[str]
             f"--tlskey={state.key}", *extra]
 
 
-def exec_dockerd(argv: list[str], sock: socket.socket) -> NoReturn:
-    """Replace this process with dockerd, keeping the PID and the listening socket at fd 3."""
-    fd = sock.detach()
-    if fd != SD_LISTEN_FDS_START:  # dockerd -H fd:// takes fds from 3 on (sd_listen_fds)
-        os.dup2(fd, SD_LISTEN_FDS_START, inheritable=True)
-        os.close(fd)
-    else:
-        os.set_inheritable(SD_LISTEN_FDS_START, True)
+def exec_dockerd(argv: list[str], sock: socket.socket, passed: int) -> NoReturn:
+    """Replace this process with dockerd, keeping the PID and the listening socket(s) from fd 3 on."""
     env = dict(os.environ)
-    env["LISTEN_FDS"], env["LISTEN_PID"] = "1", str(os.getpid())
+    if passed:  # systemd's sockets are where dockerd expects them: just let them survive exec
+        sock.detach()
+        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + passed):
+            os.set_inheritable(fd, True)
+    else:
+        fd = sock.detach()
+        if fd != SD_LISTEN_FDS_START:  # dockerd -H fd:// takes fds from 3 on (sd_listen_fds)
+            os.dup2(fd, SD_LISTEN_FDS_START, inheritable=True)
+            os.close(fd)
+        else:
+            os.set_inheritable(fd, True)
+        env.pop("LISTEN_FDNAMES", None)
+    env["LISTEN_FDS"], env["LISTEN_PID"] = str(passed or 1), str(os.getpid())
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -353,7 +372,7 @@ def run_agent(ca: str, state_dir: str, dockerd_args: Sequence[str] = (), *, dock
     binary = shutil.which(dockerd)
     if binary is None:
         raise UsageError(f"{dockerd}: dockerd not found; install Docker or pass --dockerd PATH")
-    sock = listening_socket(listen)
+    sock, passed = listening_socket(listen)
     where = _describe(sock)
     if state.server_cert.exists():
         check_enrolled(state, ca_path)
@@ -366,7 +385,7 @@ def run_agent(ca: str, state_dir: str, dockerd_args: Sequence[str] = (), *, dock
               "--expect-fingerprint' or compare what it shows", flush=True)
         agent.serve(sock)
         print(f"enroll-agent: enrolled; starting dockerd on {where}", flush=True)
-    exec_dockerd(dockerd_argv(binary, ca_path, state, dockerd_args), sock)
+    exec_dockerd(dockerd_argv(binary, ca_path, state, dockerd_args), sock, passed)
 
 
 def _describe(sock: socket.socket) -> str:
