@@ -131,3 +131,59 @@ def test_wrap_bad_inputs(cli, tmp_path: Path):
     line = cli.fails("key", "wrap", "EK.pem", "--ek", "EK.pem", "--out", "b")
     assert line.startswith("tpmtls: EK.pem: not a PEM private key"), line
     assert not (tmp_path / "b").exists()
+
+
+def _store_ek_certificate(tpm: TestTpm) -> bytes:
+    """Put a certificate for the RSA EK at its TCG NV index (0x01c00002), as TPM makers do."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    from tpm2_pytss import ESAPI
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
+    from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+
+    from tpmtls.tpm import transfer
+
+    ek = transfer.read_ek(tpmtls.connect(tpm.tcti))
+    maker = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TPM maker")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    der = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(name)
+           .public_key(serialization.load_pem_public_key(ek.public.to_pem())).serial_number(1)
+           .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(name)]), critical=True)
+           .sign(maker, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    esapi = ESAPI(tpm.tcti)
+    try:
+        attrs = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA
+        public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(nvIndex=0x01C00002, nameAlg=TPM2_ALG.SHA256,
+                                                         attributes=attrs, dataSize=len(der)))
+        index = esapi.nv_define_space(TPM2B_AUTH(), public, ESYS_TR.OWNER)
+        for offset in range(0, len(der), 512):
+            esapi.nv_write(index, der[offset:offset + 512], offset, ESYS_TR.OWNER)
+    finally:
+        esapi.close()
+    return der
+
+
+def test_ek_file_carries_the_ek_certificate(cli, other_tpm, tmp_path):
+    """`key ek` adds the EK certificate from NV; that two-block EK.pem is what `key wrap` takes."""
+    from cryptography import x509
+
+    der = _store_ek_certificate(other_tpm)
+    out = cli("key", "ek", "--out", "EK.pem", env=other_tpm.env).stdout
+    assert "(with its certificate)" in out
+    text = (tmp_path / "EK.pem").read_bytes()
+    assert text.count(b"-----BEGIN PUBLIC KEY-----") == 1 and text.count(b"-----BEGIN CERTIFICATE-----") == 1
+    cert = x509.load_pem_x509_certificate(text[text.index(b"-----BEGIN CERTIFICATE-----"):])
+    assert cert.public_bytes(serialization.Encoding.DER) == der
+    assert cert.public_key() == serialization.load_pem_public_key(text)
+    soft = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k.pem").write_bytes(soft.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    cli("key", "wrap", "k.pem", "--ek", "EK.pem", "--out", "k.blob")
+    cli("key", "import-wrapped", "k.blob", "--out", "k.key", env=other_tpm.env)
+    key = tpmtls.connect(other_tpm.tcti).load_key(tmp_path / "k.key")
+    assert key.public_key() == soft.public_key()

@@ -1,7 +1,8 @@
 """`tpmtls enroll-agent` and `tpmtls enroll HOST[:PORT] --store DIR` (pairing, seed 002).
 
 `tpmtls enroll --acme URL` is the attested scheme: it is handed to
-`tpmtls.cli.enroll_acme.run_acme(args)` when that module is installed.
+`tpmtls.cli.enroll_acme.run_acme(args)` when that module is installed, and that module's
+`add_enroll_arguments(parser)`, if it has one, adds its options to `enroll`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="the agent's key fingerprint as it printed it; without it: trust on first use")
     p.add_argument("--acme", metavar="URL", help="enroll through an ACME server (device-attest-01) instead")
     add_tcti(p)
-    p.set_defaults(func=run_enroll, parser=p)
+    p.set_defaults(func=run_enroll)
+    acme = _acme_cli()
+    if acme is not None and hasattr(acme, "add_enroll_arguments"):
+        acme.add_enroll_arguments(p)  # the ACME client's own options on the shared `enroll` command
+
+
+def _acme_cli() -> object | None:
+    """tpmtls.cli.enroll_acme when this tpmtls has it (the attested scheme, DESIGN §10)."""
+    if importlib.util.find_spec("tpmtls.cli.enroll_acme") is None:
+        return None
+    return importlib.import_module("tpmtls.cli.enroll_acme")
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -49,9 +60,10 @@ def run_agent(args: argparse.Namespace) -> int:
 
 def run_enroll(args: argparse.Namespace) -> int:
     if args.acme:
-        if importlib.util.find_spec("tpmtls.cli.enroll_acme") is None:
+        acme = _acme_cli()
+        if acme is None:
             raise UsageError("ACME enrollment is not available in this tpmtls (no tpmtls.cli.enroll_acme)")
-        return int(importlib.import_module("tpmtls.cli.enroll_acme").run_acme(args))
+        return int(acme.run_acme(args))  # type: ignore[attr-defined]
     if not args.host or not args.store:
         raise UsageError("enroll needs HOST[:PORT] --store DIR (pairing) or --acme URL")
     from ..enroll.pairing_client import ensure_server_enrolled
