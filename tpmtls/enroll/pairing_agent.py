@@ -314,13 +314,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(413, f"the certificate must be 1..{_MAX_BODY} bytes")
             return
         pem = self.rfile.read(length)
+        r: Refusal
         try:
             self.agent.accept_certificate(pem, self.names, peer)
-        except Refusal as r:
-            self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)")
-            self._reply(r.status, f"certificate refused: {r}")
+        except Refusal as refusal:
+            r = refusal
+        except (ValueError, TypeError) as e:  # a malformed extension cryptography cannot parse
+            r = Refusal(400, f"cannot read the certificate ({str(e)[:120]})")
+        else:
+            self._reply(201, "enrolled: dockerd starts on this socket now")
             return
-        self._reply(201, "enrolled: dockerd starts on this socket now")
+        self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)")
+        self._reply(r.status, f"certificate refused: {r}")
 
     def do_PUT(self) -> None:
         self._reply(405, "use POST")
