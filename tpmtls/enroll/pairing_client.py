@@ -114,6 +114,8 @@ def post_certificate(tls: ssl.SSLSocket, host: str, port: int, pem: bytes) -> No
         raise EnrollmentError(f"{where}: no answer to the enrollment request ({text or type(e).__name__})") from None
     if response.status != 201:
         reason = _message(body) or response.reason
+        if response.status in (400, 404) and b"certificate refused" not in body:
+            reason += " (not an enroll-agent: is dockerd already running there? then the host is enrolled)"
         raise EnrollmentError(f"{where}: the agent refused the certificate: HTTP {response.status}: {reason}")
 
 
