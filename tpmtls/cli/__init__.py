@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, key, quickstart
+from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_pairing, key, key_transfer, quickstart
 from ._common import Parser, add_tcti, run_main
 
 
@@ -16,11 +16,13 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     doctor.register(sub)
     key.register(sub)
+    key_transfer.register(sub.choices["key"])
     csr.register(sub)
     connect.register(sub)
     ca.register(sub)
     certs_daemon.register(sub.choices["certs"])
     daemon_proxy.register(sub)
+    enroll_pairing.register(sub)
     quickstart.register(sub)
     return parser
 
