@@ -16,6 +16,7 @@ _bootstrap()
 
 from .errors import (  # noqa: E402
     DaemonError,
+    EnrollmentError,
     HandshakeError,
     ImageError,
     KeyAuthError,
@@ -39,12 +40,14 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .docker.client import docker_client
+    from .enroll.pairing_client import ensure_server_enrolled
     from .registry.pull import pull
     from .registry.push import push
 
 # Imported on first use (PEP 562), with their own typed signatures: signing needs
 # neither the registry client nor docker-py.
-_LAZY = {"push": ".registry.push", "pull": ".registry.pull", "docker_client": ".docker.client"}
+_LAZY = {"push": ".registry.push", "pull": ".registry.pull", "docker_client": ".docker.client",
+         "ensure_server_enrolled": ".enroll.pairing_client"}
 
 
 def __getattr__(name: str) -> Any:
@@ -60,6 +63,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AnyTpmKey",
     "DaemonError",
+    "EnrollmentError",
     "HandshakeError",
     "ImageError",
     "KeyAuthError",
@@ -81,6 +85,7 @@ __all__ = [
     "UsageError",
     "connect",
     "docker_client",
+    "ensure_server_enrolled",
     "extract_from_ssl",
     "inject_into_ssl",
     "pull",

@@ -65,3 +65,7 @@ class UsageError(TpmtlsError):
 
 class DaemonError(TpmtlsError):
     """The Docker daemon cannot be reached or did not answer as a Docker daemon."""
+
+
+class EnrollmentError(TpmtlsError):
+    """An enrollment was refused, or the peer is not the enrollment service we expect."""

@@ -21,15 +21,11 @@ from typing import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import HandshakeError, TpmtlsError
+from ..errors import EnrollmentError, HandshakeError, TpmtlsError
 from .pairing_agent import ENROLL_PATH
 from .store import CertificateStore, StoreLike, as_store, key_fingerprint, normalize_fingerprint, split_host
 
 _TIMEOUT = 30.0
-
-
-class EnrollmentError(TpmtlsError):
-    """The agent refused the certificate, or answered something that is not an enrollment agent."""
 
 
 @dataclass(frozen=True)
