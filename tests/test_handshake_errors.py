@@ -35,10 +35,11 @@ def outage(fresh_tpm, tmp_path):
     key = tpmtls.connect(fresh_tpm.tcti).create_key("ecc-p256", tmp_path / "k.key")
     cert = pki.issue(key.public_key(), "outage", "k.crt")
     with OpenSSLServer(pki) as server:
-        ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti)
-        session = tpmtls.requests_session(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti)
+        # No resumption: a resumed handshake needs no TPM, so the outage would not show.
+        ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti, resume=False)
+        session = tpmtls.requests_session(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti, resume=False)
         pyopenssl_ctx = tpmtls.pyopenssl_context(cert, tmp_path / "k.key", pki.ca_file, hostname="localhost",
-                                                 tcti=fresh_tpm.tcti)
+                                                 tcti=fresh_tpm.tcti, resume=False)
         assert client_subject(stdlib_get(ctx, server.port)) == "CN=outage"  # works while the TPM is there
         default_pool(fresh_tpm.tcti).reconnect_timeout = 0.5  # fail fast once it is gone
         fresh_tpm.abrmd.kill()

@@ -141,3 +141,18 @@ def test_pyopenssl_connections_resume(tpm_client, pki, server, test_tpm):
     stats = ctx.tpmtls_sessions.stats()
     assert (stats.full_handshakes, stats.resumed_handshakes) == (1, 2)
     assert _pool_signatures(test_tpm.tcti) - before == 1
+
+
+def test_a_resumed_session_survives_a_tpm_outage(fresh_tpm, tmp_path):
+    """Once a session is cached, new connections to that server need no TPM at all."""
+    from peers import Pki
+
+    pki = Pki(tmp_path / "pki")
+    key = tpmtls.connect(fresh_tpm.tcti).create_key("ecc-p256", tmp_path / "k.key")
+    cert = pki.issue(key.public_key(), "outage", "k.crt")
+    with OpenSSLServer(pki) as stateless_tpm_server:
+        ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti)
+        _get(ctx, stateless_tpm_server.port)
+        fresh_tpm.abrmd.kill()
+        assert b"Client certificate" in _get(ctx, stateless_tpm_server.port)
+    assert ctx.sessions.stats().resumed_handshakes == 1

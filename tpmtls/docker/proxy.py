@@ -129,7 +129,8 @@ class DaemonProxy:
         self.stats = ProxyStats()
         from ..tls import ssl_context
 
-        self.context = ssl_context(cert_path.cert, str(cert_path.key), cert_path.ca, password=password, tcti=tcti)
+        self.context = ssl_context(cert_path.cert, str(cert_path.key), cert_path.ca, password=password, tcti=tcti,
+                                   resume=resume)
         self._session: ssl.SSLSession | None = None
         self._session_lock = threading.Lock()
         self._stop = threading.Event()
