@@ -75,13 +75,27 @@ class BlobCache:
                 del repos[:-8]  # a few places are enough to mount from
 
     def save(self) -> None:
+        """Write atomically (temp file + rename), merged with what other pushes saved meanwhile."""
         with self._lock:
+            try:
+                disk = json.loads(self.path.read_text())
+                if isinstance(disk, dict):
+                    for k, v in (disk.get("compressed") or {}).items():
+                        self.compressed.setdefault(k, v)
+                    for registry, digests in (disk.get("repos") or {}).items():
+                        mine = self.repos.setdefault(registry, {})
+                        for digest, repos in digests.items():
+                            known = mine.setdefault(digest, [])
+                            known[:0] = [r for r in repos if r not in known]
+                            del known[:-8]
+            except (OSError, ValueError, AttributeError, TypeError):
+                pass
             data = json.dumps({"compressed": self.compressed, "repos": self.repos}).encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, data, 0o600)
-        except OSError:
-            pass  # a cache we cannot write only costs speed next time
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.path, data, 0o600)
+            except OSError:
+                pass  # a cache we cannot write only costs speed next time
 
 
 def push(
@@ -119,6 +133,7 @@ def push(
                 uploaded[blob] = (digest, size)
                 counts[how] += 1
             cache.record(ref.registry, ref.repository, blob, digest, size)
+            cache.save()  # as each blob completes: an interrupted push resumes from here
 
         with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tpmtls-push") as pool:
             futures = [pool.submit(one, b) for b in img.blobs]

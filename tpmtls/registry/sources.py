@@ -65,6 +65,24 @@ class FileRegion(Source):
         return "sha256:" + h.hexdigest()
 
 
+class VerifiedRegion(Source):
+    """A blob read from a file, hashed as it is read: content that does not match the
+    digest its descriptor names fails at its end, before the upload is committed."""
+
+    def __init__(self, inner: FileRegion, digest: str, what: str) -> None:
+        self.inner, self.digest, self.what = inner, digest, what
+        self.size = inner.size
+
+    def chunks(self) -> Iterator[bytes]:
+        h = hashlib.sha256()
+        for data in self.inner.chunks():
+            h.update(data)
+            yield data
+        if "sha256:" + h.hexdigest() != self.digest:
+            raise ImageError(f"{self.what} does not match its digest {self.digest} "
+                             f"(content is sha256:{h.hexdigest()}); nothing was tagged")
+
+
 class GzipSource(Source):
     """A plain tar, gzip-compressed while it is read (deterministic output).
 
@@ -75,10 +93,11 @@ class GzipSource(Source):
     depends only on the input, so a resumed upload regenerates the same bytes.
     """
 
-    def __init__(self, inner: FileRegion) -> None:
+    def __init__(self, inner: FileRegion, diff_id: str | None = None, what: str = "layer") -> None:
         self.inner = inner
         self.size = None
         self.level: int | None = None
+        self.diff_id, self.what = diff_id, what
 
     def _choose_level(self) -> int:
         if self.level is None:
@@ -90,11 +109,19 @@ class GzipSource(Source):
     def chunks(self) -> Iterator[bytes]:
         # wbits 31: gzip wrapper with mtime 0 and no name, so the bytes depend only on the input
         z = zlib.compressobj(self._choose_level(), zlib.DEFLATED, 31)
+        h = hashlib.sha256()
         for data in self.inner.chunks():
+            h.update(data)
             out = z.compress(data)
             if out:
                 yield out
-        yield z.flush()
+        tail = z.flush()
+        # the last bytes are held back until the content is known to be what the config says,
+        # so a layer that does not match its diff_id never completes an upload
+        if self.diff_id is not None and "sha256:" + h.hexdigest() != self.diff_id:
+            raise ImageError(f"{self.what} does not match its diff_id {self.diff_id} in the image config "
+                             f"(content is sha256:{h.hexdigest()}); nothing was tagged")
+        yield tail
 
 
 @dataclass(eq=False)
@@ -195,7 +222,8 @@ def oci_image(path: Path, tag: str | None = None) -> Image:
             region = files.region(f"blobs/{digest.replace(':', '/')}")
             if region.size != desc.get("size", region.size):
                 raise ImageError(f"{path}: blob {digest} has {region.size} bytes, its descriptor says {desc['size']}")
-            blobs[digest] = Blob(region, desc.get("mediaType", ""), digest, region.size, name=digest[7:19])
+            source = VerifiedRegion(region, digest, f"{path}: blob {digest}")
+            blobs[digest] = Blob(source, desc.get("mediaType", ""), digest, region.size, name=digest[7:19])
         return blobs[digest]
 
     def walk(desc: dict, depth: int = 0) -> None:
@@ -247,10 +275,13 @@ def docker_archive(path: Path, cleanup: Callable[[], None] = lambda: None) -> Im
     for name, diff_id in zip(entry["Layers"], diff_ids):
         region = files.region(name)
         short = diff_id[7:19]
-        if region.head(2) == b"\x1f\x8b":  # already compressed: push as it is
-            layers.append(Blob(region, DOCKER_LAYER_GZIP, region.sha256(), region.size, name=short))
+        what = f"{path}: layer {name}"
+        if region.head(2) == b"\x1f\x8b":  # already compressed: push as it is, once its content is checked
+            digest = _check_gzip_layer(region, diff_id, what)
+            layers.append(Blob(VerifiedRegion(region, digest, what), DOCKER_LAYER_GZIP, digest, region.size, name=short))
         else:
-            layers.append(Blob(GzipSource(region), DOCKER_LAYER_GZIP, None, None, diff_id=diff_id, name=short))
+            layers.append(Blob(GzipSource(region, diff_id, what), DOCKER_LAYER_GZIP, None, None, diff_id=diff_id,
+                               name=short))
 
     def render(uploaded: dict[Blob, tuple[str, int]]) -> list[tuple[bytes, str]]:
         manifest = {
@@ -262,6 +293,23 @@ def docker_archive(path: Path, cleanup: Callable[[], None] = lambda: None) -> Im
         return [(json.dumps(manifest, indent=3).encode(), DOCKER_MANIFEST)]
 
     return Image(f"docker-archive:{path}", [config, *layers], render, cleanup)
+
+
+def _check_gzip_layer(region: FileRegion, diff_id: str, what: str) -> str:
+    """The compressed digest of a gzipped layer whose uncompressed content matches `diff_id`."""
+    packed, plain = hashlib.sha256(), hashlib.sha256()
+    z = zlib.decompressobj(31)
+    try:
+        for data in region.chunks():
+            packed.update(data)
+            plain.update(z.decompress(data))
+        plain.update(z.flush())
+    except zlib.error as e:
+        raise ImageError(f"{what}: not valid gzip ({e})") from None
+    if "sha256:" + plain.hexdigest() != diff_id:
+        raise ImageError(f"{what} does not match its diff_id {diff_id} in the image config "
+                         f"(content is sha256:{plain.hexdigest()}); nothing was tagged")
+    return "sha256:" + packed.hexdigest()
 
 
 def daemon_image(name: str) -> Image:
