@@ -279,3 +279,104 @@ class CuttingProxy:
         self.stop.set()
         self.listener.close()
         self.thread.join(5)
+
+
+class HostileRegistry:
+    """A small https registry front that a real registry cannot imitate: it asks for Basic
+    credentials, then sends every upload to `upload_location` (a plain-HTTP URL, or another
+    host). Records what arrived: (method, path, Authorization header or None)."""
+
+    def __init__(self, pki: Pki, upload_location: str = "") -> None:
+        import http.server
+        import ssl
+
+        self.upload_location = upload_location
+        self.seen: list[tuple[str, str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        self.rfile.read(size + 2)
+                        if size == 0:
+                            break
+                server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _route(self) -> None:
+                if not self.headers.get("Authorization"):
+                    return self._answer(401, {"WWW-Authenticate": 'Basic realm="hostile"'})
+                if self.command == "POST" and "/blobs/uploads/" in self.path:
+                    return self._answer(202, {"Location": server.upload_location, "Range": "0-0"})
+                if self.command == "HEAD":
+                    return self._answer(404)
+                return self._answer(200)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route  # noqa: N815 - http.server's naming
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "HostileRegistry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CountingListener:
+    """A TCP listener that only counts connections and bytes (a plain-HTTP endpoint nothing should reach)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.settimeout(1)
+            try:
+                self.received += len(conn.recv(65536))
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

@@ -87,7 +87,8 @@ def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" 
     from .auth import find_credentials
     from .client import RegistryClient
 
+    credentials = credentials or find_credentials(registry)  # config errors before any TLS set-up
     root = Path(certs_root or os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
     certs = read_cert_dir(Path(cert_dir) if cert_dir else cert_dir_for(registry, root))
     return RegistryClient(registry, ssl_context_for(certs, tcti), resolve=resolve, connections=max(1, jobs),
-                          credentials=credentials or find_credentials(registry))
+                          credentials=credentials)
