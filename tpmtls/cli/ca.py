@@ -34,12 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     certs = sub.add_parser("certs", help="Docker's certs.d")
     ssub = certs.add_subparsers(dest="certs_command", required=True, metavar="{install}")
-    p = ssub.add_parser("install", help="put ca.crt, client.cert, client.key where Docker looks for HOST[:PORT]")
+    p = ssub.add_parser("install", help="check and put ca.crt, client.cert, client.key in tpmtls's certs.d for HOST[:PORT]")
     p.add_argument("hostport", metavar="HOST[:PORT]")
     p.add_argument("--cert", required=True, metavar="C")
     p.add_argument("--key", required=True, metavar="K", help="the TPM key file (TSS2 PRIVATE KEY) or handle form")
     p.add_argument("--ca", required=True, metavar="CA")
-    p.add_argument("--root", default="/etc/docker/certs.d", metavar="DIR")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="tpmtls's certs.d (default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; never Docker's: a TPM "
+                   "key there breaks stock docker for that registry)")
     p.set_defaults(func=install)
 
 
@@ -65,17 +67,11 @@ def issue(args: argparse.Namespace) -> int:
 
 
 def install(args: argparse.Namespace) -> int:
-    from ..tpm.keyfile import read_key_reference
+    from ..pki.install import install as install_certs
 
-    read_key_reference(args.key)  # a clear error now if it is not a TPM key file
-    for f in (args.cert, args.ca):
-        if not Path(f).is_file():
-            raise UsageError(f"{f}: no such file")
-    target = Path(args.root) / args.hostport
-    target.mkdir(parents=True, exist_ok=True)
-    for src, name, mode in ((args.ca, "ca.crt", 0o644), (args.cert, "client.cert", 0o644), (args.key, "client.key", 0o600)):
-        write_atomic(target / name, Path(src).read_bytes(), mode)
-    say(f"installed {target}/ca.crt, client.cert, client.key (TPM key: Docker's names, tpmtls reads the label)")
+    target = install_certs(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
+    say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
+        "/etc/docker/certs.d untouched)")
     return 0
 
 
