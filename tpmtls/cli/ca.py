@@ -46,21 +46,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def init(args: argparse.Namespace) -> int:
+    if not args.name.strip():
+        raise UsageError("--name: give the CA a common name, e.g. --name 'Acme registry CA'")
     ca = FileCA.init(args.dir, args.name)
     say(f"created CA {args.name!r}: {ca.cert_path} (its key {Path(args.dir) / 'ca.key'} is mode 0600)")
     return 0
 
 
 def issue(args: argparse.Namespace) -> int:
-    out = check_writable(args.out, args.force)
+    ca_files = [Path(args.dir) / "ca.crt", Path(args.dir) / "ca.key"]
+    out = check_writable(args.out, args.force, inputs=(args.csr, *ca_files))
     ca = FileCA.open(args.dir)
     try:
         csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
     except FileNotFoundError:
         raise UsageError(f"{args.csr}: no such CSR file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{args.csr}: is a directory, not a CSR file") from None
+    except OSError as e:
+        raise UsageError(f"{args.csr}: cannot read: {e.strerror}") from None
     except ValueError as e:
         raise UsageError(f"{args.csr}: not a PEM CSR ({e})") from None
-    cert = ca.issue(csr, server=args.server, sans=args.san)
+    try:
+        cert = ca.issue(csr, server=args.server, sans=args.san)
+    except UsageError as e:
+        raise UsageError(f"{args.csr}: {e}") from None
     write_atomic(out, cert.public_bytes(Encoding.PEM), 0o644)
     say(f"issued {'server' if args.server else 'client'} certificate for {cert.subject.rfc4514_string()} to {out}")
     return 0
