@@ -22,7 +22,7 @@ from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient, Reference, parse_reference
 from .progress import Progress
-from .sources import Blob, Image, open_image
+from .sources import Blob, Image, daemon_image, find_daemon_image, is_daemon_spec, open_image
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,15 @@ def push(
     progress = progress or Progress(None)
     cancel = cancel or threading.Event()
     cache = cache or BlobCache()
-    img = open_image(image) if isinstance(image, str) else image
+    img: Image | None = None
     try:
-        client.check()
+        if isinstance(image, str) and is_daemon_spec(image):
+            local = find_daemon_image(image)  # exists? (cheap)
+            client.check()  # TLS and credentials accepted, before the daemon saves the whole image
+            img = daemon_image(image, local)
+        else:
+            img = open_image(image) if isinstance(image, str) else image
+            client.check()
         progress.line(f"The push refers to repository [{ref.registry}/{ref.repository}]")
         uploaded: dict[Blob, tuple[str, int]] = {}
         counts = {"uploaded": 0, "mounted": 0, "existing": 0}
@@ -163,7 +169,8 @@ def push(
     finally:
         progress.close()
         client.close()
-        img.cleanup()
+        if img is not None:
+            img.cleanup()
 
 
 def _sha(data: bytes) -> str:

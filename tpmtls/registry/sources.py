@@ -312,18 +312,23 @@ def _check_gzip_layer(region: FileRegion, diff_id: str, what: str) -> str:
     return "sha256:" + packed.hexdigest()
 
 
-def daemon_image(name: str) -> Image:
-    """An image of the local daemon ($DOCKER_HOST), saved to a temp file first (disk, not memory)."""
+def find_daemon_image(name: str) -> object:
+    """The local daemon's image `name` ($DOCKER_HOST), looked up without saving it."""
     import docker
     from docker.errors import DockerException, ImageNotFound
 
     try:
         client = docker.from_env(timeout=600)
-        image = client.images.get(name)
+        return client.images.get(name)
     except ImageNotFound:
         raise ImageError(f"{name}: no such image in the local Docker daemon") from None
     except DockerException as e:
         raise ImageError(f"cannot reach the Docker daemon for {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def daemon_image(name: str, image: object | None = None) -> Image:
+    """An image of the local daemon, saved to a temp file first (disk, not memory)."""
+    image = image if image is not None else find_daemon_image(name)
     fd, tmp = tempfile.mkstemp(prefix="tpmtls-save-", suffix=".tar")
 
     def cleanup() -> None:
@@ -334,7 +339,7 @@ def daemon_image(name: str) -> Image:
 
     try:
         with os.fdopen(fd, "wb") as out:
-            for data in image.save(named=True):
+            for data in image.save(named=True):  # type: ignore[attr-defined]
                 out.write(data)
         img = docker_archive(Path(tmp), cleanup)
     except BaseException:
@@ -342,6 +347,11 @@ def daemon_image(name: str) -> Image:
         raise
     img.description = f"{name} (local daemon)"
     return img
+
+
+def is_daemon_spec(spec: str) -> bool:
+    """IMAGE names a local daemon image (not a file source)?"""
+    return not spec.startswith(("docker-archive:", "oci-archive:", "oci:"))
 
 
 def open_image(spec: str) -> Image:
