@@ -348,9 +348,13 @@ class HostileRegistry:
 
 
 class CountingListener:
-    """A TCP listener that only counts connections and bytes (a plain-HTTP endpoint nothing should reach)."""
+    """A TCP listener that counts connections and bytes. `mode`: "close" reads and closes (a
+    plain-HTTP endpoint nothing should reach), "hold" accepts and never answers, "http"
+    answers like a plain-HTTP server (400) and closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "close") -> None:
+        self.mode = mode
+        self.held: list[socket.socket] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -369,9 +373,14 @@ class CountingListener:
             except OSError:
                 return
             self.connections += 1
+            if self.mode == "hold":
+                self.held.append(conn)
+                continue
             conn.settimeout(1)
             try:
                 self.received += len(conn.recv(65536))
+                if self.mode == "http":
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
                 pass
             conn.close()
@@ -380,6 +389,8 @@ class CountingListener:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
+        for conn in self.held:
+            conn.close()
 
 
 class ConnectProxy:

@@ -28,6 +28,7 @@ from .tokens import get_token
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 5  # per request, and per upload resync
+CONNECT_TIMEOUT = 10.0  # TCP connect and TLS handshake; a silent server fails in this, once
 CHUNK = 8 * 1024 * 1024  # upload chunk: a dropped connection costs at most this much again
 
 MANIFEST_TYPES = (
@@ -84,7 +85,7 @@ class RegistryClient:
         self._context = context
         self._resolve = dict(resolve or {})
         self._connections = connections
-        self._timeout = urllib3.Timeout(connect=15.0, read=timeout)
+        self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=timeout)
         self._pool = self._new_pool(host, self.port, block=True)
         self._others: dict[str, urllib3.HTTPSConnectionPool] = {}  # token servers, storage redirects
         self._auth: dict[str, str] = {}  # scope → Authorization header value
@@ -152,15 +153,20 @@ class RegistryClient:
                 resp = pool.urlopen(method, target, body=body, headers=hdrs, redirect=False,
                                     preload_content=not stream, assert_same_host=False)
             except Urllib3Error as e:
+                if _plain_http(e):
+                    raise RegistryError(f"{self.registry}: answers in plain HTTP, not TLS (check the port: "
+                                        "tpmtls talks to registries over https only)") from None
                 if _tls_refusal(e):
                     raise RegistryError(self._tls_reason(e)) from None
+                if not self._answered and _timed_out(e):
+                    raise RegistryError(f"{self.registry}: accepted the connection but did not answer within "
+                                        f"{CONNECT_TIMEOUT:.0f} s (is a TLS registry listening there?)") from None
                 if attempt == ATTEMPTS - 1:
                     if not self._answered and _closed_after_handshake(e):
                         # TLS 1.3: our side of the handshake ends before the server judges our
                         # certificate (RFC 8446, 4.4.2); its alert can be lost in the close.
-                        raise RegistryError(
-                            f"{self.registry}: the registry refused our client certificate (it closed every TLS "
-                            f"connection right after the handshake: {_reason(e)})") from None
+                        raise RegistryError(self._cert_refused(
+                            f"it closed every TLS connection right after the handshake: {_reason(e)}")) from None
                     raise RegistryError(f"{self.registry}: {method} failed after {ATTEMPTS} attempts: {_reason(e)}") from None
                 time.sleep(0.2 * 2**attempt)
                 continue
@@ -188,10 +194,23 @@ class RegistryClient:
         if "certificate verify failed" in low:
             return f"{self.registry}: server certificate not trusted (check ca.crt in its certs.d directory)"
         if "alert" in low and ("certificate" in low or "unknown ca" in low or "handshake failure" in low):
-            return f"{self.registry}: the registry refused our client certificate ({_reason(e)})"
+            return self._cert_refused(_reason(e))
         return f"{self.registry}: TLS failed: {_reason(e)}"
 
+    def _cert_refused(self, detail: str) -> str:
+        """The registry (or its TLS terminator) wants a client certificate it did not get or accept."""
+        if self.client_cert is None:
+            return (f"{self.registry}: the registry requires a client certificate and none is configured for it "
+                    f"(client.cert + client.key in /etc/tpmtls/certs.d/{self.registry}/, or --cert-dir; {detail})")
+        return f"{self.registry}: the registry refused our client certificate {self.client_cert} ({detail})"
+
     def _refusal(self, method: str, target: str, resp: Any) -> str:
+        if resp.status in (400, 495, 496):  # NGINX & co. judge client certificates after the handshake
+            body = (resp.data or b"")[:2000].decode(errors="replace").lower()
+            for words in ("no required ssl certificate was sent", "ssl certificate error",
+                          "ssl certificate verify error", "certificate required"):
+                if words in body:
+                    return self._cert_refused(f"HTTP {resp.status}: {words}")
         detail = ""
         try:
             errors = json.loads(resp.data or b"{}").get("errors") or []
@@ -499,6 +518,21 @@ def _tls_refusal(e: Exception) -> bool:
         return False
     low = str(e).lower()
     return any(w in low for w in ("certificate", "alert", "handshake", "doesn't match", "verify failed", "unknown ca"))
+
+
+def _plain_http(e: Exception) -> bool:
+    """Our ClientHello reached a plain-HTTP server (never transient: not retried)."""
+    low = str(e).lower()
+    return any(w in low for w in ("wrong version number", "http request", "record layer failure",
+                                  "packet length too long", "unknown protocol"))
+
+
+def _timed_out(e: Exception) -> bool:
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+    if isinstance(e, NewConnectionError):  # urllib3 makes "connection refused" a ConnectTimeoutError
+        return "timed out" in str(e).lower()
+    return isinstance(e, (ConnectTimeoutError, ReadTimeoutError)) or "timed out" in str(e).lower()
 
 
 def _closed_after_handshake(e: Exception) -> bool:
