@@ -111,6 +111,7 @@ def push(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     cache: BlobCache | None = None,
+    platform: str | None = None,
 ) -> PushResult:
     """Push `image` (see sources.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
     ref = parse_reference(destination)
@@ -121,12 +122,12 @@ def push(
     cache = cache or BlobCache()
     img: Image | None = None
     try:
-        if isinstance(image, str) and is_daemon_spec(image):
+        if isinstance(image, str) and is_daemon_spec(image) and not platform:
             local = find_daemon_image(image)  # exists? (cheap)
             client.check()  # TLS and credentials accepted, before the daemon saves the whole image
             img = daemon_image(image, local)
         else:
-            img = open_image(image) if isinstance(image, str) else image
+            img = open_image(image, platform) if isinstance(image, str) else image
             client.check()
         progress.line(f"The push refers to repository [{ref.registry}/{ref.repository}]")
         uploaded: dict[Blob, tuple[str, int]] = {}

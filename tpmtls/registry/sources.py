@@ -195,8 +195,38 @@ class _Files:
 # ---- OCI image layout ------------------------------------------------------------------
 
 
-def oci_image(path: Path, tag: str | None = None) -> Image:
-    """An OCI image layout (directory or tar): blobs and manifests pushed exactly as stored."""
+def parse_platform(text: str) -> tuple[str, str, str | None]:
+    """'linux/arm64[/v8]' → ('linux', 'arm64', 'v8')."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ImageError(f"--platform {text!r}: write it as OS/ARCH[/VARIANT], e.g. linux/amd64")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def _platform_of(files: "_Files", desc: dict) -> tuple[str, str, str | None] | None:
+    """A descriptor's platform: its own `platform`, or for an image manifest, its config's."""
+    p = desc.get("platform")
+    if isinstance(p, dict):
+        return p.get("os", ""), p.get("architecture", ""), p.get("variant")
+    if desc.get("mediaType") in INDEX_TYPES:
+        return None
+    try:
+        doc = json.loads(files.read(f"blobs/{desc['digest'].replace(':', '/')}"))
+        config = json.loads(files.read(f"blobs/{doc['config']['digest'].replace(':', '/')}"))
+        return config.get("os", ""), config.get("architecture", ""), config.get("variant")
+    except (ImageError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _matches(found: tuple[str, str, str | None] | None, wanted: tuple[str, str, str | None]) -> bool:
+    return found is not None and found[:2] == wanted[:2] and (wanted[2] is None or found[2] == wanted[2])
+
+
+def oci_image(path: Path, tag: str | None = None, *, digest: str | None = None, platform: str | None = None) -> Image:
+    """An OCI image layout (directory or tar): blobs and manifests pushed exactly as stored.
+
+    One image is chosen by TAG, by DIGEST, or by `platform` (among several untagged
+    manifests, or inside a multi-platform index: then only that platform's manifest goes)."""
     files = _Files(path)
     if not files.has("oci-layout") or not files.has("index.json"):
         raise ImageError(f"{path}: not an OCI image layout (no oci-layout/index.json)")
@@ -204,15 +234,25 @@ def oci_image(path: Path, tag: str | None = None) -> Image:
     descriptors = index.get("manifests") if isinstance(index, dict) else None
     if not descriptors:
         raise ImageError(f"{path}: index.json lists no manifests")
+    wanted = parse_platform(platform) if platform else None
+    chosen = descriptors
     if tag:
-        chosen = [d for d in descriptors if (d.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
+        chosen = [d for d in chosen if (d.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
         if not chosen:
             raise ImageError(f"{path}: no image tagged {tag!r}")
-    elif len(descriptors) > 1:
-        names = [(d.get("annotations") or {}).get("org.opencontainers.image.ref.name", "?") for d in descriptors]
-        raise ImageError(f"{path}: holds {len(descriptors)} images ({', '.join(names)}); name one as oci:{path}:TAG")
-    else:
-        chosen = descriptors
+    if digest:
+        chosen = [d for d in chosen if d.get("digest") == digest]
+        if not chosen:
+            raise ImageError(f"{path}: index.json lists no manifest {digest}")
+    if len(chosen) > 1 and wanted:
+        chosen = [d for d in chosen if _matches(_platform_of(files, d), wanted)]
+        if not chosen:
+            raise ImageError(f"{path}: no image for platform {platform}")
+    if len(chosen) > 1:
+        names = [(d.get("annotations") or {}).get("org.opencontainers.image.ref.name") or d.get("digest", "?")[:19]
+                 for d in chosen]
+        raise ImageError(f"{path}: holds {len(chosen)} images ({', '.join(names)}); choose one as oci:{path}:TAG, "
+                         f"oci:{path}@DIGEST or with --platform OS/ARCH")
     blobs: dict[str, Blob] = {}
     manifests: list[tuple[bytes, str]] = []
 
@@ -243,7 +283,16 @@ def oci_image(path: Path, tag: str | None = None) -> Image:
                 blob_of(layer)
         manifests.append((data, media_type))
 
-    walk(chosen[0])
+    top = chosen[0]
+    if wanted and top.get("mediaType") in INDEX_TYPES:  # one platform out of a multi-platform index
+        data = files.read(f"blobs/{top['digest'].replace(':', '/')}")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != top["digest"]:
+            raise ImageError(f"{path}: index {top['digest']} does not match its content")
+        children = [c for c in json.loads(data).get("manifests", []) if _matches(_platform_of(files, c), wanted)]
+        if len(children) != 1:
+            raise ImageError(f"{path}: the index {top['digest'][:19]} has {len(children)} images for {platform}")
+        top = children[0]
+    walk(top)
     return Image(f"oci:{path}", list(blobs.values()), lambda uploaded: manifests)
 
 
@@ -357,14 +406,18 @@ def is_daemon_spec(spec: str) -> bool:
     return not spec.startswith(("docker-archive:", "oci-archive:", "oci:"))
 
 
-def open_image(spec: str) -> Image:
-    """IMAGE as tpmtls-push takes it: docker-archive:PATH, oci:PATH[:TAG], oci-archive:PATH, or a daemon image."""
+def open_image(spec: str, platform: str | None = None) -> Image:
+    """IMAGE as tpmtls-push takes it: docker-archive:PATH, oci:PATH[:TAG|@DIGEST],
+    oci-archive:PATH[@DIGEST], or a daemon image; `platform` (OS/ARCH) picks one image."""
     if spec.startswith("docker-archive:"):
         return docker_archive(Path(spec.split(":", 1)[1]))
-    if spec.startswith("oci-archive:"):
-        return oci_image(Path(spec.split(":", 1)[1]))
-    if spec.startswith("oci:"):
-        rest = spec.split(":", 1)[1]
-        path, _, tag = rest.partition(":")
-        return oci_image(Path(path), tag or None)
+    if spec.startswith(("oci-archive:", "oci:")):
+        kind, rest = spec.split(":", 1)
+        rest, at, digest = rest.partition("@")
+        if at and not (digest.startswith("sha256:") and len(digest) == 71):
+            raise ImageError(f"{spec!r}: {digest!r} is not a sha256 digest")
+        path, tag = (rest, "") if kind == "oci-archive" else rest.partition(":")[::2]
+        return oci_image(Path(path), tag or None, digest=digest or None, platform=platform)
+    if platform:
+        raise ImageError("--platform chooses among the images of an OCI layout (oci:PATH); a daemon image is one image")
     return daemon_image(spec)
