@@ -23,8 +23,17 @@ from ..errors import ImageError
 from .client import Source
 
 READ = 1 << 20
-GZIP_LEVEL = 6  # gzip's and Docker's default: the usual size/CPU balance
 SAMPLE = 1 << 20  # how much of a layer decides whether it is worth compressing
+
+try:  # ISA-L (python-isal): ~10x zlib's speed per core at ~zlib-6's ratio; see README "Layer compression"
+    from isal import isal_zlib as _deflate
+
+    GZIP_LEVEL = 3  # ISA-L's best ratio (its levels are 0-3)
+    COMPRESSOR = f"isal {getattr(__import__('isal'), '__version__', '?')} level {GZIP_LEVEL}"
+except ImportError:  # pragma: no cover - isal is a dependency; plain zlib still works, slower
+    _deflate = zlib  # type: ignore[assignment]
+    GZIP_LEVEL = 6
+    COMPRESSOR = f"zlib {zlib.ZLIB_VERSION} level {GZIP_LEVEL}"
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -86,11 +95,12 @@ class VerifiedRegion(Source):
 class GzipSource(Source):
     """A plain tar, gzip-compressed while it is read (deterministic output).
 
-    zlib spends ~30 MB/s per core searching for matches in data that has none (layers of
-    already-compressed files); skopeo's compressor detects that and stops searching. Here
-    the layer's first MiB is tried at level 1: if it does not shrink by 5 %, the layer is
-    stored in gzip framing (level 0, ~350 MB/s), else compressed at level 6. The choice
-    depends only on the input, so a resumed upload regenerates the same bytes.
+    Compressed with ISA-L (`isal_zlib`, level 3): ~230 MB/s per core on real files where
+    zlib level 6 does ~30, at a ratio within 12 % of it (README, "Layer compression").
+    Data with nothing to find (layers of already-compressed files) is not searched: the
+    layer's first MiB is tried at level 1, and if it does not shrink by 5 % the layer is
+    stored in gzip framing (zlib level 0, ~350 MB/s). The choice and the bytes depend only
+    on the input (and the library version), so a resumed upload regenerates the same bytes.
     """
 
     def __init__(self, inner: FileRegion, diff_id: str | None = None, what: str = "layer") -> None:
@@ -108,7 +118,8 @@ class GzipSource(Source):
 
     def chunks(self) -> Iterator[bytes]:
         # wbits 31: gzip wrapper with mtime 0 and no name, so the bytes depend only on the input
-        z = zlib.compressobj(self._choose_level(), zlib.DEFLATED, 31)
+        level = self._choose_level()
+        z = zlib.compressobj(0, zlib.DEFLATED, 31) if level == 0 else _deflate.compressobj(level, zlib.DEFLATED, 31)
         h = hashlib.sha256()
         for data in self.inner.chunks():
             h.update(data)
