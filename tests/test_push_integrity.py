@@ -143,3 +143,43 @@ def test_interrupted_push_resends_only_missing_blobs(sig, registry, tpm_certs, s
     existing = again.stdout.count(": Layer already exists")
     assert existing >= recorded and pushed <= LAYERS + 1 - recorded, again.stdout
     assert len(skopeo_layers(dest, soft_certs)) == LAYERS
+
+
+class _SavedFile:
+    """Stands in for docker-py's Image: save() yields an archive's bytes as dockerd streams them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, named: bool = False):
+        with open(self.path, "rb") as f:
+            while True:
+                data = f.read(300_000)
+                if not data:
+                    return
+                yield data
+
+
+def test_streamed_daemon_save_checks_layers_against_the_config(tmp_path):
+    from tpmtls.errors import ImageError
+    from tpmtls.registry.daemon_stream import stream_daemon_image
+
+    good = build_docker_archive(tmp_path / "good.tar", [{"a.txt": b"first layer\n" * 500}, {"b.bin": 300_000}])
+    bad = tmp_path / "bad.tar"
+    layer = _tamper(good, "layer.tar", bad)
+    for archive, ok in ((good, True), (bad, False)):
+        seen = []
+        img = stream_daemon_image("demo:1", _SavedFile(archive), seen.append)
+        try:
+            assert len(seen) == 2  # both layers handed over while streaming
+            for blob in seen:
+                blob.prepare(blob)
+            uploaded = {b: ("sha256:" + "0" * 64, 1) for b in img.blobs}
+            if ok:
+                manifest = json.loads(img.render(uploaded)[0][0])
+                assert len(manifest["layers"]) == 2
+            else:
+                with pytest.raises(ImageError, match=layer.replace(".", r"\.")):
+                    img.render(uploaded)
+        finally:
+            img.cleanup()

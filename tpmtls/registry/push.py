@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient, Reference, parse_reference
 from .progress import Progress
-from .sources import Blob, Image, daemon_image, find_daemon_image, is_daemon_spec, open_image
+from .daemon_stream import stream_daemon_image
+from .sources import Blob, Image, find_daemon_image, is_daemon_spec, open_image
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,10 @@ def push(
     cache = cache or BlobCache()
     img: Image | None = None
     try:
-        if isinstance(image, str) and is_daemon_spec(image) and not platform:
+        streamed = isinstance(image, str) and is_daemon_spec(image) and not platform
+        if streamed:
             local = find_daemon_image(image)  # exists? (cheap)
-            client.check()  # TLS and credentials accepted, before the daemon saves the whole image
-            img = daemon_image(image, local)
+            client.check()  # TLS and credentials accepted, before the daemon saves anything
         else:
             img = open_image(image, platform) if isinstance(image, str) else image
             client.check()
@@ -135,6 +136,8 @@ def push(
         lock = threading.Lock()
 
         def one(blob: Blob) -> None:
+            if blob.prepare is not None:
+                blob.prepare(blob)
             digest, size, how = _ensure(client, ref, blob, cache, progress, cancel)
             with lock:
                 uploaded[blob] = (digest, size)
@@ -143,15 +146,29 @@ def push(
             cache.save()  # as each blob completes: an interrupted push resumes from here
 
         with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tpmtls-push") as pool:
-            futures = [pool.submit(one, b) for b in img.blobs]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in futures:
+            futures: dict[Blob, Future[None]] = {}
+
+            def failed() -> None:
+                for f in list(futures.values()):
                     if f.done() and f.exception():
                         raise f.exception()  # type: ignore[misc]
+
+            def submit(blob: Blob) -> None:
+                failed()  # a worker's error stops the save too
+                if blob not in futures:
+                    futures[blob] = pool.submit(one, blob)
+
+            try:
+                if streamed:  # layers upload while the daemon still saves the next ones
+                    img = stream_daemon_image(image, local, submit)  # type: ignore[arg-type]
+                assert img is not None
+                for b in img.blobs:
+                    submit(b)
+                wait(list(futures.values()), return_when=FIRST_EXCEPTION)
+                failed()
             except BaseException:
                 cancel.set()
-                for f in futures:
+                for f in futures.values():
                     f.cancel()
                 raise
         cache.save()

@@ -145,6 +145,8 @@ class Blob:
     size: int | None
     diff_id: str | None = None  # uncompressed digest (cache key for compressed-on-the-fly layers)
     name: str = ""  # for progress lines
+    # run by the push worker before anything else (a streamed layer learns its content digest)
+    prepare: Callable[["Blob"], None] | None = None
 
 
 @dataclass
