@@ -28,24 +28,33 @@ _LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")
 
 
 class _Tee:
-    """A read()-able view of the save stream that writes every byte to `out` as it passes."""
+    """A read()-able view of the save stream that writes every byte to the temp file as it passes.
+
+    Pieces are handed out by offset into the current chunk (no copying of what is left)."""
 
     def __init__(self, chunks: Iterator[bytes], fd: int) -> None:
-        self._chunks, self._fd = chunks, fd
-        self._buf = b""
+        self._chunks: Iterator[bytes] | None = chunks
+        self._fd = fd
+        self._chunk = memoryview(b"")
         self.total = 0
 
     def read(self, n: int = -1) -> bytes:
-        while (n < 0 or len(self._buf) < n) and self._chunks is not None:
-            data = next(self._chunks, b"")
-            if not data:
-                self._chunks = None  # type: ignore[assignment]
-                break
-            self._buf += data
-        out, self._buf = (self._buf, b"") if n < 0 else (self._buf[:n], self._buf[n:])
-        view = memoryview(out)
-        while view:
-            view = view[os.write(self._fd, view):]
+        parts: list[memoryview] = []
+        want = n if n >= 0 else 1 << 62
+        while want > 0:
+            if not self._chunk:
+                data = next(self._chunks, b"") if self._chunks is not None else b""
+                if not data:
+                    self._chunks = None
+                    break
+                self._chunk = memoryview(data)
+            piece, self._chunk = self._chunk[:want], self._chunk[want:]
+            parts.append(piece)
+            want -= len(piece)
+        for piece in parts:
+            while piece:
+                piece = piece[os.write(self._fd, piece):]
+        out = b"".join(parts)
         self.total += len(out)
         return out
 
@@ -65,8 +74,8 @@ def _prepare(blob: Blob, what: str) -> None:
         blob.diff_id = "sha256:" + plain.hexdigest()
         blob.digest, blob.size = "sha256:" + packed.hexdigest(), region.size
         blob.source = VerifiedRegion(region, blob.digest, what)
-    else:
-        blob.diff_id = blob.source.diff_id = region.sha256()
+    else:  # the digest of the very bytes compressed next (our private temp file): no second check needed
+        blob.diff_id = region.sha256()
 
 
 def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], None]) -> Image:
@@ -95,7 +104,7 @@ def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], Non
                 layers[member.name] = blob
                 on_layer(blob)
 
-        with tarfile.open(fileobj=tee, mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=tee, mode="r|", bufsize=1 << 20) as tar:  # type: ignore[call-overload]
             for member in tar:
                 if pending is not None:
                     complete(pending)  # its data is in the file now: the next header was read
