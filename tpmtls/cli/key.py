@@ -98,12 +98,12 @@ def check_importable(pem: bytes, pem_password: bytes | None, source: Path) -> No
     except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm
         raise KeyFileError(f"{source}: cannot read private key: {e}") from None
     if isinstance(key, rsa.RSAPrivateKey):
-        bits, e = key.key_size, key.public_key().public_numbers().e
+        bits, exponent = key.key_size, key.public_key().public_numbers().e
         if bits < 2048:
             raise KeyFileError(f"{source}: RSA-{bits} is too weak for TLS client keys (2048 bits at least); "
                                "create a new key with 'tpmtls key create'")
-        if bits not in (2048, 3072) or e != 65537:
-            raise KeyFileError(f"{source}: RSA-{bits} with e={e} cannot be imported: {SUPPORTED}")
+        if bits not in (2048, 3072) or exponent != 65537:
+            raise KeyFileError(f"{source}: RSA-{bits} with e={exponent} cannot be imported: {SUPPORTED}")
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name not in ("secp256r1", "secp384r1"):
             raise KeyFileError(f"{source}: EC curve {key.curve.name} cannot be imported: {SUPPORTED}")

@@ -11,6 +11,7 @@ nothing). A save in OCI format (docker 25+) is read once complete, as a docker-a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
@@ -100,7 +101,7 @@ def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], Non
                 what = f"{name}: layer {member.name}"
                 blob = Blob(GzipSource(FileRegion(tmp, member.offset_data, member.size), None, what),
                             DOCKER_LAYER_GZIP, None, None, name=member.name[:12],
-                            prepare=lambda b, w=what: _prepare(b, w))
+                            prepare=functools.partial(_prepare, what=what))
                 layers[member.name] = blob
                 on_layer(blob)
 

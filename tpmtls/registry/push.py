@@ -125,6 +125,7 @@ def push(
     try:
         streamed = isinstance(image, str) and is_daemon_spec(image) and not platform
         if streamed:
+            assert isinstance(image, str)
             local = find_daemon_image(image)  # exists? (cheap)
             client.check()  # TLS and credentials accepted, before the daemon saves anything
         else:
