@@ -70,5 +70,5 @@ def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_t
     assert "refused our client certificate" in one_line_failure(proc)
     until = str(int(time.time()) + 1)
     events = docker(dockerd, "events", "--since", since, "--until", until, "--filter", "type=image",
-                    "--format", "{{.Action}}")
+                    "--filter", "image=unsaved:1", "--format", "{{.Action}}")
     assert "save" not in events.split(), events
