@@ -114,3 +114,36 @@ def test_ca_checks(cli, made, tmp_path):
                                       + "-----END CERTIFICATE REQUEST-----\n")
     line = fails_1(cli, "ca", "issue", "good", "--csr", "bad.csr", "--client", "--out", "c.crt")
     assert "bad.csr" in line
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A tiny tmpfs, filled: writes there fail with ENOSPC (a full disk)."""
+    import subprocess
+
+    target = tmp_path / "full"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(target)], check=True)
+    try:
+        with open(target / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError:
+                pass
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_full_disk_is_one_line_and_persist_rolls_back(cli, made, full_dir):
+    for args in (["key", "create", "--out", str(full_dir / "k2.key")],
+                 ["csr", "--key", "k.key", "--subject", "CN=x", "--out", str(full_dir / "x.csr")],
+                 ["ca", "issue", "ca", "--csr", "n.csr", "--client", "--out", str(full_dir / "c.crt")]):
+        line = fails_1(cli, *args)
+        assert "No space left on device" in line, (args, line)
+    handle = "0x81000a18"
+    line = fails_1(cli, "key", "persist", "k.key", handle, "--out", str(full_dir / "h.pem"))
+    assert "No space left on device" in line and "was not left" in line
+    assert "persisted" in cli("key", "persist", "k.key", handle).stdout  # the handle was free again
+    assert [p.name for p in full_dir.iterdir()] == ["filler"]  # no temp files left

@@ -9,6 +9,7 @@ from tpm2_pytss.constants import TPMA_OBJECT
 
 from .. import connect
 from .._files import check_writable, write_atomic
+from .._files import OutputError
 from ..errors import KeyFileError
 from ..tpm.keyfile import OWNER, read_key_reference
 from ..tpm.templates import ALGORITHMS, algorithm_name
@@ -81,6 +82,16 @@ def import_(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evict(persisted: object) -> None:
+    """Remove a persistent key this command just made (TPM2_EvictControl on its handle)."""
+    from tpm2_pytss.constants import ESYS_TR
+
+    handle = int(str(getattr(persisted, "reference")).split(":", 1)[1], 16)
+    pool = getattr(persisted, "_pool")
+    pool.run("evict", lambda ctx: ctx.esapi.evict_control(ESYS_TR.RH_OWNER, ctx.esapi.tr_from_tpmpublic(handle),
+                                                          handle))
+
+
 SUPPORTED = "tpmtls imports RSA 2048/3072 (e=65537) and ECC P-256/P-384 keys, what TPM 2.0 chips support"
 
 
@@ -147,7 +158,11 @@ def persist(args: argparse.Namespace) -> int:
     key = connect(args.tcti).load_key(args.key, read_secret_file(args.password_file))
     persisted = key.persist(args.handle)
     if args.out:
-        write_atomic(args.out, persisted.to_pem(), 0o644)
+        try:
+            write_atomic(args.out, persisted.to_pem(), 0o644)
+        except OutputError as e:  # e.g. a full disk: undo, so the same command can be run again
+            _evict(persisted)
+            raise OutputError(f"{e}; the key was not left at {persisted.reference}") from None
     where = f"; handle key file {args.out}" if args.out else ""
     say(f"persisted {args.key} at {persisted.reference}{where}")
     return 0
