@@ -12,6 +12,7 @@ nothing). A save in OCI format (docker 25+) is read once complete, as a docker-a
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import posixpath
@@ -19,7 +20,7 @@ import re
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import ImageError
 from .sources import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Blob, FileRegion, GzipSource, Image,
@@ -38,6 +39,7 @@ class _Tee:
         self._fd = fd
         self._chunk = memoryview(b"")
         self.total = 0
+        self.watch: list[tuple[int, int, Any]] = []  # (start, end, sha256): hash these stream bytes as they pass
 
     def read(self, n: int = -1) -> bytes:
         parts: list[memoryview] = []
@@ -52,16 +54,39 @@ class _Tee:
             piece, self._chunk = self._chunk[:want], self._chunk[want:]
             parts.append(piece)
             want -= len(piece)
+        pos = self.total
         for piece in parts:
+            for start, end, hasher in self.watch:
+                lo, hi = max(start, pos), min(end, pos + len(piece))
+                if lo < hi:
+                    hasher.update(piece[lo - pos:hi - pos])
+            pos += len(piece)
             while piece:
                 piece = piece[os.write(self._fd, piece):]
         out = b"".join(parts)
         self.total += len(out)
+        self.watch = [w for w in self.watch if w[1] > self.total]
         return out
+
+    def hash_from(self, start: int, size: int) -> Any:
+        """A sha256 of stream bytes [start, start+size): what already passed (tarfile reads ahead)
+        is read back from the file, the rest is hashed as it passes."""
+        hasher = hashlib.sha256()
+        pos, end = start, start + size
+        while pos < min(self.total, end):
+            data = os.pread(self._fd, min(1 << 20, min(self.total, end) - pos), pos)
+            if not data:
+                break
+            hasher.update(data)
+            pos += len(data)
+        if pos < end:
+            self.watch.append((pos, end, hasher))
+        return hasher
 
 
 def _prepare(blob: Blob, what: str) -> None:
-    """In a push worker: learn what the layer really is (digest of its content) before it is ensured."""
+    """In a push worker: a layer that came compressed is pushed as it is (its digests learnt here);
+    a plain one already has the digest of its content (hashed as it streamed past)."""
     assert isinstance(blob.source, GzipSource)
     region = blob.source.inner
     if region.head(2) == b"\x1f\x8b":  # a compressed layer: push as it is
@@ -75,7 +100,7 @@ def _prepare(blob: Blob, what: str) -> None:
         blob.diff_id = "sha256:" + plain.hexdigest()
         blob.digest, blob.size = "sha256:" + packed.hexdigest(), region.size
         blob.source = VerifiedRegion(region, blob.digest, what)
-    else:  # the digest of the very bytes compressed next (our private temp file): no second check needed
+    elif blob.diff_id is None:
         blob.diff_id = region.sha256()
 
 
@@ -95,13 +120,15 @@ def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], Non
     try:
         tee = _Tee(iter(image.save(named=True)), fd)  # type: ignore[attr-defined]
         pending: tarfile.TarInfo | None = None
+        hashes: dict[str, Any] = {}
 
         def complete(member: tarfile.TarInfo) -> None:
             if member.isfile() and _LAYER.match(member.name):
                 what = f"{name}: layer {member.name}"
+                # the digest of the very bytes compressed next (our private temp file): no second check
                 blob = Blob(GzipSource(FileRegion(tmp, member.offset_data, member.size), None, what),
-                            DOCKER_LAYER_GZIP, None, None, name=member.name[:12],
-                            prepare=functools.partial(_prepare, what=what))
+                            DOCKER_LAYER_GZIP, None, None, diff_id="sha256:" + hashes.pop(member.name).hexdigest(),
+                            name=member.name[:12], prepare=functools.partial(_prepare, what=what))
                 layers[member.name] = blob
                 on_layer(blob)
 
@@ -110,6 +137,8 @@ def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], Non
                 if pending is not None:
                     complete(pending)  # its data is in the file now: the next header was read
                 members[member.name] = member
+                if member.isfile() and _LAYER.match(member.name):  # hash its data as it streams past
+                    hashes[member.name] = tee.hash_from(member.offset_data, member.size)
                 pending = member
         if pending is not None:
             complete(pending)
