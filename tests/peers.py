@@ -258,10 +258,12 @@ class CuttingProxy:
                         state["carried"] += len(data)
                         if self.sent > self.signal_after:
                             self.carried_enough.set()
-                    if self._cut_now(state, True):
-                        break
+                    if state.get("frozen") or self._cut_now(state, True):
+                        break  # frozen: the response that ends the connection is on its way to the client
                     dst.sendall(data)
                 else:
+                    if state["armed"]:
+                        state["frozen"] = True  # nothing more goes up: the cut falls between requests
                     dst.sendall(data)
                     if self._cut_now(state, False):
                         break
