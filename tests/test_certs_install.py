@@ -170,3 +170,15 @@ def test_stock_docker_pull_still_works_after_certs_install(registry, pki, tpm, s
     finally:
         proxy.close()
         shutil.rmtree(docker_dir, ignore_errors=True)
+
+
+def test_install_a_persistent_key_by_its_handle_file(cli, tpm_pair, pki, tmp_path):
+    cert, key, _ = tpm_pair
+    cli("key", "persist", str(key), "0x81000a19", "--out", "handle.pem")
+    cli("certs", "install", "reg.example:5001", "--cert", str(cert), "--key", "handle.pem", "--ca", str(pki.ca_file),
+        "--root", "root")
+    installed = (tmp_path / "root" / "reg.example:5001" / "client.key").read_bytes()
+    assert installed == (tmp_path / "handle.pem").read_bytes()
+    other, _ = pki.software_client("not-this-key")
+    assert "another key" in cli.fails("certs", "install", "reg.example:5001", "--cert", str(other), "--key",
+                                      "handle.pem", "--ca", str(pki.ca_file), "--root", "root")
