@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -292,8 +293,13 @@ class HostileRegistry:
         import http.server
         import ssl
 
-        self.upload_location = upload_location
+        self.upload_location = upload_location  # also where blob downloads are redirected
         self.seen: list[tuple[str, str, str | None]] = []
+        digest = "sha256:" + "ab" * 32
+        self.manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                         "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                                    "digest": digest},
+                         "layers": []}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -326,6 +332,17 @@ class HostileRegistry:
                     return self._answer(202, {"Location": server.upload_location, "Range": "0-0"})
                 if self.command == "HEAD":
                     return self._answer(404)
+                if self.command == "GET" and "/manifests/" in self.path:  # one layer, whose blob is redirected
+                    server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                    body = json.dumps(server.manifest).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return None
+                if self.command == "GET" and "/blobs/" in self.path and server.upload_location:
+                    return self._answer(307, {"Location": server.upload_location})
                 return self._answer(200)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route  # noqa: N815 - http.server's naming

@@ -330,3 +330,25 @@ def test_foreign_upload_location_gets_no_authorization(pki, tpm_certs, small_ima
     assert patches, storage.seen  # the layer went to the storage host (over https) ...
     assert all(auth is None for _, _, auth in storage.seen)  # ... without the registry's credentials
     assert any(auth for _, _, auth in hostile.seen)  # which the registry itself did get
+
+
+def test_pull_redirects_get_no_authorization_and_never_plain_http(pki, tpm_certs, test_tpm, tmp_path):
+    from peers import CountingListener, HostileRegistry
+
+    listener = CountingListener()
+    try:
+        with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/blob") as hostile:
+            line = one_line_failure(run_cli(
+                "pull", f"localhost:{hostile.port}/r:1", f"oci:{tmp_path / 'o'}", "--cert-dir", str(tpm_certs),
+                "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n"))
+    finally:
+        listener.close()
+    assert f"http://127.0.0.1:{listener.port}/blob" in line and "not https" in line
+    assert listener.connections == 0
+    with HostileRegistry(pki) as storage, HostileRegistry(pki) as hostile:
+        hostile.upload_location = f"https://server.domain.com:{storage.port}/blob"
+        run_cli("pull", f"localhost:{hostile.port}/r:1", f"oci:{tmp_path / 'o2'}", "--cert-dir", str(tpm_certs),
+                "--resolve", f"server.domain.com:{storage.port}:127.0.0.1", "--username", USER, "--password-stdin",
+                env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n")
+    assert [s for s in storage.seen if s[0] == "GET"]  # the redirect was followed, over https ...
+    assert all(auth is None for _, _, auth in storage.seen)  # ... without the registry's credentials
