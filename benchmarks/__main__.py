@@ -216,8 +216,14 @@ def _measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, 
 
 
 def push(args: argparse.Namespace) -> int:
-    from tpmtls.testing import Registry, build_docker_archive
+    """tpmtls-push (TPM key) vs skopeo copy (software key): random and real-file content, from a
+    docker-archive and from the daemon; a fresh registry and blob cache per cold run."""
+    from tpmtls.registry.sources import COMPRESSOR
+    from tpmtls.testing import Dockerd, Registry
 
+    from .content import random_image, real_image
+
+    contents, sources = _csv(args.content), _csv(args.sources)
     results: list[dict[str, Any]] = []
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
@@ -232,43 +238,83 @@ def push(args: argparse.Namespace) -> int:
             shutil.copy(cert, d / "client.cert")
             shutil.copy(key, d / "client.key")
             dirs[kind] = d
-        layers = max(1, args.layers)
-        size = args.size_mb * 1_000_000
-        image = build_docker_archive(work / "image.tar", [{f"layer{i}.bin": size // layers} for i in range(layers)])
-        print(f"image: {args.size_mb} MB in {layers} random (incompressible) layers", flush=True)
-        for tool in ("tpmtls-push", "skopeo"):
-            registry = stack.enter_context(Registry(lab.server_cert, lab.server_key, lab.ca.cert_path,
-                                                    work / f"registry-{tool}"))
-            home = work / f"home-{tool}"  # a fresh blob cache per tool: the cold run is cold
-            home.mkdir()
-            env = {**lab.worker_env(), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
-            dest = f"localhost:{registry.port}/bench:1"
-            if tool == "tpmtls-push":
-                argv = [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", dest,
-                        "--cert-dir", str(dirs["tpm"])]
+        daemon = stack.enter_context(Dockerd(work / "dockerd")) if "daemon" in sources else None
+        print(f"compressor: tpmtls {COMPRESSOR}; skopeo: its default (klauspost pgzip)", flush=True)
+        for content in contents:
+            if content == "random":
+                image, size = random_image(work / "random.tar", args.size_mb, max(1, args.layers))
+                name = "bench:1"
+                print(f"image random: {size / 1e6:.0f} MB in {max(1, args.layers)} random (incompressible) layers",
+                      flush=True)
             else:
-                argv = ["skopeo", "copy", "--insecure-policy", "--dest-cert-dir", str(dirs["soft"]),
-                        f"docker-archive:{image}", f"docker://{dest}"]
-            for run in ("cold", "warm"):
-                seconds, rss, rc, err = _measured(argv, env)
-                row = {"tool": tool, "key": "TPM (ECC P-256)" if tool == "tpmtls-push" else "software (ECC P-256)",
-                       "run": run, "seconds": round(seconds, 2), "mb_per_s": round(args.size_mb / seconds, 1),
-                       "peak_rss_mb": round(rss, 1), "ok": rc == 0}
-                if rc:
-                    row["error"] = err
-                results.append(row)
-                print(f"  {tool:12} {run}: {seconds:6.2f} s  {row['mb_per_s']:7.1f} MB/s  peak RSS {rss:6.1f} MB"
-                      f"{'  FAILED: ' + err if rc else ''}", flush=True)
+                image, size = real_image(work / "real.tar", args.real_layers)
+                name = "bench-real:1"
+                print(f"image real: {size / 1e6:.0f} MB of real files in {len(_tar_layers(image))} layers "
+                      "(git-core, python stdlib, vim, perl, icons: the first --real-layers)", flush=True)
+            if daemon is not None:
+                load = subprocess.run(["docker", "load", "-i", str(image)], env={**os.environ, **daemon.env},
+                                      capture_output=True, text=True, timeout=600)
+                if load.returncode != 0:
+                    raise SystemExit(f"docker load failed: {load.stderr.strip()[-300:]}")
+            for source in sources:
+                for tool in ("tpmtls-push", "skopeo"):
+                    registry = stack.enter_context(Registry(lab.server_cert, lab.server_key, lab.ca.cert_path,
+                                                            work / f"registry-{content}-{source}-{tool}"))
+                    home = work / f"home-{content}-{source}-{tool}"  # a fresh blob cache: the cold run is cold
+                    home.mkdir()
+                    env = {**lab.worker_env(), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+                           **(daemon.env if daemon is not None else {})}
+                    dest = f"localhost:{registry.port}/bench:1"
+                    src = f"docker-archive:{image}" if source == "archive" else name
+                    if tool == "tpmtls-push":
+                        argv = [sys.executable, "-m", "tpmtls.cli.push", src, dest, "--cert-dir", str(dirs["tpm"])]
+                    else:
+                        skopeo_src = f"docker-archive:{image}" if source == "archive" else f"docker-daemon:{name}"
+                        argv = ["skopeo", "copy", "--insecure-policy", "--dest-cert-dir", str(dirs["soft"])]
+                        if source == "daemon" and daemon is not None:
+                            argv += ["--src-daemon-host", daemon.host]
+                        argv += [skopeo_src, f"docker://{dest}"]
+                    for run in ("cold", "warm"):
+                        seconds, rss, rc, err = _measured(argv, env)
+                        row = {"content": content, "source": source, "tool": tool,
+                               "key": "TPM (ECC P-256)" if tool == "tpmtls-push" else "software (ECC P-256)",
+                               "run": run, "mb": round(size / 1e6), "seconds": round(seconds, 2),
+                               "mb_per_s": round(size / 1e6 / seconds, 1), "peak_rss_mb": round(rss, 1),
+                               "ok": rc == 0}
+                        if rc:
+                            row["error"] = err
+                        results.append(row)
+                        print(f"  {content:6} {source:7} {tool:12} {run}: {seconds:6.2f} s  {row['mb_per_s']:7.1f} MB/s"
+                              f"  peak RSS {rss:6.1f} MB{'  FAILED: ' + err if rc else ''}", flush=True)
     print()
-    print(f"{'tool':12} {'run':5} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12}")
-    for r in results:
-        print(f"{r['tool']:12} {r['run']:5} {r['seconds']:>8.2f} {r['mb_per_s']:>8.1f} {r['peak_rss_mb']:>12.1f}")
-    by = {(r["tool"], r["run"]): r for r in results}
-    cold = by.get(("tpmtls-push", "cold")), by.get(("skopeo", "cold"))
-    if all(cold) and cold[1]["seconds"]:  # type: ignore[index]
-        print(f"tpmtls-push / skopeo, cold: {cold[1]['seconds'] / cold[0]['seconds']:.2f} x the throughput")  # type: ignore[index]
-    _write_json(args.json, {"env": environment(), "size_mb": args.size_mb, "layers": layers, "results": results})
+    print(push_table(results))
+    _write_json(args.json, {"env": environment(), "compressor": COMPRESSOR, "results": results})
     return 0
+
+
+def _tar_layers(image: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(image) as tar:
+        return [m.name for m in tar.getmembers() if m.name.endswith("/layer.tar")]
+
+
+def push_table(results: list[dict[str, Any]]) -> str:
+    """Markdown: one row per content/source/tool/run, then tpmtls-push / skopeo throughput ratios."""
+    lines = ["| content | source | tool | run | MB | seconds | MB/s | peak RSS MB |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['content']} | {r['source']} | {r['tool']} | {r['run']} | {r['mb']} | "
+                     f"{r['seconds']:.2f} | {r['mb_per_s']:.1f} | {r['peak_rss_mb']:.1f} |"
+                     + ("" if r["ok"] else " FAILED"))
+    by = {(r["content"], r["source"], r["tool"], r["run"]): r for r in results}
+    for content, source in dict.fromkeys((r["content"], r["source"]) for r in results):
+        for run in ("cold", "warm"):
+            ours, theirs = by.get((content, source, "tpmtls-push", run)), by.get((content, source, "skopeo", run))
+            if ours and theirs and ours["ok"] and theirs["ok"]:
+                lines.append(f"\ntpmtls-push / skopeo, {content} {source} {run}: "
+                             f"{theirs['seconds'] / ours['seconds']:.2f} x the throughput")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=pool)
     p = sub.add_parser("push", help="tpmtls-push (TPM key) vs skopeo (software key), cold and warm")
-    p.add_argument("--size-mb", type=int, default=200)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--content", default="random,real", help="random (incompressible), real (files of this machine)")
+    p.add_argument("--sources", default="archive,daemon", help="archive (docker-archive:), daemon (local dockerd)")
+    p.add_argument("--size-mb", type=int, default=200, help="size of the random image")
+    p.add_argument("--layers", type=int, default=4, help="layers of the random image")
+    p.add_argument("--real-layers", type=int, default=5, help="layers of the real-file image (1-5, smallest first)")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=push)
     from . import daemon

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -258,10 +259,12 @@ class CuttingProxy:
                         state["carried"] += len(data)
                         if self.sent > self.signal_after:
                             self.carried_enough.set()
-                    if self._cut_now(state, True):
-                        break
+                    if state.get("frozen") or self._cut_now(state, True):
+                        break  # frozen: the response that ends the connection is on its way to the client
                     dst.sendall(data)
                 else:
+                    if state["armed"]:
+                        state["frozen"] = True  # nothing more goes up: the cut falls between requests
                     dst.sendall(data)
                     if self._cut_now(state, False):
                         break
@@ -274,6 +277,203 @@ class CuttingProxy:
                 except OSError:
                     pass
                 s.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+class HostileRegistry:
+    """A small https registry front that a real registry cannot imitate: it asks for Basic
+    credentials, then sends every upload to `upload_location` (a plain-HTTP URL, or another
+    host). Records what arrived: (method, path, Authorization header or None)."""
+
+    def __init__(self, pki: Pki, upload_location: str = "") -> None:
+        import http.server
+        import ssl
+
+        self.upload_location = upload_location  # also where blob downloads are redirected
+        self.seen: list[tuple[str, str, str | None]] = []
+        digest = "sha256:" + "ab" * 32
+        self.manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                         "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                                    "digest": digest},
+                         "layers": []}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    while True:
+                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        self.rfile.read(size + 2)
+                        if size == 0:
+                            break
+                server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _route(self) -> None:
+                if not self.headers.get("Authorization"):
+                    return self._answer(401, {"WWW-Authenticate": 'Basic realm="hostile"'})
+                if self.command == "POST" and "/blobs/uploads/" in self.path:
+                    return self._answer(202, {"Location": server.upload_location, "Range": "0-0"})
+                if self.command == "HEAD":
+                    return self._answer(404)
+                if self.command == "GET" and "/manifests/" in self.path:  # one layer, whose blob is redirected
+                    server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                    body = json.dumps(server.manifest).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return None
+                if self.command == "GET" and "/blobs/" in self.path and server.upload_location:
+                    return self._answer(307, {"Location": server.upload_location})
+                return self._answer(200)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route  # noqa: N815 - http.server's naming
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> "HostileRegistry":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CountingListener:
+    """A TCP listener that counts connections and bytes. `mode`: "close" reads and closes (a
+    plain-HTTP endpoint nothing should reach), "hold" accepts and never answers, "http"
+    answers like a plain-HTTP server (400) and closes."""
+
+    def __init__(self, mode: str = "close") -> None:
+        self.mode = mode
+        self.held: list[socket.socket] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            if self.mode == "hold":
+                self.held.append(conn)
+                continue
+            conn.settimeout(1)
+            try:
+                self.received += len(conn.recv(65536))
+                if self.mode == "http":
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy that sends every tunnel to 127.0.0.1:<the port asked for>.
+
+    How a test lets stock dockerd reach a loopback registry under a name that does not
+    resolve into 127.0.0.0/8 (dockerd treats those as insecure and ignores certs.d)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.tunnels: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        client.settimeout(30)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                data = client.recv(4096)
+                if not data:
+                    return
+                head += data
+            method, target = head.split(b" ", 2)[:2]
+            if method != b"CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.tunnels.append(target.decode())
+            upstream = socket.create_connection(("127.0.0.1", int(target.rpartition(b":")[2])), timeout=30)
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        except (OSError, ValueError):
+            client.close()
+            return
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while not self.stop.is_set():
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         self.stop.set()

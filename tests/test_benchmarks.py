@@ -44,10 +44,20 @@ def test_pool_benchmark(tmp_path):
     assert all(r["errors"] == 0 and r["signatures_per_s"] > 0 for r in data["results"])
 
 
-@pytest.mark.parametrize("size", ["4"])
-def test_push_benchmark(size, tmp_path):
+def test_push_benchmark_random_archive(tmp_path):
     require("skopeo", "docker-registry")
-    data = bench("push", "--size-mb", size, "--layers", "2", tmp_path=tmp_path)
+    data = bench("push", "--content", "random", "--sources", "archive", "--size-mb", "4", "--layers", "2",
+                 tmp_path=tmp_path)
     runs = {(r["tool"], r["run"]): r for r in data["results"]}
     assert set(runs) == {("tpmtls-push", "cold"), ("tpmtls-push", "warm"), ("skopeo", "cold"), ("skopeo", "warm")}
     assert all(r["ok"] and r["peak_rss_mb"] > 0 for r in runs.values()), runs
+    assert data["compressor"].startswith("isal")
+
+
+def test_push_benchmark_real_files_from_the_daemon(tmp_path):
+    """Real (compressible) files, from a docker-archive and from dockerd, next to skopeo's docker-daemon:."""
+    require("skopeo", "docker-registry", "dockerd", "docker")
+    data = bench("push", "--content", "real", "--sources", "archive,daemon", "--real-layers", "1", tmp_path=tmp_path)
+    runs = {(r["source"], r["tool"], r["run"]): r for r in data["results"]}
+    assert {(s, t) for s, t, _ in runs} == {(s, t) for s in ("archive", "daemon") for t in ("tpmtls-push", "skopeo")}
+    assert all(r["ok"] and r["content"] == "real" and r["mb"] > 5 for r in runs.values()), runs

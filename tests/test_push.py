@@ -160,3 +160,39 @@ def test_certs_d_rules(registry, pki, small_image, test_tpm, tmp_path):
     line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"localhost:{registry.port}/x:1",
                                     "--cert-dir", str(lonely), env=env_for(test_tpm, tmp_path)))
     assert "client.cert: client certificate without its key client.key" in line
+
+
+def test_flat_layout_with_untagged_manifests(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
+    """Issue 10 item 14: several untagged manifests in index.json: choose by digest or --platform."""
+    layout = tmp_path / "flat"
+    _oci_multiplatform(layout)
+    index = json.loads((layout / "index.json").read_text())
+    children = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_text())["manifests"]
+    for child in children:  # the index's children, untagged, straight in index.json (no platform there)
+        child.pop("platform")
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": children}))
+    env = env_for(test_tpm, tmp_path)
+    from registry_env import one_line_failure
+
+    line = one_line_failure(run_cli("push", f"oci:{layout}", f"localhost:{registry.port}/flat:1", "--cert-dir",
+                                    str(tpm_certs), env=env))
+    assert "holds 2 images" in line and "@DIGEST" in line and "--platform" in line
+    by_digest = run_cli("push", f"oci:{layout}@{children[1]['digest']}", f"localhost:{registry.port}/flat:d",
+                        "--cert-dir", str(tpm_certs), env=env)
+    assert by_digest.returncode == 0, by_digest.stderr
+    assert skopeo_raw(f"localhost:{registry.port}/flat:d", soft_certs)[1] == children[1]["digest"]
+    by_platform = run_cli("push", f"oci:{layout}", f"localhost:{registry.port}/flat:p", "--platform", "linux/amd64",
+                          "--cert-dir", str(tpm_certs), env=env)  # read from each manifest's config
+    assert by_platform.returncode == 0, by_platform.stderr
+    assert skopeo_raw(f"localhost:{registry.port}/flat:p", soft_certs)[1] == children[0]["digest"]
+
+
+def test_platform_out_of_an_index(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
+    _oci_multiplatform(tmp_path / "multi")
+    index = json.loads((tmp_path / "multi" / "index.json").read_text())
+    children = json.loads((tmp_path / "multi" / "blobs" / "sha256" / index["manifests"][0]["digest"][7:])
+                          .read_text())["manifests"]
+    arm = next(c for c in children if c["platform"]["architecture"] == "arm64")
+    result = tpmtls.push(f"oci:{tmp_path / 'multi'}:multi", f"localhost:{registry.port}/one:1", cert_dir=tpm_certs,
+                         tcti=test_tpm.tcti, cache=BlobCache(tmp_path / "c.json"), platform="linux/arm64")
+    assert result.digest == arm["digest"] == skopeo_raw(f"localhost:{registry.port}/one:1", soft_certs)[1]

@@ -27,6 +27,7 @@ from conftest import require
 from registry_env import env_for, one_line_failure, run_cli
 
 USER, PASSWORD = "pusher", "correct horse battery"
+REFRESH = "refresh-token-from-docker-login"  # what `docker login` stores as identitytoken
 
 
 def b64url(data: bytes) -> str:
@@ -47,6 +48,7 @@ class TokenServer:
         self.bundle = directory / "token-signer.crt"
         self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.requests = 0
+        self.log: list[tuple[str, str]] = []  # (method, scopes asked for)
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -57,13 +59,29 @@ class TokenServer:
                 server.requests += 1
                 auth = self.headers.get("Authorization", "")
                 expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                query = parse_qs(urlsplit(self.path).query)
+                server.log.append(("GET", " ".join(query.get("scope", []))))
                 if auth != expected:
                     self.send_response(401)
                     self.end_headers()
                     return
-                query = parse_qs(urlsplit(self.path).query)
-                body = json.dumps({"token": server.token(query.get("service", [""])[0],
-                                                         " ".join(query.get("scope", [])))}).encode()
+                self._grant(query.get("service", [""])[0], " ".join(query.get("scope", [])), "token")
+
+            def do_POST(self) -> None:  # noqa: N802 - OAuth2 refresh-token grant (distribution token spec)
+                server.requests += 1
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+                scope = form.get("scope", [""])[0]
+                server.log.append(("POST", scope))
+                if (form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [REFRESH]
+                        or not form.get("client_id") or "Authorization" in self.headers):
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._grant(form.get("service", [""])[0], scope, "access_token")
+
+            def _grant(self, service: str, scope: str, field: str) -> None:
+                body = json.dumps({field: server.token(service, scope), "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -187,3 +205,150 @@ def test_no_credentials_is_one_line(auth_registry, tpm_certs, small_image, test_
                                     str(tpm_certs), env=env_for(test_tpm, tmp_path)))
     print(line)
     assert host in line
+
+
+# ---- issue 10, items 1, 7, 8: auth as docker does it, nothing in clear -----------------------------
+
+
+def test_identity_token_uses_the_refresh_grant(token_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    reg, tokens = token_registry
+    host = f"localhost:{reg.port}"
+    docker_config(tmp_path, {"auths": {host: {"auth": "", "identitytoken": REFRESH}}})
+    before = len(tokens.log)
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/identity:1", "--cert-dir", str(tpm_certs),
+                   env=env_for(test_tpm, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert tokens.log[before:] and all(method == "POST" for method, _ in tokens.log[before:])
+
+
+def test_identity_token_from_a_helper(token_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    reg, tokens = token_registry
+    host = f"localhost:{reg.port}"
+    docker_config(tmp_path, {"credHelpers": {host: "tpmtlstest"}})
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/identity-helper:1", "--cert-dir",
+                   str(tpm_certs), env=env_for(test_tpm, tmp_path, **credential_helper(tmp_path, "<token>", REFRESH)))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_one_token_per_scope_and_no_catalog_scope(token_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    reg, tokens = token_registry
+    host = f"localhost:{reg.port}"
+    docker_config(tmp_path, {"auths": {host: auth_entry(USER, PASSWORD)}})
+    before = len(tokens.log)
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/shared:1", "--cert-dir", str(tpm_certs),
+                   "--jobs", "4", env=env_for(test_tpm, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    scopes = [scope for _, scope in tokens.log[before:]]
+    print(scopes)
+    assert not any("catalog" in s for s in scopes)
+    assert scopes.count("repository:shared:pull,push") == 1  # 4 parallel jobs, one token
+
+
+def test_unparseable_auth_names_the_file(basic_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    host = f"localhost:{basic_registry.port}"
+    docker_config(tmp_path, {"auths": {host: {"auth": "not base64 at all!"}}})
+    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/x:1", "--cert-dir",
+                                    str(tpm_certs), env=env_for(test_tpm, tmp_path)))
+    assert str(tmp_path / "docker" / "config.json") in line and "auth" in line
+
+
+@pytest.fixture(scope="module")
+def resolved_registry(pki, tmp_path_factory):
+    """A token registry whose realm names a host that only --resolve makes reachable."""
+    require("docker-registry")
+    work = tmp_path_factory.mktemp("resolved")
+    tokens = TokenServer(pki, work)
+    config = {"realm": f"https://server.domain.com:{tokens.port}/token", "service": "tpmtls-test",
+              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
+    try:
+        with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", token=config) as reg:
+            yield reg, tokens
+    finally:
+        tokens.close()
+
+
+def test_resolve_applies_to_the_token_server(resolved_registry, tpm_certs, small_image, test_tpm, tmp_path):
+    reg, tokens = resolved_registry
+    host = f"server.domain.com:{reg.port}"
+    proc = run_cli("push", f"docker-archive:{small_image}", f"{host}/resolved:1", "--cert-dir", str(tpm_certs),
+                   "--resolve", f"{host}:127.0.0.1", "--resolve", f"server.domain.com:{tokens.port}:127.0.0.1",
+                   "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert tokens.log
+
+
+def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, small_image, test_tpm, tmp_path):
+    require("docker-registry")
+    from peers import CountingListener
+
+    listener = CountingListener()
+    tokens = TokenServer(pki, tmp_path)
+    config = {"realm": f"http://127.0.0.1:{listener.port}/token", "service": "tpmtls-test",
+              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
+    try:
+        with Registry(pki.server_cert, pki.server_key, pki.ca_file, tmp_path / "reg", token=config) as reg:
+            line = one_line_failure(run_cli(
+                "push", f"docker-archive:{small_image}", f"localhost:{reg.port}/clear:1", "--cert-dir",
+                str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
+                stdin=PASSWORD + "\n"))
+    finally:
+        listener.close()
+        tokens.close()
+    print(line)
+    assert f"http://127.0.0.1:{listener.port}/token" in line and "not https" in line
+    assert listener.connections == 0
+
+
+def test_plain_http_upload_location_gets_no_layer_data(pki, tpm_certs, small_image, test_tpm, tmp_path):
+    from peers import CountingListener, HostileRegistry
+
+    listener = CountingListener()
+    try:
+        with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/upload/1") as hostile:
+            line = one_line_failure(run_cli(
+                "push", f"docker-archive:{small_image}", f"localhost:{hostile.port}/clear:1", "--cert-dir",
+                str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
+                stdin=PASSWORD + "\n"))
+    finally:
+        listener.close()
+    print(line)
+    assert f"http://127.0.0.1:{listener.port}/upload/1" in line and "not https" in line
+    assert listener.connections == 0
+
+
+def test_foreign_upload_location_gets_no_authorization(pki, tpm_certs, small_image, test_tpm, tmp_path):
+    from peers import HostileRegistry
+
+    with HostileRegistry(pki) as storage, HostileRegistry(pki) as hostile:
+        hostile.upload_location = f"https://server.domain.com:{storage.port}/upload/1"
+        proc = run_cli("push", f"docker-archive:{small_image}", f"localhost:{hostile.port}/foreign:1",
+                       "--cert-dir", str(tpm_certs), "--username", USER, "--password-stdin",
+                       "--resolve", f"server.domain.com:{storage.port}:127.0.0.1",
+                       env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n")
+    print(proc.stderr, storage.seen[:3])
+    patches = [s for s in storage.seen if s[0] == "PATCH"]
+    assert patches, storage.seen  # the layer went to the storage host (over https) ...
+    assert all(auth is None for _, _, auth in storage.seen)  # ... without the registry's credentials
+    assert any(auth for _, _, auth in hostile.seen)  # which the registry itself did get
+
+
+def test_pull_redirects_get_no_authorization_and_never_plain_http(pki, tpm_certs, test_tpm, tmp_path):
+    from peers import CountingListener, HostileRegistry
+
+    listener = CountingListener()
+    try:
+        with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/blob") as hostile:
+            line = one_line_failure(run_cli(
+                "pull", f"localhost:{hostile.port}/r:1", f"oci:{tmp_path / 'o'}", "--cert-dir", str(tpm_certs),
+                "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n"))
+    finally:
+        listener.close()
+    assert f"http://127.0.0.1:{listener.port}/blob" in line and "not https" in line
+    assert listener.connections == 0
+    with HostileRegistry(pki) as storage, HostileRegistry(pki) as hostile:
+        hostile.upload_location = f"https://server.domain.com:{storage.port}/blob"
+        run_cli("pull", f"localhost:{hostile.port}/r:1", f"oci:{tmp_path / 'o2'}", "--cert-dir", str(tpm_certs),
+                "--resolve", f"server.domain.com:{storage.port}:127.0.0.1", "--username", USER, "--password-stdin",
+                env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n")
+    assert [s for s in storage.seen if s[0] == "GET"]  # the redirect was followed, over https ...
+    assert all(auth is None for _, _, auth in storage.seen)  # ... without the registry's credentials

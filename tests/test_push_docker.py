@@ -46,3 +46,29 @@ def test_unknown_daemon_image(dockerd, registry, tpm_certs, test_tpm, tmp_path):
     proc = run_cli("push", "no-such-image:1", f"localhost:{registry.port}/x:1", "--cert-dir", str(tpm_certs),
                    env=env_for(test_tpm, tmp_path, **dockerd.env))
     assert "no-such-image:1: no such image in the local Docker daemon" in one_line_failure(proc)
+
+
+def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_tpm, tmp_path):
+    """Issue 10 item 15: a registry that refuses us is found out before `docker save` runs."""
+    import time
+
+    from peers import Pki
+    from registry_env import cert_dir
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("x.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"x\n"))
+    image_id = docker(dockerd, "import", "-", "unsaved:1", input=buf.getvalue()).strip()
+    stranger = Pki(tmp_path / "other", cn="not the registry's CA")
+    cert, key = stranger.software_client("stranger")
+    certs = cert_dir(tmp_path / "c", pki, cert, key)
+    since = str(int(time.time()) - 1)
+    proc = run_cli("push", "unsaved:1", f"localhost:{registry.port}/x:1", "--cert-dir", str(certs),
+                   env=env_for(test_tpm, tmp_path, **dockerd.env))
+    assert "refused our client certificate" in one_line_failure(proc)
+    until = str(int(time.time()) + 1)
+    events = docker(dockerd, "events", "--since", since, "--until", until, "--filter", "type=image",
+                    "--format", "{{.Action}} {{.Actor.ID}}")
+    assert f"save {image_id}" not in events.splitlines(), events

@@ -30,7 +30,7 @@ def test_registry_rejects_client_certificate(registry, pki, small_image, test_tp
 def test_no_client_certificate(registry, pki, small_image, test_tpm, tmp_path):
     certs = cert_dir(tmp_path / "c", pki, None, None)
     line = one_line_failure(push(small_image, f"localhost:{registry.port}/x:1", certs, test_tpm, tmp_path))
-    assert "refused our client certificate" in line
+    assert "requires a client certificate and none is configured" in line
 
 
 def test_server_certificate_not_trusted(registry, pki, tpm_certs, small_image, test_tpm, tmp_path):

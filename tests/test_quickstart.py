@@ -22,7 +22,8 @@ def test_make_quickstart():
     for step in range(1, 10):
         assert f"[{step}/9]" in out
     assert "latest: digest: sha256:" in out
-    assert out.count("refused our client certificate") == 2
+    assert out.count(": refused: ") == 2
+    assert "refused our client certificate" in out and "none is configured" in out
     assert "matches the push" in out
     assert out.strip().endswith("quickstart passed")
 
@@ -47,3 +48,19 @@ def test_ca_and_certs_install_commands(cli, tmp_path):
     assert "already holds a CA" in cli.fails("ca", "init", "ca", "--name", "again")
     assert "software key" in cli.fails("certs", "install", "h:1", "--cert", "client.cert", "--key",
                                        str(tmp_path / "ca" / "ca.key"), "--ca", "ca/ca.crt", "--root", "certs.d")
+
+
+def test_quickstart_keeps_software_keys_private(tmp_path):
+    """Issue 10 item 13: software private keys it writes are 0600; its output is on stdout, failures on stderr."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENSSL_CONF", "TPMTLS_TCTI")}
+    work = tmp_path / "qs"
+    proc = subprocess.run([sys.executable, "-m", "tpmtls", "quickstart", "--workdir", str(work)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr == ""
+    keys = [p for p in work.rglob("*") if p.is_file() and p.suffix in (".key", ".pem")
+            and b"PRIVATE KEY-----" in p.read_bytes()[:100] and b"TSS2" not in p.read_bytes()[:100]]
+    assert keys
+    assert all(p.stat().st_mode & 0o077 == 0 for p in keys), [(str(p), oct(p.stat().st_mode)) for p in keys]

@@ -34,48 +34,54 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     certs = sub.add_parser("certs", help="Docker's certs.d")
     ssub = certs.add_subparsers(dest="certs_command", required=True, metavar="{install}")
-    p = ssub.add_parser("install", help="put ca.crt, client.cert, client.key where Docker looks for HOST[:PORT]")
+    p = ssub.add_parser("install", help="check and put ca.crt, client.cert, client.key in tpmtls's certs.d for HOST[:PORT]")
     p.add_argument("hostport", metavar="HOST[:PORT]")
     p.add_argument("--cert", required=True, metavar="C")
     p.add_argument("--key", required=True, metavar="K", help="the TPM key file (TSS2 PRIVATE KEY) or handle form")
     p.add_argument("--ca", required=True, metavar="CA")
-    p.add_argument("--root", default="/etc/docker/certs.d", metavar="DIR")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="tpmtls's certs.d (default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; never Docker's: a TPM "
+                   "key there breaks stock docker for that registry)")
     p.set_defaults(func=install)
 
 
 def init(args: argparse.Namespace) -> int:
+    if not args.name.strip():
+        raise UsageError("--name: give the CA a common name, e.g. --name 'Acme registry CA'")
     ca = FileCA.init(args.dir, args.name)
     say(f"created CA {args.name!r}: {ca.cert_path} (its key {Path(args.dir) / 'ca.key'} is mode 0600)")
     return 0
 
 
 def issue(args: argparse.Namespace) -> int:
-    out = check_writable(args.out, args.force)
+    ca_files = [Path(args.dir) / "ca.crt", Path(args.dir) / "ca.key"]
+    out = check_writable(args.out, args.force, inputs=(args.csr, *ca_files))
     ca = FileCA.open(args.dir)
     try:
         csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
     except FileNotFoundError:
         raise UsageError(f"{args.csr}: no such CSR file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{args.csr}: is a directory, not a CSR file") from None
+    except OSError as e:
+        raise UsageError(f"{args.csr}: cannot read: {e.strerror}") from None
     except ValueError as e:
         raise UsageError(f"{args.csr}: not a PEM CSR ({e})") from None
-    cert = ca.issue(csr, server=args.server, sans=args.san)
+    try:
+        cert = ca.issue(csr, server=args.server, sans=args.san)
+    except UsageError as e:
+        raise UsageError(f"{args.csr}: {e}") from None
     write_atomic(out, cert.public_bytes(Encoding.PEM), 0o644)
     say(f"issued {'server' if args.server else 'client'} certificate for {cert.subject.rfc4514_string()} to {out}")
     return 0
 
 
 def install(args: argparse.Namespace) -> int:
-    from ..tpm.keyfile import read_key_reference
+    from ..pki.install import install as install_certs
 
-    read_key_reference(args.key)  # a clear error now if it is not a TPM key file
-    for f in (args.cert, args.ca):
-        if not Path(f).is_file():
-            raise UsageError(f"{f}: no such file")
-    target = Path(args.root) / args.hostport
-    target.mkdir(parents=True, exist_ok=True)
-    for src, name, mode in ((args.ca, "ca.crt", 0o644), (args.cert, "client.cert", 0o644), (args.key, "client.key", 0o600)):
-        write_atomic(target / name, Path(src).read_bytes(), mode)
-    say(f"installed {target}/ca.crt, client.cert, client.key (TPM key: Docker's names, tpmtls reads the label)")
+    target = install_certs(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
+    say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
+        "/etc/docker/certs.d untouched)")
     return 0
 
 

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    out = check_writable(args.out, args.force)
+    out = check_writable(args.out, args.force, inputs=(args.key, args.password_file))
     key = connect(args.tcti).load_key(args.key, read_secret_file(args.password_file))
     csr = build_csr(key, args.subject, args.san)
     write_atomic(out, csr.public_bytes(Encoding.PEM), 0o644)

@@ -9,6 +9,7 @@ from tpm2_pytss.constants import TPMA_OBJECT
 
 from .. import connect
 from .._files import check_writable, write_atomic
+from .._files import OutputError
 from ..errors import KeyFileError
 from ..tpm.keyfile import OWNER, read_key_reference
 from ..tpm.templates import ALGORITHMS, algorithm_name
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def create(args: argparse.Namespace) -> int:
+    check_writable(args.out, args.force, inputs=(args.password_file,))
     password = read_secret_file(args.password_file)
     key = connect(args.tcti).create_key(args.alg, args.out, password, overwrite=args.force)
     say(f"created {key.algorithm} key in the TPM; key file {args.out} (TSS2 PRIVATE KEY, parent 0x{OWNER:08x})")
@@ -60,12 +62,13 @@ def create(args: argparse.Namespace) -> int:
 
 
 def import_(args: argparse.Namespace) -> int:
-    check_writable(args.out, args.force)
+    check_writable(args.out, args.force, inputs=(args.pem, args.pem_password_file, args.password_file))
     pem_path = Path(args.pem)
     try:
         pem = pem_path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"{pem_path}: cannot read: {e.strerror}") from None
+    check_importable(pem, read_secret_file(args.pem_password_file), pem_path)
     key = connect(args.tcti).import_key(
         pem,
         args.out,
@@ -77,6 +80,47 @@ def import_(args: argparse.Namespace) -> int:
     say(f"imported {key.algorithm} key into the TPM; key file {args.out}; "
         f"{pem_path} is no longer needed: delete it (tpmtls did not copy it anywhere)")
     return 0
+
+
+def _evict(persisted: object) -> None:
+    """Remove a persistent key this command just made (TPM2_EvictControl on its handle)."""
+    from tpm2_pytss.constants import ESYS_TR
+
+    handle = int(str(getattr(persisted, "reference")).split(":", 1)[1], 16)
+    pool = getattr(persisted, "_pool")
+    pool.run("evict", lambda ctx: ctx.esapi.evict_control(ESYS_TR.RH_OWNER, ctx.esapi.tr_from_tpmpublic(handle),
+                                                          handle))
+
+
+SUPPORTED = "tpmtls imports RSA 2048/3072 (e=65537) and ECC P-256/P-384 keys, what TPM 2.0 chips support"
+
+
+def check_importable(pem: bytes, pem_password: bytes | None, source: Path) -> None:
+    """Refuse, in one line, keys no TPM (or no TLS client) should take, before the TPM sees them."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem, pem_password)
+    except TypeError as e:
+        raise KeyFileError(f"{source}: {e}; pass the PEM's password (--pem-password-file)") from None
+    except ValueError as e:
+        raise KeyFileError(f"{source}: not a PEM private key ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm
+        raise KeyFileError(f"{source}: cannot read private key: {e}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        bits, exponent = key.key_size, key.public_key().public_numbers().e
+        if bits < 2048:
+            raise KeyFileError(f"{source}: RSA-{bits} is too weak for TLS client keys (2048 bits at least); "
+                               "create a new key with 'tpmtls key create'")
+        if bits not in (2048, 3072) or exponent != 65537:
+            raise KeyFileError(f"{source}: RSA-{bits} with e={exponent} cannot be imported: {SUPPORTED}")
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            raise KeyFileError(f"{source}: EC curve {key.curve.name} cannot be imported: {SUPPORTED}")
+    else:
+        kind = type(key).__name__.replace("PrivateKey", "").lstrip("_")
+        raise KeyFileError(f"{source}: {kind} keys cannot go into a TPM 2.0: {SUPPORTED}")
 
 
 def show(args: argparse.Namespace) -> int:
@@ -110,11 +154,15 @@ def show(args: argparse.Namespace) -> int:
 
 def persist(args: argparse.Namespace) -> int:
     if args.out:
-        check_writable(args.out, args.force)
+        check_writable(args.out, args.force, inputs=(args.key, args.password_file))  # before the TPM changes
     key = connect(args.tcti).load_key(args.key, read_secret_file(args.password_file))
     persisted = key.persist(args.handle)
     if args.out:
-        write_atomic(args.out, persisted.to_pem(), 0o644)
+        try:
+            write_atomic(args.out, persisted.to_pem(), 0o644)
+        except OutputError as e:  # e.g. a full disk: undo, so the same command can be run again
+            _evict(persisted)
+            raise OutputError(f"{e}; the key was not left at {persisted.reference}") from None
     where = f"; handle key file {args.out}" if args.out else ""
     say(f"persisted {args.key} at {persisted.reference}{where}")
     return 0

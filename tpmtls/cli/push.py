@@ -14,8 +14,10 @@ def build_parser() -> Parser:
     p = Parser(prog="tpmtls-push", description="Push an image to a registry that requires a client certificate "
                "whose key lives in the TPM.")
     p.add_argument("image", metavar="IMAGE",
-                   help="a local daemon image (name or id), docker-archive:PATH, oci:PATH[:TAG] or oci-archive:PATH")
+                   help="a local daemon image (name or id), docker-archive:PATH, oci:PATH[:TAG|@DIGEST] or oci-archive:PATH")
     p.add_argument("destination", metavar="HOST[:PORT]/REPO[:TAG]")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="push only this platform's image (OCI layouts with several images or an index)")
     add_registry_args(p)
     add_tcti(p, top=True)
     return p
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     try:
         push(args.image, args.destination, tcti=args.tcti, progress=print_progress_default(), cancel=cancel,
-             **registry_options(args))
+             platform=args.platform, **registry_options(args))
     except KeyboardInterrupt:
         cancel.set()
         print("tpmtls-push: interrupted; nothing was tagged. Run the same command again to resume "

@@ -11,9 +11,9 @@ from ..errors import UsageError
 
 def add_registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert-dir", metavar="D", help="certs.d-style directory (ca.crt, client.cert, client.key); "
-                   "default: /etc/docker/certs.d/HOST[:PORT]")
-    p.add_argument("--certs-root", metavar="DIR", help="where to look for HOST[:PORT] directories "
-                   "(default $TPMTLS_CERTS_D or /etc/docker/certs.d)")
+                   "default: tpmtls's certs.d, then Docker's, for HOST[:PORT]")
+    p.add_argument("--certs-root", metavar="DIR", help="tpmtls's certs.d root, read before Docker's "
+                   "(default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; Docker's: $DOCKER_CERTS_D or /etc/docker/certs.d)")
     p.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDR",
                    help="connect to ADDR for HOST:PORT, like curl (repeatable)")
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in parallel (default 4)")

@@ -38,7 +38,10 @@ class FileCA:
         d = Path(directory)
         if (d / "ca.crt").exists() or (d / "ca.key").exists():
             raise UsageError(f"{d}: already holds a CA (ca.crt/ca.key); use another directory")
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"{d}: cannot create the CA directory: {e.strerror or e}") from None
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -66,10 +69,15 @@ class FileCA:
             cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
         except FileNotFoundError as e:
             raise UsageError(f"{d}: not a CA directory ({Path(e.filename).name} missing; run 'tpmtls ca init')") from None
+        except OSError as e:
+            raise UsageError(f"{d}: cannot read the CA files: {e.strerror or e}") from None
         except ValueError as e:
             raise UsageError(f"{d}: damaged CA files ({e})") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise UsageError(f"{d}/ca.key: not the EC key 'tpmtls ca init' makes")
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+            raise UsageError(f"{d}: ca.key does not belong to ca.crt (certificates it signed would not verify)")
         return cls(d, key, cert)
 
     def issue(self, csr: x509.CertificateSigningRequest, *, server: bool = False, sans: Sequence[str] = (),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import RegistryError
 
+TOKEN_USER = "<token>"  # docker's username for an identity token (credential-helper protocol)
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -28,6 +29,11 @@ class Credentials:
     username: str
     secret: str  # never logged
     source: str  # where they came from, for error messages
+
+    @property
+    def identity_token(self) -> bool:
+        """An OAuth2 refresh token (docker login's `identitytoken`), not a password."""
+        return self.username == TOKEN_USER
 
     def basic(self) -> str:
         return "Basic " + base64.b64encode(f"{self.username}:{self.secret}".encode()).decode()
@@ -60,11 +66,19 @@ def find_credentials(registry: str, config: Path | None = None) -> Credentials |
     auths = data.get("auths") or {}
     for key in _config_keys(registry):
         entry = auths.get(key)
-        if entry and entry.get("auth"):
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("identitytoken"):
+            return Credentials(TOKEN_USER, str(entry["identitytoken"]), f"{path} identitytoken")
+        if entry.get("auth"):
+            bad = RegistryError(f"{path}: auths[{key!r}].auth is not base64 of 'user:password'; "
+                                f"run docker login {registry} again")
             try:
-                user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise RegistryError(f"{path}: auths[{key!r}].auth is not base64 'user:password'") from None
+                user, colon, secret = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError, TypeError):
+                raise bad from None
+            if not colon or not user:
+                raise bad
             return Credentials(user, secret, f"{path} auths")
     return None
 

@@ -23,9 +23,12 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from ..errors import RegistryError
 from .auth import Credentials, parse_challenge
+from .reference import Reference, parse_reference  # noqa: F401 - re-exported
+from .tokens import get_token
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 5  # per request, and per upload resync
+CONNECT_TIMEOUT = 10.0  # TCP connect and TLS handshake; a silent server fails in this, once
 CHUNK = 8 * 1024 * 1024  # upload chunk: a dropped connection costs at most this much again
 
 MANIFEST_TYPES = (
@@ -34,42 +37,6 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-
-
-@dataclass(frozen=True)
-class Reference:
-    """`host[:port]/repo[:tag|@digest]`."""
-
-    registry: str
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def ref(self) -> str:
-        return self.digest or self.tag or "latest"
-
-    def __str__(self) -> str:
-        tail = f"@{self.digest}" if self.digest else f":{self.ref}"
-        return f"{self.registry}/{self.repository}{tail}"
-
-
-def parse_reference(text: str) -> Reference:
-    """Parse HOST[:PORT]/REPO[:TAG|@DIGEST]; the first part must be a registry host."""
-    registry, sep, rest = text.partition("/")
-    if not sep or not rest or not ("." in registry or ":" in registry or registry == "localhost"):
-        raise RegistryError(f"{text!r}: write the destination as HOST[:PORT]/REPO[:TAG]")
-    digest = None
-    if "@" in rest:
-        rest, _, digest = rest.partition("@")
-        if not digest.startswith("sha256:") or len(digest) != 71:
-            raise RegistryError(f"{text!r}: {digest!r} is not a sha256 digest")
-    repo, _, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
-    if not repo:
-        repo, tag = rest, ""
-    if not repo or repo != repo.lower() or any(c in repo for c in " \t"):
-        raise RegistryError(f"{text!r}: repository names are lowercase, like 'library/alpine'")
-    return Reference(registry, repo, tag or (None if digest else "latest"), digest)
 
 
 def parse_resolve(values: list[str] | None) -> dict[str, str]:
@@ -107,36 +74,61 @@ class RegistryClient:
         credentials: Credentials | None = None,
         connections: int = 4,
         timeout: float = 120.0,
+        client_cert: str | None = None,
     ) -> None:
         host, _, port = registry.rpartition(":") if ":" in registry else (registry, "", "443")
         self.registry = registry
         self.host = host
         self.port = int(port)
         self.credentials = credentials
-        address = (resolve or {}).get(f"{host}:{self.port}", host)
-        self._timeout = urllib3.Timeout(connect=15.0, read=timeout)
-        # Connect to `address`; SNI, Host and the certificate check use the registry's name.
-        self._pool = urllib3.HTTPSConnectionPool(
-            address, self.port, ssl_context=context, server_hostname=host, assert_hostname=host,
-            maxsize=connections, block=True, timeout=self._timeout, retries=False,
-        )
-        self._others = urllib3.PoolManager(ssl_context=context, retries=False, timeout=self._timeout)
+        self.client_cert = client_cert  # where our client certificate came from (None: no client cert)
+        self._context = context
+        self._resolve = dict(resolve or {})
+        self._connections = connections
+        self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=timeout)
+        self._pool = self._new_pool(host, self.port, block=True)
+        self._others: dict[str, urllib3.HTTPSConnectionPool] = {}  # token servers, storage redirects
         self._auth: dict[str, str] = {}  # scope → Authorization header value
+        self._challenge: tuple[str, dict[str, str]] | None = None  # the registry's last 401 challenge
+        self._token_lock = threading.Lock()
         self._answered = False  # has the registry ever answered a request?
         self._lock = threading.Lock()
         self.bytes_sent = 0
 
     def close(self) -> None:
         self._pool.close()
-        self._others.clear()
+        for pool in list(self._others.values()):
+            pool.close()
 
     # -- requests ------------------------------------------------------------------
 
-    def _target(self, url: str) -> tuple[Any, str]:
+    def _new_pool(self, host: str, port: int, *, block: bool) -> urllib3.HTTPSConnectionPool:
+        """HTTPS to host:port, connecting where --resolve says; SNI and the certificate check use `host`."""
+        address = self._resolve.get(f"{host}:{port}", host)
+        return urllib3.HTTPSConnectionPool(
+            address, port, ssl_context=self._context, server_hostname=host, assert_hostname=host,
+            maxsize=self._connections, block=block, timeout=self._timeout, retries=False,
+        )
+
+    def _target(self, url: str, what: str = "a request") -> tuple[Any, str, bool]:
+        """(pool, request target, is it the registry itself?). Only https leaves this process:
+        credentials and layer data never travel in clear (DESIGN §7)."""
         parts = urlsplit(url)
-        if not parts.netloc or parts.netloc in (self.registry, f"{self.host}:{self.port}"):
-            return self._pool, parts.path + (f"?{parts.query}" if parts.query else "")
-        return self._others, url
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not parts.scheme and not parts.netloc:
+            return self._pool, path, True
+        if parts.scheme.lower() != "https":
+            raise RegistryError(f"{self.registry}: refusing to send {what} to {url.split('?')[0]}: "
+                                "it is not https (credentials and layer data never travel in clear)")
+        host, port = parts.hostname or "", parts.port or 443
+        if host.lower() == self.host.lower() and port == self.port:
+            return self._pool, path, True
+        key = f"{host}:{port}"
+        with self._lock:
+            pool = self._others.get(key)
+            if pool is None:
+                pool = self._others[key] = self._new_pool(host, port, block=False)
+        return pool, path, False
 
     def request(
         self,
@@ -152,31 +144,36 @@ class RegistryClient:
         """One request with auth and bounded retries (408/429/5xx, lost connections)."""
         authed = False
         for attempt in range(ATTEMPTS):
-            pool, target = self._target(url)
-            hdrs = {"Host": self.registry if pool is self._pool else urlsplit(url).netloc, **(headers or {})}
-            auth = self._auth.get(scope)
-            if auth and pool is self._pool:
+            pool, target, ours = self._target(url)
+            hdrs = {"Host": self.registry if ours else urlsplit(url).netloc, **(headers or {})}
+            auth = self._authorization(scope) if ours else None  # never to another host
+            if auth:
                 hdrs["Authorization"] = auth
             try:
                 resp = pool.urlopen(method, target, body=body, headers=hdrs, redirect=False,
                                     preload_content=not stream, assert_same_host=False)
             except Urllib3Error as e:
+                if _plain_http(e):
+                    raise RegistryError(f"{self.registry}: answers in plain HTTP, not TLS (check the port: "
+                                        "tpmtls talks to registries over https only)") from None
                 if _tls_refusal(e):
                     raise RegistryError(self._tls_reason(e)) from None
+                if not self._answered and _timed_out(e):
+                    raise RegistryError(f"{self.registry}: accepted the connection but did not answer within "
+                                        f"{CONNECT_TIMEOUT:.0f} s (is a TLS registry listening there?)") from None
                 if attempt == ATTEMPTS - 1:
                     if not self._answered and _closed_after_handshake(e):
                         # TLS 1.3: our side of the handshake ends before the server judges our
                         # certificate (RFC 8446, 4.4.2); its alert can be lost in the close.
-                        raise RegistryError(
-                            f"{self.registry}: the registry refused our client certificate (it closed every TLS "
-                            f"connection right after the handshake: {_reason(e)})") from None
+                        raise RegistryError(self._cert_refused(
+                            f"it closed every TLS connection right after the handshake: {_reason(e)}")) from None
                     raise RegistryError(f"{self.registry}: {method} failed after {ATTEMPTS} attempts: {_reason(e)}") from None
                 time.sleep(0.2 * 2**attempt)
                 continue
             self._answered = True
-            if resp.status == 401 and not authed:
+            if resp.status == 401 and ours and not authed:
                 authed = True
-                self._authenticate(resp, scope)
+                self._challenged(resp, scope, auth)
                 continue
             if resp.status in RETRY_STATUS and attempt < ATTEMPTS - 1:
                 resp.drain_conn()
@@ -197,10 +194,23 @@ class RegistryClient:
         if "certificate verify failed" in low:
             return f"{self.registry}: server certificate not trusted (check ca.crt in its certs.d directory)"
         if "alert" in low and ("certificate" in low or "unknown ca" in low or "handshake failure" in low):
-            return f"{self.registry}: the registry refused our client certificate ({_reason(e)})"
+            return self._cert_refused(_reason(e))
         return f"{self.registry}: TLS failed: {_reason(e)}"
 
+    def _cert_refused(self, detail: str) -> str:
+        """The registry (or its TLS terminator) wants a client certificate it did not get or accept."""
+        if self.client_cert is None:
+            return (f"{self.registry}: the registry requires a client certificate and none is configured for it "
+                    f"(client.cert + client.key in /etc/tpmtls/certs.d/{self.registry}/, or --cert-dir; {detail})")
+        return f"{self.registry}: the registry refused our client certificate {self.client_cert} ({detail})"
+
     def _refusal(self, method: str, target: str, resp: Any) -> str:
+        if resp.status in (400, 495, 496):  # NGINX & co. judge client certificates after the handshake
+            body = (resp.data or b"")[:2000].decode(errors="replace").lower()
+            for words in ("no required ssl certificate was sent", "ssl certificate error",
+                          "ssl certificate verify error", "certificate required"):
+                if words in body:
+                    return self._cert_refused(f"HTTP {resp.status}: {words}")
         detail = ""
         try:
             errors = json.loads(resp.data or b"{}").get("errors") or []
@@ -214,42 +224,58 @@ class RegistryClient:
             return f"{self.registry}: access denied for {target.split('?')[0]}: {detail or 'forbidden'}"
         return f"{self.registry}: {method} {target.split('?')[0]} answered {resp.status}{': ' + detail if detail else ''}"
 
-    def _authenticate(self, resp: Any, scope: str) -> None:
+    def _authorization(self, scope: str) -> str | None:
+        """The Authorization value for `scope`: known, or fetched once (under a lock, so parallel
+        jobs share one token per scope) when the registry has already told us how."""
+        auth = self._auth.get(scope)
+        if auth is not None or self._challenge is None:
+            return auth
+        with self._token_lock:
+            if scope not in self._auth:
+                self._auth[scope] = self._obtain(scope)
+            return self._auth[scope]
+
+    def _challenged(self, resp: Any, scope: str, used: str | None) -> None:
+        """A 401: remember the challenge, and get a new Authorization for `scope` unless another
+        job already replaced the one this request used."""
         header = resp.headers.get("WWW-Authenticate", "")
         resp.drain_conn()
-        scheme, params = parse_challenge(header)
+        self._challenge = parse_challenge(header)
+        if self._challenge[0] not in ("basic", "bearer") or (self._challenge[0] == "bearer"
+                                                            and "realm" not in self._challenge[1]):
+            raise RegistryError(f"{self.registry}: unsupported authentication challenge {header!r}")
+        with self._token_lock:
+            current = self._auth.get(scope)
+            if current is not None and current != used:
+                return  # refreshed by another job meanwhile
+            self._auth[scope] = self._obtain(scope)
+
+    def _obtain(self, scope: str | None) -> str:
+        """Answer the registry's challenge for `scope`: Basic credentials or a bearer token."""
+        assert self._challenge is not None
+        scheme, params = self._challenge
         if scheme == "basic":
             if self.credentials is None:
                 raise RegistryError(f"{self.registry}: needs a login (docker login, a credential helper, or --username)")
-            self._auth[scope] = self.credentials.basic()
-            return
-        if scheme != "bearer" or "realm" not in params:
-            raise RegistryError(f"{self.registry}: unsupported authentication challenge {header!r}")
-        query = {"service": params.get("service", "")} if params.get("service") else {}
-        query["scope"] = scope
-        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urlencode(query)
-        headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
-        try:
-            token_resp = self._others.request("GET", url, headers=headers)
-        except Urllib3Error as e:
-            raise RegistryError(f"{self.registry}: token server {params['realm']} unreachable: {_reason(e)}") from None
-        if token_resp.status != 200:
-            if self.credentials is None:
-                raise RegistryError(f"{self.registry}: needs a login (docker login, a credential helper, or --username)")
-            who = f" as {self.credentials.username} ({self.credentials.source})"
-            raise RegistryError(f"{self.registry}: token server refused{who}: {token_resp.status}")
-        try:
-            answer = json.loads(token_resp.data)
-            token = answer.get("token") or answer["access_token"]
-        except (ValueError, KeyError):
-            raise RegistryError(f"{self.registry}: token server answered without a token") from None
-        self._auth[scope] = f"Bearer {token}"
+            return self.credentials.basic()
+        return f"Bearer {get_token(self, params, scope)}"
+
+    def token_pool(self, realm: str) -> tuple[Any, str]:
+        """Pool and target for a token realm (https only, --resolve applies)."""
+        pool, target, _ = self._target(realm, "credentials")
+        return pool, target
 
     # -- the API -------------------------------------------------------------------
 
     def check(self) -> None:
-        """GET /v2/: reachable, TLS accepted, authentication understood."""
-        self.request("GET", "/v2/", "registry:catalog:*").drain_conn()
+        """GET /v2/: reachable, TLS accepted, authentication understood and (with credentials)
+        accepted — before any image is read or saved. Asks for no scope, like docker."""
+        resp = self.request("GET", "/v2/", "", ok=(200, 401))
+        resp.drain_conn()
+        if resp.status == 401 and self.credentials is not None and self._challenge and self._challenge[0] == "bearer":
+            self._auth[""] = self._obtain(None)  # the token server accepts our credentials
+        elif resp.status == 401 and self.credentials is not None:
+            raise RegistryError(self._refusal("GET", "/v2/", resp))
 
     def blob_exists(self, repo: str, digest: str) -> bool:
         resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", _push(repo), ok=(200, 404))
@@ -325,12 +351,13 @@ class RegistryClient:
         """Stream one PATCH. With a known length: Content-Length and Content-Range (OCI
         chunked upload); with an unknown one (gzip on the fly): chunked transfer encoding,
         which distribution appends as it reads."""
-        pool, target = self._target(location)
-        headers = {"Host": self.registry, "Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream"}
         if length is not None:
             headers["Content-Length"] = str(length)
             headers["Content-Range"] = f"{start}-{start + length - 1}"
-        auth = self._auth.get(_push(repo))
+        pool, target, ours = self._target(location, "layer data")
+        headers["Host"] = self.registry if ours else urlsplit(location).netloc
+        auth = self._authorization(_push(repo)) if ours else None  # never to a storage host
         if auth:
             headers["Authorization"] = auth
         counted = _Counted(body)
@@ -345,8 +372,8 @@ class RegistryClient:
         self.bytes_sent += counted.n
         if resp.status == 416 or resp.status in RETRY_STATUS:
             raise _Resync(location)
-        if resp.status == 401:
-            self._authenticate(resp, _push(repo))
+        if resp.status == 401 and ours:
+            self._challenged(resp, _push(repo), auth)
             raise _Resync(location)
         if resp.status != 202:
             raise RegistryError(self._refusal("PATCH", target, resp))
@@ -394,11 +421,12 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str, write: Callable[[bytes], None]) -> int:
         """Stream a blob to `write`, verifying its digest; returns its size."""
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200, 307), stream=True)
-        if resp.status == 307:  # storage redirect: follow without our credentials
-            location = resp.headers["Location"]
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200, 301, 302, 303, 307, 308),
+                            stream=True)
+        if resp.status != 200:  # storage redirect: https only, our credentials stay with the registry
+            location = resp.headers.get("Location", "")
             resp.drain_conn()
-            resp = self._others.request("GET", location, preload_content=False)
+            resp = self.request("GET", location, _pull(repo), ok=(200,), stream=True)
         hasher, size = hashlib.sha256(), 0
         try:
             for data in resp.stream(1 << 20):
@@ -490,6 +518,21 @@ def _tls_refusal(e: Exception) -> bool:
         return False
     low = str(e).lower()
     return any(w in low for w in ("certificate", "alert", "handshake", "doesn't match", "verify failed", "unknown ca"))
+
+
+def _plain_http(e: Exception) -> bool:
+    """Our ClientHello reached a plain-HTTP server (never transient: not retried)."""
+    low = str(e).lower()
+    return any(w in low for w in ("wrong version number", "http request", "record layer failure",
+                                  "packet length too long", "unknown protocol"))
+
+
+def _timed_out(e: Exception) -> bool:
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+
+    if isinstance(e, NewConnectionError):  # urllib3 makes "connection refused" a ConnectTimeoutError
+        return "timed out" in str(e).lower()
+    return isinstance(e, (ConnectTimeoutError, ReadTimeoutError)) or "timed out" in str(e).lower()
 
 
 def _closed_after_handshake(e: Exception) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 import threading
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._files import write_atomic
+from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
 from .auth import Credentials
 from .certs import registry_client
@@ -47,7 +48,7 @@ def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, pr
         progress.line(f"{digest[7:19]}: Already exists")
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out:
 
@@ -62,6 +63,62 @@ def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, pr
         Path(tmp).unlink(missing_ok=True)
         raise
     progress.line(f"{digest[7:19]}: Pull complete")
+
+
+TMP_PREFIX = ".tmp-"  # + the pulling process's pid: a later pull removes those of dead pulls
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(directory: Path, prefix: str = TMP_PREFIX) -> int:
+    """Remove temp files (or dirs) `<prefix><pid>-*` left by pulls that were killed; returns how many."""
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix):].split("-", 1)[0]
+        if pid_text.isdigit() and (int(pid_text) == os.getpid() or _alive(int(pid_text))):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _check_destination(kind: str, where: str) -> None:
+    """Before any network call: the destination can be written (one line if not)."""
+    if kind == "docker-archive":
+        check_writable(where, overwrite=True)
+        sweep_stale(Path(where).parent, f".{Path(where).name}.tmp-")
+    elif kind == "oci":
+        layout = Path(where)
+        if layout.exists() and not layout.is_dir():
+            raise OutputError(f"{layout}: exists and is not a directory (oci:PATH names a layout directory)")
+        existing = layout
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputError(f"{layout}: {existing} is not a directory")
+        check_writable(existing / ".tpmtls-pull-probe", overwrite=True)
+        sweep_stale(layout / "blobs" / "sha256")
+    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-pull-")
 
 
 def _file_sha(path: Path) -> str:
@@ -100,6 +157,7 @@ def pull(
     if kind not in ("oci", "docker-archive", "docker-daemon") or (kind != "docker-daemon" and not where):
         raise ImageError(f"{destination!r}: write the destination as oci:PATH, docker-archive:PATH or docker-daemon:")
     ref = parse_reference(source)
+    _check_destination(kind, where)
     client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
                              credentials=credentials, tcti=tcti)
     progress = progress or Progress(None)
@@ -110,7 +168,7 @@ def pull(
             _to_oci(client, ref, Path(where), data, media_type, digest, jobs, progress)
             result = PullResult(ref, digest, destination)
         else:
-            with tempfile.TemporaryDirectory(prefix="tpmtls-pull-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=f"tpmtls-pull-{os.getpid()}-") as tmp:
                 layout = Path(tmp)
                 archive = Path(where) if kind == "docker-archive" else layout / "image.tar"
                 _to_docker_archive(client, ref, layout, archive, data, media_type, jobs, progress)
@@ -195,7 +253,7 @@ def _to_docker_archive(client: RegistryClient, ref: Reference, layout: Path, arc
     entry = [{"Config": f"{config[7:]}.json", "RepoTags": [tag] if ref.tag else [],
               "Layers": [f"{d[7:]}/layer.tar" for d in layers]}]
     archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.tmp-{os.getpid()}-", dir=archive.parent)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w") as tar:
             tar.add(_blob_path(layout, config), arcname=f"{config[7:]}.json")

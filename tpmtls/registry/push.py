@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient, Reference, parse_reference
 from .progress import Progress
-from .sources import Blob, Image, open_image
+from .daemon_stream import stream_daemon_image
+from .sources import Blob, Image, find_daemon_image, is_daemon_spec, open_image
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,27 @@ class BlobCache:
                 del repos[:-8]  # a few places are enough to mount from
 
     def save(self) -> None:
+        """Write atomically (temp file + rename), merged with what other pushes saved meanwhile."""
         with self._lock:
+            try:
+                disk = json.loads(self.path.read_text())
+                if isinstance(disk, dict):
+                    for k, v in (disk.get("compressed") or {}).items():
+                        self.compressed.setdefault(k, v)
+                    for registry, digests in (disk.get("repos") or {}).items():
+                        mine = self.repos.setdefault(registry, {})
+                        for digest, repos in digests.items():
+                            known = mine.setdefault(digest, [])
+                            known[:0] = [r for r in repos if r not in known]
+                            del known[:-8]
+            except (OSError, ValueError, AttributeError, TypeError):
+                pass
             data = json.dumps({"compressed": self.compressed, "repos": self.repos}).encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.path, data, 0o600)
-        except OSError:
-            pass  # a cache we cannot write only costs speed next time
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.path, data, 0o600)
+            except OSError:
+                pass  # a cache we cannot write only costs speed next time
 
 
 def push(
@@ -97,6 +112,7 @@ def push(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     cache: BlobCache | None = None,
+    platform: str | None = None,
 ) -> PushResult:
     """Push `image` (see sources.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
     ref = parse_reference(destination)
@@ -105,31 +121,55 @@ def push(
     progress = progress or Progress(None)
     cancel = cancel or threading.Event()
     cache = cache or BlobCache()
-    img = open_image(image) if isinstance(image, str) else image
+    img: Image | None = None
     try:
-        client.check()
+        streamed = isinstance(image, str) and is_daemon_spec(image) and not platform
+        if streamed:
+            assert isinstance(image, str)
+            local = find_daemon_image(image)  # exists? (cheap)
+            client.check()  # TLS and credentials accepted, before the daemon saves anything
+        else:
+            img = open_image(image, platform) if isinstance(image, str) else image
+            client.check()
         progress.line(f"The push refers to repository [{ref.registry}/{ref.repository}]")
         uploaded: dict[Blob, tuple[str, int]] = {}
         counts = {"uploaded": 0, "mounted": 0, "existing": 0}
         lock = threading.Lock()
 
         def one(blob: Blob) -> None:
+            if blob.prepare is not None:
+                blob.prepare(blob)
             digest, size, how = _ensure(client, ref, blob, cache, progress, cancel)
             with lock:
                 uploaded[blob] = (digest, size)
                 counts[how] += 1
             cache.record(ref.registry, ref.repository, blob, digest, size)
+            cache.save()  # as each blob completes: an interrupted push resumes from here
 
         with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tpmtls-push") as pool:
-            futures = [pool.submit(one, b) for b in img.blobs]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in futures:
+            futures: dict[Blob, Future[None]] = {}
+
+            def failed() -> None:
+                for f in list(futures.values()):
                     if f.done() and f.exception():
                         raise f.exception()  # type: ignore[misc]
+
+            def submit(blob: Blob) -> None:
+                failed()  # a worker's error stops the save too
+                if blob not in futures:
+                    futures[blob] = pool.submit(one, blob)
+
+            try:
+                if streamed:  # layers upload while the daemon still saves the next ones
+                    img = stream_daemon_image(image, local, submit)  # type: ignore[arg-type]
+                assert img is not None
+                for b in img.blobs:
+                    submit(b)
+                wait(list(futures.values()), return_when=FIRST_EXCEPTION)
+                failed()
             except BaseException:
                 cancel.set()
-                for f in futures:
+                for f in futures.values():
                     f.cancel()
                 raise
         cache.save()
@@ -148,7 +188,8 @@ def push(
     finally:
         progress.close()
         client.close()
-        img.cleanup()
+        if img is not None:
+            img.cleanup()
 
 
 def _sha(data: bytes) -> str:
