@@ -20,6 +20,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tpmtls.testing import TpmTiming
+
 from .lab import Lab, environment
 
 MODES = ("software", "tpmtls", "open-per-sign", "tpm2-openssl")
@@ -54,9 +56,12 @@ def handshakes(args: argparse.Namespace) -> int:
     threads, modes = [int(t) for t in _csv(args.threads)], _csv(args.modes)
     results: list[dict[str, Any]] = []
     raw: dict[str, dict[str, float]] = {}
+    timing = TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None
     with ExitStack() as stack:
-        lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack)
+        lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack, timing)
         port = lab.s_server()
+        if timing:
+            print(f"TPM at a hardware pace: TPM2_Sign {args.tpm_latency:g} ms", flush=True)
         for alg in algs:
             tpm_cert, tpm_key = lab.client(alg, "tpm")
             soft_cert, soft_key = lab.client(alg, "software")
@@ -76,7 +81,10 @@ def handshakes(args: argparse.Namespace) -> int:
                             cfg = {"mode": base, "path": path, "tls": version, "threads": n, "seconds": args.seconds,
                                    "port": port, "cert": str(cert), "key": str(key), "ca": str(lab.ca.cert_path),
                                    "tcti": lab.tpm.tcti, "resume": mode == "tpmtls+resume"}
+                            tpm_signs = lab.tpm.latency.signatures() if lab.tpm.latency else None
                             r = _worker(lab, cfg)
+                            if lab.tpm.latency is not None and tpm_signs is not None:  # counted at the TPM itself
+                                r["tpm_signatures"] = lab.tpm.latency.signatures() - tpm_signs
                             row = {"mode": mode, "alg": alg, "tls": version, "path": path, "threads": n,
                                    "handshakes_per_s": r["per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                                    "errors": r["errors"], "count": r["count"]}
@@ -87,10 +95,11 @@ def handshakes(args: argparse.Namespace) -> int:
                             results.append(row)
                             print(f"  {alg} TLS{version} {path:9} threads={n:<2} {mode:14} "
                                   f"{r['per_s']:8.1f}/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
-                                  f"errors {r['errors']}", flush=True)
+                                  f"errors {r['errors']}  TPM signatures {r.get('tpm_signatures', '-')}", flush=True)
     print()
     print(handshake_table(results, modes, args.resume))
-    _write_json(args.json, {"env": environment(), "results": results, "raw_sign_per_s": raw})
+    _write_json(args.json, {"env": environment(), "tpm_latency_ms": args.tpm_latency, "results": results,
+                            "raw_sign_per_s": raw})
     return 0
 
 
@@ -138,8 +147,9 @@ def pool(args: argparse.Namespace) -> int:
     sizes, threads = [int(s) for s in _csv(args.sizes)], [int(t) for t in _csv(args.threads)]
     results: list[dict[str, Any]] = []
     digest = hashlib.sha256(b"pool benchmark").digest()
+    timing = TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None
     with ExitStack() as stack:
-        lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack)
+        lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack, timing)
         _, key_path = lab.client(args.alg, "tpm")
         alg = TPM2_ALG.ECDSA if args.alg.startswith("ecc") else TPM2_ALG.RSASSA
         scheme = _scheme(alg, "sha256")
@@ -150,6 +160,7 @@ def pool(args: argparse.Namespace) -> int:
                 for _ in range(size * 2):  # warm every context: open, SRK, key loaded
                     key._sign_with(scheme, digest)
                 before = p.stats()
+                busy0 = lab.tpm.latency.busy if lab.tpm.latency else 0.0
                 end = time.monotonic() + args.seconds
                 count = [0] * n
 
@@ -174,10 +185,16 @@ def pool(args: argparse.Namespace) -> int:
                        "mean_wait_ms": round((after.wait_seconds - before.wait_seconds) / waits * 1000, 2) if waits else 0,
                        "max_wait_ms": round(after.max_wait_seconds * 1000, 2),
                        "mean_sign_ms": round((after.sign_seconds - before.sign_seconds) / signs * 1000, 2) if signs else None,
-                       "errors": after.errors - before.errors, "rebuilds": after.rebuilds - before.rebuilds}
+                       "errors": after.errors - before.errors, "rebuilds": after.rebuilds - before.rebuilds,
+                       # fairness: the least and most signatures one thread got in the same time
+                       "per_thread_min": min(count), "per_thread_max": max(count)}
+                if lab.tpm.latency is not None:  # share of the run the TPM was executing commands
+                    row["tpm_busy"] = round((lab.tpm.latency.busy - busy0) / elapsed, 2)
                 results.append(row)
                 print(f"  size={size} threads={n:<2} {row['signatures_per_s']:8.1f} signatures/s  "
-                      f"mean sign {row['mean_sign_ms']} ms  waits {waits} (mean {row['mean_wait_ms']} ms)", flush=True)
+                      f"mean sign {row['mean_sign_ms']} ms  waits {waits} (mean {row['mean_wait_ms']} ms, max "
+                      f"{row['max_wait_ms']} ms)  per thread {min(count)}..{max(count)}"
+                      + (f"  TPM busy {row['tpm_busy']:.0%}" if timing else ""), flush=True)
     print()
     print(pool_table(results, sizes, threads))
     _write_json(args.json, {"env": environment(), "results": results})
@@ -328,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path", default="pyopenssl,stdlib")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--resume", action="store_true", help="also tpmtls with TLS session resumption")
+    p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
+                   help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=handshakes)
     p = sub.add_parser("pool", help="pool size x threads: where the TPM saturates")
@@ -335,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2,4,8,16,32")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--alg", default="ecc-p256")
+    p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
+                   help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=pool)
     p = sub.add_parser("push", help="tpmtls-push (TPM key) vs skopeo (software key), cold and warm")
@@ -345,9 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-layers", type=int, default=5, help="layers of the real-file image (1-5, smallest first)")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=push)
-    from . import daemon
+    from . import connections, daemon
 
     daemon.register(sub)
+    connections.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

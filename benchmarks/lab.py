@@ -18,15 +18,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import tpmtls
 from tpmtls.pki.ca import FileCA
 from tpmtls.pki.csr import build_csr
-from tpmtls.testing import TestTpm, free_port
+from tpmtls.testing import TestTpm, TpmTiming, free_port
 
 ALGS = ("ecc-p256", "ecc-p384", "rsa2048", "rsa3072")
 
 
 class Lab:
-    def __init__(self, work: Path, stack: ExitStack) -> None:
+    def __init__(self, work: Path, stack: ExitStack, timing: TpmTiming | None = None) -> None:
+        """`timing`: a hardware TPM's pace (a forwarder between abrmd and swtpm; see tpmtls.testing)."""
         self.work = work
-        self.tpm = stack.enter_context(TestTpm(work / "tpm"))
+        self.tpm = stack.enter_context(TestTpm(work / "tpm", timing=timing))
         self.ca = FileCA.init(work / "ca", "tpmtls benchmark CA")
         server_key = ec.generate_private_key(ec.SECP256R1())
         self.server_key = self._write_key("server.key", server_key)

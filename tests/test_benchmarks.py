@@ -61,3 +61,18 @@ def test_push_benchmark_real_files_from_the_daemon(tmp_path):
     runs = {(r["source"], r["tool"], r["run"]): r for r in data["results"]}
     assert {(s, t) for s, t, _ in runs} == {(s, t) for s in ("archive", "daemon") for t in ("tpmtls-push", "skopeo")}
     assert all(r["ok"] and r["content"] == "real" and r["mb"] > 5 for r in runs.values()), runs
+
+
+def test_connections_benchmark_at_tpm_latency(tmp_path):
+    """`connections --tpm-latency`: resumption keeps signatures at one per server; a chart is written."""
+    require("openssl", "swtpm", "tpm2-abrmd")
+    data = bench("connections", "--tpm-latency", "20", "--count", "6", "--threads", "4", "--servers", "2",
+                 "--per-thread", "3", tmp_path=tmp_path)
+    by = {r["mode"]: r for r in data["sequential"]}
+    assert all(r["errors"] == 0 for r in by.values())
+    assert by["software"]["tpm_signatures"] == 0
+    assert by["tpmtls"]["tpm_signatures"] == 1  # one full handshake, then resumed
+    assert by["tpmtls, resume=False"]["tpm_signatures"] == 6
+    fan = data["fan_out"]
+    assert fan["errors"] == 0 and fan["tpm_signatures"] <= fan["servers"] * fan["pool_contexts"]
+    assert (tmp_path / "result.png").read_bytes().startswith(b"\x89PNG")

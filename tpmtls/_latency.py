@@ -155,6 +155,7 @@ class LatencyForwarder:
         self.timing = timing or TpmTiming()
         self.counts: Counter[str] = Counter()
         self.delayed = 0.0
+        self.busy = 0.0  # seconds the TPM spent on commands (modelled), for utilisation
         self._tpm = threading.Lock()  # one command at a time, as in a TPM
         self._stats = threading.Lock()
         self._stop = threading.Event()
@@ -234,9 +235,11 @@ class LatencyForwarder:
                     pause = self.timing.duration(cc) - (time.monotonic() - started)
                     if pause > 0:
                         time.sleep(pause)
+                took = time.monotonic() - started
                 with self._stats:
                     self.counts[CC_NAMES.get(cc, hex(cc))] += 1
                     self.delayed += max(pause, 0.0)
+                    self.busy += took
                 client.sendall(response)
         except (OSError, ValueError):
             return

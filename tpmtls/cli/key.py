@@ -68,7 +68,6 @@ def import_(args: argparse.Namespace) -> int:
         pem = pem_path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"{pem_path}: cannot read: {e.strerror}") from None
-    check_importable(pem, read_secret_file(args.pem_password_file), pem_path)
     key = connect(args.tcti).import_key(
         pem,
         args.out,
@@ -90,37 +89,6 @@ def _evict(persisted: object) -> None:
     pool = getattr(persisted, "_pool")
     pool.run("evict", lambda ctx: ctx.esapi.evict_control(ESYS_TR.RH_OWNER, ctx.esapi.tr_from_tpmpublic(handle),
                                                           handle))
-
-
-SUPPORTED = "tpmtls imports RSA 2048/3072 (e=65537) and ECC P-256/P-384 keys, what TPM 2.0 chips support"
-
-
-def check_importable(pem: bytes, pem_password: bytes | None, source: Path) -> None:
-    """Refuse, in one line, keys no TPM (or no TLS client) should take, before the TPM sees them."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(pem, pem_password)
-    except TypeError as e:
-        raise KeyFileError(f"{source}: {e}; pass the PEM's password (--pem-password-file)") from None
-    except ValueError as e:
-        raise KeyFileError(f"{source}: not a PEM private key ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm
-        raise KeyFileError(f"{source}: cannot read private key: {e}") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        bits, exponent = key.key_size, key.public_key().public_numbers().e
-        if bits < 2048:
-            raise KeyFileError(f"{source}: RSA-{bits} is too weak for TLS client keys (2048 bits at least); "
-                               "create a new key with 'tpmtls key create'")
-        if bits not in (2048, 3072) or exponent != 65537:
-            raise KeyFileError(f"{source}: RSA-{bits} with e={exponent} cannot be imported: {SUPPORTED}")
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise KeyFileError(f"{source}: EC curve {key.curve.name} cannot be imported: {SUPPORTED}")
-    else:
-        kind = type(key).__name__.replace("PrivateKey", "").lstrip("_")
-        raise KeyFileError(f"{source}: {kind} keys cannot go into a TPM 2.0: {SUPPORTED}")
 
 
 def show(args: argparse.Namespace) -> int:

@@ -57,6 +57,36 @@ def _probe_scheme(public: TPM2B_PUBLIC) -> TPMT_SIG_SCHEME:
     return scheme
 
 
+SUPPORTED_IMPORTS = "tpmtls imports RSA 2048/3072 (e=65537) and ECC P-256/P-384 keys, what TPM 2.0 chips support"
+
+
+def check_importable(pem: bytes, pem_password: bytes | None, source: object) -> None:
+    """Refuse, in one line, keys no TPM (or no TLS client) should take, before the TPM sees them."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        key = load_pem_private_key(pem, pem_password)
+    except TypeError as e:
+        raise KeyFileError(f"{source}: {e}; give the PEM's password") from None
+    except ValueError as e:
+        raise KeyFileError(f"{source}: not a PEM private key ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm
+        raise KeyFileError(f"{source}: cannot read private key: {e}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        bits, exponent = key.key_size, key.public_key().public_numbers().e
+        if bits < 2048:
+            raise KeyFileError(f"{source}: RSA-{bits} is too weak for TLS client keys (2048 bits at least); "
+                               "create a new key in the TPM instead")
+        if bits not in (2048, 3072) or exponent != 65537:
+            raise KeyFileError(f"{source}: RSA-{bits} with e={exponent} cannot be imported: {SUPPORTED_IMPORTS}")
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            raise KeyFileError(f"{source}: EC curve {key.curve.name} cannot be imported: {SUPPORTED_IMPORTS}")
+    else:
+        kind = type(key).__name__.replace("PrivateKey", "").lstrip("_")
+        raise KeyFileError(f"{source}: {kind} keys cannot go into a TPM 2.0: {SUPPORTED_IMPORTS}")
+
+
 def _password(password: bytes | str | None) -> bytes | None:
     if password is None or password == b"" or password == "":
         return None
@@ -120,14 +150,7 @@ class Tpm:
         PEM is never written by tpmtls. Imported keys cannot be fixedTPM (TPM2_Import).
         """
         out = check_writable(path, overwrite) if path is not None else None
-        try:
-            load_pem_private_key(pem, pem_password)  # the clearest errors for bad input
-        except TypeError as e:
-            raise KeyFileError(f"{source}: {e}; pass the PEM's password") from None
-        except ValueError as e:
-            raise KeyFileError(f"{source}: not a PEM private key cryptography can read ({str(e).splitlines()[0]})") from None
-        except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm
-            raise KeyFileError(f"{source}: cannot read private key: {e}") from None
+        check_importable(pem, pem_password, source)
         auth = _password(password)
         attrs = TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT
         try:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, TypeVar
@@ -237,6 +237,16 @@ class TpmContext:
         return True
 
 
+class _Waiter:
+    """A thread waiting for a context: the pool hands one over and sets `ready`."""
+
+    __slots__ = ("ctx", "ready")
+
+    def __init__(self) -> None:
+        self.ctx: TpmContext | None = None
+        self.ready = threading.Event()
+
+
 class Pool:
     """`size` TPM contexts shared by all threads; `run()` borrows one for an operation.
 
@@ -293,6 +303,7 @@ class Pool:
         self._cond = threading.Condition()
         self._idle: list[TpmContext] = []
         self._contexts: list[TpmContext] = []
+        self._waiters: deque[_Waiter] = deque()
         self._stats_lock = threading.Lock()
         self._counters = dict.fromkeys(
             ("operations", "signatures", "decryptions", "key_loads", "primaries", "errors", "rebuilds", "retries", "waits"),
@@ -393,7 +404,9 @@ class Pool:
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
-            self._cond.notify_all()
+            waiters, self._waiters = list(self._waiters), deque()
+        for waiter in waiters:
+            waiter.ready.set()  # they find no context and the pool closed
         for ctx in idle:
             ctx.close(flush=is_direct(self.tcti))
 
@@ -407,30 +420,39 @@ class Pool:
 
     @contextmanager
     def _borrow(self) -> Iterator[TpmContext]:
+        """Lend a context, first come first served.
+
+        A returned context goes straight to the longest-waiting thread (a hand-off, not a
+        free-for-all): on a slow TPM a thread that just signed would otherwise take the
+        context again before a woken waiter runs, and some threads would starve (measured:
+        1 against 15 signatures per thread at 50 ms a signature).
+        """
         start = time.monotonic()
-        deadline = start + self.wait_timeout
-        waited = False
+        waiter: _Waiter | None = None
         with self._cond:
-            while True:
-                if self._closed:
-                    raise TpmtlsError(f"the TPM pool for {self.tcti!r} is closed")
-                if self._idle:
-                    ctx = self._idle.pop()
-                    break
-                if len(self._contexts) < self.size:
-                    ctx = TpmContext(self, len(self._contexts))
-                    self._contexts.append(ctx)
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            if self._closed:
+                raise TpmtlsError(f"the TPM pool for {self.tcti!r} is closed")
+            if self._idle and not self._waiters:
+                ctx = self._idle.pop()
+            elif len(self._contexts) < self.size and not self._waiters:
+                ctx = self._new_context()
+            else:
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+        if waiter is not None:
+            waiter.ready.wait(self.wait_timeout)
+            with self._cond:
+                if waiter.ctx is None:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
                     self._count_wait(time.monotonic() - start)
+                    if self._closed:
+                        raise TpmtlsError(f"the TPM pool for {self.tcti!r} is closed")
                     raise TpmBusy(
                         f"all {self.size} TPM contexts for {self.tcti!r} stayed busy for "
                         f"{self.wait_timeout:g} s; the TPM is overloaded or an operation hangs"
                     )
-                waited = True
-                self._cond.wait(remaining)
-        if waited:
+            ctx = waiter.ctx
             self._count_wait(time.monotonic() - start)
         try:
             yield ctx
@@ -441,16 +463,29 @@ class Pool:
                 with self._cond:
                     self._contexts.remove(ctx)
                     _inherited.append(ctx)
-                    self._cond.notify()
+                    if self._waiters and not self._closed:
+                        self._hand_over(self._new_context())
             else:
                 if self.ephemeral:
                     ctx.close(flush=True)
                 with self._cond:
                     if self._closed:
                         ctx.close()
+                    elif self._waiters:
+                        self._hand_over(ctx)
                     else:
                         self._idle.append(ctx)
-                    self._cond.notify()
+
+    def _new_context(self) -> TpmContext:
+        ctx = TpmContext(self, len(self._contexts))
+        self._contexts.append(ctx)
+        return ctx
+
+    def _hand_over(self, ctx: TpmContext) -> None:
+        """Give `ctx` to the longest-waiting borrower (caller holds the condition's lock)."""
+        waiter = self._waiters.popleft()
+        waiter.ctx = ctx
+        waiter.ready.set()
 
     def _with_backoff(self, fn: Callable[[TpmContext], T], ctx: TpmContext) -> T:
         for attempt in range(_RETRY_ATTEMPTS):
