@@ -75,12 +75,12 @@ def handshakes(args: argparse.Namespace) -> int:
             for version in versions:
                 for path in paths:
                     for n in threads:
-                        for mode in modes + (["tpmtls+resume"] if args.resume else []):
-                            base = "tpmtls" if mode == "tpmtls+resume" else mode
+                        for mode in modes + (["software+resume", "tpmtls+resume"] if args.resume else []):
+                            base = mode.removesuffix("+resume")
                             cert, key = (soft_cert, soft_key) if base == "software" else (tpm_cert, tpm_key)
                             cfg = {"mode": base, "path": path, "tls": version, "threads": n, "seconds": args.seconds,
                                    "port": port, "cert": str(cert), "key": str(key), "ca": str(lab.ca.cert_path),
-                                   "tcti": lab.tpm.tcti, "resume": mode == "tpmtls+resume"}
+                                   "tcti": lab.tpm.tcti, "resume": mode.endswith("+resume")}
                             tpm_signs = lab.tpm.latency.signatures() if lab.tpm.latency else None
                             r = _worker(lab, cfg)
                             if lab.tpm.latency is not None and tpm_signs is not None:  # counted at the TPM itself
@@ -105,9 +105,9 @@ def handshakes(args: argparse.Namespace) -> int:
 
 def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: bool) -> str:
     """One line per point: handshakes/s per mode, then tpmtls's ratios to the others."""
-    cols = list(modes) + (["tpmtls+resume"] if resume else [])
+    cols = list(modes) + (["software+resume", "tpmtls+resume"] if resume else [])
     head = f"{'alg':9} {'TLS':4} {'path':9} {'thr':>3} | " + " | ".join(f"{c:>13}" for c in cols)
-    head += " | tpmtls/sw  /tpm2-ossl  /open-per-sign"
+    head += " | tpmtls/sw  /tpm2-ossl  /open-per-sign" + ("  resumed/sw-resumed" if resume else "")
     lines = [head, "-" * len(head)]
     keys = sorted({(r["alg"], r["tls"], r["path"], r["threads"]) for r in results},
                   key=lambda k: (k[0], k[1], k[2], k[3]))
@@ -129,7 +129,8 @@ def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: boo
 
         lines.append(f"{key[0]:9} {key[1]:4} {key[2]:9} {key[3]:>3} | " + " | ".join(cell(c) for c in cols)
                      + f" | {ratio('tpmtls', 'software'):>9} {ratio('tpmtls', 'tpm2-openssl'):>10} "
-                       f"{ratio('tpmtls', 'open-per-sign'):>14}")
+                       f"{ratio('tpmtls', 'open-per-sign'):>14}"
+                     + (f" {ratio('tpmtls+resume', 'software+resume'):>19}" if resume else ""))
     lines.append("(handshakes/s; !N = N failed handshakes in that run)")
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ def test_handshakes_benchmark_runs_every_mode(tmp_path):
     data = bench("handshakes", "--seconds", "0.5", "--threads", "1,2", "--alg", "ecc-p256", "--path",
                  "stdlib,pyopenssl", "--resume", tmp_path=tmp_path)
     modes = {r["mode"] for r in data["results"]}
-    assert modes == {"software", "tpmtls", "open-per-sign", "tpm2-openssl", "tpmtls+resume"}
+    assert modes == {"software", "tpmtls", "open-per-sign", "tpm2-openssl", "software+resume", "tpmtls+resume"}
     for r in data["results"]:
         assert set(r) >= {"mode", "alg", "tls", "path", "threads", "handshakes_per_s", "p50_ms", "p99_ms", "errors"}
         if r["mode"] in ("software", "tpmtls", "open-per-sign"):
