@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, key, quickstart
+from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_acme, key, quickstart
 from ._common import Parser, add_tcti, run_main
 
 
@@ -22,6 +22,7 @@ def build_parser() -> Parser:
     certs_daemon.register(sub.choices["certs"])
     daemon_proxy.register(sub)
     quickstart.register(sub)
+    enroll_acme.register(sub)  # after any other `enroll`: it adds its own only if none exists
     return parser
 
 

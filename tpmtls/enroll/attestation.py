@@ -9,9 +9,8 @@ buy the AK certificate chain.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from cryptography import x509
@@ -22,6 +21,11 @@ from ..tpm.device import Tpm
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
 
 TIMEOUT = 30.0
+TpmCall = Callable[..., Any]
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,14 @@ def attest_request(tpm: Tpm, ek: attest.Ek, ak: attest.Ak) -> dict[str, Any]:
     }
 
 
-def secret_request(tpm: Tpm, ak: attest.Ak, answer: dict[str, Any], url: str, ek_kind: str) -> dict[str, Any]:
-    """Activate the credential in the TPM and quote the PCRs the CA asks for over its nonce."""
-    secret = attest.activate_credential(tpm, ak.blob, ek_kind, _unb64(answer, "credential", url),
-                                        _unb64(answer, "secret", url))
+def secret_request(tpm: Tpm, ak: attest.Ak, answer: dict[str, Any], url: str, ek_kind: str,
+                   call: TpmCall = _direct) -> dict[str, Any]:
+    """Activate the credential in the TPM and quote the PCRs the CA asks for over its nonce.
+
+    `call` runs each TPM operation (the enrollment client passes one that times them).
+    """
+    secret = call(attest.activate_credential, tpm, ak.blob, ek_kind, _unb64(answer, "credential", url),
+                  _unb64(answer, "secret", url))
     body: dict[str, Any] = {"secret": _b64(secret)}
     selection = answer.get("pcrs")
     if selection:
@@ -107,20 +115,21 @@ def secret_request(tpm: Tpm, ak: attest.Ak, answer: dict[str, Any], url: str, ek
                 raise ValueError
         except (AttributeError, TypeError, ValueError):
             raise EnrollError(f"{url}: answer names no usable PCR selection") from None
-        quoted, signature = attest.quote(tpm, ak.blob, _unb64(answer, "nonce", url), sel)
-        values = attest.read_pcrs(tpm, sel)
+        quoted, signature = call(attest.quote, tpm, ak.blob, _unb64(answer, "nonce", url), sel)
+        values = call(attest.read_pcrs, tpm, sel)
         body["quote"] = {"quoted": _b64(quoted), "signature": _b64(signature),
                          "pcrs": {bank: {str(p): v.hex() for p, v in vals.items()} for bank, vals in values.items()}}
     return body
 
 
-def obtain_ak_certificate(tpm: Tpm, base_url: str, session: requests.Session, *, ek_kind: str = "rsa") -> AkCredential:
+def obtain_ak_certificate(tpm: Tpm, base_url: str, session: requests.Session, *, ek_kind: str = "rsa",
+                          call: TpmCall = _direct) -> AkCredential:
     """Run the whole exchange against the Attestation CA at `base_url` (…/attest, …/secret)."""
     base = base_url.rstrip("/")
-    ek = attest.read_ek(tpm, ek_kind)
-    ak = attest.create_ak(tpm)
-    answer = post_json(session, base + "/attest", attest_request(tpm, ek, ak))
-    reply = post_json(session, base + "/secret", secret_request(tpm, ak, answer, base + "/attest", ek_kind))
+    ek = call(attest.read_ek, tpm, ek_kind)
+    ak = call(attest.create_ak, tpm)
+    answer = post_json(session, base + "/attest", call(attest_request, tpm, ek, ak))
+    reply = post_json(session, base + "/secret", secret_request(tpm, ak, answer, base + "/attest", ek_kind, call))
     chain = reply.get("chain")
     if not isinstance(chain, list) or not chain:
         raise EnrollError(f"{base}/secret: answer has no certificate chain")
@@ -131,10 +140,6 @@ def obtain_ak_certificate(tpm: Tpm, base_url: str, session: requests.Session, *,
         raise EnrollError(f"{base}/secret: the certificate chain is not base64 DER") from None
     ident = reply.get("permanentIdentifier")
     return AkCredential(ak, ders, ident if isinstance(ident, str) else "")
-
-
-def dumps(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc).encode()
 
 
 __all__ = ["AkCredential", "attest_request", "obtain_ak_certificate", "post_json", "secret_request"]
