@@ -84,7 +84,10 @@ def verify_att_obj(att_obj: bytes, key_authorization: str, roots: Sequence[x509.
         raise refuse("x5c is empty")
     ak_cert = load_der_certificate(x5c[0], "x5c[0]")
     intermediates = [load_der_certificate(c, f"x5c[{i + 1}]") for i, c in enumerate(x5c[1:8])]
-    verify_chain(ak_cert, intermediates, roots, "x5c")
+    path = verify_chain(ak_cert, intermediates, roots, "x5c")
+    for i, extra in enumerate(intermediates):
+        if extra not in path:  # stricter than step-ca: a damaged or unrelated extra certificate is refused too
+            raise refuse(f"x5c[{i + 1}] is not part of the AK certificate's chain")
     validate_ak_certificate(ak_cert)
     identifiers = permanent_identifiers(ak_cert, "the AK certificate")
 

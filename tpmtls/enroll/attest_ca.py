@@ -125,12 +125,15 @@ class AttestationCA:
         ek_cert = ek_certificate_from_nv(b64field({"c": certs[0]}, "c", "ekCerts[0]"), "ekCerts[0]")
         more = [load_der_certificate(b64field({"c": c}, "c", f"ekCerts[{i + 1}]"), f"ekCerts[{i + 1}]")
                 for i, c in enumerate(certs[1:8])]
-        verify_chain(ek_cert, more, self.ek_roots, "the EK certificate")
+        path = verify_chain(ek_cert, more, self.ek_roots, "the EK certificate")
+        for i, extra in enumerate(more):
+            if extra not in path:
+                raise refuse(f"ekCerts[{i + 1}] is not part of the EK certificate's chain")
         try:
             ek_key = ek_cert.public_key()
         except Exception:  # noqa: BLE001
             raise refuse("the EK certificate's public key is unusable") from None
-        if body.get("ek"):
+        if "ek" in body:  # optional (smallstep: omitempty), but if sent it must be the certificate's key
             try:
                 claimed = serialization.load_der_public_key(b64field(body, "ek"))
             except Refusal:

@@ -225,26 +225,30 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def verify_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
-                 anchors: Sequence[x509.Certificate], what: str, now: datetime.datetime | None = None) -> None:
+                 anchors: Sequence[x509.Certificate], what: str,
+                 now: datetime.datetime | None = None) -> list[x509.Certificate]:
     """`leaf` chains through `intermediates` to one of `anchors` (each a trusted CA, root or not).
 
     TPM certificates (EK, AK) do not fit the web PKI profile cryptography's verifier
     enforces (empty subjects, critical SANs, TCG key usages), so the chain is walked
-    here: names, signatures, CA flags and validity, at most 8 links.
+    here: names, signatures, CA flags and validity, at most 8 links. Returns the path
+    from `leaf` to its anchor, both included.
     """
     now = now or _now()
     _valid_now(leaf, what, now)
     current = leaf
+    path = [leaf]
     for _ in range(_MAX_CHAIN):
         for anchor in anchors:
             if _issued_by(current, anchor):
                 _valid_now(anchor, f"{what}'s trust anchor {anchor.subject.rfc4514_string()}", now)
-                return
+                return path + [anchor]
         step = next((c for c in intermediates if _is_ca(c) and _issued_by(current, c)), None)
         if step is None:
             raise refuse(f"{what} does not chain to a trusted CA (issuer {current.issuer.rfc4514_string() or '<empty>'})")
         _valid_now(step, f"{what}'s intermediate {step.subject.rfc4514_string()}", now)
         current = step
+        path.append(step)
     raise refuse(f"{what}'s chain is longer than {_MAX_CHAIN}")
 
 
