@@ -95,14 +95,14 @@ class PcrPolicy:
             raise EnrollError(f"{p}: not a PCR policy ({e}); make one with 'tpmtls enroll policy'") from None
         return cls(allowed)
 
-    def check_quote(self, ak_key: Any, quoted: object, signature: object, reported: object, nonce: bytes) -> None:
+    def check_quote(self, ak_key: Any, quoted: bytes, signature: bytes, reported: object, nonce: bytes) -> None:
         """The AK signed a quote over `nonce` of exactly our PCR selection, and every value is allowed."""
         if not isinstance(ak_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
             raise refuse("the AK has no usable public key")
         attest = parse_attest(quoted, TPM2_ST.ATTEST_QUOTE, "quote.quoted")
         if not hmac.compare_digest(bytes(attest.extraData), nonce):
             raise refuse("the quote is not over this session's nonce (replayed or stale)")
-        verify_tpm_signature(ak_key, signature, bytes(quoted), "quote")  # type: ignore[arg-type]
+        verify_tpm_signature(ak_key, signature, quoted, "quote")
         values = self._reported(reported)
         got = {}
         for sel in attest.attested.quote.pcrSelect:
@@ -122,8 +122,8 @@ class PcrPolicy:
                 h.update(values[bank][pcr])
         if not hmac.compare_digest(h.digest(), bytes(attest.attested.quote.pcrDigest)):
             raise refuse("the reported PCR values do not match the quote's digest")
-        for bank, pcrs in self.allowed.items():
-            for pcr, ok in pcrs.items():
+        for bank, allowed in self.allowed.items():
+            for pcr, ok in allowed.items():
                 if values[bank][pcr] not in ok:
                     raise refuse(f"PCR {bank}:{pcr} = {values[bank][pcr].hex()} is not allowed by the policy")
 

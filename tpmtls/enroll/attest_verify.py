@@ -145,7 +145,7 @@ def check_ak_public(public: TPMT_PUBLIC) -> None:
         raise refuse("the AK is also a decryption key")
 
 
-def verify_ak_creation(public: TPMT_PUBLIC, create_data: object, attestation: object, signature: object) -> None:
+def verify_ak_creation(public: TPMT_PUBLIC, create_data: bytes, attestation: bytes, signature: bytes) -> None:
     """The AK certified its own creation: CertifyCreation over H(creationData), naming the AK."""
     if not isinstance(create_data, (bytes, bytearray)) or not create_data:
         raise refuse("params.createData is missing")
@@ -157,8 +157,7 @@ def verify_ak_creation(public: TPMT_PUBLIC, create_data: object, attestation: ob
     digest = hashlib.new(HASHLIB_NAMES[int(public.nameAlg)], bytes(create_data)).digest()
     if not hmac.compare_digest(bytes(creation.creationHash), digest):
         raise refuse("params.createAttestation does not match params.createData")
-    verify_tpm_signature(tpm_public_key(public, "params.public"), signature, bytes(attestation),  # type: ignore[arg-type]
-                         "params.createAttestation")
+    verify_tpm_signature(tpm_public_key(public, "params.public"), signature, attestation, "params.createAttestation")
 
 
 def load_der_certificate(data: object, what: str) -> x509.Certificate:
