@@ -145,3 +145,15 @@ def test_enroll_server_bad_files_are_one_line(world, tmp_path):
     line = cli.fails("enroll-server", "--ca", str(tmp / "ca"), "--ek-roots", str(tmp / "policy.json"),
                      "--policy", str(tmp / "policy.json"))
     assert "holds no PEM certificate" in line
+
+
+def test_refusal_is_one_line_on_both_sides(world, tmp_path):
+    tmp, _, cli, server = world
+    line = cli.fails("enroll", "--acme", server.directory, "--id", "urn:ek:sha256:not-this-tpm",
+                     "--cafile", str(tmp / "ca" / "ca.crt"), "--key-out", str(tmp_path / "k"),
+                     "--cert-out", str(tmp_path / "c"))
+    assert line.startswith(f"tpmtls: {server.directory}: refused (badAttestationStatement): "
+                           "permanent identifier does not match"), line
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
+    logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
+    assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged

@@ -85,3 +85,68 @@ def test_credential_for_another_ek_cannot_be_activated(env):
     with pytest.raises(tpmtls.TpmtlsError):
         attest.activate_credential(tpm, other_ak.blob, "rsa", base64.b64decode(answer["credential"]),
                                    base64.b64decode(answer["secret"]))
+
+
+def _provision_ecc_ek(tpm, ek_ca) -> None:
+    """Play manufacturer: certify the low-range ECC P-256 EK with the EK CA's intermediate, store it in NV."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from tpm2_pytss.constants import ESYS_TR, TPMA_NV, TPM2_ALG
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+    from tpm2_pytss.utils import NVReadEK, create_ek_template
+
+    from tpmtls.enroll.attest_verify import OID_TPM_MANUFACTURER, OID_TPM_MODEL, OID_TPM_VERSION
+
+    state = ek_ca.dir / "state"
+    issuer_key = serialization.load_pem_private_key((state / "signkey.pem").read_bytes(), None)
+    issuer = x509.load_pem_x509_certificate((state / "issuercert.pem").read_bytes())
+
+    def fn(ctx):  # type: ignore[no-untyped-def]
+        esapi = ctx.esapi
+        _, template = create_ek_template("EK-ECC256", NVReadEK(esapi))
+        handle, public, _, _, _ = esapi.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+        esapi.flush_context(handle)
+        key = serialization.load_pem_public_key(public.to_pem())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        hw = x509.Name([x509.NameAttribute(OID_TPM_MANUFACTURER, "id:00001014"),
+                        x509.NameAttribute(OID_TPM_MODEL, "swtpm"), x509.NameAttribute(OID_TPM_VERSION, "id:20191023")])
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(issuer.subject).public_key(key)
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=365))
+                .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(hw)]), critical=True)
+                .sign(issuer_key, hashes.SHA256()))
+        # a TCG NV header (0x10 0x01 + length) and padding, as some TPMs store it: the CA must cope
+        der = cert.public_bytes(serialization.Encoding.DER)
+        data = b"\x10\x01" + len(der).to_bytes(2, "big") + der + b"\xff" * 13
+        attrs = (TPMA_NV.PPWRITE | TPMA_NV.PPREAD | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA
+                 | TPMA_NV.PLATFORMCREATE)
+        nv_public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(nvIndex=0x01C0000A, nameAlg=TPM2_ALG.SHA256,
+                                                            attributes=attrs, dataSize=len(data)))
+        nv = esapi.nv_define_space(b"", nv_public, auth_handle=ESYS_TR.RH_PLATFORM)
+        for off in range(0, len(data), 512):
+            esapi.nv_write(nv, data[off:off + 512], off, auth_handle=ESYS_TR.RH_PLATFORM)
+
+    tpm.pool.run("provision ECC EK certificate", fn)
+
+
+def test_ecc_ek_with_nv_header_and_padding(tmp_path):
+    """A second machine whose ECC P-256 EK certificate sits in NV behind a TCG header, with padding."""
+    require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
+    ek_ca = EkCa(tmp_path / "ekca")
+    machine = ek_machine(tmp_path / "m", ek_ca)
+    try:
+        with tpmtls.Pool(machine.tcti) as pool:
+            tpm = tpmtls.connect(pool=pool)
+            _provision_ecc_ek(tpm, ek_ca)
+            raw = attest.read_ek(tpm, "ecc").certificate
+            assert raw[:2] == b"\x10\x01" and raw.endswith(b"\xff" * 13)
+            ca_dir, roots, policy = enroll_files(tmp_path / "server", ek_ca, tpm)
+            with EnrollServer(EnrollApp(ca_dir, roots, policy)) as server:
+                session = requests.Session()
+                session.verify = str(ca_dir / "ca.crt")
+                cred = obtain_ak_certificate(tpm, server.url, session, ek_kind="ecc")
+                validate_ak_certificate(cred.certificate)
+                assert tpm_hardware_details(cred.certificate, "ak")["model"] == "swtpm"
+    finally:
+        machine.stop()
