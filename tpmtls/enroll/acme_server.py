@@ -33,12 +33,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .._files import write_atomic
 from ..pki.ca import FileCA
 from .acme_attobj import AttestedKey, verify_att_obj
 from .attest_ca import AttestationCA
 from .attest_errors import EnrollError, Refusal
 from .attest_policy import PcrPolicy
-from .attest_verify import load_pem_bundle
+from .attest_verify import load_der_csr, load_pem_bundle
 
 NONCE_TTL = 300.0
 ORDER_TTL = 3600.0
@@ -74,6 +75,7 @@ class _Order:
     status: str = "pending"
     cert_id: str | None = None
     attested: AttestedKey | None = None
+    pem: bytes | None = None
 
 
 @dataclass
@@ -125,7 +127,7 @@ class EnrollApp:
         self._by_thumbprint: dict[str, str] = {}
         self._orders: dict[str, _Order] = {}
         self._authz: dict[str, _Authz] = {}
-        self._certs: dict[str, bytes] = {}
+        self._certs: dict[str, str] = {}  # certificate id → order id (the order holds the PEM)
         self.issued_dir = Path(ca_dir) / "issued"
 
     # -- nonces ---------------------------------------------------------------
@@ -247,6 +249,8 @@ class EnrollApp:
         for oid in [k for k, o in self._orders.items() if o.expires < now]:
             order = self._orders.pop(oid)
             self._authz.pop(order.authz, None)
+            if order.cert_id:
+                self._certs.pop(order.cert_id, None)
 
     def _order_doc(self, order: _Order) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -314,11 +318,12 @@ class EnrollApp:
                 raise Refusal("badAttestationStatement",
                               f"permanent identifier does not match: challenge identifier {order.identifier!r} "
                               f"is not among the attested hardware identifiers {attested.identifiers}")
-        except Refusal as e:
+        except Exception as e:  # a refusal, or a bug: either way this single-use challenge is spent
+            problem = e if isinstance(e, Refusal) else Refusal("serverInternal", f"{type(e).__name__}: {e}", 500)
             with self._lock:
-                authz.status, authz.error = "invalid", e.problem()
+                authz.status, authz.error = "invalid", problem.problem()
                 order.status = "invalid"
-            raise
+            raise problem from None
         with self._lock:
             authz.status, order.status, order.attested = "valid", "ready", attested
         return 200, self._authz_doc(authz, order)["challenges"][0], up
@@ -335,16 +340,12 @@ class EnrollApp:
         try:
             csr_b64 = self._json(payload).get("csr")
             try:
-                if not isinstance(csr_b64, str):
-                    raise ValueError("csr missing")
-                csr = x509.load_der_x509_csr(jose.decode_b64jose(csr_b64))
-                spki = csr.public_key().public_bytes(serialization.Encoding.DER,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
-                signed = csr.is_signature_valid
-            except Exception:  # noqa: BLE001 - bad base64, bad DER, unsupported key
-                raise Refusal("badCSR", "csr is not a base64url DER PKCS#10 request") from None
-            if not signed:
-                raise Refusal("badCSR", "the CSR's signature does not verify")
+                der = jose.decode_b64jose(csr_b64) if isinstance(csr_b64, str) else b""
+            except jose.DeserializationError:
+                raise Refusal("badCSR", "csr is not base64url") from None
+            csr = load_der_csr(der)
+            spki = csr.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
             assert order.attested is not None
             if not hmac.compare_digest(spki, order.attested.spki):
                 raise Refusal("unauthorized", f"order {order.id} csr does not match the attested key")
@@ -353,7 +354,7 @@ class EnrollApp:
                 raise Refusal("badCSR", f"CSR Subject Common Name {cns[0]!r} does not match the order's "
                                         f"permanent identifier {order.identifier!r}")
             cert = self.ca.issue(csr, days=CLIENT_CERT_DAYS)
-        except Refusal:
+        except Exception:  # a refusal or a bug: the order is spent either way (never left "processing")
             with self._lock:
                 order.status = "invalid"
             raise
@@ -361,25 +362,22 @@ class EnrollApp:
         cert_id = _id()
         self._record(cert)
         with self._lock:
-            self._certs[cert_id] = pem
-            order.cert_id, order.status = cert_id, "valid"
+            self._certs[cert_id] = order.id
+            order.cert_id, order.pem, order.status = cert_id, pem, "valid"
             self.stats.issued += 1
         return 200, self._order_doc(order), loc
 
     def _record(self, cert: x509.Certificate) -> None:
         """Keep each issued certificate in DIR/issued/<serial>.pem: the audit trail of what was given out."""
         self.issued_dir.mkdir(exist_ok=True)
-        from .._files import write_atomic
-
         write_atomic(self.issued_dir / f"{cert.serial_number:x}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def certificate(self, cid: str, body: bytes, url: str) -> bytes:
         _, _, account = self.verify_jws(body, url)
-        pem = self._certs.get(cid)
-        owner = next((o for o in self._orders.values() if o.cert_id == cid), None)
-        if pem is None or owner is None or account is None or owner.account != account.id:
+        order = self._orders.get(self._certs.get(cid, ""))
+        if order is None or order.pem is None or account is None or order.account != account.id:
             raise Refusal("malformed", "no such certificate", 404)
-        return pem
+        return order.pem
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -161,12 +161,46 @@ def verify_ak_creation(public: TPMT_PUBLIC, create_data: bytes, attestation: byt
 
 
 def load_der_certificate(data: object, what: str) -> x509.Certificate:
+    """A DER certificate, strictly: also its signature BIT STRING (see `check_der_signature`)."""
     if not isinstance(data, (bytes, bytearray)) or not data:
         raise refuse(f"{what} is missing or not a byte string")
     try:
-        return x509.load_der_x509_certificate(bytes(data))
+        cert = x509.load_der_x509_certificate(bytes(data))
     except Exception:  # noqa: BLE001 - ValueError mostly
         raise refuse(f"{what} is not a DER X.509 certificate") from None
+    check_der_signature(bytes(data), cert.signature, what)
+    return cert
+
+
+def check_der_signature(der: bytes, signature: bytes, what: str) -> None:
+    """The signed object ends with BIT STRING {0 unused bits, signature}, as DER demands.
+
+    Parsers (cryptography's, Go's) accept a non-zero unused-bits count when the padding
+    bits are zero; the signature still verifies, so one certificate would have several
+    encodings. Fuzzing found it; we accept exactly one.
+    """
+    tail = b"\x03" + _der_len(len(signature) + 1) + b"\x00" + signature
+    if not der.endswith(tail):
+        raise refuse(f"{what} is not DER: its signature BIT STRING is encoded oddly")
+
+
+def load_der_csr(data: object, what: str = "csr") -> x509.CertificateSigningRequest:
+    """A DER PKCS#10 request with a valid self-signature (what ACME finalize accepts)."""
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise refuse(f"{what} is missing", "badCSR")
+    try:
+        csr = x509.load_der_x509_csr(bytes(data))
+        csr.public_key()
+        signed = csr.is_signature_valid
+    except Exception:  # noqa: BLE001 - bad DER, unsupported key
+        raise refuse(f"{what} is not a DER PKCS#10 request", "badCSR") from None
+    if not signed:
+        raise refuse(f"{what}: the signature does not verify", "badCSR")
+    try:
+        check_der_signature(bytes(data), csr.signature, what)
+    except Refusal as e:
+        raise refuse(e.detail, "badCSR") from None
+    return csr
 
 
 def ek_certificate_from_nv(data: object, what: str = "ekCerts[0]") -> x509.Certificate:
@@ -372,7 +406,7 @@ def load_pem_bundle(data: bytes, source: str) -> list[x509.Certificate]:
 
 
 __all__ = [
-    "BAD_ATTESTATION", "check_ak_public", "check_tls_key_attributes", "ek_certificate_from_nv", "ek_urn",
+    "BAD_ATTESTATION", "check_ak_public", "check_der_signature", "load_der_csr", "check_tls_key_attributes", "ek_certificate_from_nv", "ek_urn",
     "encode_permanent_identifier", "load_der_certificate", "load_pem_bundle", "parse_attest", "permanent_identifiers",
     "refuse", "tpm_hardware_details", "tpm_name", "tpm_public_key", "unmarshal", "validate_ak_certificate",
     "verify_ak_creation", "verify_chain", "verify_tpm_signature",
