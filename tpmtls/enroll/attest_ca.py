@@ -26,7 +26,7 @@ from tpm2_pytss.types import TPMT_PUBLIC
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template, make_credential
 
 from .._files import write_atomic
-from .attest_errors import Refusal
+from .attest_errors import EnrollError, Refusal
 from .attest_policy import PcrPolicy
 from .attest_verify import (
     OID_PERMANENT_IDENTIFIER,
@@ -228,9 +228,14 @@ def _load_or_create(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.C
     """The Attestation CA's own key pair, made once next to the file CA (mode 0600)."""
     key_path, cert_path = directory / "attestation-ca.key", directory / "attestation-ca.crt"
     if key_path.exists() and cert_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return key, x509.load_pem_x509_certificate(cert_path.read_bytes())
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (OSError, ValueError, TypeError) as e:
+            raise EnrollError(f"{directory}: damaged attestation-ca.key/.crt ({e}); move them away to make new ones") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise EnrollError(f"{key_path}: not the EC key tpmtls makes; move it away to make a new one")
+        return key, cert
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tpmtls Attestation CA")])
     now = datetime.datetime.now(datetime.timezone.utc)
