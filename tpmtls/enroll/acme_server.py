@@ -10,7 +10,6 @@ over TLS: a dozen JSON routes need no web framework, and nothing new to install 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -154,8 +153,8 @@ class EnrollApp:
     # -- directory --------------------------------------------------------------
     def directory(self) -> dict[str, Any]:
         b = self.base_url + "/acme"
+        # No revokeCert/keyChange: this subset has neither (30-day certificates, throw-away account keys).
         return {"newNonce": b + "/new-nonce", "newAccount": b + "/new-account", "newOrder": b + "/new-order",
-                "revokeCert": b + "/revoke-cert", "keyChange": b + "/key-change",
                 "meta": {"externalAccountRequired": False}}
 
     # -- JWS ---------------------------------------------------------------------
