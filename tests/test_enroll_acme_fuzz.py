@@ -181,3 +181,27 @@ def test_csr_and_jws_over_http(world):
         statuses.add(resp.json()["type"].rsplit(":", 1)[-1])
     assert statuses <= {"malformed", "badNonce", "unauthorized", "badSignatureAlgorithm", "accountDoesNotExist"}
     assert requests.get(server.directory_url, verify=verify, timeout=30).status_code == 200  # still serving
+
+
+@pytest.mark.timeout(600)
+def test_attestation_ca_json_over_http(world):
+    """Mutated /attest and /secret bodies: a problem document each (4xx), never a 5xx; the server keeps serving."""
+    import json
+
+    tmp, tpm, app, server = world
+    verify = str(tmp / "server" / "ca" / "ca.crt")
+    body = json.dumps(attest_request(tpm, attest.read_ek(tpm), attest.create_ak(tpm))).encode()
+    secret = json.dumps({"secret": base64.b64encode(b"\x01" * 32).decode(),
+                         "quote": {"quoted": "AAAA", "signature": "AAAA", "pcrs": {}}}).encode()
+    issued = app.attestation_ca.issued
+    for path, original in (("/attest", body), ("/secret", secret)):
+        for m in mutants(original, path):
+            resp = requests.post(server.url + path, data=m, headers={"Content-Type": "application/json"},
+                                 verify=verify, timeout=30)
+            if resp.status_code == 200:  # a flip inside base64 padding or an ignored field can leave the request valid
+                assert path == "/attest" and set(resp.json()) >= {"credential", "secret", "nonce"}
+                continue
+            assert resp.headers["Content-Type"] == "application/problem+json", (path, resp.status_code)
+            assert 400 <= resp.status_code < 500 and "serverInternal" not in resp.text, resp.text
+    assert app.attestation_ca.issued == issued  # no AK certificate without a real activation
+    assert requests.get(server.directory_url, verify=verify, timeout=30).status_code == 200
