@@ -150,3 +150,33 @@ def test_ecc_ek_with_nv_header_and_padding(tmp_path):
                 assert tpm_hardware_details(cred.certificate, "ak")["model"] == "swtpm"
     finally:
         machine.stop()
+
+
+def test_high_range_ecc_p384_ek_from_swtpm_setup(env):
+    """swtpm_setup's ECC EK is the high-range P-384 one (policy B = PolicyOR(A, C)): attest with it."""
+    tpm, server, session = env
+    ek = attest.read_ek(tpm, "ecc")
+    assert ek.template == "EK-HIGH-ECC384"
+    cred = obtain_ak_certificate(tpm, server.url, session, ek_kind="ecc")
+    cert = x509.load_der_x509_certificate(ek.certificate)
+    assert cred.identifier == ek_urn(cert.public_key())
+
+
+def test_ek_policies_match_the_tcg_templates():
+    """PolicyB computed here is the authPolicy tpm2-pytss's high-range templates carry."""
+    from tpm2_pytss.utils import NoSuchIndex, create_ek_template
+
+    calls = []
+
+    def nv(index):  # type: ignore[no-untyped-def]
+        calls.append(index)
+        if len(calls) % 2 == 1:
+            return b"cert"
+        raise NoSuchIndex(index)
+
+    for name, hash_name in (("EK-HIGH-RSA2048", "sha256"), ("EK-HIGH-ECC384", "sha384"), ("EK-HIGH-RSA4096", "sha384")):
+        calls.clear()
+        _, template = create_ek_template(name, nv)
+        assert bytes(template.publicArea.authPolicy) == attest.ek_policies(hash_name)[2], name
+    _, low = create_ek_template("EK-RSA2048", lambda i: (_ for _ in ()).throw(NoSuchIndex(i)))
+    assert bytes(low.publicArea.authPolicy) == attest.ek_policies("sha256")[0]

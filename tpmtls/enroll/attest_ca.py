@@ -69,23 +69,38 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unusable_nv(index: int) -> bytes:
-    raise NoSuchIndex(index)
+def _ek_template(name: str) -> TPMT_PUBLIC:
+    """A TCG EK template by name (tpm2-pytss), without a TPM: the NV reads find a certificate, nothing else."""
+    reads: list[int] = []
+
+    def nv_read(index: int) -> bytes:
+        reads.append(index)
+        if len(reads) == 1:
+            return b"certificate"  # create_ek_template reads the certificate index first; its content is unused
+        raise NoSuchIndex(index)
+
+    _, template = create_ek_template(name, nv_read)
+    return template.publicArea
 
 
 def ek_tpm_public(key: Any) -> TPMT_PUBLIC:
-    """The TPMT_PUBLIC of a low-range EK with this public key (TCG EK Credential Profile templates L-1, L-2)."""
+    """The TPMT_PUBLIC of the EK with this key (TCG EK Credential Profile templates L-1, L-2, H-3).
+
+    MakeCredential uses the name algorithm, the symmetric scheme and the key: the low- and
+    high-range RSA-2048 (and P-256) templates agree on both, so one serves for either range.
+    """
     if isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048:
-        _, template = create_ek_template("EK-RSA2048", _unusable_nv)
-        template.publicArea.unique.rsa = key.public_numbers().n.to_bytes(256, "big")
-        return template.publicArea
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
-        _, template = create_ek_template("EK-ECC256", _unusable_nv)
+        public = _ek_template("EK-RSA2048")
+        public.unique.rsa = key.public_numbers().n.to_bytes(256, "big")
+        return public
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in ("secp256r1", "secp384r1"):
+        size = key.curve.key_size // 8
+        public = _ek_template("EK-ECC256" if size == 32 else "EK-HIGH-ECC384")
         nums = key.public_numbers()
-        template.publicArea.unique.ecc.x = nums.x.to_bytes(32, "big")
-        template.publicArea.unique.ecc.y = nums.y.to_bytes(32, "big")
-        return template.publicArea
-    raise refuse("the EK is neither RSA-2048 nor ECC P-256 (the low-range EKs this Attestation CA supports)")
+        public.unique.ecc.x = nums.x.to_bytes(size, "big")
+        public.unique.ecc.y = nums.y.to_bytes(size, "big")
+        return public
+    raise refuse("the EK is neither RSA-2048 nor ECC P-256/P-384 (the EKs this Attestation CA supports)")
 
 
 @dataclass

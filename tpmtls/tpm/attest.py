@@ -7,6 +7,7 @@ so the EK we recreate is the one its certificate names (TCG EK Credential Profil
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from tpm2_pytss import TSS2_Exception
@@ -16,9 +17,12 @@ from tpm2_pytss.types import (
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_PUBLIC,
+    TPM2B_DIGEST,
     TPM2B_SENSITIVE_CREATE,
+    TPML_DIGEST,
     TPML_PCR_SELECTION,
     TPMS_ECC_PARMS,
+    TPMS_NV_PUBLIC,
     TPMS_PCR_SELECTION,
     TPMT_ECC_SCHEME,
     TPMT_KDF_SCHEME,
@@ -37,11 +41,10 @@ from .keys import TpmKey
 from .pool import TpmContext
 from .templates import same_template
 
-# Low-range EKs (TCG EK Credential Profile 2.0, 2.2.1.4): policy A = PolicySecret(TPM_RH_ENDORSEMENT),
-# which is what ActivateCredential below satisfies. High-range EKs need a PolicyOR we do not build.
-EK_TYPES = {"rsa": "EK-RSA2048", "ecc": "EK-ECC256"}
-# Where TCG Provisioning Guidance (7.8) suggests the EKs be persisted; used when present and same template.
-_EK_PERSISTENT = {"rsa": 0x81010001, "ecc": 0x81010002}
+# EK templates tried in order, low range first (TCG EK Credential Profile 2.0, 2.2.1.4 and B.4).
+EK_TYPES = {"rsa": ("EK-RSA2048", "EK-HIGH-RSA2048"), "ecc": ("EK-ECC256", "EK-HIGH-ECC256", "EK-HIGH-ECC384")}
+# Where TCG Provisioning Guidance (7.8) suggests the low-range EKs be persisted; used when present and same template.
+_EK_PERSISTENT = {"EK-RSA2048": 0x81010001, "EK-ECC256": 0x81010002}
 PCR_BANKS = {"sha1": TPM2_ALG.SHA1, "sha256": TPM2_ALG.SHA256, "sha384": TPM2_ALG.SHA384, "sha512": TPM2_ALG.SHA512}
 BANK_NAMES = {int(v): k for k, v in PCR_BANKS.items()}
 
@@ -89,6 +92,7 @@ class Ek:
     kind: str
     public: TPM2B_PUBLIC
     certificate: bytes
+    template: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,21 +106,63 @@ class Ak:
     create_signature: bytes  # TPMT_SIGNATURE
 
 
-def _ek_primary(ctx: TpmContext, kind: str) -> tuple[ESYS_TR, TPM2B_PUBLIC, bytes | None, bool]:
-    """The EK handle (persistent if present with the same template, else CreatePrimary)."""
+def _ek_primary(ctx: TpmContext, kind: str) -> tuple[ESYS_TR, TPM2B_PUBLIC, bytes | None, bool, str]:
+    """The EK of the first template of `kind` with a certificate in NV: (handle, public, cert, transient, template).
+
+    A persistent EK with the same template is the same key and saves a CreatePrimary.
+    """
     esapi = ctx.esapi
-    cert, template = create_ek_template(EK_TYPES[kind], NVReadEK(esapi))
-    persistent = _EK_PERSISTENT[kind]
-    if ctx.pool._handle_present(esapi, persistent):
+    found: tuple[bytes | None, TPM2B_PUBLIC, str] | None = None
+    for name in EK_TYPES[kind]:
+        try:
+            cert, template = create_ek_template(name, NVReadEK(esapi))
+        except ValueError:  # a high-range template without its certificate
+            continue
+        if found is None or (cert and not found[0]):
+            found = (cert, template, name)
+        if cert:
+            break
+    assert found is not None  # the low-range templates never raise
+    cert, template, name = found
+    persistent = _EK_PERSISTENT.get(name)
+    if persistent is not None and ctx.pool._handle_present(esapi, persistent):
         handle = esapi.tr_from_tpmpublic(persistent)
         public, _, _ = esapi.read_public(handle)
         if same_template(public.publicArea, template.publicArea):
-            return handle, public, cert, False
+            return handle, public, cert, False, name
         esapi.tr_close(handle)
     handle, public, _, _, _ = esapi.create_primary(
         TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT, TPM2B_DATA(), TPML_PCR_SELECTION()
     )
-    return handle, public, cert, True
+    return handle, public, cert, True, name
+
+
+_HASH_NAMES = {int(TPM2_ALG.SHA256): "sha256", int(TPM2_ALG.SHA384): "sha384", int(TPM2_ALG.SHA512): "sha512"}
+_POLICY_NV_INDEX = {"sha256": 0x01C07F01, "sha384": 0x01C07F02, "sha512": 0x01C07F03}
+_CC_POLICY_SECRET, _CC_POLICY_OR, _CC_POLICY_AUTHORIZE_NV = 0x151, 0x171, 0x192
+_RH_ENDORSEMENT = 0x4000000B
+
+
+def ek_policies(hash_name: str) -> tuple[bytes, bytes, bytes]:
+    """(PolicyA, PolicyC, PolicyB) of the TCG EK Credential Profile (B.6) for a name algorithm.
+
+    A = PolicySecret(TPM_RH_ENDORSEMENT); C = PolicyAuthorizeNV(policy index I-n);
+    B = PolicyOR(A, C), the authPolicy of high-range EKs. Computed by the PolicyUpdate rules
+    (TPM 2.0 Part 3, 23.2.4); B equals the authPolicy of tpm2-pytss's high-range templates.
+    """
+    size = hashlib.new(hash_name).digest_size
+
+    def h(*parts: bytes) -> bytes:
+        return hashlib.new(hash_name, b"".join(parts)).digest()
+
+    a = h(h(bytes(size), _CC_POLICY_SECRET.to_bytes(4, "big"), _RH_ENDORSEMENT.to_bytes(4, "big")))
+    alg = {v: k for k, v in _HASH_NAMES.items()}[hash_name]
+    index = TPMS_NV_PUBLIC(nvIndex=_POLICY_NV_INDEX[hash_name], nameAlg=alg, attributes=0x220F1008, authPolicy=a,
+                           dataSize=2 + size)  # EK profile B.6.3: the policy index I-n as defined there
+    index_name = alg.to_bytes(2, "big") + h(index.marshal())
+    c = h(bytes(size), _CC_POLICY_AUTHORIZE_NV.to_bytes(4, "big"), index_name)
+    b = h(bytes(size), _CC_POLICY_OR.to_bytes(4, "big"), a, c)
+    return a, c, b
 
 
 def read_ek(tpm: Tpm, kind: str = "rsa") -> Ek:
@@ -125,7 +171,7 @@ def read_ek(tpm: Tpm, kind: str = "rsa") -> Ek:
         raise UsageError(f"unknown EK type {kind!r}: choose one of {', '.join(EK_TYPES)}")
 
     def fn(ctx: TpmContext) -> Ek:
-        handle, public, cert, transient = _ek_primary(ctx, kind)
+        handle, public, cert, transient, template = _ek_primary(ctx, kind)
         if transient:
             ctx.esapi.flush_context(handle)
         if not cert:
@@ -133,7 +179,7 @@ def read_ek(tpm: Tpm, kind: str = "rsa") -> Ek:
                 f"{tpm.tcti}: this TPM has no {kind.upper()} EK certificate in NV "
                 "(a manufacturer provisions one; on swtpm use 'swtpm_setup --create-ek-cert')"
             )
-        return Ek(kind, public, bytes(cert))
+        return Ek(kind, public, bytes(cert), template)
 
     return tpm.pool.run(f"read {kind} EK", fn)
 
@@ -169,7 +215,8 @@ def activate_credential(tpm: Tpm, ak: KeyBlob, ek_kind: str, credential: bytes, 
     """TPM2_ActivateCredential: recover the secret an Attestation CA encrypted to our EK for our AK.
 
     Only the TPM holding both the EK and the AK named in the credential can do this
-    (TPM 2.0 Part 1, 24); the EK's policy A is a PolicySecret on the endorsement hierarchy.
+    (TPM 2.0 Part 1, 24). The EK's policy: A (PolicySecret on the endorsement hierarchy)
+    for low-range EKs, B = PolicyOR(A, C) for high-range ones, satisfied through A.
     """
     try:
         cred_blob, _ = TPM2B_ID_OBJECT.unmarshal(credential)
@@ -179,13 +226,23 @@ def activate_credential(tpm: Tpm, ak: KeyBlob, ek_kind: str, credential: bytes, 
 
     def fn(ctx: TpmContext) -> bytes:
         esapi = ctx.esapi
-        ek, _, _, transient = _ek_primary(ctx, ek_kind)
+        ek, public, _, transient, _ = _ek_primary(ctx, ek_kind)
         ak_handle = ctx.key(ak)
+        name_alg = int(public.publicArea.nameAlg)
+        hash_name = _HASH_NAMES.get(name_alg)
+        if hash_name is None:
+            raise TpmError(f"{tpm.tcti}: the EK's name algorithm 0x{name_alg:x} is not one tpmtls knows")
+        policy_a, policy_c, policy_b = ek_policies(hash_name)
+        auth_policy = bytes(public.publicArea.authPolicy)
+        if auth_policy not in (policy_a, policy_b):
+            raise TpmError(f"{tpm.tcti}: the EK's authPolicy is neither the TCG policy A nor B; cannot use it")
         session = esapi.start_auth_session(
-            ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256
+            ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG(name_alg)
         )
         try:
             esapi.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+            if auth_policy == policy_b:
+                esapi.policy_or(session, TPML_DIGEST([TPM2B_DIGEST(policy_a), TPM2B_DIGEST(policy_c)]))
             out = esapi.activate_credential(ak_handle, ek, cred_blob, enc_secret,
                                             session1=ESYS_TR.PASSWORD, session2=session)
             return bytes(out)
@@ -257,5 +314,5 @@ def certify(tpm: Tpm, ak: KeyBlob, key: TpmKey, qualifying_data: bytes) -> tuple
     return tpm.pool.run("certify key", fn, key.blob)
 
 
-__all__ = ["Ak", "Ek", "EK_TYPES", "activate_credential", "ak_template", "certify", "create_ak", "pcr_selection",
-           "quote", "read_ek", "read_pcrs"]
+__all__ = ["Ak", "Ek", "EK_TYPES", "activate_credential", "ak_template", "certify", "create_ak", "ek_policies",
+           "pcr_selection", "quote", "read_ek", "read_pcrs"]
