@@ -122,6 +122,11 @@ def test_renew_re_attests_the_same_key(world, tmp_path):
     assert (tmp_path / "k").read_bytes() == key_before
     assert second.serial_number != first.serial_number
     assert second.public_key() == first.public_key()
+    other = ("--key-out", str(tmp_path / "k2"), "--cert-out", str(tmp_path / "c2"))
+    cli("enroll", *args[:4], *other)
+    line = cli.fails("enroll", *args[:4], "--key-out", str(tmp_path / "k"), "--cert-out", str(tmp_path / "c2"),
+                     "--renew")
+    assert line.endswith(f"{tmp_path / 'c2'} is not the certificate of {tmp_path / 'k'}; renew each key with its own")
 
 
 def test_untrusted_server_is_one_line_and_writes_nothing(world, tmp_path):

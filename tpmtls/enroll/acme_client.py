@@ -168,11 +168,14 @@ class Enroller:
         else:
             check_writable(o.key_out, o.overwrite)
         check_writable(o.cert_out, o.overwrite or o.renew)
+        renewing = self.tls_key() if o.renew else None
+        if renewing is not None:
+            self._check_renewal(renewing)  # before any attestation: a mismatch is a local mistake
         cred = self.ak_credential()
         identifier = cred.identifier if o.identifier == "ek" else o.identifier
         if not identifier:
             raise EnrollError(f"{self.attestation_url()}: the AK certificate names no identifier; pass --id")
-        key = self.tls_key()
+        key = renewing if renewing is not None else self.tls_key()
         start = time.perf_counter()
         chain_pem = self._acme(cred, key, identifier)
         self.timings["acme"] = time.perf_counter() - start
@@ -225,6 +228,19 @@ class Enroller:
             raise _problem(e, url) from None
         finally:
             net.session.close()
+
+    def _check_renewal(self, key: AnyTpmKey) -> None:
+        """With --renew, an existing --cert-out must be this key's: never swap a certificate for another key's."""
+        path = self.o.cert_out
+        if not path.exists():
+            return
+        try:
+            cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+            same = cert.public_key() == key.public_key()
+        except (OSError, ValueError):
+            raise EnrollError(f"{path}: not a PEM certificate; pass the certificate of {self.o.key_out}") from None
+        if not same:
+            raise EnrollError(f"{path} is not the certificate of {self.o.key_out}; renew each key with its own")
 
     def _install(self, key: AnyTpmKey, chain_pem: str) -> Path:
         """Docker's certs.d layout for HOST[:PORT]: client.key (TPM key file) and client.cert."""
