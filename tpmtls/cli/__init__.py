@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_pairing, key, key_transfer, quickstart
+from . import (ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_acme, enroll_pairing, key, key_transfer,
+               quickstart)
 from ._common import Parser, add_tcti, run_main
 
 
@@ -24,6 +25,7 @@ def build_parser() -> Parser:
     daemon_proxy.register(sub)
     enroll_pairing.register(sub)
     quickstart.register(sub)
+    enroll_acme.register(sub)  # after any other `enroll`: it adds its own only if none exists
     return parser
 
 

@@ -31,17 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="without systemd socket activation (LISTEN_FDS): listen here (fd 3, as systemd would)")
     p.set_defaults(func=run_agent)
 
-    p = sub.add_parser("enroll", help="client side of pairing (HOST[:PORT] --store DIR), or ACME (--acme URL)")
-    p.add_argument("host", nargs="?", metavar="HOST[:PORT]", help="the enroll-agent (default port 2376)")
+    p = sub.add_parser("enroll", help="client side of pairing (HOST[:PORT] --store DIR), ACME (--acme URL), "
+                                      "or 'enroll policy --out FILE' (this machine's PCRs, for enroll-server)")
+    p.add_argument("host", nargs="?", metavar="HOST[:PORT] | policy",
+                   help="the enroll-agent (default port 2376); 'policy' records this machine's PCR values")
     p.add_argument("--store", metavar="DIR", help="certificate store: CA, TPM client key, one directory per server")
     p.add_argument("--expect-fingerprint", metavar="SHA256",
                    help="the agent's key fingerprint as it printed it; without it: trust on first use")
-    p.add_argument("--acme", metavar="URL", help="enroll through an ACME server (device-attest-01) instead")
     add_tcti(p)
     p.set_defaults(func=run_enroll)
     acme = _acme_cli()
-    if acme is not None and hasattr(acme, "add_enroll_arguments"):
-        acme.add_enroll_arguments(p)  # the ACME client's own options on the shared `enroll` command
+    if acme is not None:  # the attested scheme's options on the same command (DESIGN §6: one `enroll`)
+        acme.add_acme_options(p)  # type: ignore[attr-defined]
+        acme.add_policy_options(p)  # type: ignore[attr-defined]
+    else:
+        p.add_argument("--acme", metavar="URL", help="enroll through an ACME server (device-attest-01) instead")
 
 
 def _acme_cli() -> object | None:
@@ -59,6 +63,13 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_enroll(args: argparse.Namespace) -> int:
+    if args.host == "policy" and not args.store:
+        acme = _acme_cli()
+        if acme is None:
+            raise UsageError("'enroll policy' needs the attested-enrollment module (tpmtls.cli.enroll_acme)")
+        if not getattr(args, "out", None):
+            raise UsageError("enroll policy: give --out FILE for the policy JSON")
+        return int(acme.run_policy(args))  # type: ignore[attr-defined]
     if args.acme:
         acme = _acme_cli()
         if acme is None:

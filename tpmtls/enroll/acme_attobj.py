@@ -1,0 +1,134 @@
+"""device-attest-01 with format `tpm`: check a CBOR attObj the way step-ca does.
+
+Port of smallstep/certificates acme/challenge.go `deviceAttest01Validate` (payload,
+CBOR) and `doTPMAttestationFormat` (AK chain, AK profile, certInfo, extraData binding),
+plus the key-attribute check FINDINGS asks for (an imported or restricted key cannot pass).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cbor2
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from tpm2_pytss.constants import TPM2_ST
+from tpm2_pytss.types import TPMT_PUBLIC
+
+from .attest_verify import (
+    check_tls_key_attributes,
+    load_der_certificate,
+    parse_attest,
+    permanent_identifiers,
+    refuse,
+    tpm_name,
+    tpm_public_key,
+    unmarshal,
+    validate_ak_certificate,
+    verify_chain,
+    verify_tpm_signature,
+)
+
+# COSE algorithm identifiers step-ca accepts for `alg` (RS1, RS256, ES256).
+COSE_ALGS = {-65535: "sha1", -257: "sha256", -7: "sha256"}
+MAX_ATTOBJ = 64 * 1024
+
+
+@dataclass(frozen=True)
+class AttestedKey:
+    """What a valid attObj proves: this public key lives in a TPM whose AK the roots vouch for."""
+
+    public_key: Any
+    spki: bytes  # DER SubjectPublicKeyInfo: the finalize CSR must carry the same
+    identifiers: list[str]
+    ak_certificate: x509.Certificate
+
+
+def decode_att_obj(att_obj: bytes) -> dict[str, Any]:
+    """Well-formed CBOR map {fmt, attStmt} with nothing after it (cbor2; bounded size)."""
+    if not att_obj or att_obj in (b"{}",):
+        raise refuse("attObj must not be empty")
+    if len(att_obj) > MAX_ATTOBJ:
+        raise refuse(f"attObj is larger than {MAX_ATTOBJ} bytes")
+    stream = io.BytesIO(att_obj)
+    try:
+        obj = cbor2.CBORDecoder(stream).decode()
+    except Exception as e:  # noqa: BLE001 - CBORDecodeError, or a tag decoder's ValueError etc.
+        raise refuse(f"attObj is not well formed CBOR ({type(e).__name__})") from None
+    if stream.read(1):
+        raise refuse("attObj has trailing bytes after its CBOR map")
+    if not isinstance(obj, dict) or not isinstance(obj.get("attStmt"), dict):
+        raise refuse("attObj is not a map with fmt and attStmt")
+    return obj
+
+
+def verify_att_obj(att_obj: bytes, key_authorization: str, roots: Sequence[x509.Certificate]) -> AttestedKey:
+    """Every check of doTPMAttestationFormat; a Refusal (badAttestationStatement) names the first failure."""
+    obj = decode_att_obj(att_obj)
+    fmt = obj.get("fmt")
+    if fmt != "tpm":
+        raise refuse(f"unsupported attestation object format {fmt!r}" if isinstance(fmt, str)
+                     else "attObj has no fmt")
+    stmt = obj["attStmt"]
+    ver = stmt.get("ver")
+    if ver != "2.0":
+        raise refuse("ver not present" if ver is None else f"version {ver!r} is not supported")
+    x5c = stmt.get("x5c")
+    if not isinstance(x5c, list):
+        raise refuse("x5c not present")
+    if not x5c:
+        raise refuse("x5c is empty")
+    ak_cert = load_der_certificate(x5c[0], "x5c[0]")
+    intermediates = [load_der_certificate(c, f"x5c[{i + 1}]") for i, c in enumerate(x5c[1:8])]
+    path = verify_chain(ak_cert, intermediates, roots, "x5c")
+    for i, extra in enumerate(intermediates):
+        if extra not in path:  # stricter than step-ca: a damaged or unrelated extra certificate is refused too
+            raise refuse(f"x5c[{i + 1}] is not part of the AK certificate's chain")
+    validate_ak_certificate(ak_cert)
+    identifiers = permanent_identifiers(ak_cert, "the AK certificate")
+
+    pub_area = stmt.get("pubArea")
+    sig = stmt.get("sig")
+    cert_info = stmt.get("certInfo")
+    for name, value in (("pubArea", pub_area), ("sig", sig), ("certInfo", cert_info)):
+        if not isinstance(value, bytes):
+            raise refuse(f"invalid {name} in attestation statement")
+        if not value:
+            raise refuse(f"{name} is empty")
+    alg = stmt.get("alg")
+    if not isinstance(alg, int) or isinstance(alg, bool) or alg not in COSE_ALGS:
+        raise refuse(f"invalid alg {alg!r} in attestation statement")
+
+    # go-attestation CertificationParameters.Verify: certInfo is a TPM2_Certify of pubArea by the AK.
+    public = unmarshal(TPMT_PUBLIC, pub_area, "pubArea")
+    attest = parse_attest(cert_info, TPM2_ST.ATTEST_CERTIFY, "certInfo")
+    if bytes(attest.attested.certify.name) != tpm_name(public, "pubArea"):
+        raise refuse("certInfo certifies another key than pubArea")
+    try:
+        ak_key = ak_cert.public_key()
+    except Exception:  # noqa: BLE001
+        raise refuse("the AK certificate's public key is unusable") from None
+    verify_tpm_signature(ak_key, sig, cert_info, "certInfo")  # type: ignore[arg-type]
+
+    # The binding to this challenge: extraData == SHA-256(keyAuthorization).
+    expected = hashlib.sha256(key_authorization.encode()).digest()
+    if not hmac.compare_digest(expected, bytes(attest.extraData)):
+        raise refuse("key authorization invalid (certInfo.extraData is not SHA-256 of this challenge's "
+                     "keyAuthorization: replayed or made for another account)")
+    check_tls_key_attributes(public)
+    key = tpm_public_key(public, "pubArea")
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return AttestedKey(key, spki, identifiers, ak_cert)
+
+
+def encode_att_obj(ak_chain: Sequence[bytes], pub_area: bytes, cert_info: bytes, sig: bytes) -> bytes:
+    """The client's attObj: {fmt: "tpm", attStmt: {ver, alg: ES256, x5c, sig, certInfo, pubArea}}."""
+    return cbor2.dumps({"fmt": "tpm", "attStmt": {"ver": "2.0", "alg": -7, "x5c": list(ak_chain), "sig": sig,
+                                                  "certInfo": cert_info, "pubArea": pub_area}})
+
+
+__all__ = ["AttestedKey", "decode_att_obj", "encode_att_obj", "verify_att_obj"]

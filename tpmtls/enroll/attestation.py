@@ -1,0 +1,145 @@
+"""Client of an Attestation CA: from EK certificate to AK certificate (smallstep's /attest + /secret).
+
+`obtain_ak_certificate` reads the EK and its certificate, creates an AK, sends both;
+the CA answers a credential encrypted to the EK for the AK's name, which only this TPM
+can open (ActivateCredential); the opened secret and a PCR quote over the CA's nonce
+buy the AK certificate chain.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..tpm import attest
+from ..tpm.device import Tpm
+from .attest_errors import ACME_ERROR_PREFIX, EnrollError
+
+TIMEOUT = 30.0
+TpmCall = Callable[..., Any]
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class AkCredential:
+    """An AK (loadable in this TPM) with the certificate chain the Attestation CA issued for it."""
+
+    ak: attest.Ak
+    chain: list[bytes]  # DER: AK certificate first
+    identifier: str  # the permanent identifier the AK certificate carries
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.chain[0])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(body: dict[str, Any], key: str, url: str) -> bytes:
+    try:
+        return base64.b64decode(body[key], validate=True)
+    except (KeyError, TypeError, ValueError):
+        raise EnrollError(f"{url}: answer has no usable {key!r}; is this an Attestation CA?") from None
+
+
+def post_json(session: requests.Session, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST JSON; a problem document or transport failure becomes one EnrollError line."""
+    try:
+        # verify= per call: an environment REQUESTS_CA_BUNDLE would override session.verify (psf/requests#3829)
+        resp = session.post(url, json=body, timeout=TIMEOUT, verify=session.verify)
+    except requests.exceptions.SSLError as e:
+        raise EnrollError(f"{url}: TLS verification failed ({_reason(e)}); pass the server's CA with --cafile") from None
+    except requests.exceptions.RequestException as e:
+        raise EnrollError(f"{url}: cannot reach the Attestation CA ({_reason(e)})") from None
+    try:
+        doc = resp.json()
+    except ValueError:
+        doc = None
+    if resp.status_code >= 400:
+        if isinstance(doc, dict) and "detail" in doc:
+            kind = str(doc.get("type", "")).removeprefix(ACME_ERROR_PREFIX)
+            raise EnrollError(f"{url}: refused ({kind}): {doc['detail']}")
+        raise EnrollError(f"{url}: HTTP {resp.status_code}")
+    if not isinstance(doc, dict):
+        raise EnrollError(f"{url}: answer is not a JSON object; is this an Attestation CA?")
+    return doc
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "Connection refused", "timed out", "Name or service not known"):
+        if marker in text:
+            return marker
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def attest_request(tpm: Tpm, ek: attest.Ek, ak: attest.Ak) -> dict[str, Any]:
+    """The `POST /attest` body (smallstep's attestationRequest)."""
+    info = tpm.info()
+    ek_der = serialization.load_pem_public_key(ek.public.to_pem()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {
+        "tpmInfo": {"version": 2, "manufacturer": info.manufacturer, "model": info.vendor,
+                    "firmwareVersion": info.firmware},
+        "ek": _b64(ek_der),
+        "ekCerts": [_b64(ek.certificate)],
+        "params": {"public": _b64(ak.public), "useTCSDActivationFormat": False, "createData": _b64(ak.create_data),
+                   "createAttestation": _b64(ak.create_attestation), "createSignature": _b64(ak.create_signature)},
+    }
+
+
+def secret_request(tpm: Tpm, ak: attest.Ak, answer: dict[str, Any], url: str, ek_kind: str,
+                   call: TpmCall = _direct) -> dict[str, Any]:
+    """Activate the credential in the TPM and quote the PCRs the CA asks for over its nonce.
+
+    `call` runs each TPM operation (the enrollment client passes one that times them).
+    """
+    secret = call(attest.activate_credential, tpm, ak.blob, ek_kind, _unb64(answer, "credential", url),
+                  _unb64(answer, "secret", url))
+    body: dict[str, Any] = {"secret": _b64(secret)}
+    selection = answer.get("pcrs")
+    if selection:
+        try:
+            sel = {str(bank): [int(p) for p in pcrs] for bank, pcrs in selection.items()}
+            if any(bank not in attest.PCR_BANKS or any(not 0 <= p <= 23 for p in pcrs) for bank, pcrs in sel.items()):
+                raise ValueError
+        except (AttributeError, TypeError, ValueError):
+            raise EnrollError(f"{url}: answer names no usable PCR selection") from None
+        quoted, signature = call(attest.quote, tpm, ak.blob, _unb64(answer, "nonce", url), sel)
+        values = call(attest.read_pcrs, tpm, sel)
+        body["quote"] = {"quoted": _b64(quoted), "signature": _b64(signature),
+                         "pcrs": {bank: {str(p): v.hex() for p, v in vals.items()} for bank, vals in values.items()}}
+    return body
+
+
+def obtain_ak_certificate(tpm: Tpm, base_url: str, session: requests.Session, *, ek_kind: str = "rsa",
+                          call: TpmCall = _direct) -> AkCredential:
+    """Run the whole exchange against the Attestation CA at `base_url` (…/attest, …/secret)."""
+    base = base_url.rstrip("/")
+    ek = call(attest.read_ek, tpm, ek_kind)
+    ak = call(attest.create_ak, tpm)
+    answer = post_json(session, base + "/attest", call(attest_request, tpm, ek, ak))
+    reply = post_json(session, base + "/secret", secret_request(tpm, ak, answer, base + "/attest", ek_kind, call))
+    chain = reply.get("chain")
+    if not isinstance(chain, list) or not chain:
+        raise EnrollError(f"{base}/secret: answer has no certificate chain")
+    try:
+        ders = [base64.b64decode(c, validate=True) for c in chain]
+        x509.load_der_x509_certificate(ders[0])
+    except (TypeError, ValueError):
+        raise EnrollError(f"{base}/secret: the certificate chain is not base64 DER") from None
+    ident = reply.get("permanentIdentifier")
+    return AkCredential(ak, ders, ident if isinstance(ident, str) else "")
+
+
+__all__ = ["AkCredential", "attest_request", "obtain_ak_certificate", "post_json", "secret_request"]
