@@ -245,7 +245,7 @@ def push(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
-        lab = Lab(work, stack)
+        lab = Lab(work, stack, TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None)
         tpm_cert, tpm_key = lab.client("ecc-p256", "tpm")
         soft_cert, soft_key = lab.client("ecc-p256", "software")
         dirs = {}
@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-mb", type=int, default=200, help="size of the random image")
     p.add_argument("--layers", type=int, default=4, help="layers of the random image")
     p.add_argument("--real-layers", type=int, default=5, help="layers of the real-file image (1-5, smallest first)")
+    p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
+                   help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=push)
     from . import connections, daemon, enroll

@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from tpmtls.testing import TpmTiming
+
 from .lab import Lab, environment
 
 
@@ -175,7 +177,7 @@ def daemon(args: argparse.Namespace) -> int:
     latency: list[dict[str, Any]] = []
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-daemon-")))
-        lab = Lab(work, stack)
+        lab = Lab(work, stack, TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None)
         dockerd = _TlsDockerd(work, lab, stack)
         dirs = {kind: _cert_path(lab, kind, work) for kind in ("tpm", "software")}
         print(f"dockerd --tlsverify on 127.0.0.1:{dockerd.port}; client keys ECC P-256 (TPM: swtpm behind "
@@ -217,5 +219,7 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", default="1,4")
     p.add_argument("--seconds", type=float, default=3.0, help="per docker_client point")
     p.add_argument("--connections", type=int, default=50, help="per daemon-proxy point")
+    p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
+                   help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=daemon)
