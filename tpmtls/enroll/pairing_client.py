@@ -21,7 +21,7 @@ from typing import Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..errors import EnrollmentError, HandshakeError, TpmtlsError
+from ..errors import EnrollmentError, HandshakeError
 from .pairing_agent import ENROLL_PATH
 from .store import CertificateStore, StoreLike, as_store, key_fingerprint, normalize_fingerprint, split_host
 

@@ -13,7 +13,6 @@ import ssl
 from abc import ABC, abstractmethod
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode, urlsplit
 
@@ -23,7 +22,6 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from ..errors import RegistryError
 from .auth import Credentials, parse_challenge
-from .reference import Reference, parse_reference  # noqa: F401 - re-exported
 from .tokens import get_token
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}

@@ -23,7 +23,8 @@ from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
 from .auth import Credentials
 from .certs import registry_client
-from .client import RegistryClient, Reference, parse_reference
+from .client import RegistryClient
+from .reference import Reference, parse_reference
 from .progress import Progress
 from .sources import INDEX_TYPES
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ssl
 from contextlib import contextmanager
-from typing import Any, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 from .. import provider
 from ._errors import TpmHandshakeError, clear_tpm_error
@@ -94,6 +94,29 @@ class _Resumption:
 _COALESCE_WAIT = 5.0
 
 
+def _shake(conn: Any, handshake: Callable[[], None]) -> None:
+    """Run a socket's or SSL object's handshake: TPM reasons in errors, resumption book-keeping."""
+    resume = conn._tpmtls_resume
+    try:
+        with _tpm_reason():
+            handshake()
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        raise
+    except ssl.SSLError:
+        if resume is not None:
+            resume.failed()
+        raise
+    if resume is not None:
+        resume.done(conn)
+
+
+def _after_read(conn: Any) -> None:
+    """TLS 1.3 tickets arrive after the handshake: keep the session once one has come."""
+    resume = conn._tpmtls_resume
+    if resume is not None and resume.pending:
+        resume.keep(conn)
+
+
 def _peer_port(sock: ssl.SSLSocket) -> int | None:
     try:
         return int(sock.getpeername()[1])
@@ -109,24 +132,12 @@ class TpmSSLSocket(ssl.SSLSocket):
     def do_handshake(self, block: bool = False) -> None:
         timeout = self.gettimeout()
         wait = _COALESCE_WAIT if timeout is None else min(timeout, _COALESCE_WAIT)
-        resume = self._tpmtls_resume = _Resumption.start(self, _peer_port(self), wait)
-        try:
-            with _tpm_reason():
-                super().do_handshake(block)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError:
-            if resume is not None:
-                resume.failed()
-            raise
-        if resume is not None:
-            resume.done(self)
+        self._tpmtls_resume = _Resumption.start(self, _peer_port(self), wait)
+        _shake(self, lambda: super(TpmSSLSocket, self).do_handshake(block))
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:  # noqa: A002 - ssl's own signature
         data = super().read(len, buffer)
-        resume = self._tpmtls_resume
-        if resume is not None and resume.pending:
-            resume.keep(self)
+        _after_read(self)
         return data
 
     def _real_close(self) -> None:
@@ -143,24 +154,11 @@ class TpmSSLObject(ssl.SSLObject):
     def do_handshake(self) -> None:
         if self._tpmtls_resume is None:  # non-blocking: called again until it completes
             self._tpmtls_resume = _Resumption.start(self, None)
-        resume = self._tpmtls_resume
-        try:
-            with _tpm_reason():
-                super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError:
-            if resume is not None:
-                resume.failed()
-            raise
-        if resume is not None:
-            resume.done(self)
+        _shake(self, super().do_handshake)
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:  # noqa: A002 - ssl's own signature
         data = super().read(len, buffer)
-        resume = self._tpmtls_resume
-        if resume is not None and resume.pending:
-            resume.keep(self)
+        _after_read(self)
         return data
 
 

@@ -87,6 +87,29 @@ def check_importable(pem: bytes, pem_password: bytes | None, source: object) -> 
         raise KeyFileError(f"{source}: {kind} keys cannot go into a TPM 2.0: {SUPPORTED_IMPORTS}")
 
 
+def importable_objects(pem: bytes, pem_password: bytes | None, source: object,
+                       auth: bytes | None = None) -> tuple[TPM2B_PUBLIC, TPM2B_SENSITIVE]:
+    """The TPM public and sensitive areas of an external key, checked for what a TPM and TLS take.
+
+    Attributes as for keys tpmtls creates: sign (and decrypt for RSA: raw RSA under
+    software PSS padding, see templates.key_attributes); passwordless keys are noDA.
+    """
+    check_importable(pem, pem_password, source)
+    attrs = TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT
+    try:
+        public = TPM2B_PUBLIC.from_pem(pem, objectAttributes=attrs, password=pem_password)
+        sensitive = TPM2B_SENSITIVE.from_pem(pem, password=pem_password)
+    except ValueError as e:
+        raise KeyFileError(f"{source}: this key type cannot go into a TPM: {e}") from None
+    if public.publicArea.type == TPM2_ALG.RSA:
+        public.publicArea.objectAttributes |= TPMA_OBJECT.DECRYPT
+    if auth is None:
+        public.publicArea.objectAttributes |= TPMA_OBJECT.NODA
+    else:
+        sensitive.sensitiveArea.authValue = auth
+    return public, sensitive
+
+
 def _password(password: bytes | str | None) -> bytes | None:
     if password is None or password == b"" or password == "":
         return None
@@ -150,20 +173,8 @@ class Tpm:
         PEM is never written by tpmtls. Imported keys cannot be fixedTPM (TPM2_Import).
         """
         out = check_writable(path, overwrite) if path is not None else None
-        check_importable(pem, pem_password, source)
         auth = _password(password)
-        attrs = TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT
-        try:
-            public = TPM2B_PUBLIC.from_pem(pem, objectAttributes=attrs, password=pem_password)
-            sensitive = TPM2B_SENSITIVE.from_pem(pem, password=pem_password)
-        except ValueError as e:
-            raise KeyFileError(f"{source}: this key type cannot go into a TPM: {e}") from None
-        if public.publicArea.type == TPM2_ALG.RSA:
-            public.publicArea.objectAttributes |= TPMA_OBJECT.DECRYPT
-        if auth is None:
-            public.publicArea.objectAttributes |= TPMA_OBJECT.NODA
-        else:
-            sensitive.sensitiveArea.authValue = auth
+        public, sensitive = importable_objects(pem, pem_password, source, auth)
 
         def fn(ctx: TpmContext) -> tuple[object, TPM2B_PUBLIC]:
             parent, srk_public = ctx.srk("ecc")

@@ -23,13 +23,12 @@ from cryptography import x509
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
 from tpm2_pytss.types import (
     TPM2B_DATA,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
-    TPM2B_SENSITIVE,
     TPM2B_SENSITIVE_CREATE,
     TPML_PCR_SELECTION,
     TPMT_PUBLIC,
@@ -40,7 +39,7 @@ from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template, wrap
 
 from .._files import check_writable, write_atomic
 from ..errors import KeyFileError
-from .device import Tpm
+from .device import Tpm, importable_objects
 from .keyfile import OWNER, KeyBlob, _unarmor
 from .keys import AnyTpmKey, make_key
 from .pool import TpmContext
@@ -145,24 +144,8 @@ def wrap_key(pem: bytes, ek_pem: bytes, *, pem_password: bytes | None = None,
     part encrypted to the EK, nothing readable without that TPM.
     """
     ek_type, ek_public = ek_public_from_pem(ek_pem, ek_source)
-    try:
-        serialization.load_pem_private_key(pem, pem_password)
-    except TypeError as e:
-        raise KeyFileError(f"{source}: {e}; pass the PEM's password (--pem-password-file)") from None
-    except ValueError as e:
-        raise KeyFileError(f"{source}: not a PEM private key cryptography can read ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # noqa: BLE001 - e.g. UnsupportedAlgorithm
-        raise KeyFileError(f"{source}: cannot read private key: {e}") from None
-    # Same attributes as `tpmtls key import`: passwordless, so noDA; RSA also decrypt
-    # (raw RSA for software PSS padding, see templates.key_attributes).
-    attrs = TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.NODA
-    try:
-        public = TPM2B_PUBLIC.from_pem(pem, objectAttributes=attrs, password=pem_password)
-        sensitive = TPM2B_SENSITIVE.from_pem(pem, password=pem_password)
-    except ValueError as e:
-        raise KeyFileError(f"{source}: this key type cannot go into a TPM: {e}") from None
-    if public.publicArea.type == TPM2_ALG.RSA:
-        public.publicArea.objectAttributes |= TPMA_OBJECT.DECRYPT
+    # the checks and attributes of `tpmtls key import`; passwordless, so noDA
+    public, sensitive = importable_objects(pem, pem_password, source)
     _, duplicate, seed = wrap(ek_public.publicArea, public, sensitive)
     der = asn1.encode_der(_WrappedDer(
         version=_VERSION,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+from abc import ABC, abstractmethod
 import struct
 import time
 
@@ -69,7 +70,7 @@ def open_transport(tcti: str, timeout: float) -> StreamTcti:
     raise ValueError(f"no Python transport for TCTI {tcti!r}")
 
 
-class StreamTcti(PyTCTI):
+class StreamTcti(PyTCTI, ABC):
     """A command/response byte stream to a TPM with a deadline per command.
 
     Used by one thread at a time (the pool's contract). After fork() the child never
@@ -154,14 +155,17 @@ class StreamTcti(PyTCTI):
             raise TSS2_Exception(TSS2_RC.TCTI_RC_MALFORMED_RESPONSE)
         return header + self._io(sock, "read", size - _HEADER)
 
+    @abstractmethod
     def _send(self, command: bytes) -> None:
-        raise NotImplementedError
+        """Write one command (connecting first where the protocol wants a connection per command)."""
 
+    @abstractmethod
     def _receive(self) -> bytes:
-        raise NotImplementedError
+        """Read the whole response to the command last sent."""
 
+    @abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Drop the connection."""
 
 
 class TabrmdTcti(StreamTcti):
