@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from .._files import check_writable, write_atomic
 from ..errors import UsageError
 from ..pki.ca import FileCA
-from ._common import say
+from ..tpm import connect
+from ._common import add_tcti, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = csub.add_parser("init", help="create ca.crt and ca.key (0600) in DIR")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--name", required=True, help="the CA's common name")
+    p.add_argument("--tpm", action="store_true", help="make the CA key inside this machine's TPM (ca.key is then "
+                                                      "a TPM key file; issuing needs this TPM)")
+    add_tcti(p)
     p.set_defaults(func=init)
     p = csub.add_parser("issue", help="sign a CSR")
     p.add_argument("dir", metavar="DIR")
@@ -30,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--san", action="append", default=[], metavar="DNS:h,IP:a")
     p.add_argument("--out", required=True, metavar="CERT")
     p.add_argument("--force", action="store_true", help="replace CERT if it exists")
+    add_tcti(p)
     p.set_defaults(func=issue)
 
     certs = sub.add_parser("certs", help="Docker's certs.d")
@@ -48,15 +53,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def init(args: argparse.Namespace) -> int:
     if not args.name.strip():
         raise UsageError("--name: give the CA a common name, e.g. --name 'Acme registry CA'")
-    ca = FileCA.init(args.dir, args.name)
-    say(f"created CA {args.name!r}: {ca.cert_path} (its key {Path(args.dir) / 'ca.key'} is mode 0600)")
+    ca = FileCA.init(args.dir, args.name, tpm=connect(args.tcti) if args.tpm else None)
+    where = "a key inside the TPM; the file only names it" if ca.in_tpm else "mode 0600"
+    say(f"created CA {args.name!r}: {ca.cert_path} (its key {Path(args.dir) / 'ca.key'}: {where})")
     return 0
 
 
 def issue(args: argparse.Namespace) -> int:
     ca_files = [Path(args.dir) / "ca.crt", Path(args.dir) / "ca.key"]
     out = check_writable(args.out, args.force, inputs=(args.csr, *ca_files))
-    ca = FileCA.open(args.dir)
+    ca = FileCA.open(args.dir, args.tcti)
     try:
         csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
     except FileNotFoundError:

@@ -1,7 +1,9 @@
 """A file CA for one machine, tests and the quickstart (`tpmtls ca init|issue`).
 
-DIR holds `ca.crt` and `ca.key` (software ECDSA P-256, mode 0600: this is the
-registry owner's CA, not a TPM key). Fleets plug in an external CA instead (DESIGN §10).
+DIR holds `ca.crt` and `ca.key`: a software ECDSA P-256 key (mode 0600), or with
+`tpm=` a P-256 key created inside the registry owner's TPM (`ca.key` is then a TSS2 key
+file: the CA key cannot be copied off that machine, and it signs through the pool).
+Fleets plug in an external CA instead (DESIGN §10).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .._files import write_atomic
 from ..errors import UsageError
 from .csr import parse_san
+
+if TYPE_CHECKING:
+    from ..tpm.device import Tpm
 
 PEM = serialization.Encoding.PEM
 
@@ -33,8 +38,16 @@ class FileCA:
     def cert_path(self) -> Path:
         return self.directory / "ca.crt"
 
+    @property
+    def in_tpm(self) -> bool:
+        """True when the CA key lives in a TPM (ca.key is a TPM key file)."""
+        from ..tpm.keys import TpmKey
+
+        return isinstance(self.key, TpmKey)
+
     @classmethod
-    def init(cls, directory: str | Path, name: str, days: int = 3650) -> "FileCA":
+    def init(cls, directory: str | Path, name: str, days: int = 3650, *, tpm: "Tpm | None" = None) -> "FileCA":
+        """Create the CA; with `tpm`, its key is made inside that TPM (ca.key: the TPM key file)."""
         d = Path(directory)
         if (d / "ca.crt").exists() or (d / "ca.key").exists():
             raise UsageError(f"{d}: already holds a CA (ca.crt/ca.key); use another directory")
@@ -42,7 +55,11 @@ class FileCA:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UsageError(f"{d}: cannot create the CA directory: {e.strerror or e}") from None
-        key = ec.generate_private_key(ec.SECP256R1())
+        key: ec.EllipticCurvePrivateKey
+        if tpm is not None:
+            key = tpm.create_key("ecc-p256", d / "ca.key")  # type: ignore[assignment]
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (
@@ -56,17 +73,26 @@ class FileCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        write_atomic(d / "ca.key", key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()), 0o600)
+        if tpm is None:
+            write_atomic(d / "ca.key", key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()), 0o600)
         write_atomic(d / "ca.crt", cert.public_bytes(PEM), 0o644)
         return cls(d, key, cert)
 
     @classmethod
-    def open(cls, directory: str | Path) -> "FileCA":
+    def open(cls, directory: str | Path, tcti: str | None = None) -> "FileCA":
+        """Open DIR; a TPM CA key is loaded through `tcti` (default: $TPMTLS_TCTI …)."""
         d = Path(directory)
         try:
-            key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+            key_pem = (d / "ca.key").read_bytes()
             cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+            key: object
+            if b"-----BEGIN TSS2 PRIVATE KEY-----" in key_pem or b"-----BEGIN TPMTLS KEY HANDLE-----" in key_pem:
+                from ..tpm import connect
+
+                key = connect(tcti).load_key(d / "ca.key")
+            else:
+                key = serialization.load_pem_private_key(key_pem, None)
         except FileNotFoundError as e:
             raise UsageError(f"{d}: not a CA directory ({Path(e.filename).name} missing; run 'tpmtls ca init')") from None
         except OSError as e:
