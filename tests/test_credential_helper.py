@@ -190,3 +190,86 @@ def test_seal_limits_and_other_tpm_in_process(tpm, fresh_tpm) -> None:
         seal(tpm, b"\x01" * (MAX_SEALED + 1))
     with pytest.raises(tpmtls.KeyFileError, match="blob: sealed to another TPM"):
         unseal(tpmtls.connect(fresh_tpm.tcti), blob, "blob")
+
+
+class RecordingForwarder:
+    """Between the swtpm TCTI and swtpm: data port and control port (port + 1) forwarded,
+    every byte of the data channel (TPM commands and responses) recorded."""
+
+    def __init__(self, upstream: int) -> None:
+        import socket
+        import threading
+
+        from tpmtls.testing import free_port
+
+        self.port = free_port(2)
+        self.seen = bytearray()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._listeners = [socket.create_server(("127.0.0.1", self.port + i)) for i in (0, 1)]
+        for i, listener in enumerate(self._listeners):
+            threading.Thread(target=self._accept, args=(listener, upstream + i, i == 0), daemon=True).start()
+
+    def _accept(self, listener, upstream: int, record: bool) -> None:
+        import socket
+        import threading
+
+        for _ in range(100):  # bounded: a test opens a handful of connections
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", upstream), timeout=30)
+            self._socks += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst, record), daemon=True).start()
+
+    def _pump(self, src, dst, record: bool) -> None:
+        for _ in range(1_000_000):
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if record:
+                with self._lock:
+                    self.seen += data
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        # swtpm serves one connection at a time: pass the close on, both ways
+        for s in (src, dst):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for s in self._listeners + self._socks:
+            s.close()
+
+
+def test_sealed_key_crosses_the_tpm_bus_encrypted(tmp_path: Path) -> None:
+    """Seal and unseal run in a session salted to the SRK with parameter encryption: the
+    data never appears on the wire to the TPM, either way."""
+    from conftest import require
+
+    require("swtpm")
+    from tpmtls.testing import SwTpm
+
+    marker = b"SEALED-MARKER-" + os.urandom(9).hex().encode()
+    with SwTpm(tmp_path / "swtpm") as sw:
+        fwd = RecordingForwarder(sw.port)
+        pool = tpmtls.Pool(f"swtpm:host=127.0.0.1,port={fwd.port}", size=1)
+        try:
+            tpm = tpmtls.connect(pool=pool)
+            blob = seal(tpm, marker)
+            assert unseal(tpm, blob, "blob") == marker
+            srk_x = pool.run("srk", lambda ctx: bytes(ctx.srk("ecc")[1].publicArea.unique.ecc.x))
+        finally:
+            pool.close()
+            fwd.close()
+    assert srk_x in fwd.seen  # the recorder sees the traffic (the SRK's public point, in clear)
+    assert marker not in fwd.seen
