@@ -180,7 +180,9 @@ def test_concurrent_stores_keep_every_entry(helper: Helper) -> None:
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda i: helper.store_creds(f"host{i}:5000", f"user{i}", f"{SECRET}{i}"), range(6)))
     assert json.loads(helper.ok("list")) == {f"host{i}:5000": f"user{i}" for i in range(6)}
-    assert helper.get("host3:5000")["Secret"] == f"{SECRET}3"
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: helper.get(f"host{i}:5000"), range(6)))
+    assert [a["Secret"] for a in answers] == [f"{SECRET}{i}" for i in range(6)]
 
 
 def test_seal_limits_and_other_tpm_in_process(tpm, fresh_tpm) -> None:
@@ -273,3 +275,14 @@ def test_sealed_key_crosses_the_tpm_bus_encrypted(tmp_path: Path) -> None:
             fwd.close()
     assert srk_x in fwd.seen  # the recorder sees the traffic (the SRK's public point, in clear)
     assert marker not in fwd.seen
+
+
+def test_console_script_is_declared() -> None:
+    """`pip install tpmtls` puts docker-credential-tpmtls on PATH, running the tested main()."""
+    import re
+
+    from tpmtls.cli import credential_helper
+
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert re.search(r'^docker-credential-tpmtls = "tpmtls\.cli\.credential_helper:main"$', pyproject, re.M)
+    assert callable(credential_helper.main)

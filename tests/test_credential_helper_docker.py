@@ -140,6 +140,7 @@ def test_docker_login_push_logout_through_the_helper(dockerd, login_registry, tp
     assert (missing.returncode, missing.stdout) == (1, NOT_FOUND + "\n")
 
     assert "Login Succeeded" in s.docker("login", host, "--username", USER, "--password-stdin", stdin=PASSWORD + "\n")
+    assert "unencrypted" not in s.outputs[-1], s.outputs[-1]  # docker's warning when no helper stores it
     config = json.loads((tmp_path / "docker" / "config.json").read_text())
     assert config["credsStore"] == "tpmtls" and config.get("auths", {}).get(host, {}) == {}, config
     assert json.loads(s.helper("list").stdout) == {host: USER}
