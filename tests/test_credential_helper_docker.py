@@ -170,7 +170,7 @@ def test_docker_login_push_logout_through_the_helper(dockerd, login_registry, tp
     assert host in line
 
     # the password was in no output, no log, and in no file in clear
-    assert_secret_nowhere(s, [tmp_path, dockerd.log_path, login_registry.log_path])
+    assert_secret_nowhere(s, [tmp_path, dockerd.log_path, login_registry.log_path, Path(test_tpm.workdir)])
 
 
 def test_helper_entry_used_by_tpmtls_push_and_pull_over_mtls(mtls_basic_registry, tpm_certs, small_image, test_tpm,
