@@ -206,4 +206,9 @@ def test_store_copied_to_another_tpm(mtls_basic_registry, pki, small_image, test
     line = one_line_failure(push)
     print(line)
     assert "docker-credential-tpmtls" in line and "another TPM" in line
+    # logging in again there (what the line says) replaces the entry with one sealed to that TPM
+    again = there.helper("store", json.dumps({"ServerURL": host, "Username": USER, "Secret": PASSWORD}))
+    assert again.returncode == 0, again.stdout
+    push = there.tpmtls("push", f"docker-archive:{small_image}", f"{host}/copied:1", "--cert-dir", str(certs))
+    assert push.returncode == 0, push.stderr
     assert_secret_nowhere(there, [tmp_path / "there"])
