@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import require
+from peers import clean_env
 from proxy_env import RegistryProxyProcess, docker, hosts_entry, unique_name
 from registry_env import skopeo_raw
 
@@ -126,3 +129,100 @@ def test_cli_needs_a_client_certificate(cli, tmp_path):
     (tmp_path / "empty").mkdir()
     line = cli.fails("proxy", "--upstream", "localhost:5000", "--listen", "127.0.0.1:0", "--cert-dir", "empty")
     assert "no client certificate" in line and "empty" in line
+
+
+def test_eight_concurrent_clients_get_the_same_digest(proxy, loaded, dockerd, tmp_path):
+    """4 docker pulls (4 repositories, one daemon) and 4 skopeo copies at once, one proxy."""
+    require("skopeo")
+    import concurrent.futures
+
+    repos = [f"{proxy.address}/conc-{i}:1" for i in range(4)]
+    digests = set()
+    for ref in repos:
+        docker(dockerd.env, "tag", loaded, ref)
+        digests.add(docker(dockerd.env, "push", ref).stdout.strip().splitlines()[-1].split("digest: ")[1].split()[0])
+        docker(dockerd.env, "rmi", ref)
+    assert len(digests) == 1
+
+    def docker_pull(ref: str) -> str:
+        out = docker(dockerd.env, "pull", ref).stdout
+        return out.split("Digest: ", 1)[1].split()[0]
+
+    def skopeo_copy(i: int) -> str:
+        out = tmp_path / f"dir-{i}"  # dir: keeps the manifest as served (oci: would convert it)
+        proc = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{repos[i]}", f"dir:{out}"],
+                              capture_output=True, text=True, env=clean_env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return "sha256:" + hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(docker_pull, ref) for ref in repos] + [pool.submit(skopeo_copy, i) for i in range(4)]
+        got = [job.result(timeout=600) for job in jobs]
+    assert set(got) == digests, got
+    for ref in repos:
+        docker(dockerd.env, "rmi", ref)
+
+
+def test_rss_stays_flat_while_200_mb_stream_through(proxy):
+    """A 200 MB blob up (chunked, like dockerd's PATCH) and down again; the proxy's RSS sampled."""
+    import hashlib
+    import http.client
+    import os
+    import threading
+
+    from proxy_env import rss_kib
+
+    block = os.urandom(1 << 20)
+    size_mb = 200
+    digest = hashlib.sha256()
+    for _ in range(size_mb):
+        digest.update(block)
+    blob = f"sha256:{digest.hexdigest()}"
+    host, port = proxy.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=300)
+    conn.request("GET", "/v2/")
+    conn.getresponse().read()
+    baseline = rss_kib(proxy.pid)
+    peak, samples = [baseline], [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_kib(proxy.pid))
+            samples[0] += 1
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        conn.request("POST", "/v2/big/blobs/uploads/", headers={"Content-Length": "0"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 202, resp.status
+        location = resp.getheader("Location")
+        assert location.startswith(f"http://{proxy.address}/v2/big/blobs/uploads/"), location  # rewritten to us
+        path = location.split(proxy.address, 1)[1]
+        conn.request("PATCH", path, body=(block for _ in range(size_mb)), encode_chunked=True,
+                     headers={"Transfer-Encoding": "chunked", "Content-Type": "application/octet-stream"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 202, resp.status
+        path = resp.getheader("Location").split(proxy.address, 1)[1]
+        conn.request("PUT", f"{path}{'&' if '?' in path else '?'}digest={blob}", headers={"Content-Length": "0"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 201, resp.status
+        conn.request("GET", f"/v2/big/blobs/{blob}")
+        resp = conn.getresponse()
+        back = hashlib.sha256()
+        for piece in iter(lambda: resp.read(1 << 20), b""):
+            back.update(piece)
+        assert resp.status == 200 and f"sha256:{back.hexdigest()}" == blob
+    finally:
+        done.set()
+        sampler.join()
+        conn.close()
+    growth_mb = (peak[0] - baseline) / 1024
+    print(f"proxy RSS: {baseline / 1024:.1f} MB before, peak {peak[0] / 1024:.1f} MB while 2 x {size_mb} MB streamed "
+          f"({samples[0]} samples)")
+    assert samples[0] >= 5
+    assert growth_mb < 50, f"RSS grew by {growth_mb:.0f} MB while {size_mb} MB streamed"
