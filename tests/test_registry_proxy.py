@@ -226,3 +226,27 @@ def test_rss_stays_flat_while_200_mb_stream_through(proxy):
           f"({samples[0]} samples)")
     assert samples[0] >= 5
     assert growth_mb < 50, f"RSS grew by {growth_mb:.0f} MB while {size_mb} MB streamed"
+
+
+def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm_certs, test_tpm, tmp_path):
+    """`docker push NAME/demo:1`: dockerd tries https://NAME (443), then http://NAME (80): with NAME
+    mapped to loopback, a proxy listening on port 80 of that address serves it (root or
+    CAP_NET_BIND_SERVICE needed for port 80; nothing may answer TLS on 443 there)."""
+    import os
+    import time
+
+    if os.geteuid() != 0:
+        pytest.skip("binding port 80 needs root or CAP_NET_BIND_SERVICE")  # the suite runs as root here
+    name = unique_name("portless")
+    with hosts_entry(name, "127.0.0.3"), \
+            RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}",
+                                 "--listen", "127.0.0.3:80", "--cert-dir", str(tpm_certs)) as p:
+        ref = f"{name}/portless:1"
+        docker(dockerd.env, "tag", loaded, ref)
+        started = time.monotonic()
+        digest = docker(dockerd.env, "push", ref).stdout.strip().splitlines()[-1].split("digest: ")[1].split()[0]
+        docker(dockerd.env, "rmi", ref)
+        assert f"Digest: {digest}" in docker(dockerd.env, "pull", ref).stdout
+        print(f"port-less {ref}: push + pull through 127.0.0.3:80 in {time.monotonic() - started:.2f} s")
+        docker(dockerd.env, "rmi", ref)
+        assert any(" PUT /v2/portless/manifests/1 201 " in line for line in p.lines())

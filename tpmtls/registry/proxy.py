@@ -73,7 +73,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise UsageError(f"--listen {listen!r}: write it as 127.0.0.1:PORT (or [::1]:PORT)")
     host = parts.hostname
     try:
-        addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+        addresses = sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
     except (socket.gaierror, UnicodeError) as e:
         raise UsageError(f"--listen {listen}: cannot resolve {host} ({e})") from None
     outside = [a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback]
@@ -209,8 +209,9 @@ class RegistryProxy:
     def bound(self) -> str:
         if self._server is None:
             return self.listen
-        host, port = self._server.server_address[:2]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        address = self._server.server_address
+        host, port = str(address[0]), int(address[1])
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def serve(self) -> None:
         """Serve until `stop()`."""
