@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -44,6 +45,8 @@ REFUSED_REALM = "/_tpmtls/refused-realm"
 #: Hop-by-hop headers (RFC 9110 7.6.1) and the ones this proxy sets itself.
 _HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
         "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+_REPLAY = urllib3.Retry(total=2, connect=2, read=2, other=0, status=0, redirect=False, allowed_methods=None,
+                       raise_on_status=False, raise_on_redirect=False, backoff_factor=0)
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _REALM_RE = re.compile(r'realm="([^"]*)"', re.IGNORECASE)
 
@@ -298,16 +301,24 @@ class _Handler(BaseHTTPRequestHandler):
             if name.lower() not in _HOP:
                 headers.add(name, value)
         headers["Host"] = target_host if not target_host.endswith(":443") else target_host[:-4]
-        body, length, counted = self._request_body()
+        try:
+            body, length, counted = self._request_body()
+        except ValueError:
+            self.close_connection = True
+            return self._send_json(400, _errors("UNSUPPORTED", "bad Content-Length"))[0], 0, 0, "bad Content-Length"
         if length is not None:
             headers["Content-Length"] = str(length)
+        # A pooled connection the registry closed while idle fails on first use: a request whose
+        # body we hold whole (none, or empty) is sent again on a new connection; a streamed one not.
+        retries: Any = _REPLAY if not isinstance(body, Iterator) else False
         try:
             resp = proxy.pool(target_host).urlopen(
                 self.command, path, body=body, headers=headers, redirect=False, assert_same_host=False,
-                preload_content=False, decode_content=False, chunked=body is not None and length is None)
-        except _ClientGone:
+                preload_content=False, decode_content=False, chunked=body is not None and length is None,
+                retries=retries)
+        except (_ClientGone, ValueError):
             self.close_connection = True
-            return 499, counted.n, 0, "client closed the request"
+            return 499, counted.n, 0, "client closed the request or sent a malformed chunked body"
         except Urllib3Error as e:
             line = proxy.explain(e, target_host)
             proxy.counters.add(failures=1)
@@ -372,6 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (Urllib3Error, OSError) as e:
             self.close_connection = True  # the client sees a short body, never a wrong one
+            resp.close()  # and the upstream connection, half read, is not reused
             return resp.status, up, down, f"stream broken after {down} B: {type(e).__name__}"
         return resp.status, up, down, note
 
