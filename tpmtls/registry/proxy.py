@@ -38,6 +38,8 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
 #: Upstream connections kept per host; more concurrent requests wait for one to come back.
 POOL_SIZE = 32
+#: Seconds a request waits for a free upstream connection before it is answered 502.
+POOL_WAIT = 60.0
 STATUS_PATH = "/_tpmtls/status"
 REALM_PREFIX = "/_tpmtls/realm/"
 #: Where a plain-http token realm is pointed instead: credentials stop here, never go out in clear.
@@ -172,6 +174,12 @@ class RegistryProxy:
 
         where = where or self.upstream
         reason = _reason(e)
+        ssl_reason = re.search(r"\[SSL: [A-Z0-9_]+\] ([^(']+)", reason)
+        if ssl_reason:
+            reason = ssl_reason.group(1).strip()  # "sslv3 alert bad certificate", not three wrappers deep
+        errno_reason = re.search(r"\[Errno -?\d+\] ([^\"')]+)", reason)
+        if errno_reason and not ssl_reason:
+            return f"{where}: cannot connect ({errno_reason.group(1).strip()}): is the registry listening there?"
         low = reason.lower()
         if "certificate verify failed" in low or "doesn't match" in low or "hostname mismatch" in low:
             return f"{where}: its server certificate is not trusted ({reason}); check ca.crt in the certs.d directory"
@@ -285,16 +293,13 @@ class _Handler(BaseHTTPRequestHandler):
             client_host = proxy.bound
         target_host, path = proxy.upstream, self.path
         if self.path.startswith(REFUSED_REALM):
-            self.close_connection = True
             message = ("tpmtls proxy: the registry's token realm is plain http on another host; "
                        "refusing to send credentials there in clear")
-            return self._send_json(403, _errors("DENIED", message))[0], 0, 0, "plain-http token realm refused"
+            return self._refuse(403, "DENIED", message, "plain-http token realm refused")
         if self.path.startswith(REALM_PREFIX):
             hostport, _, rest = self.path[len(REALM_PREFIX):].partition("/")
             if not proxy.realm_allowed(hostport):
-                self.close_connection = True
-                return self._send_json(404, _errors("NAME_UNKNOWN", "not a token realm this registry named"))[0], \
-                    0, 0, ""
+                return self._refuse(404, "NAME_UNKNOWN", "not a token realm this registry named", "unknown realm")
             target_host, path = hostport, "/" + rest
         headers = urllib3.HTTPHeaderDict()
         for name, value in self.headers.items():  # repeated fields (docker sends Accept 4 times) kept apart
@@ -304,8 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body, length, counted = self._request_body()
         except ValueError:
-            self.close_connection = True
-            return self._send_json(400, _errors("UNSUPPORTED", "bad Content-Length"))[0], 0, 0, "bad Content-Length"
+            return self._refuse(400, "UNSUPPORTED", "bad Content-Length", "bad Content-Length")
         if length is not None:
             headers["Content-Length"] = str(length)
         # A pooled connection the registry closed while idle fails on first use: a request whose
@@ -315,7 +319,7 @@ class _Handler(BaseHTTPRequestHandler):
             resp = proxy.pool(target_host).urlopen(
                 self.command, path, body=body, headers=headers, redirect=False, assert_same_host=False,
                 preload_content=False, decode_content=False, chunked=body is not None and length is None,
-                retries=retries)
+                retries=retries, pool_timeout=POOL_WAIT)
         except (_ClientGone, ValueError):
             self.close_connection = True
             return 499, counted.n, 0, "client closed the request or sent a malformed chunked body"
@@ -323,8 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             line = proxy.explain(e, target_host)
             proxy.counters.add(failures=1)
             self.close_connection = True
-            return self._send_json(502, _errors("UNAVAILABLE", f"tpmtls proxy: {line}"))[0], counted.n, 0, \
-                f"upstream failed: {line}"
+            status, down = self._send_json(502, _errors("UNAVAILABLE", f"tpmtls proxy: {line}"))
+            return status, counted.n, down, f"upstream failed: {line}"
         try:
             return self._respond(proxy, resp, client_host, counted.n)
         finally:
@@ -386,6 +390,12 @@ class _Handler(BaseHTTPRequestHandler):
             resp.close()  # and the upstream connection, half read, is not reused
             return resp.status, up, down, f"stream broken after {down} B: {type(e).__name__}"
         return resp.status, up, down, note
+
+    def _refuse(self, status: int, code: str, message: str, note: str) -> tuple[int, int, int, str]:
+        """Answer here, not upstream, in the registry's error format; the connection is closed after."""
+        self.close_connection = True
+        status, down = self._send_json(status, _errors(code, message))
+        return status, 0, down, note
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> tuple[int, int]:
         body = json.dumps(payload, indent=1).encode() + b"\n"
