@@ -250,3 +250,14 @@ def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm
         print(f"port-less {ref}: push + pull through 127.0.0.3:80 in {time.monotonic() - started:.2f} s")
         docker(dockerd.env, "rmi", ref)
         assert any(" PUT /v2/portless/manifests/1 201 " in line for line in p.lines())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--upstream", "http://registry.example/v2"], "HOST[:PORT]"),
+    (["--upstream", "registry.example:99999"], "HOST[:PORT]"),
+    (["--upstream", "registry.example", "--listen", "127.0.0.1"], "127.0.0.1:PORT"),
+    (["--upstream", "registry.example", "--resolve", "nonsense"], "HOST:PORT:ADDRESS"),
+])
+def test_bad_arguments_are_one_line(args, words, cli, tpm_certs):
+    line = cli.fails("proxy", *args, "--cert-dir", str(tpm_certs))
+    assert words in line, line
