@@ -18,13 +18,12 @@ import ipaddress
 import json
 import re
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,12 +117,12 @@ class RegistryProxy:
         self.upstream = f"{self.host}:{self.port}"
         self.listen_host, self.listen_port = parse_listen(listen)
         self.listen = listen
-        certs = read_cert_dir(Path(cert_dir)) if cert_dir else lookup(
-            self.upstream, Path(certs_root) if certs_root else None)
+        name = self.host if self.port == 443 else self.upstream  # Docker's certs.d names 443 without a port
+        certs = read_cert_dir(Path(cert_dir)) if cert_dir else lookup(name, Path(certs_root) if certs_root else None)
         if certs.client is None:
-            where = cert_dir or f"the certs.d roots for {self.upstream}"
+            where = cert_dir or f"the certs.d roots for {name}"
             raise UsageError(f"{where}: no client certificate (client.cert + client.key); "
-                             f"install one with 'tpmtls certs install {self.upstream} …' or pass --cert-dir")
+                             f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
         self.context = ssl_context_for(certs, tcti)
         self.resolve = dict(resolve or {})
