@@ -38,7 +38,7 @@ READ_TIMEOUT = 300.0
 #: Upstream connections kept per host; more concurrent requests wait for one to come back.
 POOL_SIZE = 32
 #: Seconds a request waits for a free upstream connection before it is answered 502.
-POOL_WAIT = 60.0
+POOL_WAIT = 60
 STATUS_PATH = "/_tpmtls/status"
 REALM_PREFIX = "/_tpmtls/realm/"
 #: Where a plain-http token realm is pointed instead: credentials stop here, never go out in clear.
