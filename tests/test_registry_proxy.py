@@ -82,6 +82,7 @@ def test_untrusted_key_fails_and_the_refusal_is_logged(registry, dockerd, loaded
         pulled = docker(dockerd.env, "pull", f"{p.address}/demo:1", check=False)
         lines = p.lines()
     assert pulled.returncode != 0
+    assert p.returncode == 0, lines[-3:]  # SIGTERM: a clean exit, TPM key context and all
     refusals = [line for line in lines if "refused our client certificate" in line]
     assert refusals, lines
     assert all(line.count("\n") == 0 and str(foreign / "client.cert") in line for line in refusals)
@@ -102,13 +103,14 @@ def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, t
         certs = tmp_path / "certs"
         shutil.copytree(tpm_certs, certs)
         with RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", hostport, "--listen", f"127.0.0.2:{reg.port}",
-                                  "--cert-dir", str(certs), "--resolve", f"{hostport}:127.0.0.1"):
+                                  "--cert-dir", str(certs), "--resolve", f"{hostport}:127.0.0.1") as p:
             ref = f"{hostport}/demo:1"
             docker(dockerd.env, "tag", loaded, ref)
             digest = docker(dockerd.env, "push", ref).stdout.strip().splitlines()[-1].split("digest: ")[1].split()[0]
             docker(dockerd.env, "rmi", ref)
             assert f"Digest: {digest}" in docker(dockerd.env, "pull", ref).stdout
             docker(dockerd.env, "rmi", ref)
+        assert p.returncode == 0
         _, upstream_digest = skopeo_raw(f"127.0.0.1:{reg.port}/demo:1", soft_certs)
     assert upstream_digest == digest
     assert name not in Path("/etc/hosts").read_text()
