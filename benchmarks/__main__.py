@@ -1,4 +1,4 @@
-"""`python -m benchmarks {handshakes,pool,push,daemon,enroll}`: tpmtls side by side with the alternatives.
+"""`python -m benchmarks {handshakes,pool,push,daemon,enroll,proxy}`: tpmtls side by side with the alternatives.
 
 Every comparison is made in one run, on the same TPM, CA and server: read the ratios,
 not the absolute rates (a shared 2-core machine is noisy). Each prints a table and, with
@@ -369,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=push)
-    from . import connections, daemon, enroll
+    from . import connections, daemon, enroll, proxy
 
     daemon.register(sub)
     enroll.register(sub)
+    proxy.register(sub)
     connections.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))

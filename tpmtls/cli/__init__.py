@@ -6,7 +6,7 @@ import sys
 
 from .. import __version__
 from . import (ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_acme, enroll_pairing, key, key_transfer,
-               quickstart)
+               proxy, quickstart)
 from ._common import Parser, add_tcti, run_main
 
 
@@ -23,6 +23,7 @@ def build_parser() -> Parser:
     ca.register(sub)
     certs_daemon.register(sub.choices["certs"])
     daemon_proxy.register(sub)
+    proxy.register(sub)
     enroll_pairing.register(sub)
     quickstart.register(sub)
     enroll_acme.register(sub)  # after any other `enroll`: it adds its own only if none exists
