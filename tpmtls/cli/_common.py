@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from pathlib import Path
-from typing import Callable, NoReturn
+from types import FrameType
+from typing import Any, Callable, NoReturn
 
 from ..errors import UsageError
 
@@ -78,6 +81,26 @@ def key_password(key: str, password_file: str | None) -> bytes | None:
 
 def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
+
+
+def service_log(name: str) -> Callable[[str], None]:
+    """One timestamped line per event on stderr, for the long-running proxies (journald keeps it)."""
+
+    def log(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} tpmtls {name}: {line}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def serve_until_signal(server: Any) -> None:
+    """Run `server.serve()` until SIGTERM or SIGINT asks it to `stop()` (systemd stops with SIGTERM)."""
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.serve()
 
 
 def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argparse.Namespace], int]",

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
-import time
-from types import FrameType
 
-from ._common import add_password_file, add_tcti, read_secret_file
+from ._common import add_password_file, add_tcti, read_secret_file, serve_until_signal, service_log
 
 DEFAULT_LISTEN = "unix:///run/tpmtls/docker.sock"
 
@@ -28,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _log(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} tpmtls daemon-proxy: {line}", file=sys.stderr, flush=True)
+_log = service_log("daemon-proxy")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,14 +43,9 @@ def run(args: argparse.Namespace) -> int:
         _log("the upstream is not dockerd itself (NGINX?): the end of a client's stdin is not forwarded, "
              "since NGINX would end the whole stream and lose its output")
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        proxy.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     _log(f"listening on {proxy.bound}, forwarding to {proxy.upstream} as {proxy.cert_path.cert} "
          f"(TPM signatures so far: {proxy.signatures()}); use DOCKER_HOST={proxy.bound}")
-    proxy.serve()
+    serve_until_signal(proxy)
     n = proxy.stats.connections
     _log(f"stopped after {n} connection{'' if n == 1 else 's'} ({proxy.stats.resumed} resumed, "
          f"{proxy.stats.full_handshakes} full handshakes incl. the start-up check, {proxy.stats.failures} refused); "

@@ -9,13 +9,19 @@ from typing import Any
 from ..errors import UsageError
 
 
-def add_registry_args(p: argparse.ArgumentParser) -> None:
+def add_certs_args(p: argparse.ArgumentParser) -> None:
+    """Where the client certificate comes from and how the registry's name resolves (push, pull, proxy)."""
     p.add_argument("--cert-dir", metavar="D", help="certs.d-style directory (ca.crt, client.cert, client.key); "
                    "default: tpmtls's certs.d, then Docker's, for HOST[:PORT]")
     p.add_argument("--certs-root", metavar="DIR", help="tpmtls's certs.d root, read before Docker's "
                    "(default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; Docker's: $DOCKER_CERTS_D or /etc/docker/certs.d)")
     p.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDR",
-                   help="connect to ADDR for HOST:PORT, like curl (repeatable)")
+                   help="connect to ADDR for HOST:PORT, like curl (repeatable; needed when HOST itself is mapped "
+                   "to loopback)")
+
+
+def add_registry_args(p: argparse.ArgumentParser) -> None:
+    add_certs_args(p)
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in parallel (default 4)")
     p.add_argument("--username", help="registry user (default: docker config / credential helper)")
     p.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
