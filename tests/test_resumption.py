@@ -156,3 +156,50 @@ def test_a_resumed_session_survives_a_tpm_outage(fresh_tpm, tmp_path):
         fresh_tpm.abrmd.kill()
         assert b"Client certificate" in _get(ctx, stateless_tpm_server.port)
     assert ctx.sessions.stats().resumed_handshakes == 1
+
+
+def test_a_server_without_resumable_sessions_leaves_no_one_waiting(tpm_client, pki, test_tpm):
+    """TLS 1.2 with neither tickets nor a session cache: nothing to keep, and no thread waits for it."""
+    cert, key = tpm_client["ecc-p256"]
+    with OpenSSLServer(pki, "-no_ticket", "-no_cache") as stateless:
+        ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti, tls_version="1.2")
+        _get(ctx, stateless.port)
+        assert ctx.sessions._inflight == {}  # a later connection would otherwise wait for a session forever
+        _get(ctx, stateless.port)
+    assert ctx.sessions.stats().full_handshakes == 2
+
+
+def test_a_tls13_server_without_tickets_holds_waiters_once(tpm_client, pki, test_tpm):
+    """The first connection stays open and never gets a ticket: a second one goes on, and the flight ends."""
+    import socketserver
+    import threading
+
+    from peers import verifying_server_context
+
+    server_ctx = verifying_server_context(pki)
+    server_ctx.num_tickets = 0  # TLS 1.3 without tickets: nothing to resume, ever
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with server_ctx.wrap_socket(self.request, server_side=True) as tls:
+                tls.recv(1024)
+                tls.sendall(b"HTTP/1.0 200 OK\r\n\r\nClient certificate seen\n")
+
+    socketserver.ThreadingTCPServer.daemon_threads = True
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler) as no_tickets:
+        threading.Thread(target=no_tickets.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        port = no_tickets.server_address[1]
+        cert, key = tpm_client["ecc-p256"]
+        ctx = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti, tls_version="1.3")
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        first = ctx.wrap_socket(raw, server_hostname="localhost")  # handshake done, never read: no ticket
+        try:
+            done: list[bytes] = []
+            second = threading.Thread(target=lambda: done.append(_get(ctx, port)))
+            second.start()
+            second.join(30)
+            assert done and b"Client certificate" in done[0]
+            assert ctx.sessions._inflight == {}  # later connections do not wait for this server again
+        finally:
+            first.close()
+            no_tickets.shutdown()

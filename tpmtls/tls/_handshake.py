@@ -79,13 +79,14 @@ class _Resumption:
 
     def done(self, conn: Any) -> None:
         self.cache.count(conn.session_reused, provider.signatures_on_this_thread() - self.signatures)
+        self.cache.shaken(self.server)
         self.keep(conn)
 
     def keep(self, conn: Any) -> None:
         session = conn.session
-        if session is None or (conn.version() == "TLSv1.3" and not session.has_ticket):
+        if session is not None and conn.version() == "TLSv1.3" and not session.has_ticket:
             return  # TLS 1.3 tickets arrive after the handshake: try again after a read
-        self.cache.put(self.server, session)
+        self.cache.put(self.server, session)  # also when there is nothing to keep: waiters go on
         self.pending = False
 
 

@@ -20,6 +20,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable
 
+# How long threads that waited for another thread's full handshake wait further for its
+# TLS 1.3 ticket (it arrives with that connection's first read).
+TICKET_WAIT = 0.5
 DEFAULT_SIZE = 128  # servers per context: a client talks to a few registries and daemons
 
 
@@ -34,6 +37,16 @@ class ResumptionStats:
     cached_sessions: int
 
 
+class _Flight:
+    """One thread's full handshake with a server that others wait for."""
+
+    __slots__ = ("settled", "shaken")
+
+    def __init__(self) -> None:
+        self.shaken = threading.Event()
+        self.settled = threading.Event()
+
+
 class SessionCache:
     """The newest resumable session per server, least recently used evicted beyond `size`."""
 
@@ -42,7 +55,7 @@ class SessionCache:
         self._sessions: OrderedDict[Hashable, Any] = OrderedDict()  # ssl.SSLSession or pyOpenSSL's
         self._lock = threading.Lock()
         self._full = self._resumed = self._signatures = 0
-        self._inflight: dict[Hashable, threading.Event] = {}
+        self._inflight: dict[Hashable, _Flight] = {}
 
     def get(self, server: Hashable) -> Any:
         """A session for `server` whose lifetime has not run out, or None."""
@@ -57,14 +70,14 @@ class SessionCache:
             return session
 
     def put(self, server: Hashable, session: ssl.SSLSession | None) -> None:
-        """Keep `session` for `server` if it can be resumed (has a ticket or an id)."""
-        if session is None or not (session.has_ticket or session.id):
-            return
-        with self._lock:
-            self._sessions[server] = session
-            self._sessions.move_to_end(server)
-            while len(self._sessions) > self.size:
-                self._sessions.popitem(last=False)
+        """Keep `session` for `server` if it can be resumed (has a ticket or an id); either
+        way, threads waiting for this server's first handshake go on."""
+        if session is not None and (session.has_ticket or session.id):
+            with self._lock:
+                self._sessions[server] = session
+                self._sessions.move_to_end(server)
+                while len(self._sessions) > self.size:
+                    self._sessions.popitem(last=False)
         self.settled(server)
 
     def put_pyopenssl(self, server: Hashable, session: Any) -> None:
@@ -92,19 +105,35 @@ class SessionCache:
         if session is not None or wait <= 0:
             return session
         with self._lock:
-            event = self._inflight.get(server)
-            if event is None:
-                self._inflight[server] = threading.Event()
-                return None  # we lead: settled() is called when our session is kept or we fail
-        event.wait(wait)
-        return self.get(server)
+            flight = self._inflight.get(server)
+            if flight is None:
+                self._inflight[server] = _Flight()
+                return None  # we lead: shaken() and settled() follow
+        # The leader's handshake, then (TLS 1.3) its ticket, which comes with its first
+        # read; a server that sends none, or a leader that does not read, holds us only
+        # TICKET_WAIT once: then the flight is dropped and nobody waits on it again.
+        flight.shaken.wait(wait)
+        flight.settled.wait(min(wait, TICKET_WAIT))
+        session = self.get(server)
+        if session is None:
+            self.settled(server)
+        return session
+
+    def shaken(self, server: Hashable) -> None:
+        """The leading full handshake with `server` completed (its session may come later)."""
+        with self._lock:
+            flight = self._inflight.get(server)
+        if flight is not None:
+            flight.shaken.set()
 
     def settled(self, server: Hashable) -> None:
-        """The full handshake with `server` is over (session kept, or it failed): release waiters."""
+        """The full handshake with `server` is over (session kept, none to keep, or it failed):
+        release waiters."""
         with self._lock:
-            event = self._inflight.pop(server, None)
-        if event is not None:
-            event.set()
+            flight = self._inflight.pop(server, None)
+        if flight is not None:
+            flight.shaken.set()
+            flight.settled.set()
 
     def clear(self) -> None:
         """Drop every session (the client certificate or the trust anchors changed)."""
