@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -125,7 +126,13 @@ def test_the_proxy_listens_on_loopback_or_a_unix_socket_only(dpki, tls_daemon, t
         proc = run([DOCKER, "-H", f"tcp://127.0.0.1:{tcp_port}", "version", "--format", "{{.Server.Version}}"],
                    env={"DOCKER_CONFIG": str(tmp_path / "cfg")})
         assert proc.returncode == 0, proc.stderr + "\n".join(p.lines())
-    assert p.returncode == 0 and "stopped after 1 connection (1 resumed" in p.lines()[-1], p.lines()  # SIGTERM: clean stop
+        # a web page whose name was rebound to 127.0.0.1 reaches the port too: refused before forwarding
+        for extra in (b"Host: evil.example:2375\r\n", b"Host: 127.0.0.1\r\nOrigin: http://evil.example\r\n"):
+            with socket.create_connection(("127.0.0.1", tcp_port), timeout=20) as s:
+                s.sendall(b"GET /containers/json HTTP/1.1\r\n" + extra + b"\r\n")
+                answer = s.recv(4096)
+            assert b" 403 " in answer.split(b"\r\n", 1)[0] or b"refused" in answer, answer
+    assert p.returncode == 0 and "stopped after 3 connections (1 resumed" in p.lines()[-1], p.lines()  # SIGTERM: clean stop
 
 
 def test_bad_upstream_or_certificates_are_one_line_at_start(dpki, tls_daemon, tmp_path):

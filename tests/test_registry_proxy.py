@@ -263,3 +263,33 @@ def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm
 def test_bad_arguments_are_one_line(args, words, cli, tpm_certs):
     line = cli.fails("proxy", *args, "--cert-dir", str(tpm_certs))
     assert words in line, line
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "evil.example:5000"},  # a web page whose name was rebound to 127.0.0.1
+    {"Host": "127.0.0.1", "Origin": "http://evil.example"},
+    {"Host": "localhost", "Sec-Fetch-Mode": "no-cors"},
+])
+def test_browsers_and_rebound_names_are_refused(headers, proxy):
+    """The proxy signs with this machine's TPM key for its callers: only local registry clients are served."""
+    import http.client
+
+    host, port = proxy.address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    conn.request("GET", "/v2/", headers=headers)
+    response = conn.getresponse()
+    body = response.read().decode()
+    conn.close()
+    assert response.status == 403 and "DENIED" in body, body
+    assert any("403" in line and ("Host" in line or "browser" in line) for line in proxy.lines())
+
+
+def test_loopback_callers_are_served(proxy):
+    import http.client
+
+    host, port = proxy.address.rsplit(":", 1)
+    for name in ("127.0.0.1", "localhost", f"127.0.0.1:{port}"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=20)
+        conn.request("GET", "/_tpmtls/status", headers={"Host": name})
+        assert conn.getresponse().status == 200
+        conn.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
+from .._callers import foreign_caller
 from ..errors import TpmtlsError, UsageError
 from .client import DaemonError, explain_tls_failure
 from .config import CertPath, parse_host
@@ -33,6 +34,8 @@ CONNECT_TIMEOUT = 10.0
 BUFFER_LIMIT = 1 << 20
 #: Concurrent connections served; more wait in the listen backlog.
 MAX_CONNECTIONS = 64
+HEAD_TIMEOUT = 10.0  # for the first request's head on a TCP listen (checked before forwarding)
+MAX_HEAD = 16384
 _CHUNK = 65536
 
 
@@ -277,6 +280,12 @@ class DaemonProxy:
         up = down = 0
         how = "-"
         try:
+            if self.family == "tcp":  # a unix socket is guarded by its file mode; a port by this check
+                refused = _foreign_request(client)
+                if refused:
+                    _refuse(client, refused, b"403 Forbidden")
+                    self.log(f"conn {number}: refused: {refused}")
+                    return
             try:
                 tls = self._open_upstream()
             except TpmtlsError as e:
@@ -292,7 +301,7 @@ class DaemonProxy:
             self._remember(tls)
             if error and down == 0:
                 problem = explain_tls_failure(error, self.upstream, self.cert_path)
-                _refuse(client, str(problem))
+                _refuse(client, str(problem), read_head=up == 0)
                 self.stats.add(failures=1)
                 self.log(f"conn {number}: {problem}")
                 return
@@ -305,20 +314,45 @@ class DaemonProxy:
             self._slots.release()
 
 
+def _foreign_request(client: socket.socket) -> str | None:
+    """Peek at the first request's head (not consuming it): why it must not be forwarded, or None."""
+    import email.parser
+
+    head = b""
+    client.settimeout(HEAD_TIMEOUT)
+    try:
+        for _ in range(64):  # bounded: a head arrives in a few reads
+            head = client.recv(MAX_HEAD, socket.MSG_PEEK)
+            if b"\r\n\r\n" in head or len(head) >= MAX_HEAD or not head:
+                break
+            time.sleep(0.01)
+    except OSError:
+        return None  # nothing readable: the forwarding sees the same and ends the connection
+    finally:
+        client.settimeout(None)
+    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    headers = email.parser.BytesHeaderParser().parsebytes(b"\r\n".join(lines) + b"\r\n\r\n")
+    return foreign_caller(headers)
+
+
 def _reason(error: BaseException | None) -> str:
     return f"ended by {type(error).__name__}: {str(error)[:120]}" if error else ""
 
 
-def _refuse(client: socket.socket, message: str) -> None:
-    """Tell the docker CLI why, as a daemon would: it prints 'Error response from daemon: …'."""
+def _refuse(client: socket.socket, message: str, status: bytes = b"502 Bad Gateway", read_head: bool = True) -> None:
+    """Tell the docker CLI why, as a daemon would: it prints 'Error response from daemon: …'.
+
+    `read_head`: the request head is still unread (answering before it arrives confuses
+    some clients); False once the forwarding has consumed it."""
     body = json.dumps({"message": f"tpmtls daemon-proxy: {message}"}).encode()
     try:
         client.settimeout(2)
-        try:
-            client.recv(_CHUNK)  # the request head; answering before it arrives confuses some clients
-        except OSError:
-            pass
-        client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        if read_head:
+            try:
+                client.recv(_CHUNK)
+            except OSError:
+                pass
+        client.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     except OSError:
         pass

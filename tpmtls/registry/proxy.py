@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from .._callers import foreign_caller
 from ..errors import RegistryError, UsageError
 
 CHUNK = 65536
@@ -276,6 +277,10 @@ class _Handler(BaseHTTPRequestHandler):
         proxy.counters.add(requests=1, active=1)
         status, up, down, note = 0, 0, 0, ""
         try:
+            refused = foreign_caller(self.headers, [proxy.host])
+            if refused:
+                status, up, down, note = self._refuse(403, "DENIED", f"tpmtls proxy: {refused}", refused)
+                return
             if self.path == STATUS_PATH:
                 status, down = self._send_json(200, proxy.status())
                 return
