@@ -56,3 +56,43 @@ def test_context_still_signs_after_other_keys_were_freed(tpm_client, test_tpm, p
             with kept.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 assert tls.recv(1024).endswith(b"hello tpm-client-ecc-p256\n")
+
+
+@pytest.mark.parametrize("lock", ["_keys_lock", "_system_lock"])
+def test_fork_while_another_thread_holds_a_provider_lock(lock, tpm_client, test_tpm):
+    """The child gets fresh locks: it loads a TPM key although the parent's thread held one at fork()."""
+    import os
+    import signal
+    import time
+
+    cert, key = tpm_client["ecc-p256"]
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with getattr(provider, lock):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # child: load a key through the shim, then leave without running the parent's clean-up
+        try:
+            tpmtls.ssl_context(cert, key, tcti=test_tpm.tcti)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    release.set()
+    holder.join(10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail(f"the forked child hung on provider.{lock}")
+    assert os.waitstatus_to_exitcode(status) == 0

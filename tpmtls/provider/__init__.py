@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import os
 import re
 import sys
 import threading
@@ -88,6 +89,15 @@ state = _State()
 _system_lock = threading.Lock()
 _keys_lock = threading.Lock()
 _local = threading.local()
+
+
+def _new_locks_in_child() -> None:
+    # A lock another thread held at fork() would never be released in the child.
+    global _system_lock, _keys_lock
+    _system_lock, _keys_lock = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 _keys: dict[int, Any] = {}
 _next_id = iter(range(1, 2**62))
 

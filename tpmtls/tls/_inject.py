@@ -36,6 +36,14 @@ _state = _State()
 _lock = threading.Lock()
 
 
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # one held by another thread at fork() would never be released here
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _sync() -> None:
     """Load or unload the shim so it is in the system OpenSSL iff someone needs it (lock held)."""
     if _state.injected or _state.users:
