@@ -157,3 +157,40 @@ def test_first_use_pin_is_enforced_later(test_tpm, tmp_path):
     proc = tpmtls_cli("enroll", f"127.0.0.1:{impostor.port}", "--store", str(store.root), "--expect-fingerprint",
                       "12" * 32, env=test_tpm.env, check=False)
     assert "differs from the key recorded in" in one_line(proc)
+
+
+def test_a_trickling_peer_cannot_hold_the_agent(test_tpm, tmp_path):
+    """Connections are served one at a time: each has a deadline, so a slow peer gives way."""
+    import socket
+    import threading
+    import time
+
+    store = CertificateStore(tmp_path / "store")
+    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    env = {**test_tpm.env, "TPMTLS_ENROLL_DEADLINE": "2"}
+    with AgentProcess(tmp_path, env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
+                      "--listen", f"127.0.0.1:{port}", "--dockerd", "true") as agent:
+        stop = threading.Event()
+
+        def trickle() -> None:  # a ClientHello one byte every 0.5 s, for at most 60 s
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for byte in b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(109):
+                    if stop.is_set():
+                        return
+                    try:
+                        s.sendall(bytes([byte]))
+                    except OSError:
+                        return
+                    time.sleep(0.5)
+
+        slow = threading.Thread(target=trickle, daemon=True)
+        slow.start()
+        time.sleep(0.5)  # the slow peer is being served now
+        with pytest.raises(EnrollmentError) as err:  # a real client still gets its answer
+            _posted(store, port, agent.fingerprint(), b"hello", test_tpm.tcti)
+        stop.set()
+        slow.join(10)
+        assert "HTTP 400" in str(err.value), str(err.value)

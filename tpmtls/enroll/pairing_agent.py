@@ -26,6 +26,7 @@ import shutil
 import socket
 import ssl
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -44,7 +45,17 @@ from .store import key_fingerprint
 ENROLL_PATH = "/tpmtls/v1/enroll"
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 _MAX_BODY = 64 * 1024
-_CONN_TIMEOUT = 15.0
+_CONN_TIMEOUT = 15.0  # per read
+# per connection: handshake, request and answer ($TPMTLS_ENROLL_DEADLINE seconds if set)
+_CONN_DEADLINE = float(os.environ.get("TPMTLS_ENROLL_DEADLINE") or 30.0)
+
+
+def _shut(conn: socket.socket) -> None:
+    """End a connection that overran its deadline (wakes a read blocked on it)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 PEM = serialization.Encoding.PEM
 
 
@@ -234,6 +245,18 @@ class PairingAgent:
                 conn.close()
 
     def _serve_one(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        # Connections are served one at a time (before the client is authenticated, too):
+        # each gets a read timeout and a deadline for the whole exchange, so a peer that
+        # trickles a byte at a time cannot hold the port and block pairing.
+        deadline = threading.Timer(_CONN_DEADLINE, _shut, args=(conn,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            self._serve_one_bounded(conn, addr)
+        finally:
+            deadline.cancel()
+
+    def _serve_one_bounded(self, conn: socket.socket, addr: tuple[str, int]) -> None:
         conn.settimeout(_CONN_TIMEOUT)
         self._sni = None
         peer = f"{addr[0]}:{addr[1]}"

@@ -106,9 +106,9 @@ def _prepare(blob: Blob, what: str) -> None:
 
 def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], None]) -> Image:
     """Save daemon image `name` to a temp file, calling `on_layer` for each layer as it completes."""
-    from .pull import sweep_stale
+    from .pull import SHARED_TMP_MIN_AGE, sweep_stale
 
-    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-")
+    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-", SHARED_TMP_MIN_AGE)
     fd, tmp_name = tempfile.mkstemp(prefix=f"tpmtls-save-{os.getpid()}-", suffix=".tar")
     tmp = Path(tmp_name)
 

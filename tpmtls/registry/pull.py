@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,18 +80,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(directory: Path, prefix: str = TMP_PREFIX) -> int:
-    """Remove temp files (or dirs) `<prefix><pid>-*` left by pulls that were killed; returns how many."""
+SHARED_TMP_MIN_AGE = 3600.0  # seconds: leftovers in the shared temp dir older than this go
+
+
+def sweep_stale(directory: Path, prefix: str = TMP_PREFIX, min_age: float = 0.0) -> int:
+    """Remove temp files (or dirs) `<prefix><pid>-*` left by pulls that were killed; returns how many.
+
+    Only names of that shape whose process is gone, and at least `min_age` seconds old:
+    in a directory shared with other PID namespaces (/tmp and containers) a live process
+    can look dead, so there only old leftovers go.
+    """
     removed = 0
     try:
         entries = list(directory.iterdir())
     except OSError:
         return 0
+    now = time.time()
     for entry in entries:
         if not entry.name.startswith(prefix):
             continue
         pid_text = entry.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and (int(pid_text) == os.getpid() or _alive(int(pid_text))):
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        try:
+            if min_age and now - entry.lstat().st_mtime < min_age:
+                continue
+        except OSError:
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
@@ -119,7 +134,7 @@ def _check_destination(kind: str, where: str) -> None:
             raise OutputError(f"{layout}: {existing} is not a directory")
         check_writable(existing / ".tpmtls-pull-probe", overwrite=True)
         sweep_stale(layout / "blobs" / "sha256")
-    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-pull-")
+    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-pull-", SHARED_TMP_MIN_AGE)
 
 
 def _file_sha(path: Path) -> str:

@@ -394,9 +394,9 @@ def find_daemon_image(name: str) -> object:
 def daemon_image(name: str, image: object | None = None) -> Image:
     """An image of the local daemon, saved to a temp file first (disk, not memory)."""
     image = image if image is not None else find_daemon_image(name)
-    from .pull import sweep_stale
+    from .pull import SHARED_TMP_MIN_AGE, sweep_stale
 
-    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-")  # left by pushes that were killed
+    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-", SHARED_TMP_MIN_AGE)  # left by pushes that were killed
     fd, tmp = tempfile.mkstemp(prefix=f"tpmtls-save-{os.getpid()}-", suffix=".tar")
 
     def cleanup() -> None:
