@@ -27,6 +27,7 @@ from tpm2_pytss.TCTI import PyTCTI
 _QUIET = "all+NONE"
 _lock = threading.RLock()
 _primed = False
+_loaded: set[str] = set()  # TCTI kinds whose module was loaded with the quiet level
 
 
 class _RefusingTcti(PyTCTI):
@@ -94,14 +95,21 @@ def quiet_tss_logs() -> None:
 
 
 @contextmanager
-def while_loading() -> Iterator[None]:
-    """Around loading a tpm2-tss TCTI module: its files read $TSS2_LOG at their first log."""
+def while_loading(tcti: str) -> Iterator[None]:
+    """Around loading a tpm2-tss TCTI module: its files read $TSS2_LOG at their first log.
+
+    Only the first load of each TCTI kind sets the variable (for that moment, under the
+    lock): later loads find the level cached, and the environment, which other threads
+    and any child process see, is touched as little as possible.
+    """
+    kind = tcti.partition(":")[0]
     with _lock:
-        if "TSS2_LOG" in os.environ:
+        if "TSS2_LOG" in os.environ or kind in _loaded:
             yield
             return
         with _quiet_env():
             yield
+        _loaded.add(kind)
 
 
 def _new_lock_in_child() -> None:

@@ -549,7 +549,7 @@ class Pool:
                     tcti = transport.open_transport(self.tcti, self.timeout)
                     esapi = ESAPI(tcti)
                 else:
-                    with while_loading():
+                    with while_loading(self.tcti):
                         esapi = ESAPI(self.tcti)
                 if is_direct(self.tcti) and not self._forked_child:
                     # (in a forked child the objects present may be the parent's)
