@@ -39,3 +39,10 @@ def test_import_does_not_load_the_registry_client_or_docker_py():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_every_exported_error_derives_from_tpmtls_error():
+    errors_ = [name for name in tpmtls.__all__ if name.endswith("Error") or name in ("TpmBusy", "TpmLockout")]
+    assert {"KeyLoadError", "TpmHandshakeError", "TpmSSLError", "CredentialsError", "OutputError"} <= set(errors_)
+    for name in errors_:
+        assert issubclass(getattr(tpmtls, name), tpmtls.TpmtlsError), name

@@ -32,7 +32,9 @@ from .errors import (  # noqa: E402
     TpmUnavailable,
     UsageError,
 )
+from ._files import OutputError  # noqa: E402
 from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_session, ssl_context  # noqa: E402
+from .tls._errors import KeyLoadError, TpmHandshakeError  # noqa: E402
 from .tpm import Pool, Tpm, connect  # noqa: E402
 from .tpm.keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey  # noqa: E402
 
@@ -40,6 +42,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .docker.client import docker_client
+    from .docker.credentials import CredentialsError
+    from .tls._adapter import TpmSSLError
     from .enroll.pairing_client import ensure_server_enrolled
     from .registry.pull import pull
     from .registry.push import push
@@ -47,7 +51,9 @@ if TYPE_CHECKING:
 # Imported on first use (PEP 562), with their own typed signatures: signing needs
 # neither the registry client nor docker-py.
 _LAZY = {"push": ".registry.push", "pull": ".registry.pull", "docker_client": ".docker.client",
-         "ensure_server_enrolled": ".enroll.pairing_client"}
+         "ensure_server_enrolled": ".enroll.pairing_client",
+         # errors of modules that import requests or docker-py: also on first use
+         "TpmSSLError": ".tls._adapter", "CredentialsError": ".docker.credentials"}
 
 
 def __getattr__(name: str) -> Any:
@@ -62,13 +68,16 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AnyTpmKey",
+    "CredentialsError",
     "DaemonError",
     "EnrollmentError",
     "HandshakeError",
     "ImageError",
     "KeyAuthError",
     "KeyFileError",
+    "KeyLoadError",
     "KeyNotExportable",
+    "OutputError",
     "Pool",
     "ProviderError",
     "RegistryError",
@@ -77,9 +86,11 @@ __all__ = [
     "TpmBusy",
     "TpmECPrivateKey",
     "TpmError",
+    "TpmHandshakeError",
     "TpmKey",
     "TpmLockout",
     "TpmRSAPrivateKey",
+    "TpmSSLError",
     "TpmUnavailable",
     "TpmtlsError",
     "UsageError",
