@@ -148,7 +148,7 @@ def _proxy_latency(lab: Lab, port: int, cert_path: Path, resume: bool, connectio
             t0 = time.perf_counter()
             try:
                 with socket.create_connection((host, int(pport)), timeout=30) as s:
-                    s.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+                    s.sendall(b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                     reply = b""
                     for _ in range(100):
                         chunk = s.recv(65536)
