@@ -12,7 +12,9 @@ import subprocess
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -127,18 +129,24 @@ def basic_registry(pki, tmp_path_factory):
         yield reg
 
 
-@pytest.fixture(scope="module")
-def token_registry(pki, tmp_path_factory):
+@contextmanager
+def registry_with_token_server(pki, work: Path, realm_host: str = "localhost") -> Iterator[tuple[Registry, "TokenServer"]]:
+    """An mTLS docker-registry whose token realm is our TokenServer, reached as `realm_host`."""
     require("docker-registry")
-    work = tmp_path_factory.mktemp("token")
     tokens = TokenServer(pki, work)
-    config = {"realm": f"https://localhost:{tokens.port}/token", "service": "tpmtls-test",
+    config = {"realm": f"https://{realm_host}:{tokens.port}/token", "service": "tpmtls-test",
               "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
     try:
         with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", token=config) as reg:
             yield reg, tokens
     finally:
         tokens.close()
+
+
+@pytest.fixture(scope="module")
+def token_registry(pki, tmp_path_factory):
+    with registry_with_token_server(pki, tmp_path_factory.mktemp("token")) as both:
+        yield both
 
 
 def docker_config(tmp_path: Path, content: dict) -> None:
@@ -255,16 +263,8 @@ def test_unparseable_auth_names_the_file(basic_registry, tpm_certs, small_image,
 @pytest.fixture(scope="module")
 def resolved_registry(pki, tmp_path_factory):
     """A token registry whose realm names a host that only --resolve makes reachable."""
-    require("docker-registry")
-    work = tmp_path_factory.mktemp("resolved")
-    tokens = TokenServer(pki, work)
-    config = {"realm": f"https://server.domain.com:{tokens.port}/token", "service": "tpmtls-test",
-              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
-    try:
-        with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", token=config) as reg:
-            yield reg, tokens
-    finally:
-        tokens.close()
+    with registry_with_token_server(pki, tmp_path_factory.mktemp("resolved"), "server.domain.com") as both:
+        yield both
 
 
 def test_resolve_applies_to_the_token_server(resolved_registry, tpm_certs, small_image, test_tpm, tmp_path):

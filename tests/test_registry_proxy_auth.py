@@ -9,23 +9,13 @@ import pytest
 
 from conftest import require
 from proxy_env import RegistryProxyProcess, docker
-from test_push_auth import PASSWORD, USER, TokenServer
+from test_push_auth import PASSWORD, USER, TokenServer, registry_with_token_server
 
 
 @pytest.fixture(scope="module")
 def mtls_token_registry(pki, tmp_path_factory):
-    require("docker-registry")
-    from tpmtls.testing import Registry
-
-    work = tmp_path_factory.mktemp("proxy-token")
-    tokens = TokenServer(pki, work)
-    config = {"realm": f"https://localhost:{tokens.port}/token", "service": "tpmtls-test",
-              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
-    try:
-        with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", token=config) as reg:
-            yield reg, tokens
-    finally:
-        tokens.close()
+    with registry_with_token_server(pki, tmp_path_factory.mktemp("proxy-token")) as both:
+        yield both
 
 
 def test_docker_login_push_pull_through_the_proxy(mtls_token_registry, tpm_certs, dockerd, small_image, test_tpm,
