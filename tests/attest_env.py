@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
+import tpmtls
 from tpmtls.enroll.attest_testing import EkCa, ek_machine
 
-__all__ = ["EkCa", "ek_machine", "enroll_files"]
+__all__ = ["EkCa", "EnrollWorld", "ek_machine", "enroll_files", "enroll_world"]
+
+
+@dataclass
+class EnrollWorld:
+    """One machine with EK certificates and the embedded enroll-server trusting its EK CA."""
+
+    tmp: Path
+    tpm: Any
+    app: Any
+    server: Any
+    ca_dir: Path
+
+
+@contextmanager
+def enroll_world(tmp: Path) -> Iterator[EnrollWorld]:
+    """Start machine A (swtpm + EK certificates of a private EK CA) and an enroll-server; stop both."""
+    from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
+
+    ek_ca = EkCa(tmp / "ekca")
+    machine = ek_machine(tmp / "a", ek_ca)
+    pool = tpmtls.Pool(machine.tcti)
+    try:
+        tpm = tpmtls.connect(pool=pool)
+        ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpm)
+        app = EnrollApp(ca_dir, roots, policy)
+        server = EnrollServer(app).start()
+        try:
+            yield EnrollWorld(tmp, tpm, app, server, ca_dir)
+        finally:
+            server.stop()
+    finally:
+        pool.close()
+        machine.stop()
 
 
 def enroll_files(directory: Path, ek_ca: EkCa, tpm, pcrs: str = "sha256:0,1,2,3,4,5,6,7") -> tuple[Path, Path, Path]:

@@ -82,6 +82,14 @@ class DaemonPki:
         tpmtls_cli("ca", "init", str(foreign), "--name", "some other CA", env=tpm_env)
         self.foreign_dir = self._cert_dir("foreign-certs", *self.software_pair("foreign-client", ca_dir=foreign))
 
+    def with_tpm_cert_path(self) -> "DaemonPki":
+        """Lay out `tpm_dir` as a DOCKER_CERT_PATH (ca.pem, cert.pem, key.pem = the TPM key file)
+        without `certs env` (whose own test lays it out itself)."""
+        self.tpm_dir.mkdir()
+        for src, name in ((self.ca, "ca.pem"), (self.tpm_cert, "cert.pem"), (self.tpm_key, "key.pem")):
+            shutil.copy(src, self.tpm_dir / name)
+        return self
+
     def software_pair(self, name: str, *, server: bool = False, ca_dir: Path | None = None) -> tuple[Path, Path]:
         """(key, cert): an openssl-made EC key and a certificate from `tpmtls ca issue`."""
         key, csr, cert = self.root / f"{name}.key", self.root / f"{name}.csr", self.root / f"{name}.crt"

@@ -25,11 +25,7 @@ IMAGE = "busybox-tpmtls:1"
 @pytest.fixture(scope="module")
 def dpki(test_tpm, tmp_path_factory):
     require("openssl")
-    pki = DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env)
-    pki.tpm_dir.mkdir()
-    for src, name in ((pki.ca, "ca.pem"), (pki.tpm_cert, "cert.pem"), (pki.tpm_key, "key.pem")):
-        shutil.copy(src, pki.tpm_dir / name)
-    return pki
+    return DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env).with_tpm_cert_path()
 
 
 @pytest.fixture(scope="module")

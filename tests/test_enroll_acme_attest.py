@@ -10,7 +10,7 @@ import requests
 from cryptography import x509
 
 import tpmtls
-from attest_env import EkCa, ek_machine, enroll_files
+from attest_env import EkCa, ek_machine, enroll_files, enroll_world
 from conftest import require
 from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
 from tpmtls.enroll.attest_errors import EnrollError
@@ -22,20 +22,10 @@ from tpmtls.tpm import attest
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
-    tmp = tmp_path_factory.mktemp("attest")
-    ek_ca = EkCa(tmp / "ekca")
-    machine = ek_machine(tmp / "a", ek_ca)
-    pool = tpmtls.Pool(machine.tcti)
-    tpm = tpmtls.connect(pool=pool)
-    ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpm)
-    app = EnrollApp(ca_dir, roots, policy)
-    server = EnrollServer(app).start()
-    session = requests.Session()
-    session.verify = str(ca_dir / "ca.crt")
-    yield tpm, server, session
-    server.stop()
-    pool.close()
-    machine.stop()
+    with enroll_world(tmp_path_factory.mktemp("attest")) as world:
+        session = requests.Session()
+        session.verify = str(world.ca_dir / "ca.crt")
+        yield world.tpm, world.server, session
 
 
 def test_ek_certificate_is_read_from_nv(env):

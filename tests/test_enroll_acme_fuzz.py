@@ -17,12 +17,10 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-import tpmtls
-from attest_env import EkCa, ek_machine, enroll_files
+from attest_env import enroll_world
 from conftest import require
 from tpmtls.enroll.acme_attobj import verify_att_obj
 from tpmtls.enroll.acme_client import EnrollOptions, Enroller
-from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
 from tpmtls.enroll.attest_errors import Refusal
 from tpmtls.enroll.attestation import attest_request
 from tpmtls.tpm import attest
@@ -77,20 +75,10 @@ class Recorder(Enroller):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
-    tmp = tmp_path_factory.mktemp("fuzz")
-    ek_ca = EkCa(tmp / "ekca")
-    machine = ek_machine(tmp / "a", ek_ca)
-    pool = tpmtls.Pool(machine.tcti)
-    tpm = tpmtls.connect(pool=pool)
-    ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpm)
-    app = EnrollApp(ca_dir, roots, policy)
-    server = EnrollServer(app).start()
-    Recorder(tpm, EnrollOptions(server.directory_url, cafile=str(ca_dir / "ca.crt"), key_out=tmp / "k",
-                                cert_out=tmp / "c")).run()
-    yield tmp, tpm, app, server
-    server.stop()
-    pool.close()
-    machine.stop()
+    with enroll_world(tmp_path_factory.mktemp("fuzz")) as w:
+        Recorder(w.tpm, EnrollOptions(w.server.directory_url, cafile=str(w.ca_dir / "ca.crt"), key_out=w.tmp / "k",
+                                      cert_out=w.tmp / "c")).run()
+        yield w.tmp, w.tpm, w.app, w.server
 
 
 @pytest.mark.timeout(600)
