@@ -237,7 +237,7 @@ def push(args: argparse.Namespace) -> int:
     """tpmtls-push (TPM key) vs skopeo copy (software key): random and real-file content, from a
     docker-archive and from the daemon; a fresh registry and blob cache per cold run."""
     from tpmtls.registry.sources import COMPRESSOR
-    from tpmtls.testing import Dockerd, Registry
+    from tpmtls.lab import Dockerd, Registry
 
     from .content import random_image, real_image
 

@@ -15,7 +15,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from tpmtls.testing import build_docker_archive
+from tpmtls.lab import build_docker_archive
 
 REAL_LAYERS = (  # the smallest first, so --real-layers 1 makes a quick test image
     ("usr/lib/git-core",),

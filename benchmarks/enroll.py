@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import tpmtls
     from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
     from tpmtls.enroll.attest_policy import PcrPolicy, parse_selection
-    from tpmtls.enroll.attest_testing import EkCa, ek_machine
+    from tpmtls.lab.ekca import EkCa, ek_machine
     from tpmtls.pki.ca import FileCA
     from tpmtls.tpm.attest import read_pcrs
 

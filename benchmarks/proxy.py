@@ -103,7 +103,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def proxy(args: Any) -> int:
-    from tpmtls.testing import Dockerd, Registry, TpmTiming
+    from tpmtls.testing import TpmTiming
+    from tpmtls.lab import Dockerd, Registry
 
     from .content import random_image
 

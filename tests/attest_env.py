@@ -1,4 +1,4 @@
-"""Enrollment test set-up: machines with EK certificates (tpmtls.enroll.attest_testing) and server files."""
+"""Enrollment test set-up: machines with EK certificates (tpmtls.lab.ekca) and server files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import tpmtls
-from tpmtls.enroll.attest_testing import EkCa, ek_machine
+from tpmtls.lab.ekca import EkCa, ek_machine
 
 __all__ = ["EkCa", "EnrollWorld", "ek_machine", "enroll_files", "enroll_world"]
 

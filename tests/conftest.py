@@ -125,7 +125,7 @@ def s_server(pki):
 def registry(pki, tmp_path_factory):
     """docker-registry on loopback requiring client certificates from the test CA."""
     require("docker-registry")
-    from tpmtls.testing import Registry
+    from tpmtls.lab import Registry
 
     with Registry(pki.server_cert, pki.server_key, pki.ca_file, tmp_path_factory.mktemp("registry")) as reg:
         yield reg
@@ -148,7 +148,7 @@ def soft_certs(pki, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_image(tmp_path_factory):
-    from tpmtls.testing import build_docker_archive
+    from tpmtls.lab import build_docker_archive
 
     return build_docker_archive(tmp_path_factory.mktemp("img") / "img.tar",
                                 [{"hello": b"hello from tpmtls\n"}, {"data.bin": 2_000_000}, {"etc/motd": b"hi\n"}])
@@ -157,7 +157,7 @@ def small_image(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dockerd(tmp_path_factory):
     require("dockerd", "docker")
-    from tpmtls.testing import Dockerd
+    from tpmtls.lab import Dockerd
 
     with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
         yield d

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import tpmtls
-from tpmtls.testing import Registry
+from tpmtls.lab import Registry
 
 from conftest import require
 from peers import clean_env

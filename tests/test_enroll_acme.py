@@ -81,7 +81,7 @@ def test_policy_file_records_current_pcrs(world):
 def test_machine_enrolls_and_pushes_with_the_certificate(world, pki, small_image, tmp_path):
     tmp, machine, cli, server = world
     require("docker-registry")
-    from tpmtls.testing import Registry
+    from tpmtls.lab import Registry
 
     certs_d = tmp_path / "certs.d"
     with Registry(pki.server_cert, pki.server_key, tmp / "ca" / "ca.crt", tmp_path / "registry") as reg:

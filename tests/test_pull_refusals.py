@@ -50,7 +50,7 @@ def test_pull_output_paths(registry, tpm_certs, test_tpm, tmp_path):
 
 
 def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, test_tpm, tmp_path):
-    from tpmtls.testing import build_docker_archive
+    from tpmtls.lab import build_docker_archive
 
     image = build_docker_archive(tmp_path / "big.tar", [{"a.bin": 40_000_000}, {"b.bin": 40_000_000}])
     env = env_for(test_tpm, tmp_path)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
-from tpmtls.testing import Registry
+from tpmtls.lab import Registry
 
 from conftest import require
 from registry_env import env_for, one_line_failure, run_cli

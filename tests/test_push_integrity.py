@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tpmtls.testing import build_docker_archive
+from tpmtls.lab import build_docker_archive
 
 from peers import clean_env
 from registry_env import env_for, one_line_failure, run_cli, skopeo_layers

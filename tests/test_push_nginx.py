@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tpmtls.testing import Registry
+from tpmtls.lab import Registry
 
 from conftest import require
 from nginx_env import Nginx

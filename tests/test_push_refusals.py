@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tpmtls.testing import build_docker_archive, free_port
+from tpmtls.testing import free_port
+from tpmtls.lab import build_docker_archive
 
 from peers import CuttingProxy, Pki, clean_env
 from registry_env import cert_dir, env_for, one_line_failure, run_cli, skopeo_raw

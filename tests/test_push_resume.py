@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tpmtls.registry.push import BlobCache
-from tpmtls.testing import build_docker_archive
+from tpmtls.lab import build_docker_archive
 
 import tpmtls
 

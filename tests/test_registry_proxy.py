@@ -93,7 +93,7 @@ def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, t
     """`docker push NAME:PORT/demo:1` with NAME → 127.0.0.2 in /etc/hosts; the proxy listens on
     127.0.0.2:PORT and reaches the real registry (127.0.0.1:PORT) with --resolve."""
     require("docker-registry")
-    from tpmtls.testing import Registry
+    from tpmtls.lab import Registry
 
     name = unique_name()
     server_cert = pki.issue(_server_key(pki).public_key(), name, f"{name}.crt", server=True)  # SAN: the name

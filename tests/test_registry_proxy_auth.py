@@ -54,7 +54,7 @@ def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, dockerd, tes
     """A realm in clear on another host: docker is pointed at the proxy, which refuses (403) and
     sends nothing on; the password never leaves the machine."""
     require("docker-registry")
-    from tpmtls.testing import Registry
+    from tpmtls.lab import Registry
 
     tokens = TokenServer(pki, tmp_path)  # only its signing certificate is used
     config = {"realm": "http://192.0.2.1/token", "service": "tpmtls-test", "issuer": "tpmtls-test-issuer",

@@ -4,7 +4,7 @@ Each `EkCa` is a stand-in TPM manufacturer: its own swtpm-localca.conf/.options 
 swtpm_setup.conf in a directory of yours (never the machine's /var/lib/swtpm-localca).
 `ek_machine` manufactures a TPM state with it (`swtpm_setup --create-ek-cert
 --create-platform-cert`: RSA-2048 and ECC EKs with certificates in NV), then runs
-swtpm + tpm2-abrmd on that state (tpmtls.testing.TestTpm).
+swtpm + tpm2-abrmd on that state (`TestTpm`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from ..testing import TestTpm
+from .stack import TestTpm
 
 
 class EkCa:
@@ -58,7 +58,5 @@ def ek_machine(workdir: Path, ca: EkCa) -> TestTpm:
     """A started TestTpm whose state was manufactured by `ca` (caller stops it)."""
     ca.manufacture(workdir / "swtpm" / "state")
     return TestTpm(workdir).start()
-
-
 
 __all__ = ["EkCa", "ek_machine"]
