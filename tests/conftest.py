@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
 import tpmtls
 from tpmtls.testing import TestTpm
 
-
-def require(*binaries: str) -> None:
-    """Skip only when a binary is genuinely absent (`make setup` installs them all)."""
-    for b in binaries:
-        if shutil.which(b) is None:
-            pytest.skip(f"{b} is not installed (run 'make setup')")
+from support.commands import Cli, require
 
 
 @pytest.fixture(scope="session")
@@ -45,57 +35,14 @@ def tpm(test_tpm: TestTpm) -> tpmtls.Tpm:
     pool.close()
 
 
-class Cli:
-    """Runs `python -m tpmtls …` as a user would, with the test TPM in the environment."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env = {**os.environ, **env}
-        self.env.pop("OPENSSL_CONF", None)
-        self.cwd = cwd
-
-    def __call__(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tpmtls", *args],
-            cwd=self.cwd,
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"tpmtls {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-        for crash in ("Traceback", "Exception ignored", "Fatal Python error"):
-            assert crash not in proc.stderr, f"tpmtls {' '.join(args)}: {proc.stderr}"
-        return proc
-
-    def fails(self, *args: str, env: dict[str, str] | None = None) -> str:
-        """Run a command that must fail: non-zero exit, exactly one line on stderr, no traceback."""
-        proc = self(*args, check=False, env=env)
-        assert proc.returncode != 0, f"tpmtls {' '.join(args)} succeeded: {proc.stdout}"
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
-        assert "Traceback" not in proc.stderr
-        return lines[0]
-
-
 @pytest.fixture
 def cli(test_tpm: TestTpm, tmp_path: Path) -> Cli:
     return Cli(test_tpm.env, tmp_path)
 
 
-def openssl(*args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """The system `openssl` (tpm2-openssl provider available), never with our OPENSSL_CONF."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("OPENSSL_CONF", None)
-    proc = subprocess.run(["openssl", *args], env=full_env, capture_output=True, input=input, timeout=120)
-    if proc.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
-    return proc
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory):
-    from peers import Pki
+    from support.peers import Pki
 
     return Pki(tmp_path_factory.mktemp("pki"))
 
@@ -115,7 +62,7 @@ def tpm_client(tpm, pki):
 def s_server(pki):
     """`openssl s_server -Verify 1 -CAfile ca.crt -www` for the whole session."""
     require("openssl")
-    from peers import OpenSSLServer
+    from support.peers import OpenSSLServer
 
     with OpenSSLServer(pki) as server:
         yield server
@@ -133,14 +80,14 @@ def registry(pki, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tpm_certs(pki, tpm, tmp_path_factory):
-    from registry_env import tpm_cert_dir
+    from support.registry import tpm_cert_dir
 
     return tpm_cert_dir(tmp_path_factory.mktemp("tpmcerts") / "tpm", pki, tpm)
 
 
 @pytest.fixture(scope="module")
 def soft_certs(pki, tmp_path_factory):
-    from registry_env import software_cert_dir
+    from support.registry import software_cert_dir
 
     require("skopeo")
     return software_cert_dir(tmp_path_factory.mktemp("softcerts") / "soft", pki)

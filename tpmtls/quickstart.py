@@ -59,7 +59,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def run(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
     """Run every step; returns the exit code (0 only if every step held)."""
-    from .testing import Registry, TestTpm, build_docker_archive
+    from .lab import Registry, TestTpm, build_docker_archive
 
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="tpmtls-quickstart-")) if own else Path(workdir)  # type: ignore[arg-type]

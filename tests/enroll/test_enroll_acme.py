@@ -1,0 +1,163 @@
+"""Machine A enrolls against `tpmtls enroll-server` (both as their own processes), then pushes with the cert.
+
+The TPM has an EK certificate from a private swtpm_localca; the policy is recorded from
+A itself with `tpmtls enroll policy`; the registry accepts client certs of the file CA.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from support.attest import EkCa, ek_machine
+from support.commands import Cli, require
+from support.registry import env_for, run_cli
+
+
+class ServerProcess:
+    """`tpmtls enroll-server … --listen 127.0.0.1:0`, its URL read from its first stdout line; stopped by PID."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+        self.log = cwd / "enroll-server.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "tpmtls", "enroll-server", *args, "--listen", "127.0.0.1:0"],
+                                     cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                                     stderr=open(self.log, "wb"), text=True, start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # bounded: the process prints it or exits
+        m = re.search(r"ACME directory (https://\S+/acme/directory);", line)
+        if m is None:
+            self.stop()
+            raise AssertionError(f"enroll-server did not start: {line!r} {self.log.read_text()}")
+        self.directory = m.group(1)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
+    tmp = tmp_path_factory.mktemp("enroll")
+    ek_ca = EkCa(tmp / "ekca")
+    machine = ek_machine(tmp / "a", ek_ca)
+    cli = Cli(machine.env, tmp)
+    cli("ca", "init", str(tmp / "ca"), "--name", "fleet CA")
+    cli("enroll", "policy", "--pcrs", "sha256:0,1,2,3,4,5,6,7", "--out", str(tmp / "policy.json"))
+    server = ServerProcess(machine.env, tmp, "--ca", str(tmp / "ca"), "--ek-roots",
+                           str(ek_ca.bundle(tmp / "ek-roots.pem")), "--policy", str(tmp / "policy.json"))
+    yield tmp, machine, cli, server
+    rc = server.stop()
+    machine.stop()
+    assert rc == 0, server.log.read_text()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_policy_file_records_current_pcrs(world):
+    tmp, _, cli, _ = world
+    import json
+
+    doc = json.loads((tmp / "policy.json").read_text())
+    assert sorted(doc["pcrs"]["sha256"], key=int) == [str(i) for i in range(8)]
+    assert all(len(v[0]) == 64 for v in doc["pcrs"]["sha256"].values())
+    assert "already exists" in cli.fails("enroll", "policy", "--out", str(tmp / "policy.json"))
+
+
+def test_machine_enrolls_and_pushes_with_the_certificate(world, pki, small_image, tmp_path):
+    tmp, machine, cli, server = world
+    require("docker-registry")
+    from tpmtls.lab import Registry
+
+    certs_d = tmp_path / "certs.d"
+    with Registry(pki.server_cert, pki.server_key, tmp / "ca" / "ca.crt", tmp_path / "registry") as reg:
+        host = f"localhost:{reg.port}"
+        proc = cli("enroll", "--acme", server.directory, "--id", "ek", "--cafile", str(tmp / "ca" / "ca.crt"),
+                   "--key-out", str(tmp_path / "client.key"), "--cert-out", str(tmp_path / "client.cert"),
+                   "--install", host, env={"TPMTLS_CERTS_D": str(certs_d)})
+        assert re.match(r"enrolled urn:ek:sha256:\S+: key .*client.key \(ecc-p256, created in the TPM, "
+                        r"fixedTPM\|fixedParent\)", proc.stdout), proc.stdout
+        assert proc.stderr == ""
+        shown = cli("key", "show", str(tmp_path / "client.key")).stdout
+        assert "fixedtpm|fixedparent|sensitivedataorigin" in shown.lower()
+        assert "origin: created in the TPM; cannot leave this TPM" in shown
+        cert = x509.load_pem_x509_certificates((tmp_path / "client.cert").read_bytes())[0]
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        assert cert.subject.rfc4514_string().startswith("CN=urn:ek:sha256:")
+        issued = list((tmp / "ca" / "issued").glob("*.pem"))
+        assert f"{cert.serial_number:x}.pem" in [p.name for p in issued]
+        assert (certs_d / host / "client.key").read_bytes() == (tmp_path / "client.key").read_bytes()
+        shutil.copy(pki.ca_file, certs_d / host / "ca.crt")  # the registry's own server CA
+        push = run_cli("push", f"docker-archive:{small_image}", f"{host}/enrolled:1",
+                       env=env_for(machine, tmp_path, TPMTLS_CERTS_D=str(certs_d)))
+        assert push.returncode == 0, push.stderr
+        assert "enrolled:1" in push.stdout or "1: digest: sha256:" in push.stdout
+
+
+def test_renew_re_attests_the_same_key(world, tmp_path):
+    tmp, _, cli, server = world
+    args = ("--acme", server.directory, "--cafile", str(tmp / "ca" / "ca.crt"),
+            "--key-out", str(tmp_path / "k"), "--cert-out", str(tmp_path / "c"))
+    cli("enroll", *args)
+    key_before = (tmp_path / "k").read_bytes()
+    first = x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())[0]
+    proc = cli("enroll", *args, "--renew")
+    assert proc.stdout.startswith("renewed ")
+    second = x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())[0]
+    assert (tmp_path / "k").read_bytes() == key_before
+    assert second.serial_number != first.serial_number
+    assert second.public_key() == first.public_key()
+    other = ("--key-out", str(tmp_path / "k2"), "--cert-out", str(tmp_path / "c2"))
+    cli("enroll", *args[:4], *other)
+    line = cli.fails("enroll", *args[:4], "--key-out", str(tmp_path / "k"), "--cert-out", str(tmp_path / "c2"),
+                     "--renew")
+    assert line.endswith(f"{tmp_path / 'c2'} is not the certificate of {tmp_path / 'k'}; renew each key with its own")
+
+
+def test_untrusted_server_is_one_line_and_writes_nothing(world, tmp_path):
+    tmp, _, cli, server = world
+    line = cli.fails("enroll", "--acme", server.directory, "--key-out", str(tmp_path / "k"),
+                     "--cert-out", str(tmp_path / "c"))
+    assert "TLS verification failed" in line and "--cafile" in line
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
+
+
+def test_enroll_server_bad_files_are_one_line(world, tmp_path):
+    tmp, _, cli, _ = world
+    line = cli.fails("enroll-server", "--ca", str(tmp_path / "nope"), "--ek-roots", str(tmp / "ek-roots.pem"),
+                     "--policy", str(tmp / "policy.json"))
+    assert "not a CA directory" in line
+    (tmp_path / "bad.json").write_text("{}")
+    line = cli.fails("enroll-server", "--ca", str(tmp / "ca"), "--ek-roots", str(tmp / "ek-roots.pem"),
+                     "--policy", str(tmp_path / "bad.json"))
+    assert "bad.json: not a PCR policy" in line
+    line = cli.fails("enroll-server", "--ca", str(tmp / "ca"), "--ek-roots", str(tmp / "policy.json"),
+                     "--policy", str(tmp / "policy.json"))
+    assert "holds no PEM certificate" in line
+
+
+def test_refusal_is_one_line_on_both_sides(world, tmp_path):
+    tmp, _, cli, server = world
+    line = cli.fails("enroll", "--acme", server.directory, "--id", "urn:ek:sha256:not-this-tpm",
+                     "--cafile", str(tmp / "ca" / "ca.crt"), "--key-out", str(tmp_path / "k"),
+                     "--cert-out", str(tmp_path / "c"))
+    assert line.startswith(f"tpmtls: {server.directory}: refused (badAttestationStatement): "
+                           "permanent identifier does not match"), line
+    assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
+    logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
+    assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged

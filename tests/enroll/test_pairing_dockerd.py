@@ -1,0 +1,128 @@
+"""Pairing end to end: enroll-agent under systemd-socket-activate hands its socket to a real
+dockerd (same PID); a connection made during the hand-off is served by dockerd; then
+tpmtls.docker_client and the stock docker CLI through daemon-proxy work on the same port."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import tpmtls
+from tpmtls.enroll.pairing_client import ensure_server_enrolled
+from tpmtls.enroll.store import CertificateStore
+from tpmtls.testing import free_port
+
+from support.commands import require
+from support.daemon import DOCKER, ProxyProcess, busybox_archive, run, tpmtls_cli
+from support.pairing import AgentProcess
+
+IMAGE = "busybox-tpmtls:1"
+
+
+def _dockerd_args(root: Path, run_dir: Path) -> list[str]:
+    """What tests/daemon_env.TlsDockerd passes, as --dockerd-arg values (private roots, no networking)."""
+    (root / "empty.json").write_text("{}\n")
+    args = [f"--config-file={root / 'empty.json'}", "--iptables=false", "--ip6tables=false", "--bridge=none",
+            "--storage-driver=vfs", f"--data-root={root / 'data'}", f"--exec-root={run_dir / 'exec'}",
+            f"--pidfile={run_dir / 'docker.pid'}"]
+    return [f"--dockerd-arg={a}" for a in args]
+
+
+def _ping(tls_sock) -> bytes:
+    tls_sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+    data = b""
+    for _ in range(100):
+        chunk = tls_sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def world(test_tpm, tmp_path):
+    require("dockerd", "docker", "systemd-socket-activate")
+    store = CertificateStore(tmp_path / "store")
+    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    run_dir = Path(tempfile.mkdtemp(prefix="tpe-", dir="/tmp"))  # unix socket paths stay short
+    yield store, state, run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_pair_then_dockerd_on_the_same_socket(world, test_tpm, tmp_path):
+    store, state, run_dir = world
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    agent_args = ["--ca", str(store.ca_dir / "ca.crt"), "--state", str(state), *_dockerd_args(tmp_path, run_dir)]
+    with AgentProcess(tmp_path, test_tpm.env, *agent_args, activate_on=host) as agent:
+        # The first connection starts the agent (systemd socket activation); while it serves our
+        # pinned connection, a second client connects: it waits in the socket's backlog.
+        waiting: list[socket.socket] = []
+
+        def during_hand_off(fingerprint: str) -> None:
+            waiting.append(socket.create_connection(("127.0.0.1", port), timeout=60))
+
+        done = ensure_server_enrolled(store, host, tcti=test_tpm.tcti, on_first_use=during_hand_off)
+        assert done.changed and done.trust == "first-use"
+        assert done.fingerprint == agent.fingerprint()  # what the agent printed for out-of-band comparison
+        assert stat.S_IMODE(os.stat(state / "server.key").st_mode) == 0o600
+
+        # that client is served by dockerd (not dropped), which now presents the CA's certificate
+        ctx = tpmtls.ssl_context(done.cert_path / "cert.pem", done.cert_path / "key.pem", done.cert_path / "ca.pem",
+                                 tcti=test_tpm.tcti)
+        with ctx.wrap_socket(waiting[0], server_hostname="127.0.0.1") as tls:
+            reply = _ping(tls)
+        assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"OK"), reply[:300]
+        assert "starting dockerd" in agent.text()
+
+        # exec, not fork: dockerd has the agent's PID (so LISTEN_PID held)
+        pidfile = run_dir / "docker.pid"
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.05)
+        assert int(pidfile.read_text()) == agent.pid
+
+        # docker-py through tpmtls, with the store's directory as DOCKER_CERT_PATH
+        client = tpmtls.docker_client(done.base_url, cert_path=done.cert_path, tcti=test_tpm.tcti)
+        try:
+            assert client.ping() is True
+            assert client.version()["ApiVersion"]
+        finally:
+            client.close()
+
+        # idempotent: nothing to do the second time, in the library and the CLI
+        again = ensure_server_enrolled(store, host, tcti=test_tpm.tcti)
+        assert not again.changed and again.cert_path == done.cert_path
+        proc = tpmtls_cli("enroll", host, "--store", str(store.root), env=test_tpm.env)
+        assert proc.stdout.startswith(f"{host} is already enrolled") and proc.stderr == ""
+
+        # the stock docker CLI through daemon-proxy, same port
+        sock = run_dir / "proxy.sock"
+        with ProxyProcess(tmp_path, test_tpm.env, "--upstream", done.base_url, "--listen", f"unix://{sock}",
+                          "--cert-path", str(done.cert_path)):
+            env = {"DOCKER_HOST": f"unix://{sock}", "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+            loaded = run([DOCKER, "load", "-i", str(busybox_archive(tmp_path / "busybox.tar", IMAGE))], env=env)
+            assert loaded.returncode == 0, loaded.stderr
+            out = run([DOCKER, "run", "--rm", IMAGE, "echo", "paired"], env=env)
+            assert out.returncode == 0 and out.stdout == "paired\n", out.stderr
+            info = json.loads(run([DOCKER, "version", "--format", "{{json .Server}}"], env=env).stdout)
+            assert info["Version"]
+
+    # Restart: already enrolled, the agent execs dockerd at once; the activating client is served.
+    with AgentProcess(tmp_path, test_tpm.env, *agent_args, activate_on=host) as agent:
+        client = tpmtls.docker_client(done.base_url, cert_path=done.cert_path, tcti=test_tpm.tcti)
+        try:
+            assert client.ping() is True
+        finally:
+            client.close()
+        assert "already enrolled" in agent.text()

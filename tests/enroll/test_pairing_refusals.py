@@ -1,0 +1,201 @@
+"""The enroll-agent stores only a certificate it should: every wrong one is a 4xx and nothing is
+written; strangers cannot talk to it; a client whose pin does not match sends nothing."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from tpmtls.enroll.pairing_client import (
+    EnrollmentError,
+    connect_pinned,
+    pairing_context,
+    post_certificate,
+)
+from tpmtls.enroll.store import CertificateStore
+from tpmtls.pki.ca import FileCA
+from tpmtls.testing import free_port
+
+from support.commands import require
+from support.daemon import one_line, tpmtls_cli
+from support.pairing import AgentProcess, Impostor, make_cert
+
+
+@pytest.fixture
+def paired_world(test_tpm, tmp_path):
+    """A client store with its CA, and an agent trusting that CA (--listen: no systemd here)."""
+    require("openssl")
+    store = CertificateStore(tmp_path / "store")
+    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    agent = AgentProcess(tmp_path, test_tpm.env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
+                         "--listen", f"127.0.0.1:{port}", "--dockerd", "true")
+    with agent:
+        yield store, state, port, agent
+
+
+def _posted(store, port, fingerprint, pem, tcti):
+    tls, seen, _ = connect_pinned(pairing_context(store, tcti), "127.0.0.1", port, fingerprint)
+    try:
+        post_certificate(tls, "127.0.0.1", port, pem)
+    finally:
+        tls.close()
+
+
+def test_wrong_certificates_are_refused_and_nothing_is_stored(paired_world, test_tpm, tmp_path):
+    store, state, port, agent = paired_world
+    fp = agent.fingerprint()
+    assert stat.S_IMODE(os.stat(state / "server.key").st_mode) == 0o600
+    daemon_key = x509.load_pem_x509_certificate((state / "pairing.crt").read_bytes()).public_key()
+    ca = FileCA.open(store.ca_dir)
+    other_ca = FileCA.init(tmp_path / "other-ca", "another CA")
+    stranger = ec.generate_private_key(ec.SECP256R1()).public_key()
+    cases = {
+        "wrong key": (make_cert(stranger, ca.key, ca.cert), "HTTP 422: certificate refused: for another key"),
+        "other CA": (make_cert(daemon_key, other_ca.key, other_ca.cert),
+                     "HTTP 403: certificate refused: not issued by this agent's CA"),
+        "no serverAuth": (make_cert(daemon_key, ca.key, ca.cert, eku=ExtendedKeyUsageOID.CLIENT_AUTH),
+                          "HTTP 422: certificate refused: no extendedKeyUsage serverAuth"),
+        "wrong SAN": (make_cert(daemon_key, ca.key, ca.cert, san="elsewhere.example"),
+                      "HTTP 422: certificate refused: no subjectAltName for 127.0.0.1"),
+        "self-signed": (make_cert(daemon_key, ca.key, None), "HTTP 403"),
+        "not PEM": (b"hello", "HTTP 400: certificate refused: the body is not a PEM certificate"),
+    }
+    for label, (pem, expected) in cases.items():
+        with pytest.raises(EnrollmentError) as err:
+            _posted(store, port, fp, pem, test_tpm.tcti)
+        assert str(err.value).startswith(f"127.0.0.1:{port}: the agent refused the certificate: {expected}"), \
+            (label, str(err.value))
+        assert sorted(p.name for p in state.iterdir()) == ["pairing.crt", "server.key"], label
+    assert agent.text().count("nothing stored") == len(cases)
+
+    # a client of another CA does not get past the TLS handshake
+    foreign = tmp_path / "foreign-store"
+    tpmtls_cli("ca", "init", str(foreign / "ca"), "--name", "foreign CA", env=test_tpm.env)
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{port}", "--store", str(foreign), "--expect-fingerprint", fp,
+                      env=test_tpm.env, check=False)
+    line = one_line(proc)
+    assert line.startswith(f"tpmtls: 127.0.0.1:{port}: the agent refused our client certificate"), line
+    assert not (foreign / "servers" / f"127.0.0.1:{port}" / "server.crt").exists()
+    assert "TLS handshake failed" in agent.wait_for("TLS handshake failed")
+
+    # a wrong pin: the client aborts (one line) and the agent gets no request
+    wrong = "ab" * 32
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{port}", "--store", str(store.root), "--expect-fingerprint", wrong,
+                      env=test_tpm.env, check=False)
+    line = one_line(proc)
+    assert line == (f"tpmtls: 127.0.0.1:{port}: presented key SHA-256 {fp}, expected {wrong}: not the agent you "
+                    "paired with (a man in the middle, or a reinstalled host); nothing was sent"), line
+    assert sorted(p.name for p in state.iterdir()) == ["pairing.crt", "server.key"]
+    assert not (store.root / "servers").exists() or not any((store.root / "servers").iterdir())
+
+    # still waiting: the right certificate from the right client is stored, then dockerd is exec'd
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{port}", "--store", str(store.root), "--expect-fingerprint",
+                      ":".join(fp[i:i + 2] for i in range(0, 64, 2)).upper(), env=test_tpm.env)
+    assert f"enrolled 127.0.0.1:{port} (agent key SHA-256 {fp}, expected)" in proc.stdout
+    assert proc.stderr == ""
+    assert agent.exit_code() == 0  # `true -H fd:// …`: the agent exec'd the daemon binary
+    served = x509.load_pem_x509_certificate((state / "server.crt").read_bytes())
+    assert served.public_key() == daemon_key
+    cert_dir = store.root / "servers" / f"127.0.0.1:{port}"
+    assert sorted(p.name for p in cert_dir.iterdir()) == ["ca.pem", "cert.pem", "key.pem", "pinned-key.sha256",
+                                                          "server.crt"]
+    assert (cert_dir / "pinned-key.sha256").read_text() == f"{fp} expected-out-of-band\n"
+    # a second enrollment is a no-op: no connection (the agent is gone), same answer
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{port}", "--store", str(store.root), env=test_tpm.env)
+    assert proc.stdout.startswith(f"127.0.0.1:{port} is already enrolled; DOCKER_CERT_PATH={cert_dir}")
+
+
+def test_impostor_gets_nothing(test_tpm, tmp_path):
+    """Pinned to the real agent's key, the client meets a man in the middle: it aborts after the
+    handshake and the impostor receives not one byte of HTTP (no request, no certificate)."""
+    store = CertificateStore(tmp_path / "store")
+    store.ca()
+    impostor = Impostor(tmp_path)
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{impostor.port}", "--store", str(store.root), "--expect-fingerprint",
+                      "cd" * 32, env=test_tpm.env, check=False)
+    impostor.join()
+    line = one_line(proc)
+    assert "expected " + "cd" * 32 in line and "nothing was sent" in line, line
+    assert impostor.handshakes == 1 and impostor.received == [b""]
+    assert not (store.root / "servers").exists()
+
+
+def test_bad_usage_is_one_line(test_tpm, tmp_path):
+    proc = tpmtls_cli("enroll", "127.0.0.1:1", env=test_tpm.env, check=False)
+    assert one_line(proc) == "tpmtls: enroll needs HOST[:PORT] --store DIR (pairing) or --acme URL"
+    proc = tpmtls_cli("enroll", "--acme", "https://127.0.0.1:1/directory", env=test_tpm.env, check=False)
+    line = one_line(proc)  # the ACME client runs: this software TPM has no EK certificate to attest with
+    assert "ACME" in line or "EK certificate" in line, line
+    proc = tpmtls_cli("enroll", "127.0.0.1:1", "--store", str(tmp_path / "s"), "--expect-fingerprint", "xyz",
+                      env=test_tpm.env, check=False)
+    assert one_line(proc) == "tpmtls: 'xyz' is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+    proc = tpmtls_cli("enroll-agent", "--ca", str(tmp_path / "nope.crt"), "--state", str(tmp_path),
+                      env=test_tpm.env, check=False)
+    assert one_line(proc) == ("tpmtls: no listening socket: run under systemd socket activation "
+                              "(helpers/tpmtls-enroll-agent.socket) or pass --listen ADDRESS:PORT")
+    proc = tpmtls_cli("enroll-agent", "--ca", str(tmp_path / "nope.crt"), "--state", str(tmp_path),
+                      "--listen", f"127.0.0.1:{free_port()}", env=test_tpm.env, check=False)
+    assert one_line(proc).startswith(f"tpmtls: {tmp_path / 'nope.crt'}: cannot read the CA certificate")
+
+
+def test_first_use_pin_is_enforced_later(test_tpm, tmp_path):
+    """Trust on first use is recorded: a later attempt that meets another key aborts, sending nothing."""
+    store = CertificateStore(tmp_path / "store")
+    store.ca()
+    impostor = Impostor(tmp_path)
+    recorded = "ef" * 32
+    store.record_pin("127.0.0.1", impostor.port, recorded, "trusted-on-first-use")
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{impostor.port}", "--store", str(store.root), env=test_tpm.env,
+                      check=False)
+    impostor.join()
+    line = one_line(proc)
+    assert f"expected {recorded}" in line and "nothing was sent" in line, line
+    assert impostor.received == [b""]
+    # and an out-of-band fingerprint that contradicts the record is refused before connecting
+    proc = tpmtls_cli("enroll", f"127.0.0.1:{impostor.port}", "--store", str(store.root), "--expect-fingerprint",
+                      "12" * 32, env=test_tpm.env, check=False)
+    assert "differs from the key recorded in" in one_line(proc)
+
+
+def test_a_trickling_peer_cannot_hold_the_agent(test_tpm, tmp_path):
+    """Connections are served one at a time: each has a deadline, so a slow peer gives way."""
+    import socket
+    import threading
+    import time
+
+    store = CertificateStore(tmp_path / "store")
+    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    env = {**test_tpm.env, "TPMTLS_ENROLL_DEADLINE": "2"}
+    with AgentProcess(tmp_path, env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
+                      "--listen", f"127.0.0.1:{port}", "--dockerd", "true") as agent:
+        stop = threading.Event()
+
+        def trickle() -> None:  # a ClientHello one byte every 0.5 s, for at most 60 s
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for byte in b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(109):
+                    if stop.is_set():
+                        return
+                    try:
+                        s.sendall(bytes([byte]))
+                    except OSError:
+                        return
+                    time.sleep(0.5)
+
+        slow = threading.Thread(target=trickle, daemon=True)
+        slow.start()
+        time.sleep(0.5)  # the slow peer is being served now
+        with pytest.raises(EnrollmentError) as err:  # a real client still gets its answer
+            _posted(store, port, agent.fingerprint(), b"hello", test_tpm.tcti)
+        stop.set()
+        slow.join(10)
+        assert "HTTP 400" in str(err.value), str(err.value)

@@ -1,0 +1,74 @@
+"""Issue 10, items 9, 10, 13: clear refusals and clean failures, pulling and pushing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from support.peers import CountingListener, clean_env
+from support.registry import env_for, one_line_failure, run_cli
+
+
+def test_silent_server_fails_once_in_bounded_time(tpm_certs, small_image, test_tpm, tmp_path):
+    listener = CountingListener("hold")
+    try:
+        proc = run_cli("push", f"docker-archive:{small_image}", f"localhost:{listener.port}/x:1", "--cert-dir",
+                       str(tpm_certs), env=env_for(test_tpm, tmp_path), timeout=60)
+    finally:
+        listener.close()
+    line = one_line_failure(proc)
+    assert "did not answer within 10 s" in line
+    assert listener.connections == 1  # not retried
+
+
+def test_plain_http_on_the_registry_port_is_not_retried(tpm_certs, small_image, test_tpm, tmp_path):
+    listener = CountingListener("http")
+    try:
+        proc = run_cli("pull", f"localhost:{listener.port}/x:1", f"oci:{tmp_path / 'o'}", "--cert-dir",
+                       str(tpm_certs), env=env_for(test_tpm, tmp_path), timeout=60)
+    finally:
+        listener.close()
+    assert "plain HTTP, not TLS" in one_line_failure(proc)
+    assert listener.connections == 1
+
+
+def test_pull_output_paths(registry, tpm_certs, test_tpm, tmp_path):
+    (tmp_path / "afile").write_text("x\n")
+    (tmp_path / "adir").mkdir()
+    env = env_for(test_tpm, tmp_path)
+    src = f"localhost:{registry.port}/x:1"
+    for dest, words in ((f"docker-archive:{tmp_path / 'adir'}", "is a directory"),
+                        (f"oci:{tmp_path / 'afile'}", "not a directory"),
+                        ("docker-archive:/sys/img.tar", "cannot write"),
+                        ("oci:/sys/layout", "cannot write")):
+        proc = run_cli("pull", src, dest, "--cert-dir", str(tpm_certs), env=env)
+        assert proc.returncode == 1 and words in one_line_failure(proc), (dest, proc.stderr)
+
+
+def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, test_tpm, tmp_path):
+    from tpmtls.lab import build_docker_archive
+
+    image = build_docker_archive(tmp_path / "big.tar", [{"a.bin": 40_000_000}, {"b.bin": 40_000_000}])
+    env = env_for(test_tpm, tmp_path)
+    dest = f"localhost:{registry.port}/killed:1"
+    assert run_cli("push", f"docker-archive:{image}", dest, "--cert-dir", str(tpm_certs), env=env).returncode == 0
+    layout = tmp_path / "layout"
+    blobs = layout / "blobs" / "sha256"
+    args = [sys.executable, "-m", "tpmtls.cli.pull", dest, f"oci:{layout}", "--cert-dir", str(tpm_certs)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**clean_env(), **env})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if blobs.is_dir() and any(p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the pull finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert [p for p in blobs.iterdir() if p.name.startswith(".tmp-")]  # what a killed pull leaves
+    again = run_cli("pull", dest, f"oci:{layout}", "--cert-dir", str(tpm_certs), env=env)
+    assert again.returncode == 0, again.stderr
+    assert not [p for p in blobs.iterdir() if p.name.startswith(".tmp-")]
+    assert os.listdir(layout)

@@ -1,0 +1,50 @@
+"""The hardware-paced test TPM adds the delay it claims, per command code, behind tpm2-abrmd."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import tpmtls
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from tpmtls.testing import TestTpm, TpmTiming
+
+from support.commands import require
+
+SIGNATURES = 12
+
+
+def _sign_time(tcti: str) -> float:
+    with tpmtls.Pool(tcti, 1) as pool:
+        key = tpmtls.connect(pool=pool).create_key("ecc-p256")
+        key.sign(b"warm up", ec.ECDSA(hashes.SHA256()))  # SRK and key loaded: only signatures are timed
+        started = time.perf_counter()
+        for i in range(SIGNATURES):
+            key.sign(b"message %d" % i, ec.ECDSA(hashes.SHA256()))
+        return time.perf_counter() - started
+
+
+@pytest.fixture
+def slow_tpm(tmp_path):
+    require("swtpm", "tpm2-abrmd", "dbus-daemon")
+    with TestTpm(tmp_path / "slow", timing=TpmTiming.with_sign(60)) as t:
+        yield t
+
+
+def test_signatures_take_the_modelled_time(slow_tpm, test_tpm):
+    fast = _sign_time(test_tpm.tcti)
+    slow = _sign_time(slow_tpm.tcti)
+    assert slow_tpm.latency is not None
+    assert slow_tpm.latency.counts["Sign"] == SIGNATURES + 1
+    assert slow_tpm.latency.counts["Create"] == 1
+    # 60 ms modelled per TPM2_Sign against 1–2 ms on swtpm: a generous bound on the ratio
+    assert slow > 3 * fast, (slow, fast)
+    assert slow_tpm.latency.delayed > 0
+
+
+def test_direct_tcti_goes_through_the_forwarder_too(slow_tpm):
+    slow_tpm.abrmd.stop()  # a direct swtpm TCTI needs the TPM to itself
+    with tpmtls.Pool(slow_tpm.direct_tcti) as pool:
+        tpmtls.connect(pool=pool).info()
+    assert slow_tpm.latency is not None and slow_tpm.latency.counts["GetCapability"] >= 1
