@@ -23,6 +23,7 @@ quickstart: setup
 	$(VENV)/bin/tpmtls quickstart
 
 test: setup
+	$(PY) -m ruff check tpmtls tests benchmarks
 	$(PY) -m pytest tests
 
 clean:

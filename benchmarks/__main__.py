@@ -114,14 +114,14 @@ def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: boo
     for key in keys:
         by = {r["mode"]: r for r in results if (r["alg"], r["tls"], r["path"], r["threads"]) == key}
 
-        def cell(mode: str) -> str:
+        def cell(mode: str, by: dict[str, Any] = by) -> str:
             r = by.get(mode)
             if r is None:
                 return f"{'-':>13}"
             err = f"!{r['errors']}" if r["errors"] else ""
             return f"{r['handshakes_per_s']:>9.1f}{err:>4}"
 
-        def ratio(a: str, b: str) -> str:
+        def ratio(a: str, b: str, by: dict[str, Any] = by) -> str:
             ra, rb = by.get(a), by.get(b)
             if not ra or not rb or not rb["handshakes_per_s"]:
                 return "   -  "
@@ -141,9 +141,10 @@ def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: boo
 def pool(args: argparse.Namespace) -> int:
     import hashlib
 
+    from tpm2_pytss.constants import TPM2_ALG
+
     import tpmtls
     from tpmtls.tpm.keys import _scheme  # one TPM2_Sign per call, as a handshake makes
-    from tpm2_pytss.constants import TPM2_ALG
 
     sizes, threads = [int(s) for s in _csv(args.sizes)], [int(t) for t in _csv(args.threads)]
     results: list[dict[str, Any]] = []
@@ -165,7 +166,7 @@ def pool(args: argparse.Namespace) -> int:
                 end = time.monotonic() + args.seconds
                 count = [0] * n
 
-                def run(i: int) -> None:
+                def run(i: int, key: Any = key, end: float = end, count: list[int] = count) -> None:
                     while time.monotonic() < end:
                         key._sign_with(scheme, digest)
                         count[i] += 1
@@ -236,8 +237,8 @@ def _measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, 
 def push(args: argparse.Namespace) -> int:
     """tpmtls-push (TPM key) vs skopeo copy (software key): random and real-file content, from a
     docker-archive and from the daemon; a fresh registry and blob cache per cold run."""
-    from tpmtls.registry.sources import COMPRESSOR
     from tpmtls.lab import Dockerd, Registry
+    from tpmtls.registry.sources import COMPRESSOR
 
     from .content import random_image, real_image
 

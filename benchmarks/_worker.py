@@ -42,9 +42,8 @@ def _tpm2_openssl_for_cryptography() -> None:
 
 def _tpm2_openssl_for_ssl() -> None:
     """tpm2-openssl into the system OpenSSL (stdlib ssl) with the same properties."""
-    import ctypes
-
     import _ssl  # noqa: F401 - map the stdlib's libcrypto first
+    import ctypes
 
     lib = ctypes.CDLL("libcrypto.so.3")
     lib.OSSL_PROVIDER_load.restype = ctypes.c_void_p

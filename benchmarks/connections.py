@@ -147,7 +147,7 @@ def chart(sequential: list[dict[str, Any]], pace: str, path: Path) -> None:
     modes = [r["mode"] for r in sequential]
     ratios = [r["per_s"] / soft for r in sequential]
     bars = ax.barh(modes, ratios, color=["#999999", "#2a7ab0", "#c0504d"][: len(modes)])
-    for bar, r in zip(bars, sequential):
+    for bar, r in zip(bars, sequential, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r['tpm_signatures']} TPM sig.",
                 va="center", fontsize=8)
     ax.axvline(1.0, color="black", linewidth=0.5)

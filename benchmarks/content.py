@@ -62,7 +62,7 @@ def real_image(path: Path, layers: int = len(REAL_LAYERS), root: Path = Path("/"
                  "Layers": [f"{d[7:]}/layer.tar" for d in diff_ids]}]
     with tarfile.open(path, "w") as tar:
         _add_bytes(tar, config_name, config)
-        for d, layer in zip(diff_ids, names):
+        for d, layer in zip(diff_ids, names, strict=True):
             tar.add(layer, arcname=f"{d[7:]}/layer.tar")
         _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
     for layer in names:

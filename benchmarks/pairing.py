@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     waiting: list[socket.socket] = []
                     t0 = time.monotonic()
-                    done = ensure_server_enrolled(store, f"127.0.0.1:{port}", tcti=tpm.tcti, on_first_use=lambda _fp:
-                                                  waiting.append(socket.create_connection(("127.0.0.1", port), 60)))
+                    done = ensure_server_enrolled(
+                        store, f"127.0.0.1:{port}", tcti=tpm.tcti,
+                        on_first_use=lambda _fp, w=waiting, p=port: w.append(
+                            socket.create_connection(("127.0.0.1", p), 60)))
                     t1 = time.monotonic()
                     ctx = tpmtls.ssl_context(done.cert_path / "cert.pem", done.cert_path / "key.pem",
                                              done.cert_path / "ca.pem", tcti=tpm.tcti)

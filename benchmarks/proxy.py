@@ -103,8 +103,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def proxy(args: Any) -> int:
-    from tpmtls.testing import TpmTiming
     from tpmtls.lab import Dockerd, Registry
+    from tpmtls.testing import TpmTiming
 
     from .content import random_image
 

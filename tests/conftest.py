@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls.testing import TestTpm
 
+import tpmtls
 from support.commands import Cli, require
+from tpmtls.testing import TestTpm
 
 
 @pytest.fixture(scope="session")

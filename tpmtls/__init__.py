@@ -14,6 +14,7 @@ from .provider import bootstrap as _bootstrap
 
 _bootstrap()
 
+from ._files import OutputError  # noqa: E402
 from .errors import (  # noqa: E402
     DaemonError,
     EnrollmentError,
@@ -32,7 +33,6 @@ from .errors import (  # noqa: E402
     TpmUnavailable,
     UsageError,
 )
-from ._files import OutputError  # noqa: E402
 from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_session, ssl_context  # noqa: E402
 from .tls._errors import KeyLoadError, TpmHandshakeError  # noqa: E402
 from .tpm import Pool, Tpm, connect  # noqa: E402
@@ -43,10 +43,10 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .docker.client import docker_client
     from .docker.credentials import CredentialsError
-    from .tls._adapter import TpmSSLError
     from .enroll.pairing_client import ensure_server_enrolled
     from .registry.pull import pull
     from .registry.push import push
+    from .tls._adapter import TpmSSLError
 
 # Imported on first use (PEP 562), with their own typed signatures: signing needs
 # neither the registry client nor docker-py.

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import connect
+from ._files import write_atomic
 from .errors import RegistryError, TpmtlsError
 from .pki.ca import FileCA
-from ._files import write_atomic
 from .pki.csr import build_csr
 from .pki.install import install
 from .registry.progress import Progress

@@ -134,9 +134,8 @@ def test_stock_docker_pull_still_works_after_certs_install(registry, pki, tpm, s
     """Stock dockerd with Docker's certs.d (software pair) for the registry; `tpmtls certs install`
     with the TPM key for the same registry; then both `docker pull` and tpmtls-pull work."""
     require("dockerd", "docker")
-    from tpmtls.lab import Dockerd
-
     from support.peers import ConnectProxy
+    from tpmtls.lab import Dockerd
 
     name = f"server.domain.com:{registry.port}"  # not resolving into 127/8: dockerd reads certs.d for it
     docker_dir = Path("/etc/docker/certs.d") / name

@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls.tpm.seal import MAX_SEALED, seal, srk_name, unseal
 
+import tpmtls
 from support import ROOT
+from tpmtls.tpm.seal import MAX_SEALED, seal, srk_name, unseal
 
 NOT_FOUND = "credentials not found in native keychain"
 SECRET = "s3cret-Pa55word-for-the-grep-test"

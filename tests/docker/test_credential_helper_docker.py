@@ -14,12 +14,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls.lab import Registry
 
+import tpmtls
 from support.commands import require
 from support.peers import clean_env
 from support.registry import env_for, one_line_failure, run_cli, tpm_cert_dir
+from tpmtls.lab import Registry
 
 USER, PASSWORD = "pusher", "Tpm-sealed correct horse 4711"
 NOT_FOUND = "credentials not found in native keychain"

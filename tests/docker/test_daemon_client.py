@@ -11,12 +11,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from tpmtls.errors import TpmtlsError
-from tpmtls.testing import free_port
 
 from support import ROOT
 from support.commands import require
 from support.daemon import DaemonPki, busybox_archive, run, start_daemon
+from tpmtls.errors import TpmtlsError
+from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
 

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-from tpmtls.testing import free_port
 
 from support import ROOT
 from support.commands import require
@@ -25,6 +24,7 @@ from support.daemon import (
     tpmtls_cli,
 )
 from support.peers import clean_env
+from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
 HELPERS = ROOT / "helpers" / "docker-front"

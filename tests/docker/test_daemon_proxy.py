@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tpmtls.testing import free_port
 
 from support import ROOT
 from support.commands import require
@@ -28,6 +27,7 @@ from support.daemon import (
     tpmtls_cli,
 )
 from support.peers import clean_env
+from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
 

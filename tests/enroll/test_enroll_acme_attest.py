@@ -7,8 +7,11 @@ import copy
 
 import pytest
 import requests
-import tpmtls
 from cryptography import x509
+
+import tpmtls
+from support.attest import EkCa, ek_machine, enroll_files, enroll_world
+from support.commands import require
 from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
 from tpmtls.enroll.attest_errors import EnrollError
 from tpmtls.enroll.attest_verify import (
@@ -19,9 +22,6 @@ from tpmtls.enroll.attest_verify import (
 )
 from tpmtls.enroll.attestation import attest_request, obtain_ak_certificate, post_json
 from tpmtls.tpm import attest
-
-from support.attest import EkCa, ek_machine, enroll_files, enroll_world
-from support.commands import require
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,7 @@ def _provision_ecc_ek(tpm, ek_ca) -> None:
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
     from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
     from tpm2_pytss.utils import NVReadEK, create_ek_template
+
     from tpmtls.enroll.attest_verify import (
         OID_TPM_MANUFACTURER,
         OID_TPM_MODEL,

@@ -16,14 +16,14 @@ import cbor2
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
+
+from support.attest import enroll_world
+from support.commands import require
 from tpmtls.enroll.acme_attobj import verify_att_obj
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
 from tpmtls.enroll.attest_errors import Refusal
 from tpmtls.enroll.attestation import attest_request
 from tpmtls.tpm import attest
-
-from support.attest import enroll_world
-from support.commands import require
 
 TRUNCATIONS = 16
 FLIPS = 32
@@ -49,7 +49,7 @@ def all_refused(label: str, original: bytes, check: Callable[[bytes], object]) -
         except Refusal:
             count += 1
             continue
-        at = next((i for i, (a, b) in enumerate(zip(original, m)) if a != b), min(len(m), len(original)))
+        at = next((i for i, (a, b) in enumerate(zip(original, m, strict=False)) if a != b), min(len(m), len(original)))
         pytest.fail(f"{label}: mutant of {len(m)} bytes (of {len(original)}) was accepted; first difference at "
                     f"byte {at}: {original[max(0, at - 8):at + 8].hex()} -> {m[max(0, at - 8):at + 8].hex()}")
     assert count >= 10, label
@@ -130,6 +130,7 @@ def test_quote_structures(world):
     values = attest.read_pcrs(tpm, policy.selection)
     reported = {bank: {str(p): v.hex() for p, v in vals.items()} for bank, vals in values.items()}
     from tpm2_pytss.types import TPMT_PUBLIC
+
     from tpmtls.enroll.attest_verify import tpm_public_key
 
     ak_key = tpm_public_key(TPMT_PUBLIC.unmarshal(ak.public)[0], "ak")

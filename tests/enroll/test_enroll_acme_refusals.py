@@ -14,13 +14,16 @@ from pathlib import Path
 import josepy as jose
 import pytest
 import requests
-import tpmtls
 from acme import client as acme_client
 from acme import messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
+
+import tpmtls
+from support.attest import EkCa, ek_machine, enroll_files
+from support.commands import require
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
 from tpmtls.enroll.acme_server import NONCE_TTL, EnrollApp, EnrollServer
 from tpmtls.enroll.attest_ca import SESSION_TTL
@@ -28,9 +31,6 @@ from tpmtls.enroll.attest_errors import EnrollError
 from tpmtls.enroll.attestation import attest_request, post_json, secret_request
 from tpmtls.tpm import attest
 from tpmtls.tpm.keys import make_key
-
-from support.attest import EkCa, ek_machine, enroll_files
-from support.commands import require
 
 
 class Clock:

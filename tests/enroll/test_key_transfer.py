@@ -6,13 +6,13 @@ import base64
 from pathlib import Path
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tpmtls.testing import TestTpm
 
+import tpmtls
 from support.commands import require
 from support.tls_clients import client_subject, stdlib_get
+from tpmtls.testing import TestTpm
 
 PEM = serialization.Encoding.PEM
 
@@ -142,6 +142,7 @@ def _store_ek_certificate(tpm: TestTpm) -> bytes:
     from tpm2_pytss import ESAPI
     from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
     from tpm2_pytss.types import TPM2B_AUTH, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+
     from tpmtls.tpm import transfer
 
     ek = transfer.read_ek(tpmtls.connect(tpm.tcti))

@@ -9,10 +9,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from tpmtls.enroll.pairing_agent import Refusal, check_certificate
-from tpmtls.pki.ca import FileCA
 
 from support.pairing import make_cert
+from tpmtls.enroll.pairing_agent import Refusal, check_certificate
+from tpmtls.pki.ca import FileCA
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 

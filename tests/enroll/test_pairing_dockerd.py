@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls.enroll.pairing_client import ensure_server_enrolled
-from tpmtls.enroll.store import CertificateStore
-from tpmtls.testing import free_port
 
+import tpmtls
 from support.commands import require
 from support.daemon import DOCKER, ProxyProcess, busybox_archive, run, tpmtls_cli
 from support.pairing import AgentProcess
+from tpmtls.enroll.pairing_client import ensure_server_enrolled
+from tpmtls.enroll.store import CertificateStore
+from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
 

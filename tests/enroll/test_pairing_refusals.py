@@ -10,6 +10,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from support.commands import require
+from support.daemon import one_line, tpmtls_cli
+from support.pairing import AgentProcess, Impostor, make_cert
 from tpmtls.enroll.pairing_client import (
     EnrollmentError,
     connect_pinned,
@@ -19,10 +23,6 @@ from tpmtls.enroll.pairing_client import (
 from tpmtls.enroll.store import CertificateStore
 from tpmtls.pki.ca import FileCA
 from tpmtls.testing import free_port
-
-from support.commands import require
-from support.daemon import one_line, tpmtls_cli
-from support.pairing import AgentProcess, Impostor, make_cert
 
 
 @pytest.fixture

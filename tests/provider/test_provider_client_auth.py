@@ -5,11 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import serialization
-from tpmtls import provider
-from tpmtls.tpm import default_pool
 
+import tpmtls
 from support.commands import openssl, require
 from support.peers import (
     OpenSSLServer,
@@ -18,6 +16,8 @@ from support.peers import (
     verifying_server_context,
 )
 from support.tls_clients import client_subject, pyopenssl_get, stdlib_get
+from tpmtls import provider
+from tpmtls.tpm import default_pool
 
 ALGS = ["ecc-p256", "ecc-p384", "rsa2048", "rsa3072"]
 

@@ -6,6 +6,7 @@ import gc
 import threading
 
 import pytest
+
 import tpmtls
 from tpmtls import provider
 
@@ -81,7 +82,7 @@ def test_fork_while_another_thread_holds_a_provider_lock(lock, tpm_client, test_
         try:
             tpmtls.ssl_context(cert, key, tcti=test_tpm.tcti)
             os._exit(0)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the child reports by exit status
             os._exit(1)
     release.set()
     holder.join(10)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import tpmtls
 
+import tpmtls
 from support.commands import require
 from support.peers import PythonTlsServer, clean_env
 

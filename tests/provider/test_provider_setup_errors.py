@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls.testing import SwTpm
 
+import tpmtls
 from support.commands import require
+from tpmtls.testing import SwTpm
 
 PATHS = ["stdlib", "pyopenssl"]
 
@@ -108,7 +108,8 @@ def test_provider_not_built(tpm_client, pki, test_tpm, tmp_path: Path):
         assert tpmtls.__file__.startswith({str(copy)!r})
         for fn in (tpmtls.ssl_context, tpmtls.pyopenssl_context):
             try:
-                fn({str(cert)!r}, {str(key)!r}, {str(pki.ca_file)!r}, hostname="localhost") if fn is tpmtls.pyopenssl_context else fn({str(cert)!r}, {str(key)!r}, {str(pki.ca_file)!r})
+                extra = {{"hostname": "localhost"}} if fn is tpmtls.pyopenssl_context else {{}}
+                fn({str(cert)!r}, {str(key)!r}, {str(pki.ca_file)!r}, **extra)
             except tpmtls.ProviderError as e:
                 print("error:", e)
     """, test_tpm.env, pythonpath=without_editable_install(copy), args=("-S",))

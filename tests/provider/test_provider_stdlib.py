@@ -5,10 +5,10 @@ from __future__ import annotations
 import ssl
 
 import pytest
-import tpmtls
-from tpmtls import provider
 
+import tpmtls
 from support.peers import PythonTlsServer, verifying_server_context
+from tpmtls import provider
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import tpmtls
-from tpmtls import provider
-from tpmtls.tpm import default_pool
-
 from support.peers import OpenSSLServer, Pki
 from support.tls_clients import client_subject, pyopenssl_get, stdlib_get
+from tpmtls import provider
+from tpmtls.tpm import default_pool
 
 
 def test_32_threads_x_50_handshakes_one_key(tpm_client, pki, s_server, test_tpm):

@@ -12,10 +12,11 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+
 from tpmtls import provider
 
 
-class OSSL_PARAM(ctypes.Structure):
+class OSSL_PARAM(ctypes.Structure):  # noqa: N801 - OpenSSL's struct name
     _fields_ = [("key", ctypes.c_char_p), ("data_type", ctypes.c_uint), ("data", ctypes.c_void_p),
                 ("data_size", ctypes.c_size_t), ("return_size", ctypes.c_size_t)]
 
@@ -60,7 +61,7 @@ class Signer:
             return True
         values = [v.encode() for v in params.values()]
         array = (OSSL_PARAM * (len(params) + 1))()
-        for slot, (name, value) in zip(array, zip(params, values)):
+        for slot, (name, value) in zip(array, zip(params, values, strict=True), strict=False):
             slot.key, slot.data_type = name.encode(), OSSL_PARAM_UTF8_STRING
             slot.data, slot.data_size = ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p), len(value)
         self._keep = values

@@ -7,6 +7,7 @@ import hashlib
 import os
 
 import pytest
+
 from tpmtls.registry.sources import GZIP_LEVEL, FileRegion, GzipSource
 
 

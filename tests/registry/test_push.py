@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls.registry.push import BlobCache
 
+import tpmtls
 from support.peers import clean_env
 from support.registry import env_for, run_cli, skopeo_layers, skopeo_raw
+from tpmtls.registry.push import BlobCache
 
 LINE = "{tag}: digest: {digest} size: {size}"
 

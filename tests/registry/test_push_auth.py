@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tpmtls.lab import Registry
 
 from support.commands import require
 from support.registry import env_for, one_line_failure, run_cli
@@ -20,6 +19,7 @@ from support.tokens import (  # noqa: F401
     TokenServer,
     registry_with_token_server,
 )
+from tpmtls.lab import Registry
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tpmtls.lab import build_docker_archive
 
 from support.peers import clean_env
 from support.registry import env_for, one_line_failure, run_cli, skopeo_layers
+from tpmtls.lab import build_docker_archive
 
 
 def _tamper(archive: Path, member_suffix: str, out: Path) -> str:

@@ -4,12 +4,12 @@ TLS 1.2 and 1.3), and its after-the-handshake refusals reported as what they are
 from __future__ import annotations
 
 import pytest
-from tpmtls.lab import Registry
 
 from support.commands import require
 from support.nginx import Nginx
 from support.peers import Pki
 from support.registry import cert_dir, env_for, one_line_failure, run_cli, tpm_cert_dir
+from tpmtls.lab import Registry
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from tpmtls.lab import build_docker_archive
-from tpmtls.testing import free_port
 
 from support.peers import CuttingProxy, Pki, clean_env
 from support.registry import cert_dir, env_for, one_line_failure, run_cli, skopeo_raw
+from tpmtls.lab import build_docker_archive
+from tpmtls.testing import free_port
 
 
 def push(image, dest, certs, test_tpm, tmp_path, *extra):

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import tpmtls
-from tpmtls.lab import build_docker_archive
-from tpmtls.registry.push import BlobCache
-
 from support.peers import CuttingProxy, clean_env
 from support.registry import env_for, skopeo_layers, skopeo_raw
+from tpmtls.lab import build_docker_archive
+from tpmtls.registry.push import BlobCache
 
 LAYER = 24_000_000  # random, so gzip cannot shrink it: ~24 MB on the wire
 

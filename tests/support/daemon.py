@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tpmtls.testing import free_port
-
 from support.peers import clean_env
+from tpmtls.testing import free_port
 
 DOCKER = "/usr/local/bin/docker" if os.path.exists("/usr/local/bin/docker") else "docker"
 BUSYBOX = "/bin/busybox"

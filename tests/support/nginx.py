@@ -13,9 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tpmtls.testing import free_port
-
 from support.peers import clean_env
+from tpmtls.testing import free_port
 
 
 class Nginx:

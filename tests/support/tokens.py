@@ -19,9 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
-from tpmtls.lab import Registry
 
 from support.commands import require
+from tpmtls.lab import Registry
 
 USER, PASSWORD = "pusher", "correct horse battery"
 REFRESH = "refresh-token-from-docker-login"  # what `docker login` stores as identitytoken

@@ -14,17 +14,17 @@ import ssl
 
 import pytest
 import requests
-import tpmtls
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import tpmtls
+from support.peers import OpenSSLServer, Pki
+from support.tls_clients import client_subject, stdlib_get
 from tpmtls import provider
 from tpmtls.errors import HandshakeError
 from tpmtls.tpm import default_pool
-
-from support.peers import OpenSSLServer, Pki
-from support.tls_clients import client_subject, stdlib_get
 
 
 @pytest.fixture

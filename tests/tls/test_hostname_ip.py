@@ -15,16 +15,16 @@ import subprocess
 import time
 
 import pytest
-import tpmtls
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tpmtls.testing import free_port
 
+import tpmtls
 from support.commands import require
 from support.peers import clean_env
 from support.tls_clients import client_subject
+from tpmtls.testing import free_port
 
 
 @pytest.fixture(scope="module")

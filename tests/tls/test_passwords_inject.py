@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import tpmtls
-from tpmtls import provider
 
+import tpmtls
 from support.peers import clean_env
 from support.tls_clients import client_subject, stdlib_get
+from tpmtls import provider
 
 PASSWORD = "open sesame"
 

@@ -6,10 +6,10 @@ import asyncio
 import socket
 
 import pytest
-import tpmtls
-from tpmtls.tpm.pool import default_pool
 
+import tpmtls
 from support.peers import OpenSSLServer
+from tpmtls.tpm.pool import default_pool
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import weakref
 
 import pytest
 import requests
-import tpmtls
 
+import tpmtls
 from support.peers import OpenSSLServer, Pki, clean_env
 
 ENV_BUNDLES = ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]

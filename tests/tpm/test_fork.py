@@ -12,9 +12,10 @@ import threading
 import time
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+
+import tpmtls
 
 ECDSA = ec.ECDSA(hashes.SHA256())
 CHILDREN, PER_CHILD = 3, 60

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from tpm2_pytss.constants import TPMA_OBJECT
-from tpmtls.testing import SwTpm
 
+import tpmtls
 from support.commands import require
+from tpmtls.testing import SwTpm
 
 
 def software_key(kind: str):

@@ -6,11 +6,12 @@ import datetime
 import hashlib
 
 import pytest
-import tpmtls
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
+
+import tpmtls
 from tpmtls.tpm.keys import emsa_pss_encode
 
 HASHES = [hashes.SHA256(), hashes.SHA384(), hashes.SHA512()]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from tpmtls.testing import SwTpm
 
+import tpmtls
 from support.commands import require
+from tpmtls.testing import SwTpm
 
 
 def test_four_keys_on_a_direct_swtpm_all_sign_alternating(tmp_path):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss.constants import TPMA_OBJECT
+
+import tpmtls
 
 
 def test_password_key_signs_only_with_its_password(tpm, tmp_path: Path):

@@ -6,15 +6,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss.constants import ESYS_TR
 from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+
+import tpmtls
+from support.commands import require
 from tpmtls.testing import SwTpm
 from tpmtls.tpm.templates import SRK_ECC
-
-from support.commands import require
 
 
 def evict(test_tpm, handle: str) -> None:

@@ -6,9 +6,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+
+import tpmtls
 
 THREADS, PER_THREAD = 16, 100
 

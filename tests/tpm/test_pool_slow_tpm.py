@@ -6,12 +6,12 @@ import threading
 import time
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from tpmtls.testing import TestTpm, TpmTiming
 
+import tpmtls
 from support.commands import require
+from tpmtls.testing import TestTpm, TpmTiming
 
 
 @pytest.fixture(scope="module")

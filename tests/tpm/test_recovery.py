@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
-from tpmtls.testing import SwTpm
 
+import tpmtls
 from support.commands import require
+from tpmtls.testing import SwTpm
 
 
 def sign_and_verify(key) -> None:

@@ -14,10 +14,10 @@ import sys
 from contextlib import contextmanager
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import tpmtls
 from support.commands import Cli
 
 ECDSA = ec.ECDSA(hashes.SHA256())

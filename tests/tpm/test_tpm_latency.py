@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import tpmtls
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from tpmtls.testing import TestTpm, TpmTiming
 
+import tpmtls
 from support.commands import require
+from tpmtls.testing import TestTpm, TpmTiming
 
 SIGNATURES = 12
 

@@ -5,8 +5,20 @@ from __future__ import annotations
 import sys
 
 from .. import __version__
-from . import (ca, certs_daemon, connect, csr, daemon_proxy, doctor, enroll_acme, enroll_pairing, key, key_transfer,
-               proxy, quickstart)
+from . import (
+    ca,
+    certs_daemon,
+    connect,
+    csr,
+    daemon_proxy,
+    doctor,
+    enroll_acme,
+    enroll_pairing,
+    key,
+    key_transfer,
+    proxy,
+    quickstart,
+)
 from ._common import Parser, add_tcti, run_main
 
 

@@ -30,7 +30,7 @@ def add_tcti(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
 
 
-def add_password_file(parser: argparse.ArgumentParser, help: str = "file holding the key's password") -> None:
+def add_password_file(parser: argparse.ArgumentParser, help: str = "file holding the key's password") -> None:  # noqa: A002 - argparse's name
     parser.add_argument("--password-file", metavar="F", help=help)
 
 

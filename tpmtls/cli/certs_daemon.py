@@ -7,8 +7,17 @@ import shlex
 from pathlib import Path
 
 from .._files import write_atomic
-from ..docker.config import (DEFAULT_SOCKET, DEFAULT_TCP_HOST, CertPath, check_chain, check_names, check_server,
-                             daemon_config, is_tpm_key_file, parse_host)
+from ..docker.config import (
+    DEFAULT_SOCKET,
+    DEFAULT_TCP_HOST,
+    CertPath,
+    check_chain,
+    check_names,
+    check_server,
+    daemon_config,
+    is_tpm_key_file,
+    parse_host,
+)
 from ..errors import TlsSetupError, UsageError
 from ._common import add_password_file, add_tcti, read_secret_file, say
 

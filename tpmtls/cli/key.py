@@ -8,10 +8,10 @@ from pathlib import Path
 from tpm2_pytss.constants import TPMA_OBJECT
 
 from .. import connect
-from .._files import check_writable, write_atomic
-from .._files import OutputError
+from .._files import OutputError, check_writable, write_atomic
 from ..errors import KeyFileError
 from ..tpm.keyfile import OWNER, read_key_reference
+from ..tpm.keys import TpmKey
 from ..tpm.templates import ALGORITHMS, algorithm_name
 from ._common import add_password_file, add_tcti, read_secret_file, say
 
@@ -81,12 +81,12 @@ def import_(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evict(persisted: object) -> None:
+def _evict(persisted: TpmKey) -> None:
     """Remove a persistent key this command just made (TPM2_EvictControl on its handle)."""
     from tpm2_pytss.constants import ESYS_TR
 
-    handle = int(str(getattr(persisted, "reference")).split(":", 1)[1], 16)
-    pool = getattr(persisted, "_pool")
+    handle = int(str(persisted.reference).split(":", 1)[1], 16)
+    pool = persisted.pool
     pool.run("evict", lambda ctx: ctx.esapi.evict_control(ESYS_TR.RH_OWNER, ctx.esapi.tr_from_tpmpublic(handle),
                                                           handle))
 

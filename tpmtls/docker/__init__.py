@@ -9,5 +9,4 @@ daemon-proxy for the stock docker CLI and the NGINX front of `docker.sock`.
 
 from ..errors import DaemonError
 
-
 __all__ = ["DaemonError"]

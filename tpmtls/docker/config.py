@@ -221,5 +221,5 @@ def default_cert_path(cert_path: str | os.PathLike[str] | None = None) -> CertPa
     return CertPath(Path(chosen))
 
 
-__all__ = ["CertPath", "DaemonConfig", "check_chain", "check_names", "check_server", "daemon_config", "default_cert_path", "is_tpm_key_file",
-           "load_cert", "parse_host"]
+__all__ = ["CertPath", "DaemonConfig", "check_chain", "check_names", "check_server", "daemon_config", "default_cert_path",
+           "is_tpm_key_file", "load_cert", "parse_host"]

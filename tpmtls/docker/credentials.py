@@ -181,7 +181,8 @@ class CredentialStore:
         try:
             data_key = unseal(self.tpm, sealed, where)
         except KeyFileError as e:
-            raise CredentialsError(f"{e}; log in again on this machine (docker login {_host(server_url) or server_url})") from None
+            again = f"docker login {_host(server_url) or server_url}"
+            raise CredentialsError(f"{e}; log in again on this machine ({again})") from None
         try:
             return AESGCM(data_key).decrypt(nonce, ciphertext, _aad(server_url, record["username"])).decode()
         except Exception:  # noqa: BLE001 - InvalidTag or bad UTF-8: tampered, either way unusable

@@ -8,8 +8,6 @@ certificate chain written next to the key file (atomically, only after success).
 
 from __future__ import annotations
 
-from ..errors import TpmtlsError
-
 import datetime
 import hashlib
 import os
@@ -21,13 +19,16 @@ from urllib.parse import urlsplit
 
 import josepy as jose
 import requests
-from acme import challenges, client as acme_client, errors as acme_errors, messages
+from acme import challenges, messages
+from acme import client as acme_client
+from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .._files import check_writable, write_atomic
+from ..errors import TpmtlsError
 from ..pki.csr import build_csr
 from ..tpm import attest
 from ..tpm.device import Tpm

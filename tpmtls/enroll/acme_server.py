@@ -317,7 +317,7 @@ class EnrollApp:
                 raise Refusal("badAttestationStatement",
                               f"permanent identifier does not match: challenge identifier {order.identifier!r} "
                               f"is not among the attested hardware identifiers {attested.identifiers}")
-        except Exception as e:  # a refusal, or a bug: either way this single-use challenge is spent
+        except Exception as e:  # noqa: BLE001 - a refusal, or a bug: either way this single-use challenge is spent
             problem = e if isinstance(e, Refusal) else Refusal("serverInternal", f"{type(e).__name__}: {e}", 500)
             with self._lock:
                 authz.status, authz.error = "invalid", problem.problem()

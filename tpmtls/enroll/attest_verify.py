@@ -406,7 +406,9 @@ def load_pem_bundle(data: bytes, source: str) -> list[x509.Certificate]:
 
 
 __all__ = [
-    "BAD_ATTESTATION", "check_ak_public", "check_der_signature", "load_der_csr", "check_tls_key_attributes", "ek_certificate_from_nv", "ek_urn",
+    "BAD_ATTESTATION", "check_ak_public", "check_der_signature", "load_der_csr", "check_tls_key_attributes",
+    "ek_certificate_from_nv",
+    "ek_urn",
     "encode_permanent_identifier", "load_der_certificate", "load_pem_bundle", "parse_attest", "permanent_identifiers",
     "refuse", "tpm_hardware_details", "tpm_name", "tpm_public_key", "unmarshal", "validate_ak_certificate",
     "verify_ak_creation", "verify_chain", "verify_tpm_signature",

@@ -73,7 +73,8 @@ def connect_pinned(ctx: ssl.SSLContext, host: str, port: int, expected: str | No
     except (ssl.SSLError, OSError) as e:
         raw.close()
         text = str(e)
-        if "unknown ca" in text.lower() or "certificate" in text.lower() or isinstance(e, (ConnectionResetError, BrokenPipeError)):
+        lowered = text.lower()
+        if "unknown ca" in lowered or "certificate" in lowered or isinstance(e, (ConnectionResetError, BrokenPipeError)):
             raise HandshakeError(f"{where}: the agent refused our client certificate (is its --ca the CA in the "
                                  f"store, ca/ca.crt?): {text[:160]}") from None
         raise HandshakeError(f"{where}: TLS failed: {text[:200]}") from None

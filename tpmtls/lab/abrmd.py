@@ -25,7 +25,6 @@ from .process import (
     unregister,
 )
 
-
 # Readiness probe, run in a child interpreter: exit 0 = a client could connect
 # and run TPM2_GetRandom; 3 = tpm2_pytss missing (use tpm2_getrandom instead).
 _PROBE_SCRIPT = """

@@ -25,7 +25,6 @@ from .process import (
     wait_exited,
 )
 
-
 # private D-Bus session bus
 # --------------------------------------------------------------------------
 

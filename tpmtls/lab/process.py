@@ -57,7 +57,7 @@ def _atexit_cleanup() -> None:
     for obj in objs:
         try:
             obj._atexit_stop()
-        except Exception:  # pragma: no cover - best effort at interpreter exit
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
     with _registry_lock:
         dirs = list(_temp_dirs)

@@ -9,7 +9,18 @@ import time
 from pathlib import Path
 
 from .ports import free_port
-from .process import START_TIMEOUT, Component, child_env, fail, find_binary, make_workdir, register, spawn, terminate, unregister
+from .process import (
+    START_TIMEOUT,
+    Component,
+    child_env,
+    fail,
+    find_binary,
+    make_workdir,
+    register,
+    spawn,
+    terminate,
+    unregister,
+)
 
 
 class Registry(Component):

@@ -116,7 +116,7 @@ class TestTpm(Component):
         for step in steps:
             try:
                 step()
-            except BaseException as e:  # keep stopping the rest
+            except BaseException as e:  # noqa: BLE001 - keep stopping the rest
                 errors.append(e)
         if errors:
             raise errors[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .._files import write_atomic
@@ -43,13 +44,13 @@ def _read(path: str, what: str) -> bytes:
         raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
 
 
-def check_client_cert(cert_path: str, public_key: object) -> x509.Certificate:
+def check_client_cert(cert_path: str, public_key: PublicKeyTypes) -> x509.Certificate:
     """The certificate parses, is for `public_key`, is in date and allows clientAuth."""
     try:
         cert = x509.load_pem_x509_certificates(_read(cert_path, "certificate"))[0]
     except ValueError:
         raise UsageError(f"{cert_path}: not a PEM certificate") from None
-    spki = getattr(public_key, "public_bytes")(*SPKI)
+    spki = public_key.public_bytes(*SPKI)
     if cert.public_key().public_bytes(*SPKI) != spki:
         raise UsageError(f"{cert_path}: this certificate is for another key than the one given with --key")
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -129,7 +129,7 @@ def loading(source: str | None = None, tcti: str | None = None, password: bytes 
     try:
         yield
     finally:
-        for name, value in zip(names, old):
+        for name, value in zip(names, old, strict=True):
             setattr(_local, name, value)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
-from abc import ABC, abstractmethod
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode, urlsplit
 
@@ -308,7 +308,7 @@ class RegistryClient:
             min_chunk = 0
         chunk_size = max(CHUNK, min_chunk)
         offset = 0
-        for attempt in range(ATTEMPTS * 2):
+        for _attempt in range(ATTEMPTS * 2):
             try:
                 location, digest, size = self._send_from(repo, location, source, offset, chunk_size, progress, cancel)
                 break

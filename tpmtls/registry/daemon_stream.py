@@ -23,8 +23,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ImageError
-from .sources import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Blob, FileRegion, GzipSource, Image,
-                      VerifiedRegion, docker_archive)
+from .sources import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    Blob,
+    FileRegion,
+    GzipSource,
+    Image,
+    VerifiedRegion,
+    docker_archive,
+)
 
 _LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")
 
@@ -189,7 +198,7 @@ def _legacy_image(name: str, tmp: Path, members: dict[str, tarfile.TarInfo], lay
     config = Blob(config_region, DOCKER_CONFIG, config_region.sha256(), config_region.size, name="config")
 
     def render(uploaded: dict[Blob, tuple[str, int]]) -> list[tuple[bytes, str]]:
-        for blob, expected, layer_name in zip(ordered, diff_ids, entry["Layers"]):
+        for blob, expected, layer_name in zip(ordered, diff_ids, entry["Layers"], strict=True):
             if blob.diff_id != expected:  # known once each layer was prepared by its worker
                 raise ImageError(f"{name}: layer {layer_name} does not match its diff_id {expected} in the image "
                                  f"config (content is {blob.diff_id}); nothing was tagged")

@@ -38,7 +38,8 @@ class Progress:
         self._bars: Any = None
         if bars_to is not None:
             from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress as Bars, TextColumn, TransferSpeedColumn
+            from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+            from rich.progress import Progress as Bars
 
             self._bars = Bars(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                               console=Console(file=bars_to), transient=False)

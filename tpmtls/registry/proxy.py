@@ -20,8 +20,8 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field, fields
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any

@@ -25,8 +25,8 @@ from ..errors import ImageError, RegistryError
 from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient
-from .reference import Reference, parse_reference
 from .progress import Progress
+from .reference import Reference, parse_reference
 from .sources import INDEX_TYPES
 
 

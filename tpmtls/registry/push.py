@@ -21,9 +21,9 @@ from ..errors import RegistryError
 from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient
-from .reference import Reference, parse_reference
-from .progress import Progress
 from .daemon_stream import stream_daemon_image
+from .progress import Progress
+from .reference import Reference, parse_reference
 from .sources import Blob, Image, find_daemon_image, is_daemon_spec, open_image
 
 

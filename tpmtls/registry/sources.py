@@ -14,6 +14,7 @@ import json
 import os
 import tarfile
 import tempfile
+import types
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,6 @@ from .client import Source
 
 READ = 1 << 20
 SAMPLE = 1 << 20  # how much of a layer decides whether it is worth compressing
-
-import types
 
 _deflate: types.ModuleType
 try:  # ISA-L (python-isal): ~13x zlib-6's speed per core for ~13 % more bytes; see README "Performance"
@@ -337,7 +336,7 @@ def docker_archive(path: Path, cleanup: Callable[[], None] = lambda: None) -> Im
         raise ImageError(f"{path}: {len(entry['Layers'])} layers but the config lists {len(diff_ids)}")
     config = Blob(config_region, DOCKER_CONFIG, config_digest, config_region.size, name="config")
     layers = []
-    for name, diff_id in zip(entry["Layers"], diff_ids):
+    for name, diff_id in zip(entry["Layers"], diff_ids, strict=True):
         region = files.region(name)
         short = diff_id[7:19]
         what = f"{path}: layer {name}"

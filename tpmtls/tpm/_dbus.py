@@ -24,7 +24,8 @@ import time
 from urllib.parse import unquote
 
 _METHOD_CALL, _METHOD_RETURN, _ERROR = 1, 2, 3
-_F_PATH, _F_INTERFACE, _F_MEMBER, _F_ERROR_NAME, _F_REPLY_SERIAL, _F_DESTINATION, _F_SENDER, _F_SIGNATURE, _F_UNIX_FDS = range(1, 10)
+(_F_PATH, _F_INTERFACE, _F_MEMBER, _F_ERROR_NAME, _F_REPLY_SERIAL, _F_DESTINATION, _F_SENDER, _F_SIGNATURE,
+ _F_UNIX_FDS) = range(1, 10)
 _SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
 _MAX_MESSAGE = 1 << 20  # far above anything a bus daemon or tpm2-abrmd sends us
 

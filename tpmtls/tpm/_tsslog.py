@@ -72,7 +72,7 @@ def _prime() -> None:
         tcti = _RefusingTcti(transport_error)
         esapi = ESAPI(tcti)
         try:
-            for call in (lambda: esapi.get_random(8), lambda: esapi.tr_from_tpmpublic(0x81000001)):
+            for call in (lambda e=esapi: e.get_random(8), lambda e=esapi: e.tr_from_tpmpublic(0x81000001)):
                 try:
                     call()
                 except TSS2_Exception:

@@ -14,10 +14,10 @@ from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ECC, TPM2_SE, TPMA_OBJECT
 from tpm2_pytss.types import (
     TPM2B_DATA,
+    TPM2B_DIGEST,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
     TPM2B_PUBLIC,
-    TPM2B_DIGEST,
     TPM2B_SENSITIVE_CREATE,
     TPML_DIGEST,
     TPML_PCR_SELECTION,
@@ -284,7 +284,7 @@ def read_pcrs(tpm: Tpm, selection: dict[str, list[int]]) -> dict[str, dict[int, 
                 got = [bytes(d) for d in digests]
                 if len(got) != len(chunk):
                     raise TpmError(f"{tpm.tcti}: PCR bank {bank} is not active on this TPM")
-                values.update(zip(chunk, got))
+                values.update(zip(chunk, got, strict=True))
         return out
 
     return tpm.pool.run("read PCRs", fn)

@@ -128,7 +128,7 @@ def parse_key_bytes(data: bytes, source: str = "<key>") -> KeyBlob:
     if label in (None, TSS2_LABEL):
         try:
             tss = TSSPrivKey.from_der(der)
-        except Exception as e:  # asn1 and unmarshal errors have no common base class
+        except Exception as e:  # noqa: BLE001 - asn1 and unmarshal errors have no common base class
             if label is None:
                 return _parse_handle_der(der, source)
             raise KeyFileError(f"{source}: damaged {TSS2_LABEL} ({_reason(e)})") from None
@@ -169,7 +169,7 @@ def _unarmor(data: bytes, source: str) -> tuple[str, bytes]:
 def _parse_handle_der(der: bytes, source: str) -> KeyBlob:
     try:
         h = asn1.decode_der(_HandleDer, der)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - asn1 errors share no base class
         raise KeyFileError(f"{source}: not a TSS2 key or key handle ({_reason(e)})") from None
     return KeyBlob(source=source, handle=parse_handle(hex(h.handle)), name=bytes(h.name) or None)
 

@@ -10,8 +10,6 @@ import hashlib
 import os
 from typing import Any, TypeVar, Union
 
-Buffer = Union[bytes, bytearray, memoryview]
-
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -22,6 +20,8 @@ from ..errors import KeyNotExportable, TpmError, UsageError
 from .keyfile import KeyBlob, parse_handle
 from .pool import Pool, TpmContext
 from .templates import algorithm_name
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 _TPM_HASH = {
     "sha1": TPM2_ALG.SHA1,
@@ -284,7 +284,7 @@ def emsa_pss_encode(
     salt = os.urandom(salt_len)
     h = hashlib.new(alg.name, b"\0" * 8 + m_hash + salt).digest()
     db = b"\0" * (em_len - salt_len - h_len - 2) + b"\x01" + salt
-    masked = bytes(a ^ b for a, b in zip(db, _mgf1(h, em_len - h_len - 1, mgf_alg)))
+    masked = bytes(a ^ b for a, b in zip(db, _mgf1(h, em_len - h_len - 1, mgf_alg), strict=True))
     first = masked[0] & (0xFF >> (8 * em_len - em_bits))
     em = bytes([first]) + masked[1:] + h + b"\xbc"
     return em.rjust(key_bits // 8, b"\0")

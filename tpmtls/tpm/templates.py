@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPMA_OBJECT
+
+# The parent templates TSSPrivKey (tpm2-pytss) and tpm2-openssl use for parent
+# 0x40000001: ECC P-256 when the TPM has ECC, else RSA-2048. Using the very same
+# objects keeps key files interchangeable with both.
+from tpm2_pytss.tsskey import _parent_ecc_template as SRK_ECC  # noqa: F401, N812
+from tpm2_pytss.tsskey import _parent_rsa_template as SRK_RSA  # noqa: F401, N812
 from tpm2_pytss.types import (
     TPMS_ECC_PARMS,
     TPMS_RSA_PARMS,
@@ -13,12 +19,6 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF_OBJECT,
     TPMU_PUBLIC_PARMS,
 )
-
-# The parent templates TSSPrivKey (tpm2-pytss) and tpm2-openssl use for parent
-# 0x40000001: ECC P-256 when the TPM has ECC, else RSA-2048. Using the very same
-# objects keeps key files interchangeable with both.
-from tpm2_pytss.tsskey import _parent_ecc_template as SRK_ECC  # noqa: F401
-from tpm2_pytss.tsskey import _parent_rsa_template as SRK_RSA  # noqa: F401
 
 ALGORITHMS = ("ecc-p256", "ecc-p384", "rsa2048", "rsa3072")
 

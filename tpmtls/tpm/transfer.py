@@ -183,8 +183,9 @@ def parse_wrapped(data: bytes, source: str = "<blob>") -> WrappedKey:
         public, _ = TPM2B_PUBLIC.unmarshal(bytes(w.public))
         duplicate, _ = TPM2B_PRIVATE.unmarshal(bytes(w.duplicate))
         seed, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(bytes(w.seed))
-    except Exception as e:  # asn1 and unmarshal errors share no base class
-        raise KeyFileError(f"{source}: damaged wrapped key ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - asn1 and unmarshal errors share no base class
+        reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise KeyFileError(f"{source}: damaged wrapped key ({reason})") from None
     if w.version != _VERSION or ek_type not in EK_TYPES.values():
         raise KeyFileError(f"{source}: wrapped key version {w.version} / {ek_type!r} is not one this tpmtls reads")
     return WrappedKey(ek_type, bytes(w.ek_name), public, duplicate, seed)

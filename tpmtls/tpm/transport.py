@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import socket
-from abc import ABC, abstractmethod
 import struct
 import time
+from abc import ABC, abstractmethod
 
 from tpm2_pytss import TSS2_Exception
 from tpm2_pytss.constants import TSS2_RC
