@@ -323,6 +323,11 @@ def bootstrap() -> None:
     except OSError as e:
         state.problem = f"cannot load the shim provider {path}: {e}"
         return
+    lib.tpmtls_keyinfo_size.restype = ctypes.c_size_t
+    if lib.tpmtls_keyinfo_size() != ctypes.sizeof(KeyInfo):
+        state.problem = (f"the shim provider {path} does not match this tpmtls (key info of "
+                         f"{lib.tpmtls_keyinfo_size()} bytes, expected {ctypes.sizeof(KeyInfo)}); reinstall tpmtls")
+        return
     lib.tpmtls_take_freed.restype = ctypes.c_size_t
     lib.tpmtls_take_freed.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
     callbacks = (_LOAD(_load), _PEM2DER(_pem2der), _SIGN(_sign), _ERROR(_error))
