@@ -16,6 +16,10 @@ packages=(
   busybox-static
   # test peers (htpasswd: bcrypt entries for the registry's Basic auth)
   openssl curl apache2-utils
+  # other OCI clients tried through `tpmtls proxy`: containerd's ctr (docker.io already
+  # pulls in Debian's containerd, which conflicts with Docker CE's containerd.io), podman,
+  # buildah (skopeo is above)
+  containerd podman buildah
 )
 
 missing=()
