@@ -129,7 +129,7 @@ def s_server_www(pki):
 @pytest.fixture
 def example_env(test_tpm) -> dict[str, str]:
     # docker-py's TLSConfig is overridden by REQUESTS_CA_BUNDLE (this machine sets one;
-    # FINDINGS); here only the exit behaviour is under test, so leave the user's CA alone.
+    # docs/facts-openssl.md); here only the exit behaviour is under test, so leave the user's CA alone.
     env = clean_env(test_tpm.env)
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env.pop(name, None)
