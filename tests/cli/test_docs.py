@@ -226,3 +226,59 @@ def test_nothing_cites_notes_outside_the_repository():
             if any(p.search(line) for p in _PRIVATE):
                 found.append(f"{source.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
     assert not found, "say what is meant, or cite docs/ instead:\n" + "\n".join(found)
+
+
+# ---- commands the docs show that no other test runs -------------------------------------------
+
+def test_the_pairing_fingerprint_command_in_the_docs_prints_the_agents_fingerprint(tmp_path):
+    """docs/pairing.md tells the daemon's owner how to compute the fingerprint with openssl."""
+    import datetime
+    import subprocess
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from support.commands import require
+    from tpmtls.enroll.store import key_fingerprint
+
+    require("openssl")
+    page = " ".join((DOCS / "pairing.md").read_text().split())
+    command = re.search(r"`(openssl x509 -in STATE/pairing\.crt [^`]*sha256sum)`", page)
+    assert command, "docs/pairing.md no longer shows the openssl fingerprint command"
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pairing")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "pairing.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", command.group(1).replace("STATE", str(tmp_path))],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split()[0] == key_fingerprint(key.public_key())
+
+
+def _unit_command(unit: str, instance: str) -> list[str]:
+    """A helpers/ unit's ExecStart as systemd runs it: continuations joined, %i and Environment= defaults."""
+    text = (ROOT / "helpers" / unit).read_text().replace("\\\n", " ")
+    env = dict(kv.split("=", 1) for line in text.splitlines() if line.startswith("Environment=")
+               for kv in line.split("=", 1)[1].split())
+    line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+    line = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), line.split("=", 1)[1].replace("%i", instance))
+    return line.split()
+
+
+def test_the_systemd_units_the_docs_name_run_valid_commands():
+    from tpmtls.cli import build_parser
+
+    argv = _unit_command("tpmtls-proxy@.service", "registry.example:5000")
+    assert argv[0].endswith("/tpmtls")
+    args = build_parser().parse_args(argv[1:])
+    assert (args.upstream, args.listen) == ("registry.example:5000", "127.0.0.1:5000")
+    argv = _unit_command("tpmtls-enroll-agent.service", "")
+    args = build_parser().parse_args(argv[1:])
+    assert (str(args.ca), str(args.state)) == ("/etc/tpmtls/enroll/ca.crt", "/var/lib/tpmtls/enroll-agent")
+    assert "--host=unix:///var/run/docker.sock" in args.dockerd_arg
+    socket_unit = (ROOT / "helpers" / "tpmtls-enroll-agent.socket").read_text()
+    assert re.search(r"^ListenStream=.*2376$", socket_unit, re.M), "docs/pairing.md says the agent owns port 2376"
