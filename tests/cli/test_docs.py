@@ -118,16 +118,27 @@ def _is_os_environ(node: ast.AST) -> bool:
     return (isinstance(node, ast.Attribute) and node.attr == "environ") or (isinstance(node, ast.Name) and node.id == "environ")
 
 
-def _string_choices(node: ast.AST, scope: ast.AST) -> list[str] | None:
-    """The variable names `node` can be: a literal, or a loop variable over a tuple of literals."""
+def _literals(node: ast.AST, constants: dict[str, ast.AST]) -> list[str] | None:
+    """The strings a literal, a tuple/list of literals, or a module constant holding one stands for."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        node = constants[node.id]
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
+    if isinstance(node, (ast.Tuple, ast.List)) and all(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                                                      for e in node.elts):
+        return [e.value for e in node.elts]
+    return None
+
+
+def _string_choices(node: ast.AST, scope: ast.AST, constants: dict[str, ast.AST]) -> list[str] | None:
+    """The variable names `node` can be: a literal or module constant, or a loop variable over literals."""
+    found = _literals(node, constants)
+    if found is not None and not isinstance(node, (ast.Tuple, ast.List)):
+        return found
     if isinstance(node, ast.Name):
         for loop in ast.walk(scope):
-            if (isinstance(loop, ast.For) and isinstance(loop.target, ast.Name) and loop.target.id == node.id
-                    and isinstance(loop.iter, (ast.Tuple, ast.List))
-                    and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in loop.iter.elts)):
-                return [e.value for e in loop.iter.elts]
+            if isinstance(loop, ast.For) and isinstance(loop.target, ast.Name) and loop.target.id == node.id:
+                return _literals(loop.iter, constants)
     return None
 
 
@@ -135,6 +146,8 @@ def _variables_read(tree: ast.Module, where: str) -> tuple[set[str], list[str]]:
     """(names read from os.environ / os.getenv, reads whose name cannot be told)."""
     names: set[str] = set()
     unknown: list[str] = []
+    constants = {t.id: stmt.value for stmt in tree.body if isinstance(stmt, ast.Assign)
+                 for t in stmt.targets if isinstance(t, ast.Name)}
     scopes = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
     def scope_of(node: ast.AST) -> ast.AST:
@@ -156,7 +169,7 @@ def _variables_read(tree: ast.Module, where: str) -> tuple[set[str], list[str]]:
             key = node.left
         if key is None:
             continue
-        choices = _string_choices(key, scope_of(node))
+        choices = _string_choices(key, scope_of(node), constants)
         if choices is None:
             unknown.append(f"{where}:{node.lineno}")
         else:
