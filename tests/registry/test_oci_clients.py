@@ -152,6 +152,33 @@ def test_kubelet_pull_through_the_cri_plugin_config_path(containerd, named_regis
     assert _requests(proxy, "GET", f"/v2/demo/manifests/{demo} 200")
 
 
+def test_kubelet_pull_secret_answers_the_token_challenge_through_the_proxy(containerd, tools, pki, tpm_certs,
+                                                                          small_image, test_tpm, tmp_path):
+    """imagePullSecrets: kubelet hands the credentials to containerd in PullImage's AuthConfig; containerd
+    fetches a token at the realm the proxy rewrote to itself; the password crosses loopback, then TLS."""
+    require("podman")
+    from support.tokens import PASSWORD, USER, registry_with_token_server
+    from tpmtls.lab.containerd import CRI_NAMESPACE
+
+    (tmp_path / "tokens").mkdir()
+    with registry_with_token_server(pki, tmp_path / "tokens") as (reg, tokens), \
+            _proxy(NamedRegistry(f"localhost:{reg.port}", reg.address), tpm_certs, test_tpm, tmp_path) as proxy:
+        name = f"localhost:{reg.port}"
+        _dropin(tools, NamedRegistry(name, reg.address), proxy)
+        tools.podman("load", "-i", str(small_image))
+        digest_file = tmp_path / "digest"
+        tools.podman("push", "--signature-policy", str(tools.policy), "--creds", f"{USER}:{PASSWORD}",
+                     "--digestfile", str(digest_file), "demo:1", f"{proxy.address}/authed/demo:1")
+        write_config(containerd_hosts(name, proxy.address, containerd.hosts_dir), force=True)
+        with pytest.raises(CriError, match="401|nauthorized"):
+            cri_pull(str(containerd.socket), f"{name}/authed/demo:1")  # no pull secret: refused
+        cri_pull(str(containerd.socket), f"{name}/authed/demo:1", auth=(USER, PASSWORD))
+        lines = proxy.lines()
+    assert containerd.image_digest(f"{name}/authed/demo:1", namespace=CRI_NAMESPACE) == digest_file.read_text().strip()
+    assert any("/_tpmtls/realm/localhost:" in line and " 200 " in line for line in lines)
+    assert tokens.requests >= 2 and PASSWORD not in "\n".join(lines)
+
+
 # ---- podman, buildah, skopeo -------------------------------------------------------------------------
 
 
@@ -240,7 +267,9 @@ def test_refused_key_containers_tools_fail_and_the_proxy_logs_why(tool, tools, n
     if tool == "podman":
         failed = tools.podman("pull", *policy, f"{named_registry.name}/demo:1", check=False)
     elif tool == "buildah":
-        failed = tools.buildah("pull", *policy, f"{named_registry.name}/demo:1", check=False)
+        container = tools.buildah("from", *policy, "scratch").stdout.strip()
+        tools.buildah("commit", *policy, container, "empty:1")
+        failed = tools.buildah("push", *policy, "empty:1", f"docker://{foreign_proxy.address}/empty:1", check=False)
     else:
         failed = tools.skopeo("inspect", f"docker://{named_registry.name}/demo:1", check=False)
     assert failed.returncode != 0

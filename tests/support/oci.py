@@ -32,18 +32,22 @@ class CriError(Exception):
     """The CRI PullImage call failed; the message is containerd's, as kubelet would log it."""
 
 
-def cri_pull(socket: str, image: str, timeout: float = 300) -> str:
+def cri_pull(socket: str, image: str, auth: tuple[str, str] | None = None, timeout: float = 300) -> str:
     """`runtime.v1.ImageService/PullImage` as kubelet calls it; the image id containerd returns.
 
-    The request is two nested fields (PullImageRequest.image = ImageSpec{image}), encoded by
-    hand: no generated stubs for one call.
+    `auth` is (username, password), what kubelet takes from an imagePullSecret. The request is
+    a few nested fields (PullImageRequest{image: ImageSpec{image}, auth: AuthConfig{username,
+    password}}), encoded by hand: no generated stubs for one call.
     """
     import grpc  # a test dependency (pyproject's [test] extra): kubelet's CRI is gRPC
 
     with grpc.insecure_channel(f"unix://{socket}") as channel:
         pull = channel.unary_unary("/runtime.v1.ImageService/PullImage")
         try:
-            return _first_string(pull(_field(1, _field(1, image.encode())), timeout=timeout))
+            request = _field(1, _field(1, image.encode()))
+            if auth:
+                request += _field(2, _field(1, auth[0].encode()) + _field(2, auth[1].encode()))
+            return _first_string(pull(request, timeout=timeout))
         except grpc.RpcError as e:
             raise CriError(e.details()) from None
 
