@@ -65,8 +65,9 @@ def make_connector(cfg: dict[str, Any]) -> Callable[[Any], Any]:
         (_tpm2_openssl_for_cryptography if path == "pyopenssl" else _tpm2_openssl_for_ssl)()
     if mode in ("tpmtls", "open-per-sign"):
         import tpmtls
+        from tpmtls.lab.open_per_sign import OpenPerSignPool
 
-        pool = tpmtls.Pool(cfg["tcti"], ephemeral=mode == "open-per-sign")
+        pool = (OpenPerSignPool if mode == "open-per-sign" else tpmtls.Pool)(cfg["tcti"])
         cfg["_pool"] = pool
     if path == "stdlib":
         import ssl

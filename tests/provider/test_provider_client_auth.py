@@ -141,13 +141,10 @@ def test_tls13_rsa_with_raw_pss_fallback(path, tpm_client, pki, s_server, test_t
     """The fallback for TPMs whose PSS salt TLS 1.3 rejects: software PSS + raw RSA in the TPM."""
     cert, key = tpm_client["rsa2048"]
     pool = default_pool(test_tpm.tcti)
-    pool.force_raw_pss = True
-    try:
+    with pool.pss.forcing_raw():
         before = pool.stats()
         ctx = make_context(path, cert, key, pki.ca_file, test_tpm.tcti, "1.3")
         page = (stdlib_get if path == "stdlib" else pyopenssl_get)(ctx, s_server.port)
         assert client_subject(page) == "CN=tpm-client-rsa2048"
         after = pool.stats()
         assert (after.decryptions - before.decryptions, after.signatures - before.signatures) == (1, 0)
-    finally:
-        pool.force_raw_pss = False

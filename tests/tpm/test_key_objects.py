@@ -50,7 +50,7 @@ def test_rsa_pss_with_tls13_salt_uses_tpm_pss(rsa_key):
     pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
     sig = rsa_key.sign(b"tls13", pss, hashes.SHA256())
     rsa_key.public_key().verify(sig, b"tls13", pss, hashes.SHA256())
-    assert rsa_key.pool.pss_digest_salt is True
+    assert rsa_key.pool.pss.digest_salt is True
 
 
 def test_forced_raw_pss_fallback(test_tpm, monkeypatch):

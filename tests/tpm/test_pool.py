@@ -82,7 +82,9 @@ def test_closed_pool_refuses(test_tpm):
 
 def test_ephemeral_pool_opens_and_closes_per_operation(test_tpm):
     """The naive signer (the benchmarks' open-per-sign baseline): connect, SRK, load, sign, close."""
-    pool = tpmtls.Pool(test_tpm.tcti, size=1, ephemeral=True)
+    from tpmtls.lab.open_per_sign import OpenPerSignPool
+
+    pool = OpenPerSignPool(test_tpm.tcti, size=1)
     try:
         key = tpmtls.connect(pool=pool).create_key("ecc-p256")
         before = pool.stats()

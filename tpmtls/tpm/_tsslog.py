@@ -24,6 +24,8 @@ from tpm2_pytss._libtpm2_pytss import ffi, lib
 from tpm2_pytss.constants import TPM2_RC
 from tpm2_pytss.TCTI import PyTCTI
 
+from .. import _lifecycle
+
 _QUIET = "all+NONE"
 _lock = threading.RLock()
 _primed = False
@@ -117,4 +119,4 @@ def _new_lock_in_child() -> None:
     _lock = threading.RLock()  # another thread may have held it at fork time
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+_lifecycle.in_forked_child("tss-log lock", _new_lock_in_child)
