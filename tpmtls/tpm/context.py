@@ -4,7 +4,13 @@ The pool (`pool.py`) owns contexts and lends them out; this module is what a bor
 holds: the connection, the owner-hierarchy SRK, and the keys loaded in it, keyed by a
 stable key id. Opening a context, creating the SRK and loading a key cost tens of
 milliseconds on swtpm and seconds on hardware (docs/tpm-device.md), so a context
-keeps them for as long as it lives.
+keeps them for as long as it lives -- but few of them at once: a context stays within
+MAX_OBJECTS transient objects, because the kernel's resource manager gives each open
+/dev/tpmrm0 three slots and swaps *every* object of the file in and out around every
+command (each one held costs a ContextLoad, ContextSave and FlushContext per command).
+So keys are evicted least recently used first, and the SRK is flushed after each
+operation: its saved context (TPM2_ContextSave, once) reloads it in one command when
+another key must be loaded under it, instead of a CreatePrimary.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Protocol
 
 from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.constants import ESYS_TR, TPM2_CAP
-from tpm2_pytss.types import TPM2B_DATA, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_PCR_SELECTION
+from tpm2_pytss.types import TPM2B_DATA, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_PCR_SELECTION, TPMS_CONTEXT
 
 from ..errors import KeyFileError
 from . import rc, transport
@@ -23,6 +29,7 @@ from .templates import SRK_ECC, SRK_RSA, same_template
 
 SRK_PERSISTENT = 0x81000001  # TCG Provisioning Guidance: the SRK's persistent handle
 _SRK_TEMPLATES = {"ecc": SRK_ECC, "rsa": SRK_RSA}
+MAX_OBJECTS = 3  # transient objects per context: the kernel's per-file space, and a TPM's fewest slots
 
 
 class ContextOwner(Protocol):
@@ -49,7 +56,8 @@ class TpmContext:
         self.index = index
         self._esapi: ESAPI | None = None
         self._transport: transport.StreamTcti | None = None
-        self._srks: dict[str, tuple[ESYS_TR, TPM2B_PUBLIC]] = {}
+        self._srks: dict[str, tuple[ESYS_TR, TPM2B_PUBLIC]] = {}  # loaded SRKs
+        self._saved_srks: dict[str, tuple[TPMS_CONTEXT, TPM2B_PUBLIC]] = {}  # flushed, reloadable in one command
         self._persistent_srk: bool | None = None
         self._keys: OrderedDict[str, ESYS_TR] = OrderedDict()
         self.after_loss = False  # the next connect follows a lost one: wait for the TPM to return
@@ -70,6 +78,12 @@ class TpmContext:
         """The deadline a command of this context missed, if any."""
         return self._transport.timed_out if self._transport is not None else None
 
+    @property
+    def problem(self) -> str | None:
+        """Why the transport last failed, in words (errno's meaning, the device …), if it said."""
+        cause = self._transport.unavailable if self._transport is not None else None
+        return cause.reason if cause is not None else None
+
     def close(self, flush: bool = False) -> None:
         """Drop the ESAPI context; a dead transport may make finalising fail, which is fine.
 
@@ -80,6 +94,7 @@ class TpmContext:
         tcti, self._transport = self._transport, None
         transient = list(self._keys.values()) + [h for h, _ in self._srks.values()]
         self._srks.clear()
+        self._saved_srks.clear()
         self._keys.clear()
         self._persistent_srk = None
         if esapi is None:
@@ -112,8 +127,18 @@ class TpmContext:
         """
         if kind in self._srks:
             return self._srks[kind]
-        template = _SRK_TEMPLATES[kind]
         esapi = self.esapi
+        if kind in self._saved_srks:
+            saved, public = self._saved_srks[kind]
+            self._make_room(1)
+            try:
+                self._srks[kind] = (esapi.context_load(saved), public)
+                return self._srks[kind]
+            except TSS2_Exception as e:
+                if rc.is_context_lost(e) or rc.is_retry(e) or rc.is_object_memory(e):
+                    raise
+                del self._saved_srks[kind]  # saved before a TPM reset: make it again
+        template = _SRK_TEMPLATES[kind]
         if self._persistent_srk is None:
             self._persistent_srk = self.has_handle(SRK_PERSISTENT)
         if self._persistent_srk:
@@ -123,6 +148,7 @@ class TpmContext:
                 self._srks[kind] = (handle, public)
                 return self._srks[kind]
             esapi.tr_close(handle)
+        self._make_room(1)
         handle, public, _, _, _ = esapi.create_primary(
             TPM2B_SENSITIVE_CREATE(),
             TPM2B_PUBLIC(publicArea=template),
@@ -133,6 +159,35 @@ class TpmContext:
         self.owner.count(primaries=1)
         self._srks[kind] = (handle, public)
         return self._srks[kind]
+
+    def release_srks(self) -> None:
+        """Flush the transient SRKs (after an operation): keys loaded under them no longer need them.
+
+        The first time, its context is saved, so the next key load reloads it with one
+        TPM2_ContextLoad. Persistent SRKs take no slot and stay.
+        """
+        for kind, (handle, public) in list(self._srks.items()):
+            if not self._is_transient(handle):
+                continue
+            if kind not in self._saved_srks:
+                self._saved_srks[kind] = (self.esapi.context_save(handle), public)
+            del self._srks[kind]
+            self.esapi.flush_context(handle)
+
+    def _is_transient(self, handle: ESYS_TR) -> bool:
+        return self.esapi.tr_get_tpm_handle(handle) >> 24 == 0x80  # ESYS-local: no TPM command
+
+    def _transient(self) -> int:
+        """How many transient objects this context holds (keys and SRKs; persistent ones take no slot)."""
+        handles = list(self._keys.values()) + [h for h, _ in self._srks.values()]
+        return sum(1 for h in handles if self._is_transient(h))
+
+    def _make_room(self, needed: int) -> None:
+        """Evict least recently used keys until `needed` more objects fit in MAX_OBJECTS."""
+        for _ in range(len(self._keys)):
+            if self._transient() + needed <= MAX_OBJECTS:
+                return
+            self.evict_key()
 
     def key(self, blob: KeyBlob, auth: bytes | None = None) -> ESYS_TR:
         """The ESYS handle of `blob`, loading it on first use in this context."""
@@ -163,10 +218,12 @@ class TpmContext:
             return handle
         if blob.parent != OWNER:
             parent = esapi.tr_from_tpmpublic(blob.parent)
+            self._make_room(1)
             return self._load_under(parent, blob)
         last: TSS2_Exception | None = None
         for kind in self.owner.srk_order(blob.key_id):
             try:
+                self._make_room(1 if kind in self._srks else 2)  # the SRK (unless loaded) and the key
                 parent, _ = self.srk(kind)
                 handle = self._load_under(parent, blob)
             except TSS2_Exception as e:
@@ -187,17 +244,18 @@ class TpmContext:
         return self.esapi.load(parent, blob.private, blob.public)
 
     def evict_key(self) -> bool:
-        """Flush the least recently used key this context keeps (never its SRKs).
+        """Flush the least recently used transient key this context keeps (never its SRKs).
 
         Direct TPMs have about three object slots: SRK, a key or two, and whatever a
         command needs for itself (TPM2_Create, TPM2_Load). Keys reload on next use.
         False when there was no key to flush.
         """
-        if not self._keys:
-            return False
-        _, handle = self._keys.popitem(last=False)
-        self.esapi.flush_context(handle)
-        return True
+        for key_id, handle in self._keys.items():
+            if self._is_transient(handle):
+                del self._keys[key_id]
+                self.esapi.flush_context(handle)
+                return True
+        return False
 
 
 def flush_orphans(esapi: ESAPI) -> None:

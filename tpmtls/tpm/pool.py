@@ -178,9 +178,10 @@ class Pool:
                         ctx.after_loss = True
                         continue
                     self.count(errors=1)
+                    problem = ctx.problem
                     if rc.is_context_lost(e):
                         ctx.close()
-                    raise to_error(e, op, blob, self.tcti) from None
+                    raise to_error(e, op, blob, self.tcti, problem) from None
                 except TpmtlsError:
                     self.count(errors=1)
                     raise
@@ -327,37 +328,43 @@ class Pool:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _bounded(self, fn: Callable[[TpmContext], T], ctx: TpmContext, op: str) -> T:
-        """`fn` with every TPM command bounded by `timeout`.
+        """`fn` with every TPM command bounded by `timeout`; then the SRK leaves its slot.
 
-        Our own transports bound each command themselves. For tpm2-tss's TCTIs the
-        operation runs in a worker thread joined for at most `timeout` per command the
-        operation may send; one that does not come back leaves its context abandoned.
+        Our own transports (devices, tpm2-abrmd, swtpm) bound each command themselves.
+        A TCTI only tpm2-tss speaks (mssim, a module named by file …) cannot be bounded
+        per command: the operation runs in a worker thread joined for `timeout`, and one
+        that does not come back leaves its context abandoned.
         """
+
+        def operation(ctx: TpmContext) -> T:
+            result = fn(ctx)
+            ctx.release_srks()
+            return result
+
         if self._own_transport:
-            return self._with_backoff(fn, ctx)
+            return self._with_backoff(operation, ctx)
         results: list[T] = []
         failures: list[BaseException] = []
 
         def work() -> None:
             try:
-                results.append(self._with_backoff(fn, ctx))
+                results.append(self._with_backoff(operation, ctx))
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 failures.append(e)
 
-        bound = self.timeout * _COMMANDS_PER_OPERATION
         worker = threading.Thread(target=work, name=f"tpmtls-{op}", daemon=True)
         worker.start()
-        worker.join(bound)
+        worker.join(self.timeout)
         if results:
             return results[0]
         if failures:
             raise failures[0]
         ctx.abandoned = True
-        raise self._timeout_error(op, bound)
+        raise self._timeout_error(op)
 
-    def _timeout_error(self, op: str, seconds: float | None = None) -> TpmUnavailable:
+    def _timeout_error(self, op: str) -> TpmUnavailable:
         return TpmUnavailable(
-            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {seconds or self.timeout:g} s; "
+            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {self.timeout:g} s; "
             "is it stopped or hung? (the bound is timeout= or $TPMTLS_TPM_TIMEOUT)"
         )
 
@@ -435,10 +442,6 @@ def _command_timeout(timeout: float | None) -> float:
         raise UsageError(f"the TPM command timeout must be a positive number of seconds, not {timeout}")
     return float(timeout)
 
-
-# An operation sends a few TPM commands (SRK, load, sign; connect on tpm2-tss TCTIs):
-# the worker-thread bound for those TCTIs allows that many command timeouts.
-_COMMANDS_PER_OPERATION = 4
 
 _default_pools: dict[str, Pool] = {}
 _default_lock = threading.Lock()

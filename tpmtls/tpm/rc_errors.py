@@ -14,8 +14,11 @@ from . import rc
 from .keyfile import KeyBlob
 
 
-def to_error(e: TSS2_Exception, op: str, blob: KeyBlob | None, tcti: str) -> TpmtlsError:
-    """The tpmtls error for `e`, raised by operation `op` (with key `blob`) on TCTI `tcti`."""
+def to_error(e: TSS2_Exception, op: str, blob: KeyBlob | None, tcti: str, problem: str | None = None) -> TpmtlsError:
+    """The tpmtls error for `e`, raised by operation `op` (with key `blob`) on TCTI `tcti`.
+
+    `problem`: what the transport said went wrong (e.g. a device's errno), if it said.
+    """
     what = f"{op} with {blob.source}" if blob else op
     if rc.is_auth(e):
         return KeyAuthError(f"{blob.source if blob else 'TPM'}: wrong password for this key ({rc.describe(e)})", int(e.rc))
@@ -26,5 +29,6 @@ def to_error(e: TSS2_Exception, op: str, blob: KeyBlob | None, tcti: str) -> Tpm
             int(e.rc),
         )
     if rc.is_context_lost(e):
-        return TpmUnavailable(f"{what}: lost the TPM at {tcti!r} and could not get it back: {rc.describe(e)}")
+        why = f"{problem} (rc 0x{int(e.rc):x})" if problem else rc.describe(e)
+        return TpmUnavailable(f"{what}: lost the TPM at {tcti!r} and could not get it back: {why}")
     return TpmError(f"{what}: the TPM refused it: {rc.describe(e)}", int(e.rc))
