@@ -8,7 +8,9 @@ drivers/char/tpm: `tpmrm_space`); `DeviceTpm` puts it in front of a swtpm, optio
 through the latency forwarder (`TpmTiming`) so every TPM command -- the resource
 manager's ContextLoad/ContextSave/FlushContext included -- takes a hardware TPM's time
 and is counted. Variants: `mode`/`owner` for the permission test, `direct=True` for a
-/dev/tpm0 (one open file at a time, no resource manager). Needs /dev/fuse and libfuse3
+/dev/tpm0 (one open file at a time, no resource manager), `object_slots` below three for
+a TPM with more slots than the kernel's space (swtpm has three: with the kernel's
+swapping, the TPM itself would refuse a fourth object before the space does). Needs /dev/fuse and libfuse3
 (Debian `fuse3`); differences from the kernel: docs/tpm-device.md.
 """
 
@@ -65,8 +67,10 @@ class TpmrmDevice(Component):
     """The FUSE process serving `<workdir>/dev/<name>` for the TPM at 127.0.0.1:`tpm_port`."""
 
     def __init__(self, tpm_port: int, workdir: str | os.PathLike[str] | None = None, *, name: str = "tpmrm0",
-                 direct: bool = False, mode: int = 0o666, owner: tuple[int, int] | None = None) -> None:
+                 direct: bool = False, mode: int = 0o666, owner: tuple[int, int] | None = None,
+                 object_slots: int = 3) -> None:
         self.workdir, self._owns_workdir = make_workdir(workdir, "tpmtls-tpmrm-")
+        self.object_slots = object_slots
         self.tpm_port = tpm_port
         self.name, self.direct, self.mode = name, direct, mode
         self.owner = owner or (os.getuid(), os.getgid())
@@ -84,7 +88,8 @@ class TpmrmDevice(Component):
             return self
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "tpmtls.lab.tpmrm_fuse", str(self.mountpoint), "--tpm", f"{HOST}:{self.tpm_port}",
-                "--name", self.name, "--mode", f"{self.mode:o}", "--owner", "{}:{}".format(*self.owner)]
+                "--name", self.name, "--mode", f"{self.mode:o}", "--owner", "{}:{}".format(*self.owner),
+                "--object-slots", str(self.object_slots)]
         if self.direct:
             argv.append("--direct")
         self._proc = spawn(argv, self.log_path, child_env())
@@ -130,13 +135,14 @@ class DeviceTpm(Component):
     __test__ = False
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None, *, timing: TpmTiming | None = None,
-                 mode: int = 0o666, owner: tuple[int, int] | None = None, direct: bool = False) -> None:
+                 mode: int = 0o666, owner: tuple[int, int] | None = None, direct: bool = False,
+                 object_slots: int = 3) -> None:
         self.workdir, self._owns_workdir = make_workdir(workdir, "tpmtls-device-")
         self.swtpm = SwTpm(self.workdir / "swtpm")
         self.timing = timing
         self.latency: LatencyForwarder | None = None
         self.device: TpmrmDevice | None = None
-        self._options = {"mode": mode, "owner": owner, "direct": direct}
+        self._options = {"mode": mode, "owner": owner, "direct": direct, "object_slots": object_slots}
 
     @property
     def tcti(self) -> str:

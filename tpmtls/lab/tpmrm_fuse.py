@@ -3,7 +3,7 @@
 Run as its own process (libfuse's loop blocks), started and stopped by `tpmrm.TpmrmDevice`:
 
     python -m tpmtls.lab.tpmrm_fuse MOUNTPOINT --tpm 127.0.0.1:PORT [--name tpmrm0] [--direct]
-                                    [--mode 0666] [--owner UID:GID]
+                                    [--mode 0666] [--owner UID:GID] [--object-slots 3]
 
 What tpm2-tss and tpmtls rely on, as the kernel's tpm-dev-common.c does it: open with
 O_RDWR|O_NONBLOCK; one whole command per write (with O_NONBLOCK the command runs in the
@@ -83,9 +83,10 @@ class TpmrmFs(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, chip: Chip, name: str, direct: bool, mode: int, owner: tuple[int, int]) -> None:
+    def __init__(self, chip: Chip, name: str, direct: bool, mode: int, owner: tuple[int, int], slots: int = 3) -> None:
         # (no attribute may share a name with a FUSE operation: mfusepy calls those it finds)
         self._chip, self._name, self._direct, self._mode, self._owner = chip, name, direct, mode, owner
+        self._slots = slots
         self._files: dict[int, OpenFile] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -120,7 +121,7 @@ class TpmrmFs(mfusepy.Operations):
             if self._direct and self._files:
                 raise mfusepy.FuseOSError(errno.EBUSY)  # /dev/tpm0 takes one open file
             fh = next(self._ids)
-            space = Passthrough(self._chip) if self._direct else Space(self._chip)
+            space = Passthrough(self._chip) if self._direct else Space(self._chip, self._slots)
             self._files[fh] = OpenFile(space, bool(fi.flags & os.O_NONBLOCK))
         fi.fh = fh
         fi.direct_io = 1
@@ -204,10 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direct", action="store_true", help="a /dev/tpm0: no resource manager, one open at a time")
     parser.add_argument("--mode", default="0666", help="the file's mode bits (octal)")
     parser.add_argument("--owner", default=f"{os.getuid()}:{os.getgid()}", help="UID:GID of the file")
+    parser.add_argument("--object-slots", type=int, default=3,
+                        help="objects per open file (the kernel: 3; fewer models a TPM with more slots than that)")
     args = parser.parse_args(argv)
     host, _, port = args.tpm.rpartition(":")
     uid, gid = (int(x) for x in args.owner.split(":"))
-    fs = TpmrmFs(Chip(TpmLink(host, int(port))), args.name, args.direct, int(args.mode, 8), (uid, gid))
+    fs = TpmrmFs(Chip(TpmLink(host, int(port))), args.name, args.direct, int(args.mode, 8), (uid, gid),
+                 args.object_slots)
     options: dict[str, Any] = {"foreground": True, "fsname": "tpmtls-tpmrm", "raw_fi": True}
     if os.getuid() == 0:
         options["allow_other"] = True  # other users reach it (and meet its mode bits)

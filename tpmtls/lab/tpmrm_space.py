@@ -138,9 +138,10 @@ class Chip:
 class Space:
     """One open file's objects and sessions, kept as saved contexts between its commands."""
 
-    def __init__(self, chip: Chip) -> None:
+    def __init__(self, chip: Chip, slots: int = SLOTS) -> None:
         self.chip = chip
-        self.objects: list[bytes | None] = [None] * SLOTS  # saved object contexts, by virtual slot
+        self.slots = slots  # fewer than the kernel's three: a TPM with more slots than the space
+        self.objects: list[bytes | None] = [None] * slots  # saved object contexts, by virtual slot
         self.sessions: dict[int, bytes | None] = {}  # session handle -> saved context
 
     # -- the kernel's tpm2_prepare_space / map / commit ------------------------------
@@ -225,7 +226,7 @@ class Space:
             (handle,) = struct.unpack(">I", out[at:at + 4])
             if _is_transient(handle):
                 slot = _VIRTUAL_TOP - handle
-                if not 0 <= slot < SLOTS or slot not in physical:
+                if not 0 <= slot < self.slots or slot not in physical:
                     raise SpaceError(errno.EINVAL, f"handle 0x{handle:08x} is not an object of this file")
                 struct.pack_into(">I", out, at, physical[slot])
         return bytes(out)
@@ -247,10 +248,10 @@ class Space:
         if returns_handle and len(out) >= _HEADER + 4:
             (handle,) = struct.unpack(">I", out[_HEADER:_HEADER + 4])
             if _is_transient(handle):
-                free = [s for s in range(SLOTS) if self.objects[s] is None and s not in physical]
+                free = [s for s in range(self.slots) if self.objects[s] is None and s not in physical]
                 if not free:
                     self.chip.send(_command(CC_FLUSH_CONTEXT, struct.pack(">I", handle)))
-                    raise SpaceError(errno.ENOMEM, "out of object slots (the kernel's space holds three)")
+                    raise SpaceError(errno.ENOMEM, f"out of object slots (the space holds {self.slots})")
                 physical[free[0]] = handle
                 struct.pack_into(">I", out, _HEADER, _VIRTUAL_TOP - free[0])
             elif _is_session(handle):
@@ -285,7 +286,7 @@ class Space:
                 except SpaceError:
                     break
             self.sessions.clear()
-            self.objects = [None] * SLOTS
+            self.objects = [None] * self.slots
 
 
 class _Gone(Exception):
