@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import tpmtls
 from support import ROOT
 from support.peers import OpenSSLServer, clean_env
 
@@ -143,6 +144,21 @@ def test_entry_point_exits_with_its_own_status(entry, ending, tpm_client, pki, s
     code, expected = ENDINGS[ending]
     proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server_www.port), tmp_path, example_env)
     _assert_clean_stderr(proc, expected, ending)
+    assert "handshake ok" in proc.stdout
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, pki, s_server_www, tmp_path):
+    """The default TCTI's path (/dev/tpmrm0, the lab's stand-in): the same exit, the same clean stderr."""
+    key = tmp_path / "device.key"
+    made = tpmtls.connect(device_tpm.tcti).create_key("ecc-p256", key)
+    cert = pki.issue(made.public_key(), "tpm-client-device", "device-client.crt")
+    env = clean_env(device_tpm.env)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        env.pop(name, None)
+    code, expected = ENDINGS["sys.exit(3)"]
+    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server_www.port), tmp_path, env)
+    _assert_clean_stderr(proc, expected, "sys.exit(3)")
     assert "handshake ok" in proc.stdout
 
 

@@ -33,11 +33,12 @@ def stopped(pid: int | None):
         os.kill(pid, signal.SIGCONT)  # so teardown (and the TPM) work again
 
 
-@pytest.mark.parametrize("route", ["tabrmd", "direct swtpm"])
-def test_key_create_against_a_stopped_swtpm_ends_in_one_line(route, fresh_tpm, tmp_path):
-    tcti = fresh_tpm.tcti if route == "tabrmd" else fresh_tpm.direct_tcti
-    cli = Cli({**fresh_tpm.env, "TPMTLS_TCTI": tcti, "TPMTLS_TPM_TIMEOUT": "2"}, tmp_path)
-    with stopped(fresh_tpm.swtpm.pid):
+@pytest.mark.parametrize("route", ["tabrmd", "direct swtpm", "device"])
+def test_key_create_against_a_stopped_swtpm_ends_in_one_line(route, request, tmp_path):
+    t = request.getfixturevalue("fresh_device_tpm" if route == "device" else "fresh_tpm")
+    tcti = t.direct_tcti if route == "direct swtpm" else t.tcti
+    cli = Cli({**t.env, "TPMTLS_TCTI": tcti, "TPMTLS_TPM_TIMEOUT": "2"}, tmp_path)
+    with stopped(t.swtpm.pid):
         line = cli.fails("key", "create", "--alg", "ecc-p256", "--out", "k.key")  # one line, no traceback
     assert tcti in line and "did not answer within 2 s" in line
     assert not (tmp_path / "k.key").exists()

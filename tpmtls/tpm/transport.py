@@ -373,6 +373,14 @@ class DeviceTcti(StreamTcti):
         if self._pending:
             # close() would wait for the command the kernel is still running (a hung TPM):
             # let a daemon thread wait for it, never the caller.
-            threading.Thread(target=os.close, args=(fd,), name="tpmtls-device-close", daemon=True).start()
+            threading.Thread(target=_close_quietly, args=(fd,), name="tpmtls-device-close", daemon=True).start()
         else:
-            os.close(fd)
+            _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a device file; a device that went away (ENODEV, ENOTCONN, EIO) has nothing left to close."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
