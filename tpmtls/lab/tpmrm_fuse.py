@@ -212,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     uid, gid = (int(x) for x in args.owner.split(":"))
     fs = TpmrmFs(Chip(TpmLink(host, int(port))), args.name, args.direct, int(args.mode, 8), (uid, gid),
                  args.object_slots)
-    options: dict[str, Any] = {"foreground": True, "fsname": "tpmtls-tpmrm", "raw_fi": True}
+    # Each reader blocked on a running command holds a libfuse worker thread (10 by default);
+    # the kernel has no such limit, so allow as many as a test or benchmark has clients.
+    options: dict[str, Any] = {"foreground": True, "fsname": "tpmtls-tpmrm", "raw_fi": True, "max_threads": 128}
     if os.getuid() == 0:
         options["allow_other"] = True  # other users reach it (and meet its mode bits)
     print(f"serving {args.mountpoint}/{args.name}", flush=True)
