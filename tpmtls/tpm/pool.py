@@ -1,10 +1,10 @@
 """The session pool: open TPM contexts with keys kept loaded, shared by every thread.
 
 Opening a context, creating the SRK and loading a key cost tens of milliseconds on
-swtpm and seconds on hardware (FINDINGS); a signature costs one TPM2_Sign. So each
-context keeps its SRK and every key it has used loaded, and callers borrow a context
-for one operation. A context that loses its transport, or finds the TPM reset under
-it, is rebuilt and the operation retried once (DESIGN §3).
+swtpm and seconds on hardware; a signature costs one TPM2_Sign. So contexts stay open
+with their keys loaded (`context.py`: within three objects, docs/tpm-device.md), and
+callers borrow a context for one operation. A context that loses its transport, or
+finds the TPM reset under it, is rebuilt and the operation retried once.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class Pool:
         self.wait_timeout = wait_timeout
         self.reconnect_timeout = reconnect_timeout
         self.timeout = _command_timeout(timeout)
-        # tabrmd and swtpm: our own transports bound each command; other TCTIs (device,
-        # mssim …) cannot, so their operations run in a worker thread with a bounded join.
+        # devices, tabrmd and swtpm: our own transports bound each command; other TCTIs
+        # (mssim …) cannot, so their operations run in a worker thread with a bounded join.
         self._own_transport = transport.handles(self.tcti)
         self.pss = PssQuirk()  # how this TPM salts RSA-PSS, learnt from the first PSS signature
         self._srk_kind: dict[str, str] = {}
