@@ -36,6 +36,7 @@ from .process import (
     make_workdir,
     register,
     spawn,
+    stop_each,
     tail,
     terminate,
     unregister,
@@ -179,14 +180,7 @@ class DeviceTpm(Component):
         steps.append(lambda: self.swtpm.stop(clean=True))
         if self.latency is not None:
             steps.append(self.latency.stop)
-        errors: list[BaseException] = []
-        for step in steps:
-            try:
-                step()
-            except BaseException as e:  # noqa: BLE001 - keep stopping the rest
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        stop_each(steps)
 
     def stop(self) -> None:
         try:
