@@ -8,9 +8,11 @@ keeps them for as long as it lives -- but few of them at once: a context stays w
 MAX_OBJECTS transient objects, because the kernel's resource manager gives each open
 /dev/tpmrm0 three slots and swaps *every* object of the file in and out around every
 command (each one held costs a ContextLoad, ContextSave and FlushContext per command).
-So keys are evicted least recently used first, and the SRK is flushed after each
+So keys are evicted least recently used first -- on the kernel's manager every key but
+the one in use, since each one held costs three commands per command there -- and the SRK is flushed after each
 operation: its saved context (TPM2_ContextSave, once) reloads it in one command when
-another key must be loaded under it, instead of a CreatePrimary.
+another key must be loaded under it, instead of a CreatePrimary. Keys are saved the
+same way once loaded, so an evicted key comes back with one TPM2_ContextLoad and no SRK.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .templates import SRK_ECC, SRK_RSA, same_template
 SRK_PERSISTENT = 0x81000001  # TCG Provisioning Guidance: the SRK's persistent handle
 _SRK_TEMPLATES = {"ecc": SRK_ECC, "rsa": SRK_RSA}
 MAX_OBJECTS = 3  # transient objects per context: the kernel's per-file space, and a TPM's fewest slots
+SWAPPED_OBJECTS = 1  # behind the kernel's manager, which swaps every object around every command: the key in use
 
 
 class ContextOwner(Protocol):
@@ -51,15 +54,17 @@ class ContextOwner(Protocol):
 class TpmContext:
     """One open ESAPI context and what it keeps loaded; used by one thread at a time."""
 
-    def __init__(self, owner: ContextOwner, index: int) -> None:
+    def __init__(self, owner: ContextOwner, index: int, max_objects: int = MAX_OBJECTS) -> None:
         self.owner = owner
         self.index = index
+        self.max_objects = max_objects  # transient objects kept between operations
         self._esapi: ESAPI | None = None
         self._transport: transport.StreamTcti | None = None
         self._srks: dict[str, tuple[ESYS_TR, TPM2B_PUBLIC]] = {}  # loaded SRKs
         self._saved_srks: dict[str, tuple[TPMS_CONTEXT, TPM2B_PUBLIC]] = {}  # flushed, reloadable in one command
         self._persistent_srk: bool | None = None
         self._keys: OrderedDict[str, ESYS_TR] = OrderedDict()
+        self._saved_keys: dict[str, TPMS_CONTEXT] = {}  # evicted keys, reloadable in one command
         self.after_loss = False  # the next connect follows a lost one: wait for the TPM to return
         self.abandoned = False  # a command on it missed its deadline: never use it again
 
@@ -95,6 +100,7 @@ class TpmContext:
         transient = list(self._keys.values()) + [h for h, _ in self._srks.values()]
         self._srks.clear()
         self._saved_srks.clear()
+        self._saved_keys.clear()
         self._keys.clear()
         self._persistent_srk = None
         if esapi is None:
@@ -183,9 +189,10 @@ class TpmContext:
         return sum(1 for h in handles if self._is_transient(h))
 
     def _make_room(self, needed: int) -> None:
-        """Evict least recently used keys until `needed` more objects fit in MAX_OBJECTS."""
+        """Evict least recently used keys until `needed` more objects fit (in `max_objects`, or `needed` if more)."""
+        limit = min(MAX_OBJECTS, max(self.max_objects, needed))
         for _ in range(len(self._keys)):
-            if self._transient() + needed <= MAX_OBJECTS:
+            if self._transient() + needed <= limit:
                 return
             self.evict_key()
 
@@ -193,7 +200,7 @@ class TpmContext:
         """The ESYS handle of `blob`, loading it on first use in this context."""
         handle = self._keys.get(blob.key_id)
         if handle is None:
-            handle = self._load(blob)
+            handle = self._reload(blob.key_id) or self._load(blob)
             self._keys[blob.key_id] = handle
             self.owner.count(key_loads=1)
         else:
@@ -202,6 +209,20 @@ class TpmContext:
         # password, or a second key object for the same key, uses its own.
         self.esapi.tr_set_auth(handle, auth or b"")
         return handle
+
+    def _reload(self, key_id: str) -> ESYS_TR | None:
+        """An evicted key from its saved context (one command, no parent), or None."""
+        saved = self._saved_keys.get(key_id)
+        if saved is None:
+            return None
+        self._make_room(1)
+        try:
+            return self.esapi.context_load(saved)
+        except TSS2_Exception as e:
+            if rc.is_context_lost(e) or rc.is_retry(e) or rc.is_object_memory(e):
+                raise
+            del self._saved_keys[key_id]  # saved before a TPM reset: load it under its parent again
+            return None
 
     def _load(self, blob: KeyBlob) -> ESYS_TR:
         esapi = self.esapi
@@ -241,7 +262,9 @@ class TpmContext:
         )
 
     def _load_under(self, parent: ESYS_TR, blob: KeyBlob) -> ESYS_TR:
-        return self.esapi.load(parent, blob.private, blob.public)
+        handle = self.esapi.load(parent, blob.private, blob.public)
+        self._saved_keys[blob.key_id] = self.esapi.context_save(handle)
+        return handle
 
     def evict_key(self) -> bool:
         """Flush the least recently used transient key this context keeps (never its SRKs).

@@ -25,11 +25,11 @@ from .. import _lifecycle
 from ..errors import TpmBusy, TpmtlsError, TpmUnavailable, UsageError
 from . import rc, transport
 from ._tsslog import quiet_tss_logs, while_loading
-from .context import TpmContext, flush_orphans
+from .context import MAX_OBJECTS, SWAPPED_OBJECTS, TpmContext, flush_orphans
 from .keyfile import KeyBlob
 from .pss import PssQuirk
 from .rc_errors import to_error
-from .tcti import default_pool_size, is_direct, resolve_tcti
+from .tcti import default_pool_size, is_direct, resolve_tcti, swaps_every_object
 
 T = TypeVar("T")
 
@@ -302,7 +302,7 @@ class Pool:
         """Called with each context an operation is done with, before it is lent again."""
 
     def _new_context(self) -> TpmContext:
-        ctx = TpmContext(self, len(self._contexts))
+        ctx = TpmContext(self, len(self._contexts), SWAPPED_OBJECTS if swaps_every_object(self.tcti) else MAX_OBJECTS)
         self._contexts.append(ctx)
         return ctx
 

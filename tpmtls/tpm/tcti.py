@@ -52,6 +52,12 @@ def is_direct(tcti: str) -> bool:
     return tcti.startswith(_DIRECT)
 
 
+def swaps_every_object(tcti: str) -> bool:
+    """True behind the kernel's resource manager (/dev/tpmrmN): it loads, saves and flushes
+    every object of an open file around every command, so each object held costs commands."""
+    return tcti.partition(":")[0] == "device" and not is_direct(tcti)
+
+
 def default_pool_size(tcti: str) -> int:
     """1 for direct TPMs; a few for a resource manager, enough to keep a TPM busy."""
     if is_direct(tcti):
