@@ -8,6 +8,8 @@ packages=(
   build-essential pkg-config libtss2-dev libssl-dev python3-venv python3-dev
   # software TPM, resource manager on a private D-Bus, TPM tools
   swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-tools
+  # libfuse3 (and fusermount3) for the lab's /dev/tpmrm0 stand-in, a FUSE file (tests only)
+  fuse3
   # interop reference and benchmark baseline (tests only)
   tpm2-openssl
   # registry, registry client, Docker daemon, NGINX for the mTLS front
