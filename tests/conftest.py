@@ -110,7 +110,7 @@ def dockerd(tmp_path_factory):
         yield d
 
 
-# ---- TPM paths: tpm2-abrmd and the /dev/tpmrm0 stand-in (issue 21) ----------------------
+# ---- TPM paths: tpm2-abrmd and the /dev/tpmrm0 stand-in (docs/tpm-device.md) ------------------
 # The core of the suite runs on both: `any_tpm` / `any_fresh_tpm` / `path_client` take the
 # param "tabrmd" (TestTpm) or "device" (DeviceTpm: swtpm behind a FUSE file that behaves
 # like the kernel's /dev/tpmrm0, tpmtls's default TCTI). Both have .tcti, .env, .swtpm.

@@ -1,6 +1,6 @@
 """The default TCTI, a TPM device (/dev/tpmrm0), on the lab's stand-in: few objects, few commands, clear errors.
 
-Each test names the defect it guards against (issue 21); the commands are counted at the
+Each test names the defect it guards against; the commands are counted at the
 TPM (the lab's forwarder, with no delay added), not inferred.
 """
 
