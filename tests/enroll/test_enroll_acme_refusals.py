@@ -22,7 +22,7 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
 
 import tpmtls
-from support.attest import EkCa, ek_machine, enroll_files
+from support.attest import EkCa, busy_limits, busy_settings, ek_machine, enroll_files
 from support.commands import require
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
 from tpmtls.enroll.acme_server import NONCE_TTL, EnrollApp, EnrollServer
@@ -53,10 +53,11 @@ def world(tmp_path_factory):
     tpms = {k: tpmtls.connect(pool=p) for k, p in pools.items()}
     ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpms["A"])
     clock = Clock()
-    app = EnrollApp(ca_dir, roots, policy, clock=clock)
-    server = EnrollServer(app).start()
+    app = EnrollApp(ca_dir, roots, policy, clock=clock, settings=busy_settings())
+    server = EnrollServer(app, limits=busy_limits()).start()
     yield tmp, tpms, app, server, clock
     server.stop()
+    app.close()
     for p in pools.values():
         p.close()
     for m in machines.values():
