@@ -87,3 +87,79 @@ def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
 def kill(proc: ServerProcess) -> None:
     """A crash, not a shutdown: SIGKILL."""
     proc.stop(signal.SIGKILL)
+
+
+class RoundRobinNginx:
+    """NGINX as the load balancer in front of several enroll-servers: each request to the next one (no upstream
+    keep-alive, no retry on the other), TLS verified both ways; the access log names the upstream per request."""
+
+    def __init__(self, workdir: Path, port: int, upstreams: list[int], cert: Path, key: Path, ca: Path,
+                 name: str = "localhost") -> None:
+        import shutil
+        import socket
+        import time
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir, self.port = workdir, port
+        self.access_log = workdir / "access.log"
+        temps = "\n".join(f"  {kind}_temp_path {workdir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                                "scgi"))
+        servers = "\n".join(f"    server 127.0.0.1:{p};" for p in upstreams)
+        (workdir / "nginx.conf").write_text(f"""
+user root;
+worker_processes 1;
+daemon off;
+pid {workdir / 'nginx.pid'};
+error_log {workdir / 'error.log'} warn;
+events {{ worker_connections 256; }}
+http {{
+  log_format lb '$request_method $uri $upstream_addr $status';
+  access_log {self.access_log} lb;
+{temps}
+  upstream enroll {{
+{servers}
+  }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass https://enroll;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {ca};
+      proxy_ssl_name {name};
+      proxy_ssl_server_name on;
+      proxy_set_header Host $http_host;
+      proxy_next_upstream off;
+    }}
+  }}
+}}
+""")
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+        self.proc = subprocess.Popen([binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-e",
+                                      str(workdir / "error.log")], stdout=subprocess.DEVNULL,
+                                     stderr=open(workdir / "stderr.log", "wb"), env=env, start_new_session=True)
+        for _ in range(400):  # 20 s at most
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {(workdir / 'stderr.log').read_text()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("nginx did not listen within 20 s")
+
+    def requests(self) -> list[tuple[str, str, str, str]]:
+        """(method, path, upstream, status) per request, in order."""
+        return [tuple(line.split()[:4]) for line in self.access_log.read_text().splitlines() if line.strip()]  # type: ignore[misc]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
