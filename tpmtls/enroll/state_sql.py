@@ -71,6 +71,9 @@ class _Dialect:
     def lock_schema(self, conn: Any) -> None:
         """Hold a lock for the rest of the transaction so only one process migrates."""
 
+    def durable(self, conn: Any) -> None:
+        """Inside a transaction: make its commit wait for the disk (certificates, revocations)."""
+
 
 class _Sqlite(_Dialect):
     name = "sqlite"
@@ -119,10 +122,18 @@ class _Postgres(_Dialect):
 
     def connect(self) -> Any:
         try:
-            return self.psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            conn = self.psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            # Nonces, sessions and order steps: the durability of SQLite's default (WAL, synchronous=NORMAL) —
+            # a crash of the database's machine may lose the last fraction of a second, never corrupts.
+            # Certificates and revocations wait for the disk (`durable`). Halves an enrollment's time here.
+            conn.execute("SET synchronous_commit TO off")
+            return conn
         except self.psycopg.Error as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EnrollError(f"--db {_shown(self.url)}: cannot connect to PostgreSQL ({reason})") from None
+
+    def durable(self, conn: Any) -> None:
+        conn.execute("SET LOCAL synchronous_commit TO on")
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
@@ -374,11 +385,19 @@ class SqlStore(EnrollStore):
         return CertRecord(row[0], row[1], row[2], row[3], row[4], row[5], float(row[6]), float(row[7]), bytes(row[8]),
                           float(row[9]), float(row[10]) if row[10] is not None else None, row[11])
 
+    def _durably(self, sql: str, args: tuple[Any, ...]) -> int:
+        def step(conn: Any) -> int:
+            with self._tx(conn):
+                self.d.durable(conn)
+                return int(self._exec(conn, sql, args).rowcount)
+
+        return int(self._run(step))
+
     def add_certificate(self, record: CertRecord) -> None:
-        self._count("INSERT INTO certificates (serial, order_id, account, identifier, ek, spki_sha256, not_before,"
-                    " not_after, pem, issued_at, revoked_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.serial, record.order_id, record.account, record.identifier, record.ek, record.spki_sha256,
-                     record.not_before, record.not_after, record.pem, record.issued_at, record.revoked_at, record.reason))
+        self._durably("INSERT INTO certificates (serial, order_id, account, identifier, ek, spki_sha256, not_before,"
+                      " not_after, pem, issued_at, revoked_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (record.serial, record.order_id, record.account, record.identifier, record.ek, record.spki_sha256,
+                       record.not_before, record.not_after, record.pem, record.issued_at, record.revoked_at, record.reason))
 
     def certificate(self, serial: str) -> CertRecord | None:
         return self._cert(self._one(self._CERT + " WHERE serial = ?", (serial,)))
@@ -388,8 +407,8 @@ class SqlStore(EnrollStore):
                                     (spki_sha256,)))
 
     def revoke(self, serial: str, reason: str, when: float) -> bool:
-        return self._count("UPDATE certificates SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL",
-                           (when, reason, serial)) == 1 or self.certificate(serial) is not None
+        return self._durably("UPDATE certificates SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL",
+                             (when, reason, serial)) == 1 or self.certificate(serial) is not None
 
     # -- housekeeping ---------------------------------------------------------------------
     def purge(self, now: float, account_idle: float, keep_orders: float) -> dict[str, int]:
