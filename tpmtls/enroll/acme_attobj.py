@@ -2,10 +2,11 @@
 
 Port of smallstep/certificates acme/challenge.go `deviceAttest01Validate` (payload,
 CBOR) and `doTPMAttestationFormat` (AK chain, AK profile, certInfo, extraData binding),
-plus the key-attribute check (an imported or restricted key cannot pass) and ours: a
-PCR quote by the same AK over the same challenge (`attStmt.tpmtlsPcrQuote`), so the PCR
-policy is checked for every certificate, not once per AK. step-ca ignores attStmt keys
-it does not know, so the same attObj serves both.
+plus step-ca's key-attribute check (an imported or restricted key cannot pass; docs/facts-docker.md,
+"ACME device-attest-01 as step-ca checks it") and ours: a PCR quote by the same AK over the
+same challenge (`attStmt.tpmtlsPcrQuote`), so the PCR policy is checked for every certificate,
+not once per AK (docs/enrollment-server.md, "Continuous attestation"). step-ca ignores attStmt
+keys it does not know, so the same attObj serves both.
 """
 
 from __future__ import annotations

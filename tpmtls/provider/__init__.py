@@ -5,7 +5,8 @@ are not exposed: it can only be given a provider through `OPENSSL_CONF`, read on
 when cryptography is first imported. So `import tpmtls` calls `bootstrap()` before it
 imports anything that imports cryptography; it writes a config listing the shim, sets
 `OPENSSL_CONF` just around that import, and puts the environment back so no child
-process inherits it (FINDINGS: a leaked provider config killed swtpm). The system
+process inherits it (a leaked provider config killed swtpm: docs/facts-openssl.md,
+"OPENSSL_CONF leaks into child processes"). The system
 OpenSSL (stdlib `ssl`) exposes `OSSL_PROVIDER_*`, so the shim is loaded there on demand.
 One private module per OpenSSL core: `_cryptography`, `_system`.
 
@@ -322,6 +323,11 @@ def bootstrap() -> None:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
         state.problem = f"cannot load the shim provider {path}: {e}"
+        return
+    lib.tpmtls_keyinfo_size.restype = ctypes.c_size_t
+    if lib.tpmtls_keyinfo_size() != ctypes.sizeof(KeyInfo):
+        state.problem = (f"the shim provider {path} does not match this tpmtls (key info of "
+                         f"{lib.tpmtls_keyinfo_size()} bytes, expected {ctypes.sizeof(KeyInfo)}); reinstall tpmtls")
         return
     lib.tpmtls_take_freed.restype = ctypes.c_size_t
     lib.tpmtls_take_freed.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
