@@ -113,7 +113,8 @@ def test_sqlite_file_schema_and_newer_schema_refused(tmp_path):
 
 
 def test_revoked_key_is_refused_at_renewal(world, tmp_path):
-    """Certificates are recorded by serial with their EK: revoking one refuses renewing its key (docs/enrollment-server.md, "For revocation")."""
+    """Certificates are recorded by serial with their EK: revoking one refuses renewing its key
+    (docs/enrollment-server.md, "For revocation")."""
     tmp, machine, tpm, args, ca_dir = world
     server = ServerProcess(machine.env, tmp, *args, "--db", f"sqlite:{tmp_path / 'revoke.db'}")
     try:
