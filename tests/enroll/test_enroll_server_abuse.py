@@ -24,7 +24,7 @@ from acme import messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import tpmtls
-from support.attest import EkCa, busy_limits, busy_settings, ek_machine, enroll_files
+from support.attest import Clock, busy_limits, busy_settings, enroll_machine
 from support.commands import require
 from support.enroll_server import session_from
 from tpmtls.enroll.acme_client import PERMANENT_IDENTIFIER, Enroller, EnrollOptions
@@ -37,26 +37,12 @@ from tpmtls.tpm import attest
 ABUSER = "127.0.0.2"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
     tmp = tmp_path_factory.mktemp("abuse")
-    ek_ca = EkCa(tmp / "ekca")
-    machine = ek_machine(tmp / "a", ek_ca)
-    pool = tpmtls.Pool(machine.tcti)
-    tpm = tpmtls.connect(pool=pool)
-    files = enroll_files(tmp / "server", ek_ca, tpm)
-    yield tmp, tpm, files
-    pool.close()
-    machine.stop()
+    with enroll_machine(tmp) as m:
+        yield tmp, m.tpm, m.files
 
 
 @contextmanager

@@ -23,8 +23,7 @@ import pytest
 import requests
 from cryptography import x509
 
-import tpmtls
-from support.attest import EkCa, busy_limits, busy_settings, ek_machine, enroll_files
+from support.attest import busy_limits, busy_settings, enroll_machine
 from support.commands import Cli, require
 from support.enroll_server import ServerProcess
 from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
@@ -36,13 +35,8 @@ NAME = "enroll.tpmtls.test"
 def world(tmp_path_factory):
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
     tmp = tmp_path_factory.mktemp("public")
-    ek_ca = EkCa(tmp / "ekca")
-    machine = ek_machine(tmp / "a", ek_ca)
-    pool = tpmtls.Pool(machine.tcti)
-    files = enroll_files(tmp / "server", ek_ca, tpmtls.connect(pool=pool))
-    yield tmp, machine, files
-    pool.close()
-    machine.stop()
+    with enroll_machine(tmp) as m:
+        yield tmp, m.machine, m.files
 
 
 def served_certificate(host: str, port: int, cafile: str, name: str | None = None) -> x509.Certificate:

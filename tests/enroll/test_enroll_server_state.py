@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import tpmtls
-from support.attest import EkCa, ek_machine, enroll_files
+from support.attest import enroll_machine
 from support.commands import require
 from support.enroll_server import RoundRobinNginx, ServerProcess, kill
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
@@ -35,14 +34,8 @@ from tpmtls.tpm import attest
 def world(tmp_path_factory):
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
     tmp = tmp_path_factory.mktemp("state")
-    ek_ca = EkCa(tmp / "ekca")
-    machine = ek_machine(tmp / "a", ek_ca)
-    pool = tpmtls.Pool(machine.tcti)
-    tpm = tpmtls.connect(pool=pool)
-    ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpm)
-    yield tmp, machine, tpm, ["--ca", str(ca_dir), "--ek-roots", str(roots), "--policy", str(policy)], ca_dir
-    pool.close()
-    machine.stop()
+    with enroll_machine(tmp) as m:
+        yield tmp, m.machine, m.tpm, m.server_args, m.ca_dir
 
 
 class Restarting(Enroller):

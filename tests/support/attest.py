@@ -10,7 +10,53 @@ from typing import Any, Iterator
 import tpmtls
 from tpmtls.lab.ekca import EkCa, ek_machine
 
-__all__ = ["EkCa", "EnrollWorld", "busy_limits", "busy_settings", "ek_machine", "enroll_files", "enroll_world"]
+__all__ = ["Clock", "EkCa", "EnrollMachine", "EnrollWorld", "busy_limits", "busy_settings", "ek_machine", "enroll_files",
+           "enroll_machine", "enroll_world"]
+
+
+class Clock:
+    """A server's clock, moved forward by tests instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        import time
+
+        return time.time() + self.offset
+
+
+@dataclass
+class EnrollMachine:
+    """Machine A (EK certificates of a private EK CA) and the server files trusting it; no server."""
+
+    machine: Any
+    tpm: Any
+    ca_dir: Path
+    roots: Path
+    policy: Path
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        return self.ca_dir, self.roots, self.policy
+
+    @property
+    def server_args(self) -> list[str]:
+        return ["--ca", str(self.ca_dir), "--ek-roots", str(self.roots), "--policy", str(self.policy)]
+
+
+@contextmanager
+def enroll_machine(tmp: Path) -> Iterator[EnrollMachine]:
+    """Start machine A and write the server files (CA, EK roots, policy from A); stop A afterwards."""
+    ek_ca = EkCa(tmp / "ekca")
+    machine = ek_machine(tmp / "a", ek_ca)
+    pool = tpmtls.Pool(machine.tcti)
+    try:
+        tpm = tpmtls.connect(pool=pool)
+        yield EnrollMachine(machine, tpm, *enroll_files(tmp / "server", ek_ca, tpm))
+    finally:
+        pool.close()
+        machine.stop()
 
 
 def busy_settings(**changes: Any) -> Any:
