@@ -85,16 +85,18 @@ class Postgres(Component):
         return {"user": self._uid, "group": self._gid, "extra_groups": []} if self.user else {}
 
     def start(self) -> "Postgres":
+        """initdb (first start only), then the server; a start after `stop` serves the same cluster again."""
         if self._proc is not None:
             return self
         data = self.workdir / "data"
         os.chown(self.workdir, self._uid, self._gid)
         env = child_env({"LC_ALL": "C"})
-        proc = subprocess.run([pg_binary("initdb"), "-D", str(data), "-U", "tpmtls", "--auth=trust", "-E", "UTF8",
-                               "--locale=C", "--no-sync"], capture_output=True, text=True, timeout=120, env=env,
-                              cwd=self.workdir, **self._as_owner())
-        if proc.returncode != 0:
-            raise RuntimeError(f"initdb failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+        if not data.exists():
+            proc = subprocess.run([pg_binary("initdb"), "-D", str(data), "-U", "tpmtls", "--auth=trust", "-E", "UTF8",
+                                   "--locale=C", "--no-sync"], capture_output=True, text=True, timeout=120, env=env,
+                                  cwd=self.workdir, **self._as_owner())
+            if proc.returncode != 0:
+                raise RuntimeError(f"initdb failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
         options = ["-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}", "-p", str(PORT),
                    "-c", "max_connections=200"]
         if not self.durable:
