@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..errors import TlsSetupError, UsageError
+from ..tpm.keyfile import is_tpm_key_file
 
 DEFAULT_TCP_HOST = "tcp://0.0.0.0:2376"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -47,15 +48,6 @@ def load_cert(path: str | os.PathLike[str], what: str = "certificate") -> x509.C
         raise UsageError(f"{p}: cannot read {what}: {e.strerror}") from None
     except ValueError:
         raise UsageError(f"{p}: not a PEM {what}") from None
-
-
-def is_tpm_key_file(path: str | os.PathLike[str]) -> bool:
-    """True for a `TSS2 PRIVATE KEY` or tpmtls handle file (only tpmtls can use those)."""
-    try:
-        head = Path(path).read_bytes()[:4096]
-    except OSError:
-        return False
-    return b"-----BEGIN TSS2 PRIVATE KEY-----" in head or b"-----BEGIN TPMTLS KEY HANDLE-----" in head
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import RegistryError
+from ..tpm.keyfile import is_tpm_key_file
 
 if TYPE_CHECKING:
     from .auth import Credentials
@@ -53,15 +54,6 @@ class CertDir:
         if self.client is None:
             return False
         return is_tpm_key_file(self.client[1])
-
-
-def is_tpm_key_file(path: Path) -> bool:
-    """Does this key file hold a TPM key (the TSS2 label or tpmtls's handle form)?"""
-    try:
-        head = path.read_bytes()[:64]
-    except OSError:
-        return False
-    return b"TSS2 PRIVATE KEY" in head or b"TPMTLS KEY HANDLE" in head
 
 
 def lookup(hostport: str, ours: Path | None = None, docker: Path | None = None) -> CertDir:
