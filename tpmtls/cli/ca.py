@@ -83,7 +83,7 @@ def issue(args: argparse.Namespace) -> int:
 
 
 def install(args: argparse.Namespace) -> int:
-    from ..pki.install import install as install_certs
+    from ..docker.files import install as install_certs
 
     target = install_certs(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
     say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "

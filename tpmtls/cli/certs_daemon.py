@@ -7,18 +7,10 @@ import shlex
 from pathlib import Path
 
 from .._files import write_atomic
-from ..docker.config import (
-    DEFAULT_SOCKET,
-    DEFAULT_TCP_HOST,
-    CertPath,
-    check_chain,
-    check_names,
-    check_server,
-    daemon_config,
-    is_tpm_key_file,
-    parse_host,
-)
-from ..errors import TlsSetupError, UsageError
+from ..docker.certcheck import check_names, check_server, check_tpm_client
+from ..docker.config import DEFAULT_SOCKET, DEFAULT_TCP_HOST, daemon_config, parse_host
+from ..docker.files import CertPath
+from ..errors import UsageError
 from ._common import add_password_file, add_tcti, read_secret_file, say
 
 
@@ -105,30 +97,17 @@ def run_env(args: argparse.Namespace) -> int:
         for f in given.values():
             if not Path(f).is_file():
                 raise UsageError(f"{f}: no such file")
-        _check_client(args.cert, args.key, args.ca, args)
-        directory.mkdir(parents=True, exist_ok=True)
-        for src, dst, mode in ((args.ca, paths.ca, 0o644), (args.cert, paths.cert, 0o644), (args.key, paths.key, 0o600)):
-            write_atomic(dst, Path(src).read_bytes(), mode)
+        check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
+        paths.lay_out(args.ca, args.cert, args.key)
     else:
         paths.check_files()
-        _check_client(str(paths.cert), str(paths.key), str(paths.ca), args)
+        check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,
+                         password=read_secret_file(args.password_file))
     docker_host = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
     say(f"export DOCKER_HOST={shlex.quote(docker_host)}")
     say("export DOCKER_TLS_VERIFY=1")
     say(f"export DOCKER_CERT_PATH={shlex.quote(str(directory.resolve()))}")
     return 0
-
-
-def _check_client(cert: str, key: str, ca: str, args: argparse.Namespace) -> None:
-    """The certificate is a client certificate from the CA, and belongs to the TPM key."""
-    if not is_tpm_key_file(key):
-        raise UsageError(f"{key}: not a TPM key file (TSS2 PRIVATE KEY); a software key needs no tpmtls")
-    certificate = check_chain(cert, ca, server=False)
-    from .. import connect
-
-    tpm_key = connect(args.tcti).load_key(key, read_secret_file(args.password_file))
-    if tpm_key.public_key() != certificate.public_key():
-        raise TlsSetupError(f"{cert}: this certificate does not belong to the key {key}")
 
 
 def run_nginx_front(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ _log = service_log("daemon-proxy")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..docker.config import default_cert_path
+    from ..docker.files import default_cert_path
     from ..docker.proxy import DaemonProxy
     from ..errors import UsageError
 

@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 from .._callers import foreign_caller
 from ..errors import TpmtlsError, UsageError
 from .client import DaemonError, explain_tls_failure
-from .config import CertPath, parse_host
+from .config import parse_host
+from .files import CertPath
 
 CONNECT_TIMEOUT = 10.0
 #: Bytes buffered per direction before we stop reading from the faster side.
