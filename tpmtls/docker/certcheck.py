@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from .._files import read_input
 from ..errors import TlsSetupError, UsageError
 from ..tpm.keyfile import is_tpm_key_file
 
@@ -27,22 +28,10 @@ _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKey
 _WILDCARD = {"0.0.0.0", "::", ""}
 
 
-def read_file(path: str | os.PathLike[str], what: str) -> bytes:
-    """A file's bytes, or a one-line error naming it."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a {what} file") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
-
-
 def load_cert(path: str | os.PathLike[str], what: str = "certificate") -> x509.Certificate:
     """A PEM certificate (the first of a chain), or a one-line error naming the file."""
     try:
-        return x509.load_pem_x509_certificates(read_file(path, what))[0]
+        return x509.load_pem_x509_certificates(read_input(path, what))[0]
     except ValueError:
         raise UsageError(f"{path}: not a PEM {what}") from None
 
@@ -168,4 +157,4 @@ def check_names(cert_path: str, cert: x509.Certificate, name: str) -> None:
 
 
 __all__ = ["allows", "check_ca", "check_chain", "check_client_cert", "check_names", "check_server", "check_tpm_client",
-           "load_cert", "read_file"]
+           "load_cert"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .._files import write_atomic
+from .._files import read_input, write_atomic
 from ..errors import RegistryError, UsageError
 from ..tpm.keyfile import is_tpm_key_file
 
@@ -144,7 +144,7 @@ def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike
     from cryptography.hazmat.primitives import serialization
 
     from ..tpm.keyfile import read_key_reference
-    from .certcheck import check_ca, check_client_cert, read_file
+    from .certcheck import check_ca, check_client_cert
 
     check_hostport(hostport)
     blob = read_key_reference(key)  # a clear error if it is not a TPM key file or handle
@@ -156,8 +156,8 @@ def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike
         public_key = connect(tcti).load_key(key).public_key()
     check_client_cert(cert, public_key)
     check_ca(ca)
-    files = {CA_CRT: (read_file(ca, "CA certificate"), 0o644), CLIENT_CERT: (read_file(cert, "certificate"), 0o644),
-             CLIENT_KEY: (read_file(key, "key") if blob.public is not None else blob.to_pem(), 0o600)}
+    files = {CA_CRT: (read_input(ca, "CA certificate"), 0o644), CLIENT_CERT: (read_input(cert, "certificate"), 0o644),
+             CLIENT_KEY: (read_input(key, "key") if blob.public is not None else blob.to_pem(), 0o600)}
     return write_cert_dir(hostport, files, root)
 
 
