@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-from .. import provider
 from ..errors import KeyFileError, TlsSetupError, TpmtlsError
+from ..provider import last_error
 from ..tpm.keyfile import is_tpm_key, parse_key_bytes, tpm_key_der
 from ..tpm.keys import AnyTpmKey, TpmKey
 
@@ -69,7 +69,7 @@ def explain(e: Exception, cert: str | os.PathLike[str], key: KeyRef, tcti: str |
     Python's load_cert_chain reports any failure as OSError when errno happens to be
     set, so the exception says little; the certificate and key are checked here.
     """
-    reason = provider.last_error()
+    reason = last_error()
     if reason:
         return TlsSetupError(reason)
     from cryptography import x509
