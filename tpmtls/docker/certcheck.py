@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -113,13 +112,12 @@ def _check_server_key(cert_path: str, key_path: str, cert: x509.Certificate) -> 
     if is_tpm_key_file(key_path):
         raise UsageError(f"{key_path}: a TPM key file; dockerd cannot use a TPM, give the daemon a file key "
                          "(the CA key and the clients' keys can stay in TPMs)")
+    data = read_input(key_path, "key")
     try:
-        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
-    except FileNotFoundError:
-        raise UsageError(f"{key_path}: no such key file") from None
+        key = serialization.load_pem_private_key(data, None)
     except TypeError:
         raise UsageError(f"{key_path}: encrypted; dockerd cannot read a key with a passphrase") from None
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise UsageError(f"{key_path}: not a PEM private key ({e})") from None
     if key.public_key() != cert.public_key():
         raise TlsSetupError(f"{cert_path}: this certificate does not belong to the key {key_path}")
