@@ -67,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("enroll", help="client side of pairing (HOST[:PORT] --store DIR), ACME (--acme URL), "
                                       "or 'enroll policy --out FILE' (this machine's PCRs, for enroll-server)",
                        usage="%(prog)s HOST[:PORT] --store DIR [--expect-fingerprint SHA256] [--tcti TCTI]\n"
-                             "       %(prog)s --acme DIRECTORY_URL [--id ID] [--install HOST[:PORT]] [--renew] … "
+                             "       %(prog)s --acme DIRECTORY_URL [--id PERMANENT_ID] [--install HOST[:PORT]] [--renew] … "
                              "[--tcti TCTI]\n"
                              "       %(prog)s policy --out FILE [--pcrs BANK:N,…] [--force] [--tcti TCTI]",
                        epilog=f"{POLICY_ESCAPE}.")
