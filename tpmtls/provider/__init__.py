@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import _lifecycle
+from .._lifecycle import at_exit, in_forked_child
 from . import _cryptography
 from ._system import SystemOpenSSL
 
@@ -96,7 +96,7 @@ def _new_locks_in_child() -> None:
     _system_lock, _keys_lock = threading.Lock(), threading.Lock()
 
 
-_lifecycle.in_forked_child("provider locks", _new_locks_in_child)
+in_forked_child("provider locks", _new_locks_in_child)
 _keys: dict[int, Any] = {}
 _next_id = iter(range(1, 2**62))
 
@@ -338,7 +338,7 @@ def bootstrap() -> None:
     state.path, state.lib, state.callbacks = path, lib, callbacks  # keep the thunks alive
     # First of the exit steps: after the atexit hooks of anything imported later (their
     # TLS clean-up may still sign), before the pools close and the interpreter frees modules.
-    _lifecycle.at_exit("shim", lib.tpmtls_shutdown)
+    at_exit("shim", lib.tpmtls_shutdown)
     if "cryptography.hazmat.bindings._rust" in sys.modules:
         state.cryptography_first = True
         return

@@ -18,7 +18,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Union
 
-from .. import _lifecycle
+from .._lifecycle import in_forked_child
 from ..provider import last_error, load_into_system_ssl, loading, unload_from_system_ssl
 from ._errors import KeyLoadError
 from ._handshake import TpmSSLObject, TpmSSLSocket
@@ -42,7 +42,7 @@ def _new_lock_in_child() -> None:
     _lock = threading.Lock()  # one held by another thread at fork() would never be released here
 
 
-_lifecycle.in_forked_child("injection lock", _new_lock_in_child)
+in_forked_child("injection lock", _new_lock_in_child)
 
 
 def _sync() -> None:
