@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,22 +253,15 @@ class Enroller:
         """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
         client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
         client.key it cannot parse (docs/formats.md, "certs.d")."""
-        from ..pki.install import DEFAULT_ROOT, check_hostport
+        from ..docker.files import CLIENT_CERT, CLIENT_KEY, check_hostport, write_cert_dir
 
-        root = self.o.certs_root or Path(os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
         host = self.o.install or ""
         try:
             check_hostport(host)
         except TpmtlsError:
             raise EnrollError(f"--install {host!r}: give a registry as HOST or HOST:PORT") from None
-        d = root / host
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EnrollError(f"{d}: cannot create certs.d directory: {e.strerror}") from None
-        write_atomic(d / "client.key", key.to_pem(), 0o600)
-        write_atomic(d / "client.cert", chain_pem.encode(), 0o644)
-        return d
+        return write_cert_dir(host, {CLIENT_KEY: (key.to_pem(), 0o600), CLIENT_CERT: (chain_pem.encode(), 0o644)},
+                              self.o.certs_root)
 
 
 def enroll(tpm: Tpm, options: EnrollOptions) -> EnrollResult:
