@@ -19,7 +19,6 @@ from support.commands import require
 from support.oci import CriError, cri_pull, podman_digest
 from support.proxy import RegistryProxyProcess, unique_name
 from support.registry import skopeo_raw
-from tpmtls.docker.oci_clients import containerd_hosts, registries_conf, write_config
 
 REFUSED = "refused our client certificate"
 
@@ -106,17 +105,18 @@ def tools(tmp_path):
         yield t
 
 
-def _hosts_dir(tmp_path: Path, registry, proxy) -> Path:
-    hosts = tmp_path / "certs.d"
+def _containerd_hosts(cli, registry_name: str, proxy, hosts: Path) -> Path:
+    """hosts.toml for the registry, written by `tpmtls certs containerd-hosts` as a user would."""
     hosts.mkdir(exist_ok=True)
-    write_config(containerd_hosts(registry.name, proxy.address, hosts), force=True)
+    cli("certs", "containerd-hosts", registry_name, "--proxy", proxy.address, "--dir", str(hosts), "--force")
     return hosts
 
 
-def _dropin(tools, registry, proxy) -> Path:
-    config = registries_conf(registry.name, proxy.address, tools.dropin_dir / "90-tpmtls.conf")
-    write_config(config, force=True)
-    return config.path
+def _dropin(cli, tools, registry_name: str, proxy) -> Path:
+    """The registries.conf.d drop-in, written by `tpmtls certs registries-conf` where the tools read drop-ins."""
+    out = tools.dropin_dir / "90-tpmtls.conf"
+    cli("certs", "registries-conf", registry_name, "--proxy", proxy.address, "--out", str(out), "--force")
+    return out
 
 
 def _requests(proxy, method: str, path_part: str) -> list[str]:
@@ -126,8 +126,8 @@ def _requests(proxy, method: str, path_part: str) -> list[str]:
 # ---- containerd ----------------------------------------------------------------------------------
 
 
-def test_ctr_pulls_and_pushes_by_the_registry_name(containerd, named_registry, demo, proxy, soft_certs, tmp_path):
-    hosts = _hosts_dir(tmp_path, named_registry, proxy)
+def test_ctr_pulls_and_pushes_by_the_registry_name(cli, containerd, named_registry, demo, proxy, soft_certs, tmp_path):
+    hosts = _containerd_hosts(cli, named_registry.name, proxy, tmp_path / "certs.d")
     ref = f"{named_registry.name}/demo:1"
     containerd.ctr("image", "pull", "--hosts-dir", str(hosts), "--snapshotter", "native", ref)
     assert containerd.image_digest(ref) == demo
@@ -139,12 +139,12 @@ def test_ctr_pulls_and_pushes_by_the_registry_name(containerd, named_registry, d
     containerd.ctr("image", "rm", ref, pushed)
 
 
-def test_kubelet_pull_through_the_cri_plugin_config_path(containerd, named_registry, demo, proxy):
+def test_kubelet_pull_through_the_cri_plugin_config_path(cli, containerd, named_registry, demo, proxy):
     """containerd's CRI plugin (what kubelet calls) reads hosts.toml from its config_path."""
     require("containerd")
     from tpmtls.lab.containerd import CRI_NAMESPACE
 
-    write_config(containerd_hosts(named_registry.name, proxy.address, containerd.hosts_dir), force=True)
+    _containerd_hosts(cli, named_registry.name, proxy, containerd.hosts_dir)
     ref = f"{named_registry.name}/demo:1"
     image_id = cri_pull(str(containerd.socket), ref)
     assert image_id.startswith("sha256:")
@@ -152,7 +152,7 @@ def test_kubelet_pull_through_the_cri_plugin_config_path(containerd, named_regis
     assert _requests(proxy, "GET", f"/v2/demo/manifests/{demo} 200")
 
 
-def test_kubelet_pull_secret_answers_the_token_challenge_through_the_proxy(containerd, tools, pki, tpm_certs,
+def test_kubelet_pull_secret_answers_the_token_challenge_through_the_proxy(cli, containerd, tools, pki, tpm_certs,
                                                                           small_image, test_tpm, tmp_path):
     """imagePullSecrets: kubelet hands the credentials to containerd in PullImage's AuthConfig; containerd
     fetches a token at the realm the proxy rewrote to itself; the password crosses loopback, then TLS."""
@@ -164,12 +164,12 @@ def test_kubelet_pull_secret_answers_the_token_challenge_through_the_proxy(conta
     with registry_with_token_server(pki, tmp_path / "tokens") as (reg, tokens), \
             _proxy(NamedRegistry(f"localhost:{reg.port}", reg.address), tpm_certs, test_tpm, tmp_path) as proxy:
         name = f"localhost:{reg.port}"
-        _dropin(tools, NamedRegistry(name, reg.address), proxy)
+        _dropin(cli, tools, name, proxy)
         tools.podman("load", "-i", str(small_image))
         digest_file = tmp_path / "digest"
         tools.podman("push", "--signature-policy", str(tools.policy), "--creds", f"{USER}:{PASSWORD}",
                      "--digestfile", str(digest_file), "demo:1", f"{proxy.address}/authed/demo:1")
-        write_config(containerd_hosts(name, proxy.address, containerd.hosts_dir), force=True)
+        _containerd_hosts(cli, name, proxy, containerd.hosts_dir)
         with pytest.raises(CriError, match="401|nauthorized"):
             cri_pull(str(containerd.socket), f"{name}/authed/demo:1")  # no pull secret: refused
         cri_pull(str(containerd.socket), f"{name}/authed/demo:1", auth=(USER, PASSWORD))
@@ -182,9 +182,9 @@ def test_kubelet_pull_secret_answers_the_token_challenge_through_the_proxy(conta
 # ---- podman, buildah, skopeo -------------------------------------------------------------------------
 
 
-def test_podman_pulls_by_name_and_pushes_to_the_proxy(tools, named_registry, demo, proxy, soft_certs):
+def test_podman_pulls_by_name_and_pushes_to_the_proxy(cli, tools, named_registry, demo, proxy, soft_certs):
     require("podman")
-    _dropin(tools, named_registry, proxy)
+    _dropin(cli, tools, named_registry.name, proxy)
     ref = f"{named_registry.name}/demo:1"
     tools.podman("pull", "--signature-policy", str(tools.policy), ref)
     assert podman_digest(tools, ref) == demo
@@ -193,10 +193,10 @@ def test_podman_pulls_by_name_and_pushes_to_the_proxy(tools, named_registry, dem
     assert skopeo_raw(f"{named_registry.address}/from-podman:1", soft_certs)[1] == demo
 
 
-def test_podman_push_by_name_is_never_downgraded_to_plain_http(tools, named_registry, demo, proxy):
+def test_podman_push_by_name_is_never_downgraded_to_plain_http(cli, tools, named_registry, demo, proxy):
     """The drop-in sets `insecure` on the proxy's loopback address only, never on the registry's name."""
     require("podman")
-    _dropin(tools, named_registry, proxy)
+    _dropin(cli, tools, named_registry.name, proxy)
     ref = f"{named_registry.name}/demo:1"
     tools.podman("pull", "--signature-policy", str(tools.policy), ref)
     before = len(proxy.lines())
@@ -207,9 +207,9 @@ def test_podman_push_by_name_is_never_downgraded_to_plain_http(tools, named_regi
     assert len(proxy.lines()) == before
 
 
-def test_buildah_builds_and_pushes_through_the_proxy(tools, named_registry, proxy, soft_certs, tmp_path):
+def test_buildah_builds_and_pushes_through_the_proxy(cli, tools, named_registry, proxy, soft_certs, tmp_path):
     require("buildah")
-    _dropin(tools, named_registry, proxy)
+    _dropin(cli, tools, named_registry.name, proxy)
     policy = ["--signature-policy", str(tools.policy)]
     container = tools.buildah("from", *policy, "scratch").stdout.strip()
     (tmp_path / "hello.txt").write_text("built by buildah\n")
@@ -223,8 +223,8 @@ def test_buildah_builds_and_pushes_through_the_proxy(tools, named_registry, prox
     assert skopeo_raw(f"{named_registry.address}/built:1", soft_certs)[1] == pushed
 
 
-def test_skopeo_reads_the_drop_in_too(tools, named_registry, demo, proxy):
-    _dropin(tools, named_registry, proxy)
+def test_skopeo_reads_the_drop_in_too(cli, tools, named_registry, demo, proxy):
+    _dropin(cli, tools, named_registry.name, proxy)
     import hashlib
 
     raw = tools.skopeo("inspect", "--raw", f"docker://{named_registry.name}/demo:1").stdout
@@ -241,16 +241,16 @@ def _one_refusal_line(proxy) -> str:
     return lines[-1]
 
 
-def test_refused_key_ctr_shows_the_proxys_reason(containerd, named_registry, demo, foreign_proxy, tmp_path):
-    hosts = _hosts_dir(tmp_path, named_registry, foreign_proxy)
+def test_refused_key_ctr_shows_the_proxys_reason(cli, containerd, named_registry, demo, foreign_proxy, tmp_path):
+    hosts = _containerd_hosts(cli, named_registry.name, foreign_proxy, tmp_path / "certs.d")
     pulled = containerd.ctr("image", "pull", "--hosts-dir", str(hosts), f"{named_registry.name}/demo:1", check=False)
     assert pulled.returncode != 0
     assert REFUSED in pulled.stderr, pulled.stderr  # the reason phrase of the proxy's 502
     print(pulled.stderr.strip().splitlines()[-1], _one_refusal_line(foreign_proxy), sep="\n")
 
 
-def test_refused_key_cri_pull_shows_the_proxys_reason(containerd, named_registry, demo, foreign_proxy):
-    write_config(containerd_hosts(named_registry.name, foreign_proxy.address, containerd.hosts_dir), force=True)
+def test_refused_key_cri_pull_shows_the_proxys_reason(cli, containerd, named_registry, demo, foreign_proxy):
+    _containerd_hosts(cli, named_registry.name, foreign_proxy, containerd.hosts_dir)
     with pytest.raises(CriError) as refused:
         cri_pull(str(containerd.socket), f"{named_registry.name}/demo:1")
     assert REFUSED in str(refused.value)  # what kubelet would put in the pod's ErrImagePull event
@@ -258,11 +258,11 @@ def test_refused_key_cri_pull_shows_the_proxys_reason(containerd, named_registry
 
 
 @pytest.mark.parametrize("tool", ["podman", "buildah", "skopeo"])
-def test_refused_key_containers_tools_fail_and_the_proxy_logs_why(tool, tools, named_registry, demo, foreign_proxy):
+def test_refused_key_containers_tools_fail_and_the_proxy_logs_why(cli, tool, tools, named_registry, demo, foreign_proxy):
     """containers/image 5.23 prints only the status of its /v2/ ping ("502 (Bad Gateway)"): the reason is
     in the proxy's log line (and in the response's reason phrase and error body, which newer versions show)."""
     require(tool)
-    _dropin(tools, named_registry, foreign_proxy)
+    _dropin(cli, tools, named_registry.name, foreign_proxy)
     policy = ["--signature-policy", str(tools.policy)]
     if tool == "podman":
         failed = tools.podman("pull", *policy, f"{named_registry.name}/demo:1", check=False)
