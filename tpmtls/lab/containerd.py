@@ -10,20 +10,19 @@ with the `native` snapshotter, which works on any file system.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from .process import Component, child_env, fail, find_binary, make_workdir, register, spawn, terminate, unregister
+from .process import Daemon, child_env, fail, find_binary, make_workdir, register, spawn
 
 NAMESPACE = "tpmtls"
 #: The namespace the CRI plugin keeps kubelet's images in.
 CRI_NAMESPACE = "k8s.io"
 
 
-class Containerd(Component):
+class Containerd(Daemon):
     """`containerd --config` of its own; `ctr(...)` runs the CLI against it, `socket` is the CRI endpoint.
 
     `hosts_dir` is the CRI plugin's `config_path` (a certs.d-style tree of `REG[:PORT]/hosts.toml`),
@@ -104,15 +103,6 @@ class Containerd(Component):
                 return next(f for f in fields if f.startswith("sha256:"))
         raise RuntimeError(f"containerd has no image {ref}")
 
-    def _reap(self) -> None:
-        if self._proc is not None:
-            terminate(self._proc, timeout=20)
-            self._proc = None
-            unregister(self)
-
-    def stop(self) -> None:
-        self._reap()
-        shutil.rmtree(self._run, ignore_errors=True)
 
 
 __all__ = ["CRI_NAMESPACE", "Containerd", "NAMESPACE"]
