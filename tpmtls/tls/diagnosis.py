@@ -95,7 +95,7 @@ def diagnose(error: BaseException, *, ours: str | os.PathLike[str] | None = None
     chain = causes(error)
     for e in chain:
         if isinstance(e, (TpmHandshakeError, TpmError, TpmUnavailable, TpmBusy)):
-            return Diagnosis(Cause.TPM, _one_line(str(e)))
+            return Diagnosis(Cause.TPM, _one_line(str(e), limit=1000))  # the TPM's reason names its TCTI: keep it whole
     for e in chain:
         verified = _verification(e)
         if verified is not None:
