@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from ..errors import RegistryError
 
 if TYPE_CHECKING:
-    from .auth import Credentials
     from .client import RegistryClient
+    from .credentials import Credentials
 
 TPMTLS_ROOT = Path("/etc/tpmtls/certs.d")
 DOCKER_ROOT = Path("/etc/docker/certs.d")
@@ -120,8 +120,8 @@ def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" 
     """A client for `registry` set up the way `docker push/pull` would: certs.d (`cert_dir`,
     or tpmtls's root — `certs_root` if given — then Docker's), credentials from the docker
     config unless given, `--resolve`."""
-    from .auth import find_credentials
     from .client import RegistryClient
+    from .credentials import find_credentials
 
     credentials = credentials or find_credentials(registry)  # config errors before any TLS set-up
     if cert_dir:

@@ -21,8 +21,8 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from ..errors import RegistryError
-from .auth import Credentials, parse_challenge
-from .tokens import get_token
+from .credentials import Credentials
+from .tokens import get_token, parse_challenge
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 5  # per request, and per upload resync

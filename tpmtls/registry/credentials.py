@@ -1,11 +1,10 @@
-"""Registry credentials and challenges, as the docker CLI finds and answers them.
+"""Registry credentials, found where the docker CLI finds them.
 
-Credentials: explicit (--username/--password-stdin) > `credHelpers[registry]` >
-`credsStore` > `auths[registry].auth` in `$DOCKER_CONFIG/config.json` (default
-`~/.docker/config.json`). Helpers speak docker-credential-helpers' protocol: the server
-name on stdin of `docker-credential-<name> get`, JSON `{"Username", "Secret"}` back.
-Challenges: `WWW-Authenticate: Basic` or `Bearer realm=…,service=…,scope=…` (distribution
-token auth); tokens are cached per scope.
+Explicit (--username/--password-stdin) > `credHelpers[registry]` > `credsStore` >
+`auths[registry].auth` in `$DOCKER_CONFIG/config.json` (default `~/.docker/config.json`).
+Helpers speak docker-credential-helpers' protocol: the server name on stdin of
+`docker-credential-<name> get`, JSON `{"Username", "Secret"}` back. What is done with
+them (Basic, or a token server's Bearer tokens) is auth.py's business.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,6 @@ from pathlib import Path
 from ..errors import RegistryError
 
 TOKEN_USER = "<token>"  # docker's username for an identity token (credential-helper protocol)
-_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -102,9 +99,3 @@ def helper_credentials(helper: str, registry: str) -> Credentials | None:
         return Credentials(answer["Username"], answer["Secret"], program)
     except (ValueError, KeyError, TypeError):
         raise RegistryError(f"credential helper {program} answered something that is not its JSON") from None
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """'Bearer realm="…",service="…"' → ('bearer', {'realm': …, 'service': …})."""
-    scheme, _, rest = header.strip().partition(" ")
-    return scheme.lower(), dict(_PARAM.findall(rest))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
-from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient
+from .credentials import Credentials
 from .progress import Progress
 from .reference import Reference, parse_reference
 from .sources import INDEX_TYPES

@@ -9,6 +9,7 @@ never receives the registry's own Authorization.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from .client import RegistryClient
 
 CLIENT_ID = "tpmtls"
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """'Bearer realm="…",service="…"' → ('bearer', {'realm': …, 'service': …})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_PARAM.findall(rest))
 
 
 def get_token(client: "RegistryClient", params: dict[str, str], scope: str | None) -> str:
