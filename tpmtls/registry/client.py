@@ -12,8 +12,7 @@ import json
 import ssl
 import threading
 import time
-from abc import ABC, abstractmethod
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
@@ -23,6 +22,9 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 from ..errors import RegistryError
 from .credentials import Credentials
 from .tokens import get_token, parse_challenge
+
+if TYPE_CHECKING:
+    from .sources import Source
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 ATTEMPTS = 5  # per request, and per upload resync
@@ -47,17 +49,6 @@ def parse_resolve(values: list[str] | None) -> dict[str, str]:
             raise RegistryError(f"--resolve {value!r}: write it as HOST:PORT:ADDRESS")
         out[f"{host}:{port}"] = addr.strip("[]")
     return out
-
-
-class Source(ABC):
-    """A blob's bytes, readable again from the start (an upload resumes by re-reading
-    and hashing up to where the registry's copy ends)."""
-
-    size: int | None  # None when unknown before reading (compressed on the fly)
-
-    @abstractmethod
-    def chunks(self) -> Iterator[bytes]:
-        """The bytes, from the start, in pieces."""
 
 
 class RegistryClient:
