@@ -26,7 +26,6 @@ ALLOWED_CYCLES: set[frozenset[str]] = {
     frozenset({"tpmtls.registry.client", "tpmtls.registry.tokens"}),  # registry transport/auth split
 }
 ALLOWED_LONG: set[str] = {
-    "tpmtls.registry.client", "tpmtls.registry.proxy",  # registry transport/auth split
     "tpmtls.tpm.pool",  # pool: one job (issue 20 item 5)
     "tpmtls.docker.proxy", "tpmtls.enroll.acme_server",  # not yet assigned
 }

@@ -1,8 +1,7 @@
-"""An OCI distribution client over a (TPM-backed) ssl.SSLContext.
+"""The OCI distribution API of one registry: check, blobs (exists, mount, upload, get), manifests.
 
-urllib3 (requests' engine) is used directly: uploads stream from re-openable sources
-in bounded chunks, `--resolve` connects to an address while SNI and the certificate
-check use the registry's name, and every retry is ours to bound.
+Requests go through the transport (transport.py: pools, --resolve, https only, retries,
+errors) with the registry's authorization (tokens per scope).
 """
 
 from __future__ import annotations
@@ -11,24 +10,17 @@ import hashlib
 import json
 import ssl
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
-from urllib.parse import urlencode, urlsplit
-
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib.parse import urlencode
 
 from ..errors import RegistryError
 from .credentials import Credentials
 from .tokens import get_token, parse_challenge
+from .transport import ATTEMPTS, ONCE, RETRY_STATUS, Transport, TransportError
 
 if TYPE_CHECKING:
     from .sources import Source
 
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-ATTEMPTS = 5  # per request, and per upload resync
-CONNECT_TIMEOUT = 10.0  # TCP connect and TLS handshake; a silent server fails in this, once
 CHUNK = 8 * 1024 * 1024  # upload chunk: a dropped connection costs at most this much again
 
 MANIFEST_TYPES = (
@@ -37,18 +29,6 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-
-
-def parse_resolve(values: list[str] | None) -> dict[str, str]:
-    """curl's --resolve HOST:PORT:ADDR → {"HOST:PORT": "ADDR"}."""
-    out: dict[str, str] = {}
-    for value in values or []:
-        host, _, rest = value.partition(":")
-        port, _, addr = rest.partition(":")
-        if not host or not port.isdigit() or not addr:
-            raise RegistryError(f"--resolve {value!r}: write it as HOST:PORT:ADDRESS")
-        out[f"{host}:{port}"] = addr.strip("[]")
-    return out
 
 
 class RegistryClient:
@@ -65,59 +45,20 @@ class RegistryClient:
         timeout: float = 120.0,
         client_cert: str | None = None,
     ) -> None:
-        host, _, port = registry.rpartition(":") if ":" in registry else (registry, "", "443")
+        self.transport = Transport(registry, context, resolve=resolve, connections=connections, read_timeout=timeout,
+                                   client_cert=client_cert)
         self.registry = registry
-        self.host = host
-        self.port = int(port)
         self.credentials = credentials
-        self.client_cert = client_cert  # where our client certificate came from (None: no client cert)
-        self._context = context
-        self._resolve = dict(resolve or {})
-        self._connections = connections
-        self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=timeout)
-        self._pool = self._new_pool(host, self.port, block=True)
-        self._others: dict[str, urllib3.HTTPSConnectionPool] = {}  # token servers, storage redirects
+        self.client_cert = client_cert
         self._auth: dict[str, str] = {}  # scope → Authorization header value
         self._challenge: tuple[str, dict[str, str]] | None = None  # the registry's last 401 challenge
         self._token_lock = threading.Lock()
-        self._answered = False  # has the registry ever answered a request?
-        self._lock = threading.Lock()
         self.bytes_sent = 0
 
     def close(self) -> None:
-        self._pool.close()
-        for pool in list(self._others.values()):
-            pool.close()
+        self.transport.close()
 
     # -- requests ------------------------------------------------------------------
-
-    def _new_pool(self, host: str, port: int, *, block: bool) -> urllib3.HTTPSConnectionPool:
-        """HTTPS to host:port, connecting where --resolve says; SNI and the certificate check use `host`."""
-        address = self._resolve.get(f"{host}:{port}", host)
-        return urllib3.HTTPSConnectionPool(
-            address, port, ssl_context=self._context, server_hostname=host, assert_hostname=host,
-            maxsize=self._connections, block=block, timeout=self._timeout, retries=False,
-        )
-
-    def _target(self, url: str, what: str = "a request") -> tuple[Any, str, bool]:
-        """(pool, request target, is it the registry itself?). Only https leaves this process:
-        credentials and layer data never travel in clear (DESIGN §7)."""
-        parts = urlsplit(url)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if not parts.scheme and not parts.netloc:
-            return self._pool, path, True
-        if parts.scheme.lower() != "https":
-            raise RegistryError(f"{self.registry}: refusing to send {what} to {url.split('?')[0]}: "
-                                "it is not https (credentials and layer data never travel in clear)")
-        host, port = parts.hostname or "", parts.port or 443
-        if host.lower() == self.host.lower() and port == self.port:
-            return self._pool, path, True
-        key = f"{host}:{port}"
-        with self._lock:
-            pool = self._others.get(key)
-            if pool is None:
-                pool = self._others[key] = self._new_pool(host, port, block=False)
-        return pool, path, False
 
     def request(
         self,
@@ -130,88 +71,21 @@ class RegistryClient:
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
     ) -> Any:
-        """One request with auth and bounded retries (408/429/5xx, lost connections)."""
-        authed = False
-        for attempt in range(ATTEMPTS):
-            pool, target, ours = self._target(url)
-            hdrs = {"Host": self.registry if ours else urlsplit(url).netloc, **(headers or {})}
-            auth = self._authorization(scope) if ours else None  # never to another host
+        """One request with auth (one new Authorization after a 401) and the transport's bounded retries."""
+        home = self.transport.is_home(url)
+        for renewed in (False, True):
+            hdrs = dict(headers or {})
+            auth = self._authorization(scope) if home else None  # never to another host
             if auth:
                 hdrs["Authorization"] = auth
-            try:
-                resp = pool.urlopen(method, target, body=body, headers=hdrs, redirect=False,
-                                    preload_content=not stream, assert_same_host=False)
-            except Urllib3Error as e:
-                if _plain_http(e):
-                    raise RegistryError(f"{self.registry}: answers in plain HTTP, not TLS (check the port: "
-                                        "tpmtls talks to registries over https only)") from None
-                if _tls_refusal(e):
-                    raise RegistryError(self._tls_reason(e)) from None
-                if not self._answered and _timed_out(e):
-                    raise RegistryError(f"{self.registry}: accepted the connection but did not answer within "
-                                        f"{CONNECT_TIMEOUT:.0f} s (is a TLS registry listening there?)") from None
-                if attempt == ATTEMPTS - 1:
-                    if not self._answered and _closed_after_handshake(e):
-                        # TLS 1.3: our side of the handshake ends before the server judges our
-                        # certificate (RFC 8446, 4.4.2); its alert can be lost in the close.
-                        raise RegistryError(self._cert_refused(
-                            f"it closed every TLS connection right after the handshake: {_reason(e)}")) from None
-                    raise RegistryError(f"{self.registry}: {method} failed after {ATTEMPTS} attempts: {_reason(e)}") from None
-                time.sleep(0.2 * 2**attempt)
-                continue
-            self._answered = True
-            if resp.status == 401 and ours and not authed:
-                authed = True
+            resp = self.transport.send(method, url, headers=hdrs, body=body, stream=stream)
+            if resp.status == 401 and home and not renewed:
                 self._challenged(resp, scope, auth)
                 continue
-            if resp.status in RETRY_STATUS and attempt < ATTEMPTS - 1:
-                resp.drain_conn()
-                time.sleep(_retry_after(resp, 0.2 * 2**attempt))
-                continue
             if resp.status not in ok:
-                raise RegistryError(self._refusal(method, target, resp))
+                raise RegistryError(self.transport.refusal(method, url, resp, self.credentials))
             return resp
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _tls_reason(self, e: Exception) -> str:
-        text = str(e)
-        low = text.lower()
-        if "doesn't match" in low or "hostname mismatch" in low or "ip address mismatch" in low:
-            names = text.split("match", 1)[1].strip(" '.") if "either of" in text else ""
-            also = f" (it names {names.replace('either of ', '')})" if names else ""
-            return f"{self.registry}: its certificate is not valid for the name {self.host!r}{also}"
-        if "certificate verify failed" in low:
-            return f"{self.registry}: server certificate not trusted (check ca.crt in its certs.d directory)"
-        if "alert" in low and ("certificate" in low or "unknown ca" in low or "handshake failure" in low):
-            return self._cert_refused(_reason(e))
-        return f"{self.registry}: TLS failed: {_reason(e)}"
-
-    def _cert_refused(self, detail: str) -> str:
-        """The registry (or its TLS terminator) wants a client certificate it did not get or accept."""
-        if self.client_cert is None:
-            return (f"{self.registry}: the registry requires a client certificate and none is configured for it "
-                    f"(client.cert + client.key in /etc/tpmtls/certs.d/{self.registry}/, or --cert-dir; {detail})")
-        return f"{self.registry}: the registry refused our client certificate {self.client_cert} ({detail})"
-
-    def _refusal(self, method: str, target: str, resp: Any) -> str:
-        if resp.status in (400, 495, 496):  # NGINX & co. judge client certificates after the handshake
-            body = (resp.data or b"")[:2000].decode(errors="replace").lower()
-            for words in ("no required ssl certificate was sent", "ssl certificate error",
-                          "ssl certificate verify error", "certificate required"):
-                if words in body:
-                    return self._cert_refused(f"HTTP {resp.status}: {words}")
-        detail = ""
-        try:
-            errors = json.loads(resp.data or b"{}").get("errors") or []
-            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
-        except (ValueError, AttributeError):
-            pass
-        if resp.status == 401:
-            who = f" as {self.credentials.username} ({self.credentials.source})" if self.credentials else ""
-            return f"{self.registry}: authentication failed{who}: {detail or 'unauthorized'}"
-        if resp.status == 403:
-            return f"{self.registry}: access denied for {target.split('?')[0]}: {detail or 'forbidden'}"
-        return f"{self.registry}: {method} {target.split('?')[0]} answered {resp.status}{': ' + detail if detail else ''}"
 
     def _authorization(self, scope: str) -> str | None:
         """The Authorization value for `scope`: known, or fetched once (under a lock, so parallel
@@ -251,8 +125,8 @@ class RegistryClient:
 
     def token_pool(self, realm: str) -> tuple[Any, str]:
         """Pool and target for a token realm (https only, --resolve applies)."""
-        pool, target, _ = self._target(realm, "credentials")
-        return pool, target
+        target = self.transport.target(realm, "credentials")
+        return target.pool, target.path
 
     # -- the API -------------------------------------------------------------------
 
@@ -264,7 +138,7 @@ class RegistryClient:
         if resp.status == 401 and self.credentials is not None and self._challenge and self._challenge[0] == "bearer":
             self._auth[""] = self._obtain(None)  # the token server accepts our credentials
         elif resp.status == 401 and self.credentials is not None:
-            raise RegistryError(self._refusal("GET", "/v2/", resp))
+            raise RegistryError(self.transport.refusal("GET", "/v2/", resp, self.credentials))
 
     def blob_exists(self, repo: str, digest: str) -> bool:
         resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", _push(repo), ok=(200, 404))
@@ -344,19 +218,18 @@ class RegistryClient:
         if length is not None:
             headers["Content-Length"] = str(length)
             headers["Content-Range"] = f"{start}-{start + length - 1}"
-        pool, target, ours = self._target(location, "layer data")
-        headers["Host"] = self.registry if ours else urlsplit(location).netloc
+        ours = self.transport.is_home(location)
         auth = self._authorization(_push(repo)) if ours else None  # never to a storage host
         if auth:
             headers["Authorization"] = auth
         counted = _Counted(body)
         try:
-            resp = pool.urlopen("PATCH", target, body=counted, headers=headers, redirect=False,
-                                assert_same_host=False, preload_content=True, chunked=length is None)
-        except Urllib3Error as e:
+            resp = self.transport.send("PATCH", location, body=counted, headers=headers, chunked=length is None,
+                                       retries=ONCE, what="layer data")
+        except TransportError as e:
             self.bytes_sent += counted.n
-            if _tls_refusal(e):
-                raise RegistryError(self._tls_reason(e)) from None
+            if not e.transient:
+                raise
             raise _Resync(location) from None
         self.bytes_sent += counted.n
         if resp.status == 416 or resp.status in RETRY_STATUS:
@@ -365,7 +238,7 @@ class RegistryClient:
             self._challenged(resp, _push(repo), auth)
             raise _Resync(location)
         if resp.status != 202:
-            raise RegistryError(self._refusal("PATCH", target, resp))
+            raise RegistryError(self.transport.refusal("PATCH", location, resp, self.credentials))
         progress(counted.n)
         return resp.headers.get("Location", location), counted.n
 
@@ -499,51 +372,3 @@ def _push(repo: str) -> str:
 
 def _pull(repo: str) -> str:
     return f"repository:{repo}:pull"
-
-
-def _tls_refusal(e: Exception) -> bool:
-    """A TLS error that retrying cannot fix (certificates, alerts) vs. a lost connection."""
-    if not isinstance(e, Urllib3SSLError) and "SSL" not in type(getattr(e, "reason", None)).__name__:
-        return False
-    low = str(e).lower()
-    return any(w in low for w in ("certificate", "alert", "handshake", "doesn't match", "verify failed", "unknown ca"))
-
-
-def _plain_http(e: Exception) -> bool:
-    """Our ClientHello reached a plain-HTTP server (never transient: not retried)."""
-    low = str(e).lower()
-    return any(w in low for w in ("wrong version number", "http request", "record layer failure",
-                                  "packet length too long", "unknown protocol"))
-
-
-def _timed_out(e: Exception) -> bool:
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
-
-    if isinstance(e, NewConnectionError):  # urllib3 makes "connection refused" a ConnectTimeoutError
-        return "timed out" in str(e).lower()
-    return isinstance(e, (ConnectTimeoutError, ReadTimeoutError)) or "timed out" in str(e).lower()
-
-
-def _closed_after_handshake(e: Exception) -> bool:
-    low = str(e).lower()
-    return "eof occurred in violation of protocol" in low or "unexpected eof" in low or "connection reset" in low
-
-
-def _retry_after(resp: Any, default: float) -> float:
-    try:
-        return min(10.0, float(resp.headers.get("Retry-After", default)))
-    except ValueError:
-        return default
-
-
-def _reason(e: Exception) -> str:
-    """The innermost cause of a urllib3 error, without its wrapping ("... (Caused by X('…'))")."""
-    text = str(e)
-    if "Caused by " in text:
-        text = text.split("Caused by ", 1)[1]
-        if text.endswith(")"):
-            text = text[:-1]  # the ")" that closed "(Caused by"
-    text = text.strip()
-    while text.startswith(("'", '"')) and text.endswith(("'", '"')) and len(text) > 1:
-        text = text[1:-1]
-    return text[:200]

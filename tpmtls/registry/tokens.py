@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..errors import RegistryError
+from ..tls.diagnosis import diagnose
 
 if TYPE_CHECKING:
     from .client import RegistryClient
@@ -56,9 +57,7 @@ def get_token(client: "RegistryClient", params: dict[str, str], scope: str | Non
             url = target + (sep + urlencode(query) if query else "")
             resp = pool.urlopen("GET", url, headers=headers, redirect=False, assert_same_host=False)
     except Urllib3Error as e:
-        from .client import _reason
-
-        raise RegistryError(f"{client.registry}: token server {realm} unreachable: {_reason(e)}") from None
+        raise RegistryError(f"{client.registry}: token server {realm} unreachable: {diagnose(e).reason}") from None
     return _token_from(client, realm, resp)
 
 
