@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from ..errors import RegistryError
+from .auth import Auth, pull_scope, push_scope
 from .credentials import Credentials
-from .tokens import get_token, parse_challenge
 from .transport import ATTEMPTS, ONCE, RETRY_STATUS, Transport, TransportError
 
 if TYPE_CHECKING:
@@ -47,86 +47,19 @@ class RegistryClient:
     ) -> None:
         self.transport = Transport(registry, context, resolve=resolve, connections=connections, read_timeout=timeout,
                                    client_cert=client_cert)
+        self.auth = Auth(self.transport, credentials)
         self.registry = registry
         self.credentials = credentials
         self.client_cert = client_cert
-        self._auth: dict[str, str] = {}  # scope → Authorization header value
-        self._challenge: tuple[str, dict[str, str]] | None = None  # the registry's last 401 challenge
-        self._token_lock = threading.Lock()
         self.bytes_sent = 0
 
     def close(self) -> None:
         self.transport.close()
 
-    # -- requests ------------------------------------------------------------------
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        scope: str,
-        *,
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-        ok: tuple[int, ...] = (200,),
-        stream: bool = False,
-    ) -> Any:
-        """One request with auth (one new Authorization after a 401) and the transport's bounded retries."""
-        home = self.transport.is_home(url)
-        for renewed in (False, True):
-            hdrs = dict(headers or {})
-            auth = self._authorization(scope) if home else None  # never to another host
-            if auth:
-                hdrs["Authorization"] = auth
-            resp = self.transport.send(method, url, headers=hdrs, body=body, stream=stream)
-            if resp.status == 401 and home and not renewed:
-                self._challenged(resp, scope, auth)
-                continue
-            if resp.status not in ok:
-                raise RegistryError(self.transport.refusal(method, url, resp, self.credentials))
-            return resp
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _authorization(self, scope: str) -> str | None:
-        """The Authorization value for `scope`: known, or fetched once (under a lock, so parallel
-        jobs share one token per scope) when the registry has already told us how."""
-        auth = self._auth.get(scope)
-        if auth is not None or self._challenge is None:
-            return auth
-        with self._token_lock:
-            if scope not in self._auth:
-                self._auth[scope] = self._obtain(scope)
-            return self._auth[scope]
-
-    def _challenged(self, resp: Any, scope: str, used: str | None) -> None:
-        """A 401: remember the challenge, and get a new Authorization for `scope` unless another
-        job already replaced the one this request used."""
-        header = resp.headers.get("WWW-Authenticate", "")
-        resp.drain_conn()
-        self._challenge = parse_challenge(header)
-        if self._challenge[0] not in ("basic", "bearer") or (self._challenge[0] == "bearer"
-                                                            and "realm" not in self._challenge[1]):
-            raise RegistryError(f"{self.registry}: unsupported authentication challenge {header!r}")
-        with self._token_lock:
-            current = self._auth.get(scope)
-            if current is not None and current != used:
-                return  # refreshed by another job meanwhile
-            self._auth[scope] = self._obtain(scope)
-
-    def _obtain(self, scope: str | None) -> str:
-        """Answer the registry's challenge for `scope`: Basic credentials or a bearer token."""
-        assert self._challenge is not None
-        scheme, params = self._challenge
-        if scheme == "basic":
-            if self.credentials is None:
-                raise RegistryError(f"{self.registry}: needs a login (docker login, a credential helper, or --username)")
-            return self.credentials.basic()
-        return f"Bearer {get_token(self, params, scope)}"
-
-    def token_pool(self, realm: str) -> tuple[Any, str]:
-        """Pool and target for a token realm (https only, --resolve applies)."""
-        target = self.transport.target(realm, "credentials")
-        return target.pool, target.path
+    def request(self, method: str, url: str, scope: str, *, headers: dict[str, str] | None = None,
+                body: bytes | None = None, ok: tuple[int, ...] = (200,), stream: bool = False) -> Any:
+        """One authorized request (auth.py) over the transport's bounded retries."""
+        return self.auth.request(method, url, scope, headers=headers, body=body, ok=ok, stream=stream)
 
     # -- the API -------------------------------------------------------------------
 
@@ -135,27 +68,25 @@ class RegistryClient:
         accepted — before any image is read or saved. Asks for no scope, like docker."""
         resp = self.request("GET", "/v2/", "", ok=(200, 401))
         resp.drain_conn()
-        if resp.status == 401 and self.credentials is not None and self._challenge and self._challenge[0] == "bearer":
-            self._auth[""] = self._obtain(None)  # the token server accepts our credentials
-        elif resp.status == 401 and self.credentials is not None:
+        if resp.status == 401 and self.credentials is not None and not self.auth.login():
             raise RegistryError(self.transport.refusal("GET", "/v2/", resp, self.credentials))
 
     def blob_exists(self, repo: str, digest: str) -> bool:
-        resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", _push(repo), ok=(200, 404))
+        resp = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", push_scope(repo), ok=(200, 404))
         resp.drain_conn()
         return resp.status == 200
 
     def mount(self, repo: str, digest: str, source_repo: str) -> str | None:
         """Cross-repository mount: None when mounted (201), else the upload URL (202)."""
         query = urlencode({"mount": digest, "from": source_repo})
-        scope = f"{_push(repo)} repository:{source_repo}:pull"
+        scope = f"{push_scope(repo)} repository:{source_repo}:pull"
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/?{query}", scope, ok=(201, 202),
                             headers={"Content-Length": "0"})
         resp.drain_conn()
         return None if resp.status == 201 else resp.headers["Location"]
 
     def start_upload(self, repo: str) -> tuple[str, int]:
-        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", _push(repo), ok=(202,),
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", push_scope(repo), ok=(202,),
                             headers={"Content-Length": "0"})
         resp.drain_conn()
         return resp.headers["Location"], int(resp.headers.get("OCI-Chunk-Min-Length") or 0)
@@ -185,7 +116,7 @@ class RegistryClient:
         if expected is not None and digest != expected:
             raise RegistryError(f"{self.registry}: blob content does not match its digest {expected} (got {digest})")
         sep = "&" if "?" in location else "?"
-        resp = self.request("PUT", f"{location}{sep}{urlencode({'digest': digest})}", _push(repo), ok=(201,),
+        resp = self.request("PUT", f"{location}{sep}{urlencode({'digest': digest})}", push_scope(repo), ok=(201,),
                             headers={"Content-Length": "0"})
         resp.drain_conn()
         got = resp.headers.get("Docker-Content-Digest")
@@ -219,7 +150,7 @@ class RegistryClient:
             headers["Content-Length"] = str(length)
             headers["Content-Range"] = f"{start}-{start + length - 1}"
         ours = self.transport.is_home(location)
-        auth = self._authorization(_push(repo)) if ours else None  # never to a storage host
+        auth = self.auth.header(push_scope(repo)) if ours else None  # never to a storage host
         if auth:
             headers["Authorization"] = auth
         counted = _Counted(body)
@@ -235,7 +166,7 @@ class RegistryClient:
         if resp.status == 416 or resp.status in RETRY_STATUS:
             raise _Resync(location)
         if resp.status == 401 and ours:
-            self._challenged(resp, _push(repo), auth)
+            self.auth.challenged(resp, push_scope(repo), auth)
             raise _Resync(location)
         if resp.status != 202:
             raise RegistryError(self.transport.refusal("PATCH", location, resp, self.credentials))
@@ -251,7 +182,7 @@ class RegistryClient:
         Range. So a cut *between* requests resumes everywhere, a cut *inside* a request
         resumes where the registry allows it and otherwise starts a fresh upload.
         """
-        resp = self.request("GET", location, _push(repo), ok=(204, 404))
+        resp = self.request("GET", location, push_scope(repo), ok=(204, 404))
         resp.drain_conn()
         if resp.status == 404:
             new, _ = self.start_upload(repo)
@@ -260,7 +191,7 @@ class RegistryClient:
         return resp.headers.get("Location", location), int(last) + 1
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        resp = self.request("PUT", f"/v2/{repo}/manifests/{ref}", _push(repo), body=data, ok=(201,),
+        resp = self.request("PUT", f"/v2/{repo}/manifests/{ref}", push_scope(repo), body=data, ok=(201,),
                             headers={"Content-Type": media_type, "Content-Length": str(len(data))})
         resp.drain_conn()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -270,7 +201,7 @@ class RegistryClient:
         return digest
 
     def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, str]:
-        resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", _pull(repo), headers={"Accept": ", ".join(MANIFEST_TYPES)},
+        resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", pull_scope(repo), headers={"Accept": ", ".join(MANIFEST_TYPES)},
                             ok=(200, 404))
         if resp.status == 404:
             raise RegistryError(f"{self.registry}/{repo}: no manifest {ref!r}")
@@ -283,12 +214,12 @@ class RegistryClient:
 
     def get_blob(self, repo: str, digest: str, write: Callable[[bytes], None]) -> int:
         """Stream a blob to `write`, verifying its digest; returns its size."""
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200, 301, 302, 303, 307, 308),
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", pull_scope(repo), ok=(200, 301, 302, 303, 307, 308),
                             stream=True)
         if resp.status != 200:  # storage redirect: https only, our credentials stay with the registry
             location = resp.headers.get("Location", "")
             resp.drain_conn()
-            resp = self.request("GET", location, _pull(repo), ok=(200,), stream=True)
+            resp = self.request("GET", location, pull_scope(repo), ok=(200,), stream=True)
         hasher, size = hashlib.sha256(), 0
         try:
             for data in resp.stream(1 << 20):
@@ -364,11 +295,3 @@ class _Resync(Exception):
     def __init__(self, location: str) -> None:
         super().__init__(location)
         self.location = location
-
-
-def _push(repo: str) -> str:
-    return f"repository:{repo}:pull,push"
-
-
-def _pull(repo: str) -> str:
-    return f"repository:{repo}:pull"
