@@ -103,9 +103,9 @@ def _failure(e: OSError, cert: str, name: str) -> str:
                f"{found.dates or 'it considers it expired'}"
     if found.cause is not Cause.REFUSED:
         return f"handshake failed: {found.reason}"
-    if "unknown ca" in found.reason:
+    if found.alert == "unknown ca":
         return f"handshake failed: the server refused our client certificate ({found.reason}): " \
                "it does not trust the CA that issued it"
-    if "certificate required" in found.reason:
+    if found.alert == "certificate required":
         return f"handshake failed: the server requires a client certificate and did not accept ours ({found.reason})"
     return f"handshake failed: the server refused our client certificate ({found.reason})"

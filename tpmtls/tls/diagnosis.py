@@ -51,6 +51,7 @@ class Diagnosis:
     ours: bool = False  # EXPIRED: our certificate (the peer said so, or its file's dates) rather than theirs
     not_yet_valid: bool = False  # EXPIRED: before its start date, not past its end
     names: str = ""  # NAME_MISMATCH: the names the certificate holds, when the error lists them
+    alert: str = ""  # the peer's TLS alert, by its RFC 8446 name in words ("unknown ca", "certificate required")
     dates: str = ""  # EXPIRED and ours: "<file> expired on …" / "<file> is not valid before …"
 
     @property
@@ -70,7 +71,9 @@ _NOT_TLS = ("wrong version number", "record layer failure", "packet length too l
 _ALERT = re.compile(r"\b(?:sslv3|tlsv1|tlsv13|tls) alert ([a-z ]+)|remote error: tls: ([a-z ]+)")
 #: Alerts by which a server refuses a client certificate (RFC 8446 6.2; s_server -Verify, Go, NGINX).
 _REFUSING_ALERTS = ("certificate", "unknown ca", "handshake failure")
-_OURS_EXPIRED_ALERTS = ("certificate expired", "expired certificate")
+#: Go names some alerts its own way (crypto/tls alert.go); the RFC's names are ours.
+_GO_ALERTS = {"unknown certificate authority": "unknown ca", "expired certificate": "certificate expired",
+              "revoked certificate": "certificate revoked", "unknown certificate": "certificate unknown"}
 #: NGINX (and others) judging the client certificate after the handshake, in an HTTP 400/495/496 body.
 _HTTP_REFUSALS = ("no required ssl certificate was sent", "the ssl certificate error", "ssl certificate error",
                   "ssl certificate verify error", "certificate required")
@@ -188,11 +191,14 @@ def _from_words(words: str, reason: str, ours: str | os.PathLike[str] | None) ->
     alert = _ALERT.search(words)
     if alert:
         said = (alert.group(1) or alert.group(2)).strip()
-        if any(a in said for a in _OURS_EXPIRED_ALERTS):
-            return Diagnosis(Cause.EXPIRED, reason, ours=True, dates=(certificate_dates(ours) or "") if ours else "")
+        said = _GO_ALERTS.get(said, said)
+        if said == "certificate expired":
+            dates = (certificate_dates(ours) or "") if ours else ""
+            return Diagnosis(Cause.EXPIRED, reason, ours=True, not_yet_valid="not valid before" in dates, dates=dates,
+                             alert=said)
         if any(a in said for a in _REFUSING_ALERTS):
-            return _refused(reason, ours)
-        return Diagnosis(Cause.TLS_FAILED, reason)
+            return _refused(reason, ours, said)
+        return Diagnosis(Cause.TLS_FAILED, reason, alert=said)
     if any(w in words for w in _HTTP_REFUSALS):
         return _refused(reason, ours)
     if any(w in words for w in _NAME_MISMATCH):
@@ -227,12 +233,13 @@ def _from_type(e: BaseException) -> Diagnosis | None:
     return None
 
 
-def _refused(reason: str, ours: str | os.PathLike[str] | None) -> Diagnosis:
+def _refused(reason: str, ours: str | os.PathLike[str] | None, alert: str = "") -> Diagnosis:
     """A refusal of our certificate; its own dates, when they are wrong, say why."""
     dates = certificate_dates(ours) if ours else None
     if dates:
-        return Diagnosis(Cause.EXPIRED, reason, ours=True, not_yet_valid="not valid before" in dates, dates=dates)
-    return Diagnosis(Cause.REFUSED, reason)
+        return Diagnosis(Cause.EXPIRED, reason, ours=True, not_yet_valid="not valid before" in dates, dates=dates,
+                         alert=alert)
+    return Diagnosis(Cause.REFUSED, reason, alert=alert)
 
 
 # --- texts ----------------------------------------------------------------------------------
@@ -249,7 +256,7 @@ def _normal(text: str) -> str:
 def _words(e: BaseException) -> str:
     """An exception's text for matching: its message, and OpenSSL's reason code when it has one."""
     code = getattr(e, "reason", None)
-    return _normal(f"{e} {code if isinstance(code, str) else ''}")
+    return _normal(f"{e} | {code if isinstance(code, str) else ''}")
 
 
 def _one_line(text: str, limit: int = 200) -> str:
