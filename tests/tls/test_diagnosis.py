@@ -3,8 +3,9 @@
 Every error here comes from a real exchange on loopback: `openssl s_server -Verify`,
 docker-registry (Go's TLS server), NGINX judging client certificates after the handshake,
 the docker CLI (Go's TLS client), a plain HTTP server, a silent listener, a closed port, a
-peer that hangs up after the handshake, a killed TPM resource manager. Each client library
-wraps them its own way (stdlib, urllib3, requests, pyOpenSSL); the cause must not depend on it.
+peer that hangs up after the handshake (a TPM that cannot sign: test_handshake_errors.py,
+beside the other outage tests). Each client library wraps them its own way (stdlib,
+urllib3, requests, pyOpenSSL); the cause must not depend on it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import tpmtls
 from support.commands import require
 from support.peers import CountingListener, OpenSSLServer, Pki, clean_env
-from support.tls_clients import pyopenssl_get, stdlib_get
+from support.tls_clients import pyopenssl_get
 from tpmtls.testing import free_port
 from tpmtls.tls.diagnosis import Cause, diagnose, diagnose_response, diagnose_text
 
@@ -331,32 +332,6 @@ def test_a_silent_listener_times_out(kind, pki):
 def test_a_closed_port_is_unreachable(kind, pki):
     found = diagnose(failure(kind, pki, free_port()))
     assert found.cause is Cause.UNREACHABLE and found.reason == "Connection refused", found
-
-
-def test_a_tpm_that_cannot_sign(fresh_tpm, tmp_path):
-    """The TPM's resource manager is killed: the handshake fails on our side, whatever the wrapper."""
-    pki = Pki(tmp_path / "pki")
-    key = tpmtls.connect(fresh_tpm.tcti).create_key("ecc-p256", tmp_path / "k.key")
-    cert = pki.issue(key.public_key(), "outage", "k.crt")
-    from tpmtls.tpm import default_pool
-
-    with OpenSSLServer(pki) as server:
-        ctx = tpmtls.ssl_context(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti, resume=False)
-        session = tpmtls.requests_session(cert, tmp_path / "k.key", pki.ca_file, tcti=fresh_tpm.tcti, resume=False)
-        try:
-            stdlib_get(ctx, server.port)  # works while the TPM is there
-            default_pool(fresh_tpm.tcti).reconnect_timeout = 0.5
-            fresh_tpm.abrmd.kill()
-            with pytest.raises(ssl.SSLError) as plain:
-                stdlib_get(ctx, server.port)
-            with pytest.raises(requests.exceptions.SSLError) as wrapped:
-                session.get(f"https://localhost:{server.port}/", timeout=20)
-        finally:
-            session.close()
-            default_pool(fresh_tpm.tcti).close()
-    for error in (plain.value, wrapped.value):
-        found = diagnose(error)
-        assert found.cause is Cause.TPM and fresh_tpm.tcti in found.reason, found
 
 
 # ---- Go's words, as the docker CLI prints them -------------------------------------------
