@@ -154,7 +154,7 @@ def causes(error: BaseException, limit: int = 20) -> list[BaseException]:
 
 def certificate_dates(path: str | os.PathLike[str]) -> str | None:
     """'<file> expired on …' / '<file> is not valid before …' when the certificate is outside its dates now."""
-    from cryptography import x509
+    from cryptography import x509  # when needed: a diagnosis of a text or an exception needs none
 
     try:
         with open(path, "rb") as f:
