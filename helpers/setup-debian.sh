@@ -8,6 +8,8 @@ packages=(
   build-essential pkg-config libtss2-dev libssl-dev python3-venv python3-dev
   # software TPM, resource manager on a private D-Bus, TPM tools
   swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 dbus tpm2-tools
+  # libfuse3 (and fusermount3) for the lab's /dev/tpmrm0 stand-in, a FUSE file (tests only)
+  fuse3
   # interop reference and benchmark baseline (tests only)
   tpm2-openssl
   # registry, registry client, Docker daemon, NGINX for the mTLS front
@@ -16,6 +18,10 @@ packages=(
   busybox-static
   # test peers (htpasswd: bcrypt entries for the registry's Basic auth)
   openssl curl apache2-utils
+  # enroll-server: libpq for psycopg (--db postgresql://); a PostgreSQL the tests and benchmark start
+  # themselves (initdb in a temp dir); lego, a second standard ACME client the tests drive; iproute2
+  # for the network namespace the server's public-name test runs in
+  libpq5 postgresql lego iproute2
 )
 
 missing=()

@@ -121,3 +121,25 @@ def test_provider_not_built(tpm_client, pki, test_tpm, tmp_path: Path):
                             env={**os.environ, **test_tpm.env, "PYTHONPATH": without_editable_install(copy)},
                             timeout=120, cwd=copy)
     assert doctor.returncode != 0 and "provider: FAILED: the shim provider is not built" in doctor.stdout
+
+
+def test_shim_and_python_disagree_on_the_key_info_struct(tpm_client, pki, test_tpm, tmp_path: Path):
+    """A shim built from other sources than the Python beside it (its key-info struct differs) is
+    refused at load in one line, before any callback could write past the ctypes mirror."""
+    copy = tmp_path / "site"
+    shutil.copytree(Path(tpmtls.__file__).parent, copy / "tpmtls")
+    init = copy / "tpmtls" / "provider" / "__init__.py"
+    source = init.read_text()
+    assert '("pub", ctypes.c_ubyte * 1024)' in source
+    init.write_text(source.replace('("pub", ctypes.c_ubyte * 1024)', '("pub", ctypes.c_ubyte * 512)'))
+    cert, key = tpm_client["ecc-p256"]
+    proc = run_python(f"""
+        import tpmtls
+        assert tpmtls.__file__.startswith({str(copy)!r})
+        try:
+            tpmtls.ssl_context({str(cert)!r}, {str(key)!r}, {str(pki.ca_file)!r})
+        except tpmtls.ProviderError as e:
+            print("error:", e)
+    """, test_tpm.env, pythonpath=without_editable_install(copy), args=("-S",))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "does not match this tpmtls" in proc.stdout and "reinstall" in proc.stdout, proc.stdout

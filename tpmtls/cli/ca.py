@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .._files import check_writable, write_atomic
 from ..errors import UsageError
 from ..pki.ca import FileCA
+from ..pki.csr import load_pem_csr
 from ..tpm import connect
 from ._common import add_tcti, say
 
@@ -64,7 +64,7 @@ def issue(args: argparse.Namespace) -> int:
     out = check_writable(args.out, args.force, inputs=(args.csr, *ca_files))
     ca = FileCA.open(args.dir, args.tcti)
     try:
-        csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
+        csr = load_pem_csr(Path(args.csr).read_bytes())
     except FileNotFoundError:
         raise UsageError(f"{args.csr}: no such CSR file") from None
     except IsADirectoryError:

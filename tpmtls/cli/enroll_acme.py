@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,20 @@ def add_policy_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.set_defaults(func=run_policy)
 
 
+def add_server_state_options(p: argparse.ArgumentParser) -> None:
+    """enroll-server's database, public name, EK hygiene and certificate lifetime."""
+    p.add_argument("--db", metavar="URL", help="state database: sqlite:PATH (default sqlite:enroll.db in the CA "
+                                               "directory) or postgresql://USER@HOST/DB for several instances")
+    p.add_argument("--public-url", metavar="https://NAME:PORT",
+                   help="the URL clients reach this server by: its ACME URLs and its certificate's name "
+                        "(required with a wildcard --listen such as 0.0.0.0:8443)")
+    p.add_argument("--ek-deny", metavar="FILE", help="EK identifiers (urn:ek:sha256:…) to refuse, one per line; "
+                                                    "re-read when it changes")
+    p.add_argument("--ek-crls", metavar="FILE", help="TPM makers' CRLs (PEM); EK certificates they revoke are refused")
+    p.add_argument("--cert-hours", type=float, default=24.0, metavar="H",
+                   help="lifetime of the client certificates issued (default 24)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`enroll-server` always; `enroll` (with `policy`) only if no other module registered one."""
     p = sub.add_parser("enroll-server", help="Attestation CA + ACME device-attest-01 server issuing from a file CA")
@@ -60,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="where to listen (default 127.0.0.1:8443; port 0 picks a free one)")
     p.add_argument("--attestation-roots", metavar="BUNDLE",
                    help="CAs whose AK certificates the ACME side accepts (default: this server's Attestation CA)")
+    add_server_state_options(p)
     p.set_defaults(func=run_server)
     if "enroll" in sub.choices:
         return
@@ -139,23 +153,24 @@ def _listen(text: str) -> tuple[str, int]:
 
 def run_server(args: argparse.Namespace) -> int:
     """`tpmtls enroll-server`: serve until SIGTERM/SIGINT; one line per refusal on stderr."""
-    from ..enroll.acme_server import EnrollApp, EnrollServer
+    from ..enroll.acme_server import EnrollApp, EnrollServer, Settings
 
     host, port = _listen(args.listen)
-    app = EnrollApp(args.ca, args.ek_roots, args.policy, attestation_roots=args.attestation_roots)
-    server = EnrollServer(app, host, port)
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    say(f"tpmtls enroll-server: ACME directory {server.directory_url}; Attestation CA {server.url}/attest; "
-        f"issuing from {args.ca}")
-    sys.stdout.flush()
+    if not 0 < args.cert_hours <= 24 * 825:
+        raise UsageError(f"--cert-hours {args.cert_hours:g}: give a lifetime between a few minutes and 825 days")
+    app = EnrollApp(args.ca, args.ek_roots, args.policy, attestation_roots=args.attestation_roots, db=args.db,
+                    settings=Settings(cert_hours=args.cert_hours), ek_deny=args.ek_deny, ek_crls=args.ek_crls)
     try:
-        server.serve_forever()
+        server = EnrollServer(app, host, port, public_url=args.public_url)
+        say(f"tpmtls enroll-server: ACME directory {server.directory_url}; Attestation CA {server.url}/attest; "
+            f"issuing from {args.ca}; state in {app.store.url}")
+        sys.stdout.flush()
+        try:
+            server.serve_forever()
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        app.close()
     return 0
 
 

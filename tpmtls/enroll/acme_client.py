@@ -35,7 +35,7 @@ from ..tpm.device import Tpm
 from ..tpm.keys import AnyTpmKey
 from .acme_attobj import encode_att_obj
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
-from .attestation import AkCredential, obtain_ak_certificate, tls_problem
+from .attestation import AkCredential, obtain_ak_certificate, pcr_quote, tls_problem
 
 PERMANENT_IDENTIFIER = messages.IdentifierType("permanent-identifier")
 DEADLINE = 90.0
@@ -151,10 +151,16 @@ class Enroller:
         return key
 
     def att_obj(self, cred: AkCredential, key: AnyTpmKey, key_authorization: str) -> bytes:
+        """TPM2_Certify of the key and, when the Attestation CA names PCRs, a quote of them, both over
+        SHA-256(keyAuthorization): the server checks the PCR policy for this very certificate."""
         certified = self.attested_key(key)
-        cert_info, sig = self._tpm(attest.certify, self.tpm, cred.ak.blob, certified,
-                                   hashlib.sha256(key_authorization.encode()).digest())
-        return encode_att_obj(cred.chain, certified.tpm_public.publicArea.marshal(), cert_info, sig)
+        nonce = hashlib.sha256(key_authorization.encode()).digest()
+        cert_info, sig = self._tpm(attest.certify, self.tpm, cred.ak.blob, certified, nonce)
+        quote = None
+        if cred.pcrs:
+            quoted, quote_sig, values = pcr_quote(self.tpm, cred.ak, nonce, cred.pcrs, self._tpm)
+            quote = {"quoted": quoted, "sig": quote_sig, "pcrs": values}
+        return encode_att_obj(cred.chain, certified.tpm_public.publicArea.marshal(), cert_info, sig, quote)
 
     def csr(self, key: AnyTpmKey, identifier: str) -> x509.CertificateSigningRequest:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identifier)])
@@ -247,7 +253,7 @@ class Enroller:
     def _install(self, key: AnyTpmKey, chain_pem: str) -> Path:
         """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
         client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
-        client.key it cannot parse (DESIGN §2)."""
+        client.key it cannot parse (docs/formats.md, "certs.d")."""
         from ..pki.install import DEFAULT_ROOT, check_hostport
 
         root = self.o.certs_root or Path(os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)

@@ -3,7 +3,7 @@
 DIR holds `ca.crt` and `ca.key`: a software ECDSA P-256 key (mode 0600), or with
 `tpm=` a P-256 key created inside the registry owner's TPM (`ca.key` is then a TSS2 key
 file: the CA key cannot be copied off that machine, and it signs through the pool).
-Fleets plug in an external CA instead (DESIGN §10).
+Fleets plug in an external CA instead (docs/enrollment.md, "Fleets: point the same client at step-ca").
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -111,11 +111,17 @@ class FileCA:
         """Sign `csr` for a client (clientAuth) or a server (serverAuth, with SANs)."""
         if not csr.is_signature_valid:
             raise UsageError("the CSR's signature does not verify: it was not signed by its key")
+        return self.issue_for(csr.public_key(), csr.subject, server=server, sans=sans,
+                              lifetime=datetime.timedelta(days=days))
+
+    def issue_for(self, public_key: Any, subject: x509.Name, *, lifetime: datetime.timedelta, server: bool = False,
+                  sans: Sequence[str] = ()) -> x509.Certificate:
+        """A certificate whose every field comes from the caller's policy, none from a request."""
         now = datetime.datetime.now(datetime.timezone.utc)
         b = (
-            x509.CertificateBuilder().subject_name(csr.subject).issuer_name(self.cert.subject)
-            .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -7,6 +7,15 @@
 
 #include "shim.h"
 
+/* Each dispatch function declared with OpenSSL's own type before the table casts it to
+ * void (*)(void): a definition that does not match the core's signature fails to compile. */
+static OSSL_FUNC_provider_teardown_fn shim_teardown;
+static OSSL_FUNC_provider_query_operation_fn shim_query;
+static OSSL_FUNC_provider_get_reason_strings_fn shim_get_reason_strings;
+static OSSL_FUNC_provider_gettable_params_fn shim_gettable_params;
+static OSSL_FUNC_provider_get_params_fn shim_get_params;
+SHIM_EXPORT OSSL_provider_init_fn OSSL_provider_init;
+
 struct shim_callbacks shim_cb;
 
 /*
@@ -14,7 +23,7 @@ struct shim_callbacks shim_cb;
  * callbacks; an atexit hook calls tpmtls_shutdown() before the interpreter tears
  * down its modules, because OpenSSL frees keys (and may even sign, from a daemon
  * thread) during the final garbage collection, when a ctypes callback would crash
- * the process (FINDINGS "Process exit").
+ * the process (docs/facts-openssl.md, "A TPM key freed at interpreter exit").
  */
 static int python_alive;
 
@@ -38,6 +47,13 @@ SHIM_EXPORT void tpmtls_shutdown(void)
 int shim_python_alive(void)
 {
     return __atomic_load_n(&python_alive, __ATOMIC_SEQ_CST);
+}
+
+/* sizeof(shim_keyinfo): Python's ctypes mirror (KeyInfo) checks it before registering callbacks,
+ * so a struct changed on one side only is refused at load instead of corrupting memory. */
+SHIM_EXPORT size_t tpmtls_keyinfo_size(void)
+{
+    return sizeof(shim_keyinfo);
 }
 
 /* How many OpenSSL cores have initialised us: `tpmtls doctor` shows it. */

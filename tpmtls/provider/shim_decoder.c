@@ -9,6 +9,16 @@
 
 #include "shim.h"
 
+/* Each dispatch function declared with OpenSSL's own type before the table casts it to
+ * void (*)(void): a definition that does not match the core's signature fails to compile. */
+static OSSL_FUNC_decoder_newctx_fn pem_newctx;
+static OSSL_FUNC_decoder_freectx_fn dec_freectx;
+static OSSL_FUNC_decoder_decode_fn pem_decode;
+static OSSL_FUNC_decoder_newctx_fn rsa_newctx;
+static OSSL_FUNC_decoder_does_selection_fn key_does_selection;
+static OSSL_FUNC_decoder_decode_fn key_decode;
+static OSSL_FUNC_decoder_newctx_fn ec_newctx;
+
 #define SHIM_MAX_INPUT (64 * 1024) /* key files are < 4 KB */
 
 typedef struct {

@@ -3,13 +3,33 @@
  *
  * export gives public parts only and REFUSES any selection that includes the
  * private key: otherwise OpenSSL exports the key to the default provider, picks
- * the default signature there and fails with "missing private key" (FINDINGS).
+ * the default signature there and fails with "missing private key" (docs/facts-openssl.md,
+ * "A key provider's export must refuse the private half").
  * There is no import: a software key must never land here, or OpenSSL would
  * hand its private operations to us.
  */
 #include <string.h>
 
 #include "shim.h"
+
+/* Each dispatch function declared with OpenSSL's own type before the table casts it to
+ * void (*)(void): a definition that does not match the core's signature fails to compile. */
+static OSSL_FUNC_keymgmt_new_fn km_new;
+static OSSL_FUNC_keymgmt_free_fn km_free;
+static OSSL_FUNC_keymgmt_dup_fn km_dup;
+static OSSL_FUNC_keymgmt_load_fn km_load;
+static OSSL_FUNC_keymgmt_has_fn km_has;
+static OSSL_FUNC_keymgmt_match_fn km_match;
+static OSSL_FUNC_keymgmt_get_params_fn rsa_get_params;
+static OSSL_FUNC_keymgmt_gettable_params_fn rsa_gettable_params;
+static OSSL_FUNC_keymgmt_export_fn rsa_export;
+static OSSL_FUNC_keymgmt_export_types_fn rsa_export_types;
+static OSSL_FUNC_keymgmt_query_operation_name_fn rsa_query_operation_name;
+static OSSL_FUNC_keymgmt_get_params_fn ec_get_params;
+static OSSL_FUNC_keymgmt_gettable_params_fn ec_gettable_params;
+static OSSL_FUNC_keymgmt_export_fn ec_export;
+static OSSL_FUNC_keymgmt_export_types_fn ec_export_types;
+static OSSL_FUNC_keymgmt_query_operation_name_fn ec_query_operation_name;
 
 static void *km_new(void *provctx)
 {

@@ -13,6 +13,24 @@
 
 #include "shim.h"
 
+/* Each dispatch function declared with OpenSSL's own type before the table casts it to
+ * void (*)(void): a definition that does not match the core's signature fails to compile. */
+static OSSL_FUNC_signature_freectx_fn sig_freectx;
+static OSSL_FUNC_signature_dupctx_fn sig_dupctx;
+static OSSL_FUNC_signature_sign_init_fn sig_sign_init;
+static OSSL_FUNC_signature_sign_fn sig_sign;
+static OSSL_FUNC_signature_digest_sign_init_fn sig_digest_sign_init;
+static OSSL_FUNC_signature_digest_sign_update_fn sig_update;
+static OSSL_FUNC_signature_digest_sign_final_fn sig_digest_sign_final;
+static OSSL_FUNC_signature_digest_sign_fn sig_digest_sign;
+static OSSL_FUNC_signature_get_ctx_params_fn sig_get_ctx_params;
+static OSSL_FUNC_signature_gettable_ctx_params_fn sig_gettable_ctx_params;
+static OSSL_FUNC_signature_set_ctx_params_fn sig_set_ctx_params;
+static OSSL_FUNC_signature_newctx_fn rsa_newctx;
+static OSSL_FUNC_signature_settable_ctx_params_fn rsa_settable_ctx_params;
+static OSSL_FUNC_signature_newctx_fn ec_newctx;
+static OSSL_FUNC_signature_settable_ctx_params_fn ec_settable_ctx_params;
+
 #define MAX_MESSAGE (1u << 24) /* 16 MiB: far above any handshake */
 
 typedef struct {

@@ -129,7 +129,7 @@ class Transport:
 
     def target(self, url: str, what: str = "a request") -> Target:
         """Where `url` (a path on the registry, or an absolute URL) goes. Only https leaves this
-        process: credentials and layer data never travel in clear (docs/registry.md)."""
+        process: credentials and layer data never travel in clear (docs/trust.md, "Registry credentials")."""
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not parts.scheme and not parts.netloc:
