@@ -1,4 +1,5 @@
-"""Real components for every test: swtpm + private D-Bus + tpm2-abrmd, started here."""
+"""Real components for every test: swtpm + private D-Bus + tpm2-abrmd, started here; the test
+PKI, openssl s_server, docker-registry and a private dockerd for the layers that share them."""
 
 from __future__ import annotations
 
@@ -108,3 +109,15 @@ def dockerd(tmp_path_factory):
 
     with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
         yield d
+
+
+#: Fixtures that start a dockerd. It needs root, writes /etc/docker/key.json on its first start
+#: (dockerd 20.10's trust key) and makes cgroups and mounts for its containers: every test that
+#: uses one is a `machine` test, marked here so that a new test cannot forget it.
+DOCKERD_FIXTURES = frozenset({"dockerd", "tls_dockerd"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DOCKERD_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.machine)

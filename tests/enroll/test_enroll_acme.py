@@ -6,11 +6,8 @@ A itself with `tpmtls enroll policy`; the registry accepts client certs of the f
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,38 +17,28 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from support.attest import EkCa, ek_machine
 from support.commands import Cli, require
+from support.processes import Supervised
 from support.registry import env_for, run_cli
 
 
-class ServerProcess:
-    """`tpmtls enroll-server … --listen 127.0.0.1:0`, its URL read from its first stdout line; stopped by PID."""
+class ServerProcess(Supervised):
+    """`tpmtls enroll-server … --listen 127.0.0.1:0`; its ACME directory URL read from the line it prints."""
+
+    name = "enroll-server"
+    ready_line = "ACME directory"
 
     def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
-        self.log = cwd / "enroll-server.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "tpmtls", "enroll-server", *args, "--listen", "127.0.0.1:0"],
-                                     cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                     stderr=open(self.log, "wb"), text=True, start_new_session=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # bounded: the process prints it or exits
-        m = re.search(r"ACME directory (https://\S+/acme/directory);", line)
-        if m is None:
-            self.stop()
-            raise AssertionError(f"enroll-server did not start: {line!r} {self.log.read_text()}")
+        super().__init__([sys.executable, "-m", "tpmtls", "enroll-server", *args, "--listen", "127.0.0.1:0"],
+                         cwd / "enroll-server.log", env)
+        m = re.search(r"ACME directory (https://\S+/acme/directory);", self.text())
+        assert m, self.text()
         self.directory = m.group(1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def enroll_server_process(tmp_path_factory):
+    """(tmp, machine, cli, server): machine A (EK certificates from a private EK CA) driven by the
+    CLI, and `tpmtls enroll-server` as its own process, issuing from tmp/ca under A's PCR policy."""
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
     tmp = tmp_path_factory.mktemp("enroll")
     ek_ca = EkCa(tmp / "ekca")
@@ -62,14 +49,14 @@ def world(tmp_path_factory):
     server = ServerProcess(machine.env, tmp, "--ca", str(tmp / "ca"), "--ek-roots",
                            str(ek_ca.bundle(tmp / "ek-roots.pem")), "--policy", str(tmp / "policy.json"))
     yield tmp, machine, cli, server
-    rc = server.stop()
+    server.stop()
     machine.stop()
-    assert rc == 0, server.log.read_text()
-    assert "Traceback" not in server.log.read_text()
+    assert server.returncode == 0, server.text()
+    assert "Traceback" not in server.text()
 
 
-def test_policy_file_records_current_pcrs(world):
-    tmp, _, cli, _ = world
+def test_policy_file_records_current_pcrs(enroll_server_process):
+    tmp, _, cli, _ = enroll_server_process
     import json
 
     doc = json.loads((tmp / "policy.json").read_text())
@@ -78,8 +65,8 @@ def test_policy_file_records_current_pcrs(world):
     assert "already exists" in cli.fails("enroll", "policy", "--out", str(tmp / "policy.json"))
 
 
-def test_machine_enrolls_and_pushes_with_the_certificate(world, pki, small_image, tmp_path):
-    tmp, machine, cli, server = world
+def test_machine_enrolls_and_pushes_with_the_certificate(enroll_server_process, pki, small_image, tmp_path):
+    tmp, machine, cli, server = enroll_server_process
     require("docker-registry")
     from tpmtls.lab import Registry
 
@@ -109,8 +96,8 @@ def test_machine_enrolls_and_pushes_with_the_certificate(world, pki, small_image
         assert "enrolled:1" in push.stdout or "1: digest: sha256:" in push.stdout
 
 
-def test_renew_re_attests_the_same_key(world, tmp_path):
-    tmp, _, cli, server = world
+def test_renew_re_attests_the_same_key(enroll_server_process, tmp_path):
+    tmp, _, cli, server = enroll_server_process
     args = ("--acme", server.directory, "--cafile", str(tmp / "ca" / "ca.crt"),
             "--key-out", str(tmp_path / "k"), "--cert-out", str(tmp_path / "c"))
     cli("enroll", *args)
@@ -129,16 +116,16 @@ def test_renew_re_attests_the_same_key(world, tmp_path):
     assert line.endswith(f"{tmp_path / 'c2'} is not the certificate of {tmp_path / 'k'}; renew each key with its own")
 
 
-def test_untrusted_server_is_one_line_and_writes_nothing(world, tmp_path):
-    tmp, _, cli, server = world
+def test_untrusted_server_is_one_line_and_writes_nothing(enroll_server_process, tmp_path):
+    tmp, _, cli, server = enroll_server_process
     line = cli.fails("enroll", "--acme", server.directory, "--key-out", str(tmp_path / "k"),
                      "--cert-out", str(tmp_path / "c"))
     assert "TLS verification failed" in line and "--cafile" in line
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
 
 
-def test_enroll_server_bad_files_are_one_line(world, tmp_path):
-    tmp, _, cli, _ = world
+def test_enroll_server_bad_files_are_one_line(enroll_server_process, tmp_path):
+    tmp, _, cli, _ = enroll_server_process
     line = cli.fails("enroll-server", "--ca", str(tmp_path / "nope"), "--ek-roots", str(tmp / "ek-roots.pem"),
                      "--policy", str(tmp / "policy.json"))
     assert "not a CA directory" in line
@@ -151,13 +138,13 @@ def test_enroll_server_bad_files_are_one_line(world, tmp_path):
     assert "holds no PEM certificate" in line
 
 
-def test_refusal_is_one_line_on_both_sides(world, tmp_path):
-    tmp, _, cli, server = world
+def test_refusal_is_one_line_on_both_sides(enroll_server_process, tmp_path):
+    tmp, _, cli, server = enroll_server_process
     line = cli.fails("enroll", "--acme", server.directory, "--id", "urn:ek:sha256:not-this-tpm",
                      "--cafile", str(tmp / "ca" / "ca.crt"), "--key-out", str(tmp_path / "k"),
                      "--cert-out", str(tmp_path / "c"))
     assert line.startswith(f"tpmtls: {server.directory}: refused (badAttestationStatement): "
                            "permanent identifier does not match"), line
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
-    logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
+    logged = [s for s in server.lines() if "not-this-tpm" in s]
     assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged

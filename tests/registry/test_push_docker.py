@@ -6,18 +6,13 @@ import io
 import subprocess
 import tarfile
 
-from support.peers import clean_env
-from support.registry import (
-    env_for,
-    one_line_failure,
-    run_cli,
-    skopeo_raw,
-    tpm_cert_dir,
-)
+from support.commands import one_line
+from support.registry import env_for, run_cli, skopeo_raw, tpm_cert_dir
+from tpmtls.lab.process import child_env
 
 
 def docker(dockerd, *args: str, input: bytes | None = None) -> str:
-    proc = subprocess.run(["docker", *args], env={**clean_env(), **dockerd.env}, input=input, capture_output=True,
+    proc = subprocess.run(["docker", *args], env={**child_env(), **dockerd.env}, input=input, capture_output=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     return proc.stdout.decode()
@@ -51,7 +46,7 @@ def test_mission_push_and_pull_with_dockerd(dockerd, registry, pki, tpm, soft_ce
 def test_unknown_daemon_image(dockerd, registry, tpm_certs, test_tpm, tmp_path):
     proc = run_cli("push", "no-such-image:1", f"localhost:{registry.port}/x:1", "--cert-dir", str(tpm_certs),
                    env=env_for(test_tpm, tmp_path, **dockerd.env))
-    assert "no-such-image:1: no such image in the local Docker daemon" in one_line_failure(proc)
+    assert "no-such-image:1: no such image in the local Docker daemon" in one_line(proc)
 
 
 def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_tpm, tmp_path):
@@ -73,7 +68,7 @@ def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_t
     since = str(int(time.time()) - 1)
     proc = run_cli("push", "unsaved:1", f"localhost:{registry.port}/x:1", "--cert-dir", str(certs),
                    env=env_for(test_tpm, tmp_path, **dockerd.env))
-    assert "refused our client certificate" in one_line_failure(proc)
+    assert "refused our client certificate" in one_line(proc)
     until = str(int(time.time()) + 1)
     events = docker(dockerd, "events", "--since", since, "--until", until, "--filter", "type=image",
                     "--format", "{{.Action}} {{.Actor.ID}}")

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import tpmtls
-from support.peers import CuttingProxy, clean_env
+from support.peers import CuttingProxy
 from support.registry import env_for, skopeo_layers, skopeo_raw
 from tpmtls.lab import build_docker_archive
+from tpmtls.lab.process import child_env
 from tpmtls.registry.push import BlobCache
 
 LAYER = 24_000_000  # random, so gzip cannot shrink it: ~24 MB on the wire
@@ -60,7 +61,7 @@ after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(before, after, r.bytes_sent)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          env={**clean_env(), **env_for(test_tpm, tmp_path)})
+                          env={**child_env(), **env_for(test_tpm, tmp_path)})
     assert proc.returncode == 0, proc.stderr
     before_kb, after_kb, sent = map(int, proc.stdout.split())
     print(f"RSS before {before_kb / 1024:.1f} MB, peak {after_kb / 1024:.1f} MB, sent {sent / 1e6:.1f} MB")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from support.commands import require
-from support.peers import clean_env
 from support.proxy import RegistryProxyProcess, docker, hosts_entry, unique_name
 from support.registry import skopeo_raw
+from tpmtls.lab.process import child_env
 
 LOG_LINE = r"^\d\d:\d\d:\d\d tpmtls proxy: (GET|HEAD|POST|PUT|PATCH|DELETE) /\S* \d{3} up=\d+ down=\d+ \d+ms"
 
@@ -98,7 +98,7 @@ def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, t
     name = unique_name()
     server_cert = pki.issue(_server_key(pki).public_key(), name, f"{name}.crt", server=True)  # SAN: the name
     with Registry(server_cert, pki.dir / "own-name.key", pki.ca_file, tmp_path / "reg") as reg, \
-            hosts_entry(name, "127.0.0.2"):
+            hosts_entry(name, "127.0.0.2", dockerd_env=dockerd.env):
         hostport = f"{name}:{reg.port}"
         certs = tmp_path / "certs"
         shutil.copytree(tpm_certs, certs)
@@ -153,7 +153,7 @@ def test_eight_concurrent_clients_get_the_same_digest(proxy, loaded, dockerd, tm
     def skopeo_copy(i: int) -> str:
         out = tmp_path / f"dir-{i}"  # dir: keeps the manifest as served (oci: would convert it)
         proc = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{repos[i]}", f"dir:{out}"],
-                              capture_output=True, text=True, env=clean_env(), timeout=300)
+                              capture_output=True, text=True, env=child_env(), timeout=300)
         assert proc.returncode == 0, proc.stderr
         return "sha256:" + hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
 
@@ -240,7 +240,7 @@ def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm
     if os.geteuid() != 0:
         pytest.skip("binding port 80 needs root or CAP_NET_BIND_SERVICE")  # the suite runs as root here
     name = unique_name("portless")
-    with hosts_entry(name, "127.0.0.3"), \
+    with hosts_entry(name, "127.0.0.3", dockerd_env=dockerd.env), \
             RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}",
                                  "--listen", "127.0.0.3:80", "--cert-dir", str(tpm_certs)) as p:
         ref = f"{name}/portless:1"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from support.processes import Supervised
 from tpmtls.testing import free_port
 
 PEM = serialization.Encoding.PEM
@@ -78,48 +77,25 @@ class Pki:
         return self.issue(key.public_key(), cn, f"{cn}.crt"), self._write_key(f"{cn}.key", key)
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
-    env.update(extra or {})
-    return env
+class OpenSSLServer(Supervised):
+    """`openssl s_server` on a free loopback port (`address`: 127.0.0.1 or ::1), serving the
+    CA's server certificate unless `cert`/`key` are given; ready once it prints ACCEPT."""
 
-
-class OpenSSLServer:
-    """`openssl s_server` on a free loopback port; stopped by PID."""
+    name = "openssl s_server"
+    ready_line = "ACCEPT"
 
     def __init__(self, pki: Pki, *extra: str, verify_client: bool = True, www: bool = True,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log = pki.dir / f"s_server-{self.port}.log"
-        args = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(pki.server_cert),
-                "-key", str(pki.server_key), "-CAfile", str(pki.ca_file), "-naccept", "100000"]
+                 env: dict[str, str] | None = None, address: str = "127.0.0.1", cert: Path | None = None,
+                 key: Path | None = None) -> None:
+        self.address, self.port = address, free_port()
+        accept = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
+        args = ["openssl", "s_server", "-accept", accept, "-cert", str(cert or pki.server_cert),
+                "-key", str(key or pki.server_key), "-CAfile", str(pki.ca_file), "-naccept", "100000"]
         if verify_client:
             args += ["-Verify", "1", "-verify_return_error"]
         if www:
             args.append("-www")
-        self.proc = subprocess.Popen([*args, *extra], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=clean_env(env), start_new_session=True)
-        deadline = time.monotonic() + 10
-        while b"ACCEPT" not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"openssl s_server did not start: {self.log.read_text()[-500:]}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def __enter__(self) -> "OpenSSLServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__([*args, *extra], pki.dir / f"s_server-{self.port}.log", env)
 
 
 class PythonTlsServer:

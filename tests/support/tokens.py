@@ -7,6 +7,7 @@ import datetime
 import http.server
 import json
 import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -125,3 +126,16 @@ def registry_with_token_server(pki, work: Path, realm_host: str = "localhost") -
             yield reg, tokens
     finally:
         tokens.close()
+
+
+@contextmanager
+def htpasswd_registry(pki, work: Path, client_ca: Path | None, user: str = USER,
+                      password: str = PASSWORD) -> Iterator[Registry]:
+    """A TLS docker-registry with Basic auth for `user` (an htpasswd file, bcrypt), requiring client
+    certificates from `client_ca` unless it is None."""
+    require("htpasswd", "docker-registry")
+    htpasswd = work / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, check=True, text=True).stdout
+    htpasswd.write_text(line.strip() + "\n")
+    with Registry(pki.server_cert, pki.server_key, client_ca, work / "reg", htpasswd=htpasswd) as reg:
+        yield reg
