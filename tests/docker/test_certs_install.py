@@ -129,6 +129,7 @@ def test_tpm_key_in_dockers_certs_d_still_works_with_a_warning(registry, pki, tp
     assert len(warnings) == 1 and "mv " in warnings[0] and str(tmp_path / "empty" / host) in warnings[0]
 
 
+@pytest.mark.machine  # writes /etc/docker/certs.d; starts dockerd
 def test_stock_docker_pull_still_works_after_certs_install(registry, pki, tpm, small_image, test_tpm, tmp_path,
                                                            monkeypatch, cli):
     """Stock dockerd with Docker's certs.d (software pair) for the registry; `tpmtls certs install`

@@ -22,6 +22,7 @@ from support.daemon import (
     run,
     tpmtls_cli,
 )
+from support.wait import wait_until
 from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
@@ -91,7 +92,9 @@ def test_eight_concurrent_cli_calls_all_succeed_on_resumed_sessions(proxy, tmp_p
         results = list(pool.map(lambda args: run([DOCKER, *args], env=cli_env(proxy, tmp_path)), commands))
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
     assert all(r.stdout.strip() == "concurrent" for r in results if "run" in r.args)
-    time.sleep(0.5)
+    # the proxy logs a connection once it has ended: wait for the eight lines (or fail naming them)
+    wait_until(lambda: len([ln for ln in proxy.lines()[before:] if ": conn " in ln]) >= 8, 30,
+               "the proxy logging the eight connections")
     new = [ln for ln in proxy.lines()[before:] if ": conn " in ln]
     assert len(new) >= 8, new
     assert all(": resumed, " in ln for ln in new), [ln for ln in new if ": resumed, " not in ln]  # no TPM signature per call

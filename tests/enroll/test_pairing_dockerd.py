@@ -10,7 +10,6 @@ import shutil
 import socket
 import stat
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import tpmtls
 from support.commands import require
 from support.daemon import DOCKER, ProxyProcess, busybox_archive, run, tpmtls_cli
 from support.pairing import AgentProcess
+from support.wait import wait_until
 from tpmtls.enroll.pairing_client import ensure_server_enrolled
 from tpmtls.testing import free_port
 
@@ -55,6 +55,7 @@ def run_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.machine  # the agent execs dockerd (root, /etc/docker/key.json)
 def test_pair_then_dockerd_on_the_same_socket(pairing_store, run_dir, test_tpm, tmp_path):
     store, state = pairing_store
     port = free_port()
@@ -83,10 +84,7 @@ def test_pair_then_dockerd_on_the_same_socket(pairing_store, run_dir, test_tpm, 
 
         # exec, not fork: dockerd has the agent's PID (so LISTEN_PID held)
         pidfile = run_dir / "docker.pid"
-        for _ in range(600):
-            if pidfile.exists() and pidfile.read_text().strip():
-                break
-            time.sleep(0.05)
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, f"dockerd writing {pidfile}")
         assert int(pidfile.read_text()) == agent.pid
 
         # docker-py through tpmtls, with the store's directory as DOCKER_CERT_PATH

@@ -14,6 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from support.commands import one_line, require
 from support.daemon import tpmtls_cli
 from support.pairing import AgentProcess, Impostor, make_cert
+from support.wait import wait_until
 from tpmtls.enroll.pairing_client import (
     EnrollmentError,
     connect_pinned,
@@ -173,6 +174,7 @@ def test_a_trickling_peer_cannot_hold_the_agent(pairing_store, test_tpm, tmp_pat
     with AgentProcess(tmp_path, env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
                       "--listen", f"127.0.0.1:{port}", "--dockerd", "true") as agent:
         stop = threading.Event()
+        sent: list[int] = []
 
         def trickle() -> None:  # a ClientHello one byte every 0.5 s, for at most 60 s
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -183,11 +185,13 @@ def test_a_trickling_peer_cannot_hold_the_agent(pairing_store, test_tpm, tmp_pat
                         s.sendall(bytes([byte]))
                     except OSError:
                         return
-                    time.sleep(0.5)
+                    sent.append(byte)
+                    time.sleep(0.5)  # the pace is the point: the ClientHello would take a minute, past any deadline
 
         slow = threading.Thread(target=trickle, daemon=True)
         slow.start()
-        time.sleep(0.5)  # the slow peer is being served now
+        # the slow peer is connected (and so served first: one connection at a time, in order)
+        wait_until(lambda: sent, 30, "the slow peer's first byte")
         with pytest.raises(EnrollmentError) as err:  # a real client still gets its answer
             _posted(store, port, agent.fingerprint(), b"hello", test_tpm.tcti)
         stop.set()

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from support.commands import one_line
 from support.peers import CountingListener
 from support.registry import env_for, run_cli
+from support.wait import wait_until
 from tpmtls.lab.process import child_env
 
 
@@ -61,11 +61,12 @@ def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, tes
     blobs = layout / "blobs" / "sha256"
     args = [sys.executable, "-m", "tpmtls.cli.pull", dest, f"oci:{layout}", "--cert-dir", str(tpm_certs)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**child_env(), **env})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if blobs.is_dir() and any(p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()):
-            break
-        time.sleep(0.01)
+
+    def partial_blob_or_exit() -> bool:
+        return proc.poll() is not None or (blobs.is_dir() and any(
+            p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()))
+
+    wait_until(partial_blob_or_exit, 60, "the pull writing a partial blob", interval=0.01)
     assert proc.poll() is None, "the pull finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)

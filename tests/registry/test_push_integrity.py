@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 from support.commands import one_line
 from support.registry import env_for, run_cli, skopeo_layers
+from support.wait import wait_until
 from tpmtls.lab import build_docker_archive
 from tpmtls.lab.process import child_env
 
@@ -116,16 +116,15 @@ def test_interrupted_push_resends_only_missing_blobs(sig, registry, tpm_certs, s
             "--jobs", "1"]
     cache = tmp_path / "cache" / "tpmtls" / "blobs.json"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def two_blobs_recorded_or_exit() -> bool:
         try:
             done = len(json.loads(cache.read_text())["compressed"])
         except (OSError, ValueError, KeyError):
             done = 0
-        if done >= 2:
-            break
-        time.sleep(0.02)
+        return done >= 2 or proc.poll() is not None
+
+    wait_until(two_blobs_recorded_or_exit, 120, "the push recording two blobs in its cache", interval=0.02)
     assert proc.poll() is None, "the push finished before it could be interrupted"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)

@@ -45,6 +45,7 @@ def test_listen_outside_loopback_is_refused(listen, cli, tpm_certs):
     _listen_refused(cli, listen, tpm_certs)
 
 
+@pytest.mark.machine  # edits /etc/hosts
 def test_listen_on_a_name_resolving_off_loopback_is_refused(cli, tpm_certs):
     with hosts_entry(unique_name("off-loopback"), "10.0.0.1") as name:
         line = _listen_refused(cli, f"{name}:5000", tpm_certs)
@@ -89,6 +90,7 @@ def test_untrusted_key_fails_and_the_refusal_is_logged(registry, dockerd, loaded
     print(pulled.stderr.strip(), refusals[-1], sep="\n")
 
 
+@pytest.mark.machine  # edits /etc/hosts; starts dockerd
 def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, test_tpm, soft_certs, tmp_path):
     """`docker push NAME:PORT/demo:1` with NAME → 127.0.0.2 in /etc/hosts; the proxy listens on
     127.0.0.2:PORT and reaches the real registry (127.0.0.1:PORT) with --resolve."""
@@ -230,6 +232,7 @@ def test_rss_stays_flat_while_200_mb_stream_through(proxy):
     assert growth_mb < 50, f"RSS grew by {growth_mb:.0f} MB while {size_mb} MB streamed"
 
 
+@pytest.mark.machine  # binds 127.0.0.3:80 (root); edits /etc/hosts; starts dockerd
 def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm_certs, test_tpm, tmp_path):
     """`docker push NAME/demo:1`: dockerd tries https://NAME (443), then http://NAME (80): with NAME
     mapped to loopback, a proxy listening on port 80 of that address serves it (root or
