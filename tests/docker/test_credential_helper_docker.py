@@ -4,20 +4,18 @@ docker login / push / logout through it, then tpmtls-push and tpmtls-pull with t
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 import tpmtls
 from support.commands import one_line, require
-from support.registry import env_for, run_cli, tpm_cert_dir
+from support.registry import env_for, rootfs_tar, run_cli, tpm_cert_dir
 from support.tokens import htpasswd_registry
 from tpmtls.lab.process import child_env
 
@@ -93,16 +91,6 @@ def session_for(test_tpm, tmp_path: Path, dockerd=None) -> Session:
     return Session(env_for(test_tpm, tmp_path, **helper_on_path(tmp_path / "bin"), **extra))
 
 
-def tiny_image_tar() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"an image pushed by the stock docker CLI with helper credentials\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def assert_secret_nowhere(session: Session, roots: list[Path]) -> None:
     forms = [PASSWORD.encode(), base64.b64encode(f"{USER}:{PASSWORD}".encode()), base64.b64encode(PASSWORD.encode())]
     for out in session.outputs:
@@ -138,7 +126,8 @@ def test_docker_login_push_logout_through_the_helper(dockerd, login_registry, tp
     assert oct(store.stat().st_mode & 0o777) == "0o600"
 
     # the docker CLI gets the credentials back from the helper to push (the registry wants them)
-    imported = subprocess.run([DOCKER, "import", "-", f"{host}/via-docker:1"], input=tiny_image_tar(),
+    rootfs = rootfs_tar("hello.txt", b"an image pushed by the stock docker CLI with helper credentials\n")
+    imported = subprocess.run([DOCKER, "import", "-", f"{host}/via-docker:1"], input=rootfs,
                               capture_output=True, env=child_env(s.env), timeout=120)
     assert imported.returncode == 0, imported.stderr
     pushed = s.docker("push", f"{host}/via-docker:1")

@@ -15,24 +15,18 @@ from tpmtls.lab.process import child_env
 
 
 def test_silent_server_fails_once_in_bounded_time(tpm_certs, small_image, test_tpm, tmp_path):
-    listener = CountingListener("hold")
-    try:
+    with CountingListener("hold") as listener:
         proc = run_cli("push", f"docker-archive:{small_image}", f"localhost:{listener.port}/x:1", "--cert-dir",
                        str(tpm_certs), env=env_for(test_tpm, tmp_path), timeout=60)
-    finally:
-        listener.close()
     line = one_line(proc)
     assert "did not answer within 10 s" in line
     assert listener.connections == 1  # not retried
 
 
 def test_plain_http_on_the_registry_port_is_not_retried(tpm_certs, small_image, test_tpm, tmp_path):
-    listener = CountingListener("http")
-    try:
+    with CountingListener("http") as listener:
         proc = run_cli("pull", f"localhost:{listener.port}/x:1", f"oci:{tmp_path / 'o'}", "--cert-dir",
                        str(tpm_certs), env=env_for(test_tpm, tmp_path), timeout=60)
-    finally:
-        listener.close()
     assert "plain HTTP, not TLS" in one_line(proc)
     assert listener.connections == 1
 

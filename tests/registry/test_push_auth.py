@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support.commands import one_line, require
+from support.commands import one_line
 from support.registry import env_for, run_cli
 from support.tokens import (  # noqa: F401
     PASSWORD,
@@ -19,7 +19,6 @@ from support.tokens import (  # noqa: F401
     htpasswd_registry,
     registry_with_token_server,
 )
-from tpmtls.lab import Registry
 
 
 @pytest.fixture(scope="module")
@@ -164,22 +163,14 @@ def test_resolve_applies_to_the_token_server(resolved_registry, tpm_certs, small
 
 
 def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, small_image, test_tpm, tmp_path):
-    require("docker-registry")
     from support.peers import CountingListener
 
-    listener = CountingListener()
-    tokens = TokenServer(pki, tmp_path)
-    config = {"realm": f"http://127.0.0.1:{listener.port}/token", "service": "tpmtls-test",
-              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
-    try:
-        with Registry(pki.server_cert, pki.server_key, pki.ca_file, tmp_path / "reg", token=config) as reg:
-            line = one_line(run_cli(
-                "push", f"docker-archive:{small_image}", f"localhost:{reg.port}/clear:1", "--cert-dir",
-                str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
-                stdin=PASSWORD + "\n"))
-    finally:
-        listener.close()
-        tokens.close()
+    with CountingListener() as listener, \
+            registry_with_token_server(pki, tmp_path, realm=f"http://127.0.0.1:{listener.port}/token") as (reg, _):
+        line = one_line(run_cli(
+            "push", f"docker-archive:{small_image}", f"localhost:{reg.port}/clear:1", "--cert-dir",
+            str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
+            stdin=PASSWORD + "\n"))
     print(line)
     assert f"http://127.0.0.1:{listener.port}/token" in line and "not https" in line
     assert listener.connections == 0
@@ -188,15 +179,12 @@ def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, small_image,
 def test_plain_http_upload_location_gets_no_layer_data(pki, tpm_certs, small_image, test_tpm, tmp_path):
     from support.peers import CountingListener, HostileRegistry
 
-    listener = CountingListener()
-    try:
+    with CountingListener() as listener:
         with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/upload/1") as hostile:
             line = one_line(run_cli(
                 "push", f"docker-archive:{small_image}", f"localhost:{hostile.port}/clear:1", "--cert-dir",
                 str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
                 stdin=PASSWORD + "\n"))
-    finally:
-        listener.close()
     print(line)
     assert f"http://127.0.0.1:{listener.port}/upload/1" in line and "not https" in line
     assert listener.connections == 0
@@ -221,14 +209,11 @@ def test_foreign_upload_location_gets_no_authorization(pki, tpm_certs, small_ima
 def test_pull_redirects_get_no_authorization_and_never_plain_http(pki, tpm_certs, test_tpm, tmp_path):
     from support.peers import CountingListener, HostileRegistry
 
-    listener = CountingListener()
-    try:
+    with CountingListener() as listener:
         with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/blob") as hostile:
             line = one_line(run_cli(
                 "pull", f"localhost:{hostile.port}/r:1", f"oci:{tmp_path / 'o'}", "--cert-dir", str(tpm_certs),
                 "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n"))
-    finally:
-        listener.close()
     assert f"http://127.0.0.1:{listener.port}/blob" in line and "not https" in line
     assert listener.connections == 0
     with HostileRegistry(pki) as storage, HostileRegistry(pki) as hostile:

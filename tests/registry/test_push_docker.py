@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
 
 from support.commands import one_line
-from support.registry import env_for, run_cli, skopeo_raw, tpm_cert_dir
+from support.registry import env_for, rootfs_tar, run_cli, skopeo_raw, tpm_cert_dir
 from tpmtls.lab.process import child_env
 
 
@@ -19,13 +17,8 @@ def docker(dockerd, *args: str, input: bytes | None = None) -> str:
 
 
 def test_mission_push_and_pull_with_dockerd(dockerd, registry, pki, tpm, soft_certs, test_tpm, tmp_path):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"a tiny image made by the test\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    image_id = docker(dockerd, "import", "-", "demo-src:1", input=buf.getvalue()).strip()
+    rootfs = rootfs_tar("hello.txt", b"a tiny image made by the test\n")
+    image_id = docker(dockerd, "import", "-", "demo-src:1", input=rootfs).strip()
 
     name = f"server.domain.com:{registry.port}"
     tpm_cert_dir(tmp_path / "certs.d" / name, pki, tpm)  # certs.d named like Docker's: host:port
@@ -56,12 +49,7 @@ def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_t
     from support.peers import Pki
     from support.registry import cert_dir
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("x.txt")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"x\n"))
-    image_id = docker(dockerd, "import", "-", "unsaved:1", input=buf.getvalue()).strip()
+    image_id = docker(dockerd, "import", "-", "unsaved:1", input=rootfs_tar("x.txt", b"x\n")).strip()
     stranger = Pki(tmp_path / "other", cn="not the registry's CA")
     cert, key = stranger.software_client("stranger")
     certs = cert_dir(tmp_path / "c", pki, cert, key)

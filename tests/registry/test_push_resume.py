@@ -19,12 +19,9 @@ LAYER = 24_000_000  # random, so gzip cannot shrink it: ~24 MB on the wire
 
 def push_through(where: str, registry, tpm_certs, soft_certs, test_tpm, tmp_path) -> tuple[int, int]:
     image = build_docker_archive(tmp_path / "img.tar", [{"big.bin": LAYER}])
-    proxy = CuttingProxy(registry.port, cut_after=LAYER // 2, where=where)
-    try:
+    with CuttingProxy(registry.port, cut_after=LAYER // 2, where=where) as proxy:
         result = tpmtls.push(f"docker-archive:{image}", f"localhost:{proxy.port}/cut-{where}:1", cert_dir=tpm_certs,
                              tcti=test_tpm.tcti, cache=BlobCache(tmp_path / "c.json"))
-    finally:
-        proxy.close()
     assert proxy.cuts == 1
     ref = f"localhost:{registry.port}/cut-{where}:1"
     raw, digest = skopeo_raw(ref, soft_certs)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from support.peers import Pki
@@ -66,3 +68,11 @@ def env_for(test_tpm, tmp: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
+def rootfs_tar(name: str, data: bytes) -> bytes:
+    """A tar of one file: what `docker import -` turns into a one-layer image."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
