@@ -13,6 +13,7 @@ import pytest
 from support.commands import require
 from support.proxy import RegistryProxyProcess, docker, hosts_entry, unique_name
 from support.registry import skopeo_raw
+from support.wait import wait_until
 from tpmtls.lab.process import child_env
 
 LOG_LINE = r"^\d\d:\d\d:\d\d tpmtls proxy: (GET|HEAD|POST|PUT|PATCH|DELETE) /\S* \d{3} up=\d+ down=\d+ \d+ms"
@@ -81,7 +82,7 @@ def test_untrusted_key_fails_and_the_refusal_is_logged(registry, dockerd, loaded
     with RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}", "--listen",
                               "127.0.0.1:0", "--cert-dir", str(foreign)) as p:
         pulled = docker(dockerd.env, "pull", f"{p.address}/demo:1", check=False)
-        lines = p.lines()
+    lines = p.lines()  # once it has stopped: each request's line is written after its answer
     assert pulled.returncode != 0
     assert p.returncode == 0, lines[-3:]  # SIGTERM: a clean exit, TPM key context and all
     refusals = [line for line in lines if "refused our client certificate" in line]
@@ -284,7 +285,9 @@ def test_browsers_and_rebound_names_are_refused(headers, proxy):
     body = response.read().decode()
     conn.close()
     assert response.status == 403 and "DENIED" in body, body
-    assert any("403" in line and ("Host" in line or "browser" in line) for line in proxy.lines())
+    # the proxy logs a request once it has answered it
+    wait_until(lambda: any("403" in line and ("Host" in line or "browser" in line) for line in proxy.lines()), 30,
+               "the proxy logging the refusal")
 
 
 def test_loopback_callers_are_served(proxy):

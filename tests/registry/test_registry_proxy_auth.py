@@ -42,7 +42,7 @@ def test_docker_login_push_pull_through_the_proxy(mtls_token_registry, tpm_certs
         # without the login the registry refuses, through the proxy as it would directly
         anonymous = docker(dockerd.env, "pull", ref, check=False, config=tmp_path / "no-config")
         assert anonymous.returncode != 0
-        lines = proxy.lines()
+    lines = proxy.lines()  # once it has stopped: each request's line is written after its answer
     realm_requests = [line for line in lines if " /_tpmtls/realm/localhost:" in line]
     assert any(" 200 " in line for line in realm_requests) and any(" 401 " in line for line in realm_requests)
     assert tokens.requests >= 3
@@ -57,7 +57,7 @@ def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, dockerd, tes
                                  "127.0.0.1:0", "--cert-dir", str(tpm_certs)) as proxy:
         login = docker(dockerd.env, "login", proxy.address, "-u", USER, "--password-stdin",
                        input=PASSWORD + "\n", check=False, config=tmp_path / "config")
-        lines = proxy.lines()
+    lines = proxy.lines()  # once it has stopped: each request's line is written after its answer
     assert login.returncode != 0
     assert any("token realm http://192.0.2.1/token is not https" in line for line in lines), lines
     assert any(line.split(": ", 1)[1].startswith("GET /_tpmtls/refused-realm 403 ") for line in lines if ": GET " in line)
