@@ -29,8 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import tpmtls
 from support.commands import require
-from support.peers import CountingListener, OpenSSLServer, Pki, clean_env
+from support.peers import CountingListener, OpenSSLServer, Pki
 from support.tls_clients import pyopenssl_get
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 from tpmtls.tls.diagnosis import Cause, diagnose, diagnose_response, diagnose_text
 
@@ -343,7 +344,7 @@ def test_a_closed_port_is_unreachable(kind, pki):
 
 
 def _docker_cli(tmp: Path, port: int, ca: Path, cert: Path, key: Path, host: str = "localhost") -> str:
-    env = clean_env({"HOME": str(tmp), "DOCKER_CONFIG": str(tmp / "docker-config")})
+    env = child_env({"HOME": str(tmp), "DOCKER_CONFIG": str(tmp / "docker-config")})
     for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
         env.pop(name, None)
     proc = subprocess.run(["docker", "--tlsverify", f"--tlscacert={ca}", f"--tlscert={cert}", f"--tlskey={key}",
