@@ -162,7 +162,7 @@ def _certify(tpm, pki, directory: Path) -> None:
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, pki, s_server_www, tmp_path):
+def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, pki, s_server, tmp_path):
     """The default TCTI's path (/dev/tpmrm0, the lab's stand-in): the same exit, the same clean stderr."""
     key = tmp_path / "device.key"
     made = tpmtls.connect(device_tpm.tcti).create_key("ecc-p256", key)
@@ -171,7 +171,7 @@ def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, 
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env.pop(name, None)
     code, expected = ENDINGS["sys.exit(3)"]
-    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server_www.port), tmp_path, env)
+    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server.port), tmp_path, env)
     _assert_clean_stderr(proc, expected, "sys.exit(3)")
     assert "handshake ok" in proc.stdout
 

@@ -33,10 +33,10 @@ def enroll_server_process(tmp_path_factory):
     server = ServerProcess(machine.env, tmp, "--ca", str(tmp / "ca"), "--ek-roots",
                            str(ek_ca.bundle(tmp / "ek-roots.pem")), "--policy", str(tmp / "policy.json"))
     yield tmp, machine, cli, server
-    server.stop()
+    rc = server.stop()
     machine.stop()
-    assert server.returncode == 0, server.text()
-    assert "Traceback" not in server.text()
+    assert rc == 0, server.log.read_text()
+    assert "Traceback" not in server.log.read_text()
 
 
 def test_policy_file_records_current_pcrs(enroll_server_process):
@@ -130,5 +130,5 @@ def test_refusal_is_one_line_on_both_sides(enroll_server_process, tmp_path):
     assert line.startswith(f"tpmtls: {server.directory}: refused (badAttestationStatement): "
                            "permanent identifier does not match"), line
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
-    logged = [s for s in server.lines() if "not-this-tpm" in s]
+    logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
     assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged

@@ -220,11 +220,11 @@ def _expire_client_certificate(store: CertificateStore, tcti: str) -> None:
     cert_path.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
 
 
-def test_an_expired_client_certificate_is_said_so(paired_world, test_tpm):
+def test_an_expired_client_certificate_is_said_so(listening_agent, test_tpm):
     """The agent refuses an expired client certificate (in TLS 1.3 its alert is often lost in
     the close): the client names the dates, where it used to blame the agent's --ca (any
     error text with "certificate" in it was read so)."""
-    store, state, port, agent = paired_world
+    store, state, port, agent = listening_agent
     _expire_client_certificate(store, test_tpm.tcti)
     proc = tpmtls_cli("enroll", f"127.0.0.1:{port}", "--store", str(store.root), "--expect-fingerprint",
                       agent.fingerprint(), env=test_tpm.env, check=False)

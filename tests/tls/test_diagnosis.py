@@ -283,9 +283,9 @@ def test_go_server_refusing_an_expired_certificate(pki, certs, registry):
 
 def test_nginx_judges_our_certificate_after_the_handshake(pki, certs, tmp_path):
     require("nginx")
-    from support.nginx import Nginx
+    from support.nginx import registry_front
 
-    nginx = Nginx(tmp_path / "nginx", pki.server_cert, pki.server_key, pki.ca_file, free_port())
+    nginx = registry_front(tmp_path / "nginx", pki.server_cert, pki.server_key, pki.ca_file, free_port())
     try:
         answers = {}
         for label, (cert, key) in {"none": (None, None), "stranger": certs.stranger, "expired": certs.expired,
