@@ -189,3 +189,54 @@ def test_in_a_fresh_process(steps, tpm_client, pki, s_server, test_tpm, software
     for step in steps:
         want += ["CN=tpm-client-ecc-p256"] if step == "tpm" else [f"CN=software-{kind}" for kind in software]
     assert json.loads(proc.stdout) == want
+
+
+# A process of its own loads the shim into the system OpenSSL and, before anything else
+# fetches a key manager, reads a TPM key file through OpenSSL's plain PEM API (as any
+# library in the process may while tpmtls is injected); it prints which provider answers
+# "EC" and "RSA" from any provider afterwards.
+READ_FIRST = """
+    import ctypes, json, sys
+    from tpmtls import provider
+    plan = json.loads(sys.argv[1])
+    provider.load_into_system_ssl()
+    lib = provider.state.libcrypto
+    lib.BIO_new_file.restype = ctypes.c_void_p
+    lib.BIO_new_file.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    lib.BIO_free.argtypes = [ctypes.c_void_p]
+    lib.PEM_read_bio_PrivateKey.restype = ctypes.c_void_p
+    lib.PEM_read_bio_PrivateKey.argtypes = [ctypes.c_void_p] * 4
+    lib.EVP_PKEY_free.argtypes = [ctypes.c_void_p]
+    bio = lib.BIO_new_file(plan["key"].encode(), b"r")
+    with provider.loading(plan["key"], plan["tcti"]):
+        pkey = lib.PEM_read_bio_PrivateKey(bio, None, None, None)
+    lib.BIO_free(bio)
+    assert pkey, provider.last_error()
+    lib.EVP_PKEY_free(pkey)
+    lib.EVP_KEYMGMT_fetch.restype = ctypes.c_void_p
+    lib.EVP_KEYMGMT_fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+    lib.EVP_KEYMGMT_get0_provider.restype = ctypes.c_void_p
+    lib.EVP_KEYMGMT_get0_provider.argtypes = [ctypes.c_void_p]
+    lib.OSSL_PROVIDER_get0_name.restype = ctypes.c_char_p
+    lib.OSSL_PROVIDER_get0_name.argtypes = [ctypes.c_void_p]
+    lib.EVP_KEYMGMT_free.argtypes = [ctypes.c_void_p]
+    names = []
+    for name in (b"EC", b"RSA"):
+        keymgmt = lib.EVP_KEYMGMT_fetch(None, name, None)
+        names.append(lib.OSSL_PROVIDER_get0_name(lib.EVP_KEYMGMT_get0_provider(keymgmt)).decode())
+        lib.EVP_KEYMGMT_free(keymgmt)
+    print(json.dumps(names))
+"""
+
+
+@pytest.mark.parametrize("alg", ["ecc-p256", "rsa2048"])
+def test_a_tpm_key_read_first_after_loading(alg, tpm_client, test_tpm):
+    """The shim's own key manager is the first one fetched after its activation (no
+    SSLContext, no certificate before): "EC" and "RSA" still come from the default provider."""
+    cert, key = tpm_client[alg]
+    env = clean_env({"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(READ_FIRST),
+                           json.dumps({"key": str(key), "tcti": test_tpm.tcti})], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == ["default", "default"]
