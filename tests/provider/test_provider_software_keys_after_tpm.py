@@ -9,7 +9,6 @@ docs/provider.md, "Keys sign through an active provider", says why.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -25,8 +24,8 @@ import tpmtls
 from support import ROOT
 from support.commands import require
 from support.peers import OpenSSLServer, clean_env
+from support.system_openssl import keymgmt_provider
 from support.tls_clients import client_subject, pyopenssl_get, stdlib_get
-from tpmtls import provider
 
 SOFTWARE = {"p256": lambda: ec.generate_private_key(ec.SECP256R1()),
             "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
@@ -95,28 +94,6 @@ def tpm_handshake(path: str, alg: str, version: str, tpm_client, pki, s_server, 
                                        tls_version=version, resume=False)
         page = pyopenssl_get(ctx, s_server.port)
     assert client_subject(page) == f"CN=tpm-client-{alg}"
-
-
-def keymgmt_provider(name: bytes) -> str:
-    """The provider the system OpenSSL gives for a fetch of key manager `name` from any provider.
-
-    Looked up without loading anything: activating a provider empties OpenSSL's method cache.
-    """
-    lib = provider.state.libcrypto
-    assert lib is not None, "the shim was never in the system OpenSSL"
-    lib.EVP_KEYMGMT_fetch.restype = ctypes.c_void_p
-    lib.EVP_KEYMGMT_fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-    lib.EVP_KEYMGMT_get0_provider.restype = ctypes.c_void_p
-    lib.EVP_KEYMGMT_get0_provider.argtypes = [ctypes.c_void_p]
-    lib.OSSL_PROVIDER_get0_name.restype = ctypes.c_char_p
-    lib.OSSL_PROVIDER_get0_name.argtypes = [ctypes.c_void_p]
-    lib.EVP_KEYMGMT_free.argtypes = [ctypes.c_void_p]
-    keymgmt = lib.EVP_KEYMGMT_fetch(None, name, None)
-    assert keymgmt, name
-    try:
-        return lib.OSSL_PROVIDER_get0_name(lib.EVP_KEYMGMT_get0_provider(keymgmt)).decode()
-    finally:
-        lib.EVP_KEYMGMT_free(keymgmt)
 
 
 @pytest.mark.parametrize("path", ["stdlib", "pyopenssl"])
@@ -196,43 +173,20 @@ def test_in_a_fresh_process(steps, tpm_client, pki, s_server, test_tpm, software
 # library in the process may while tpmtls is injected); it prints which provider answers
 # "EC" and "RSA" from any provider afterwards.
 READ_FIRST = """
-    import ctypes, json, sys
+    import json, sys
     from tpmtls import provider
+    from support.system_openssl import keymgmt_provider, read_private_key
     plan = json.loads(sys.argv[1])
     provider.load_into_system_ssl()
-    lib = provider.state.libcrypto
-    lib.BIO_new_file.restype = ctypes.c_void_p
-    lib.BIO_new_file.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    lib.BIO_free.argtypes = [ctypes.c_void_p]
-    lib.PEM_read_bio_PrivateKey.restype = ctypes.c_void_p
-    lib.PEM_read_bio_PrivateKey.argtypes = [ctypes.c_void_p] * 4
-    lib.EVP_PKEY_free.argtypes = [ctypes.c_void_p]
-    bio = lib.BIO_new_file(plan["key"].encode(), b"r")
-    with provider.loading(plan["key"], plan["tcti"]):
-        pkey = lib.PEM_read_bio_PrivateKey(bio, None, None, None)
-    lib.BIO_free(bio)
-    assert pkey, provider.last_error()
-    lib.EVP_PKEY_free(pkey)
-    lib.EVP_KEYMGMT_fetch.restype = ctypes.c_void_p
-    lib.EVP_KEYMGMT_fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-    lib.EVP_KEYMGMT_get0_provider.restype = ctypes.c_void_p
-    lib.EVP_KEYMGMT_get0_provider.argtypes = [ctypes.c_void_p]
-    lib.OSSL_PROVIDER_get0_name.restype = ctypes.c_char_p
-    lib.OSSL_PROVIDER_get0_name.argtypes = [ctypes.c_void_p]
-    lib.EVP_KEYMGMT_free.argtypes = [ctypes.c_void_p]
-    names = []
-    for name in (b"EC", b"RSA"):
-        keymgmt = lib.EVP_KEYMGMT_fetch(None, name, None)
-        names.append(lib.OSSL_PROVIDER_get0_name(lib.EVP_KEYMGMT_get0_provider(keymgmt)).decode())
-        lib.EVP_KEYMGMT_free(keymgmt)
-    print(json.dumps(names))
+    read_private_key(plan["key"], plan["tcti"])
+    print(json.dumps([keymgmt_provider(b"EC"), keymgmt_provider(b"RSA")]))
 """
 
 
 @pytest.mark.parametrize("alg", ["ecc-p256", "rsa2048"])
 def test_a_tpm_key_read_first_after_loading(alg, tpm_client, test_tpm):
-    """The shim's own key manager is the first one fetched after its activation (no
-    SSLContext, no certificate before): "EC" and "RSA" still come from the default provider."""
+    """Only a TPM key read through the plain PEM API follows the shim's activation (no
+    SSLContext, no certificate first): "EC" and "RSA" still come from the default provider."""
     cert, key = tpm_client[alg]
     env = clean_env({"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(READ_FIRST),
