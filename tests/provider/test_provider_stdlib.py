@@ -69,6 +69,6 @@ def test_extract_undoes_inject(test_tpm, tpm_client, monkeypatch):
     tpmtls.inject_into_ssl()
     ssl.create_default_context().load_cert_chain(str(cert), str(key))
     tpmtls.extract_from_ssl()
-    assert not provider.state.system_loaded
+    assert not provider.state.system_decoding
     with pytest.raises(ssl.SSLError):
         ssl.create_default_context().load_cert_chain(str(cert), str(key))

@@ -74,8 +74,9 @@ class Pki:
         """A certificate for `public_key` (a TPM key's, or any) signed by this CA."""
         return self._write(filename, self._build(public_key, cn, server=server).public_bytes(PEM))
 
-    def software_client(self, cn: str = "software-client") -> tuple[Path, Path]:
-        key = ec.generate_private_key(ec.SECP256R1())
+    def software_client(self, cn: str = "software-client", key=None) -> tuple[Path, Path]:
+        """A client certificate and its software key file (`key`: a cryptography private key; P-256 if None)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
         return self.issue(key.public_key(), cn, f"{cn}.crt"), self._write_key(f"{cn}.key", key)
 
 

@@ -36,12 +36,9 @@ from tpmtls.testing import free_port
 from tpmtls.tls.diagnosis import Cause, diagnose, diagnose_response, diagnose_text
 
 CLIENTS = ["stdlib", "urllib3", "requests", "pyopenssl"]
-#: Client certificates in TLS 1.2 are presented with pyOpenSSL here: once the shim has signed
-#: a TLS handshake in a process, the system OpenSSL's TLS 1.2 client stops presenting
-#: *software* EC keys (it sends no certificate; a provider bug, open at the time of writing),
-#: and this module runs after suites that use the TPM.
-SOFTWARE_KEY_CLIENTS = [("stdlib", "1.3"), ("urllib3", "1.3"), ("requests", None), ("pyopenssl", "1.2"),
-                        ("pyopenssl", "1.3")]
+#: Each client library with each TLS version it can pin (requests cannot).
+CLIENTS_AND_VERSIONS = [("stdlib", "1.2"), ("stdlib", "1.3"), ("urllib3", "1.2"), ("urllib3", "1.3"),
+                        ("requests", None), ("pyopenssl", "1.2"), ("pyopenssl", "1.3")]
 
 
 # ---- certificates and peers ------------------------------------------------------------------
@@ -232,9 +229,8 @@ def test_their_certificate_out_of_its_dates(kind, which, pki, certs):
 # ---- the peer refuses us ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, tls, client", [*((k, v, "stranger") for k, v in SOFTWARE_KEY_CLIENTS),
-                                               *((k, v, "none") for k, v in SOFTWARE_KEY_CLIENTS),
-                                               ("stdlib", "1.2", "none"), ("urllib3", "1.2", "none")])
+@pytest.mark.parametrize("kind, tls", CLIENTS_AND_VERSIONS)
+@pytest.mark.parametrize("client", ["stranger", "none"])
 def test_s_server_refusing_our_certificate(kind, tls, client, pki, certs, s_server):
     cert, key = certs.stranger if client == "stranger" else (None, None)
     found = diagnose(failure(kind, pki, s_server.port, cert=cert, key=key, tls=tls), ours=cert)
@@ -245,7 +241,7 @@ def test_s_server_refusing_our_certificate(kind, tls, client, pki, certs, s_serv
         assert found.alert == ("certificate required" if tls != "1.2" else "handshake failure"), found
 
 
-@pytest.mark.parametrize("kind, tls", SOFTWARE_KEY_CLIENTS)
+@pytest.mark.parametrize("kind, tls", CLIENTS_AND_VERSIONS)
 def test_go_server_refusing_our_certificate(kind, tls, pki, certs, registry):
     cert, key = certs.stranger
     found = diagnose(failure(kind, pki, registry.port, cert=cert, key=key, tls=tls))
@@ -253,7 +249,7 @@ def test_go_server_refusing_our_certificate(kind, tls, pki, certs, registry):
     assert found.reason == ("tls alert bad certificate" if kind == "pyopenssl" else "sslv3 alert bad certificate")
 
 
-@pytest.mark.parametrize("kind, tls", [("pyopenssl", "1.2"), ("stdlib", "1.3")])
+@pytest.mark.parametrize("kind, tls", [("stdlib", "1.2"), ("stdlib", "1.3"), ("pyopenssl", "1.2")])
 def test_our_expired_certificate_is_told_from_other_refusals(kind, tls, pki, certs, s_server):
     cert, key = certs.expired
     error = failure(kind, pki, s_server.port, cert=cert, key=key, tls=tls)

@@ -139,7 +139,7 @@ def test_extract_stays_undone_after_a_later_ssl_context(test_tpm, tpm_client, pk
     later = tpmtls.ssl_context(cert, key, pki.ca_file, tcti=test_tpm.tcti)  # used to re-enable plain decoding
     with pytest.raises(ssl.SSLError):
         ssl.create_default_context().load_cert_chain(str(cert), str(key))
-    assert not provider.state.system_loaded
+    assert not provider.state.system_decoding
     # contexts made before and after still sign in the TPM
     for ctx in (made_while_injected, later):
         assert client_subject(stdlib_get(ctx, s_server.port)) == "CN=tpm-client-ecc-p256"

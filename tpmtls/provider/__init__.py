@@ -70,8 +70,8 @@ class _State:
     lib: ctypes.CDLL | None = None
     problem: str | None = None  # why the shim is unusable altogether
     cryptography_first = False  # cryptography was imported before tpmtls
-    system_loaded = False
-    system_provider: int | None = None
+    system_provider: int | None = None  # the shim in the system OpenSSL: loaded once, never unloaded
+    system_decoding = False  # plain `ssl` loads TPM key files now (a factory decoding, or injected)
     system: SystemOpenSSL | None = None
     callbacks: tuple[Any, ...] = ()
 
@@ -333,6 +333,7 @@ def bootstrap() -> None:
         return
     lib.tpmtls_take_freed.restype = ctypes.c_size_t
     lib.tpmtls_take_freed.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    lib.tpmtls_set_decoding.argtypes = [ctypes.c_void_p, ctypes.c_int]
     callbacks = (_LOAD(_load), _PEM2DER(_pem2der), _SIGN(_sign), _ERROR(_error))
     lib.tpmtls_set_callbacks(*callbacks)
     state.path, state.lib, state.callbacks = path, lib, callbacks  # keep the thunks alive
@@ -367,33 +368,46 @@ def require_cryptography() -> None:
 
 
 def load_into_system_ssl() -> None:
-    """Load the shim into the system OpenSSL (stdlib ssl); idempotent and thread-safe."""
+    """Load the shim into the system OpenSSL (stdlib ssl) and let it decode TPM key files.
+
+    Loaded once and never unloaded: TPM keys sign through it, and OpenSSL 3.0 deactivating
+    it under them left its EC/RSA key managers as the answer for every software key and
+    TLS group (docs/provider.md, "Keys sign through an active provider"). Idempotent and
+    thread-safe.
+    """
     from ..errors import ProviderError
 
     with _system_lock:
-        if state.system_loaded:
+        if state.system_decoding:
             return
         if state.problem:
             raise ProviderError(state.problem)
         assert state.lib is not None
-        try:
-            system = state.system or SystemOpenSSL()
-        except OSError as e:
-            raise ProviderError(str(e)) from None
-        handle = system.load(PROVIDER_NAME, ctypes.cast(state.lib.OSSL_provider_init, ctypes.c_void_p))
-        if handle is None:
-            raise ProviderError(f"the system OpenSSL ({system.version}) refused the tpmtls provider {state.path}")
-        state.system, state.system_provider, state.system_loaded = system, handle, True
+        if state.system_provider is None:
+            try:
+                system = state.system or SystemOpenSSL()
+            except OSError as e:
+                raise ProviderError(str(e)) from None
+            handle = system.load(PROVIDER_NAME, ctypes.cast(state.lib.OSSL_provider_init, ctypes.c_void_p))
+            if handle is None:
+                raise ProviderError(f"the system OpenSSL ({system.version}) refused the tpmtls provider {state.path}")
+            # first after the activation emptied OpenSSL's method cache: the default provider's
+            # key managers become the answer for "RSA"/"EC" from any provider, not ours
+            system.fetch_key_managers((b"RSA", b"EC"))
+            state.system, state.system_provider = system, handle
+        assert state.system is not None
+        state.lib.tpmtls_set_decoding(state.system.provider_ctx(state.system_provider), 1)
+        state.system_decoding = True
 
 
-def unload_from_system_ssl() -> None:
-    """Undo `load_into_system_ssl` (keys already in contexts keep working)."""
+def stop_decoding_in_system_ssl() -> None:
+    """Plain `ssl` no longer loads TPM key files (keys already loaded keep signing)."""
     with _system_lock:
-        if not state.system_loaded or state.system is None or state.system_provider is None:
+        if not state.system_decoding or state.system is None or state.system_provider is None:
             return
-        state.system.unload(state.system_provider)
-        state.system_loaded = False
-        state.system_provider = None
+        assert state.lib is not None
+        state.lib.tpmtls_set_decoding(state.system.provider_ctx(state.system_provider), 0)
+        state.system_decoding = False
 
 
 def init_count() -> int:

@@ -33,7 +33,11 @@ class SystemOpenSSL:
         lib.OSSL_PROVIDER_load.restype = ctypes.c_void_p
         lib.OSSL_PROVIDER_load.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.OSSL_PROVIDER_add_builtin.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-        lib.OSSL_PROVIDER_unload.argtypes = [ctypes.c_void_p]
+        lib.OSSL_PROVIDER_get0_provider_ctx.restype = ctypes.c_void_p
+        lib.OSSL_PROVIDER_get0_provider_ctx.argtypes = [ctypes.c_void_p]
+        lib.EVP_KEYMGMT_fetch.restype = ctypes.c_void_p
+        lib.EVP_KEYMGMT_fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+        lib.EVP_KEYMGMT_free.argtypes = [ctypes.c_void_p]
         self.lib = lib
 
     def load(self, name: bytes, init: ctypes.c_void_p) -> int | None:
@@ -46,5 +50,19 @@ class SystemOpenSSL:
         handle = self.lib.OSSL_PROVIDER_load(None, name)
         return int(handle) if handle else None
 
-    def unload(self, handle: int) -> None:
-        self.lib.OSSL_PROVIDER_unload(handle)
+    def provider_ctx(self, handle: int) -> int:
+        """The provider's own context (what its OSSL_provider_init returned) for a loaded provider."""
+        return int(self.lib.OSSL_PROVIDER_get0_provider_ctx(handle) or 0)
+
+    def fetch_key_managers(self, names: tuple[bytes, ...]) -> None:
+        """Fetch each key manager once from any provider, as `SSL_CTX_new` does.
+
+        Right after a provider is activated OpenSSL's method cache is empty, and the first
+        fetch of a name decides what every later fetch of it from any provider gets; done
+        here, that is the default provider's (docs/provider.md, "Keys sign through an
+        active provider").
+        """
+        for name in names:
+            keymgmt = self.lib.EVP_KEYMGMT_fetch(None, name, None)
+            if keymgmt:
+                self.lib.EVP_KEYMGMT_free(keymgmt)

@@ -64,11 +64,15 @@ int shim_python_alive(void);
 /* ---- one provider context per OpenSSL core that loaded us ---- */
 typedef struct {
     const OSSL_CORE_HANDLE *handle;
+    int decoding;                /* 0: the decoders pass every input on (tpmtls_set_decoding) */
     OSSL_FUNC_core_new_error_fn *new_error;
     OSSL_FUNC_core_set_error_debug_fn *set_error_debug;
     OSSL_FUNC_core_vset_error_fn *vset_error;
     OSSL_FUNC_BIO_read_ex_fn *bio_read_ex;
 } shim_provctx;
+
+/* 0 while Python has turned this core's decoders off (tpmtls_set_decoding in shim_core.c) */
+int shim_decoding(const shim_provctx *ctx);
 
 /* ---- key data: shared by reference count (keymgmt dup = new reference) ---- */
 typedef struct {

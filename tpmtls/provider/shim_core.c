@@ -49,6 +49,26 @@ int shim_python_alive(void)
     return __atomic_load_n(&python_alive, __ATOMIC_SEQ_CST);
 }
 
+/*
+ * Whether this core's decoders take TPM key files (1 from init). Python turns it off in
+ * the system OpenSSL when no one needs plain `ssl` to load TPM keys (extract_from_ssl):
+ * the provider itself stays active there, because its keys sign through it and OpenSSL
+ * mis-caches the key managers of a provider that is deactivated while its keys are in use
+ * (docs/provider.md, "Keys sign through an active provider").
+ */
+SHIM_EXPORT void tpmtls_set_decoding(void *provctx, int on)
+{
+    shim_provctx *ctx = provctx;
+
+    if (ctx != NULL)
+        __atomic_store_n(&ctx->decoding, on ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+int shim_decoding(const shim_provctx *ctx)
+{
+    return __atomic_load_n(&ctx->decoding, __ATOMIC_SEQ_CST);
+}
+
 /* sizeof(shim_keyinfo): Python's ctypes mirror (KeyInfo) checks it before registering callbacks,
  * so a struct changed on one side only is refused at load instead of corrupting memory. */
 SHIM_EXPORT size_t tpmtls_keyinfo_size(void)
@@ -276,6 +296,7 @@ SHIM_EXPORT int OSSL_provider_init(const OSSL_CORE_HANDLE *handle, const OSSL_DI
     if (ctx == NULL)
         return 0;
     ctx->handle = handle;
+    ctx->decoding = 1;
     for (; in->function_id != 0; in++) {
         switch (in->function_id) {
         case OSSL_FUNC_CORE_NEW_ERROR:

@@ -2,7 +2,8 @@
  * Decoders: PEM ("TSS2 PRIVATE KEY", "TPMTLS KEY HANDLE") -> DER with structure
  * "TSS2", then DER -> an RSA or EC key object backed by the TPM (the shape of
  * tpm2-openssl's decoders). Python parses and loads; C only moves bytes.
- * Returning 1 without an object means "not ours": OpenSSL tries other decoders.
+ * Returning 1 without an object means "not ours": OpenSSL tries other decoders. While
+ * Python has switched a core's decoding off (tpmtls_set_decoding), every input is "not ours".
  */
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +83,8 @@ static int pem_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
     long der_len;
     int ok = 1;
 
-    if (shim_cb.pem2der == NULL || !shim_python_alive() || (pem = read_all(ctx, in, &len)) == NULL)
+    if (!shim_decoding(ctx->prov) || shim_cb.pem2der == NULL || !shim_python_alive()
+        || (pem = read_all(ctx, in, &len)) == NULL)
         return 1; /* not ours to judge */
     der = malloc(len + 1);
     der_len = der == NULL ? -1 : shim_cb.pem2der(pem, len, der, len + 1);
@@ -110,7 +112,8 @@ static int key_decode(void *vctx, OSSL_CORE_BIO *in, int selection, OSSL_CALLBAC
 
     if (selection != 0 && (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) == 0)
         return 1; /* asked for public parts only: the certificate's job, not ours */
-    if (shim_cb.load == NULL || !shim_python_alive() || (der = read_all(ctx, in, &len)) == NULL)
+    if (!shim_decoding(ctx->prov) || shim_cb.load == NULL || !shim_python_alive()
+        || (der = read_all(ctx, in, &len)) == NULL)
         return 1;
     if ((key = shim_key_new(ctx->prov)) == NULL) {
         free(der);

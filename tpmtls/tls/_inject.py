@@ -4,10 +4,11 @@ All injection state lives in `_state` here (truststore's model: one flag, one pa
 class, an undo that always works), and the process environment is never touched: the
 TCTI given to `inject_into_ssl` is kept here and handed to the provider's loading.
 
-The shim is in the system OpenSSL exactly while someone needs it: while injected, or
-for the moment a tpmtls factory decodes its key (`system_provider()`). So a later
-`ssl_context()` cannot silently re-enable plain decoding after `extract_from_ssl()`.
-Keys already decoded keep working either way (they hold the provider).
+The shim decodes TPM key files in the system OpenSSL exactly while someone needs it:
+while injected, or for the moment a tpmtls factory decodes its key (`system_provider()`).
+So a later `ssl_context()` cannot silently re-enable plain decoding after
+`extract_from_ssl()`. The provider itself stays loaded once loaded, so keys already
+decoded keep signing through it (docs/provider.md, "Keys sign through an active provider").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Union
 
 from .._lifecycle import in_forked_child
-from ..provider import last_error, load_into_system_ssl, loading, unload_from_system_ssl
+from ..provider import last_error, load_into_system_ssl, loading, stop_decoding_in_system_ssl
 from ._errors import KeyLoadError
 from ._handshake import TpmSSLObject, TpmSSLSocket
 
@@ -46,11 +47,11 @@ in_forked_child("injection lock", _new_lock_in_child)
 
 
 def _sync() -> None:
-    """Load or unload the shim so it is in the system OpenSSL iff someone needs it (lock held)."""
+    """Let the shim decode TPM key files in the system OpenSSL iff someone needs it (lock held)."""
     if _state.injected or _state.users:
         load_into_system_ssl()
     else:
-        unload_from_system_ssl()
+        stop_decoding_in_system_ssl()
 
 
 @contextmanager
