@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ImageError
+from .archive import docker_archive
 from .leftovers import SHARED_TMP_MIN_AGE, sweep_stale
 from .sources import (
     DOCKER_CONFIG,
@@ -33,7 +34,6 @@ from .sources import (
     GzipSource,
     Image,
     VerifiedRegion,
-    docker_archive,
 )
 
 _LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")

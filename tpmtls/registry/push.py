@@ -22,9 +22,10 @@ from .certs import registry_client
 from .client import RegistryClient
 from .credentials import Credentials
 from .daemon_stream import stream_daemon_image
+from .images import find_daemon_image, is_daemon_spec, open_image
 from .progress import Progress
 from .reference import Reference, parse_reference
-from .sources import Blob, Image, find_daemon_image, is_daemon_spec, open_image
+from .sources import Blob, Image
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def push(
     cache: BlobCache | None = None,
     platform: str | None = None,
 ) -> PushResult:
-    """Push `image` (see sources.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
+    """Push `image` (see images.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
     ref = parse_reference(destination)
     client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
                              credentials=credentials, tcti=tcti)
