@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ImageError
 from .archive import docker_archive
+from .blobcache import BlobCache
 from .leftovers import SHARED_TMP_MIN_AGE, sweep_stale
 from .oci import oci_image
 from .sources import Image
@@ -41,10 +42,13 @@ def daemon_image(name: str, image: object | None = None) -> Image:
             pass
 
     try:
+        streamed = 0
         with os.fdopen(fd, "wb") as out:
             for data in image.save(named=True):  # type: ignore[attr-defined]
                 out.write(data)
+                streamed += len(data)
         img = docker_archive(Path(tmp), cleanup)
+        img.streamed = streamed
     except BaseException:
         cleanup()
         raise
@@ -57,11 +61,12 @@ def is_daemon_spec(spec: str) -> bool:
     return not spec.startswith(("docker-archive:", "oci-archive:", "oci:"))
 
 
-def open_image(spec: str, platform: str | None = None) -> Image:
+def open_image(spec: str, platform: str | None = None, cache: BlobCache | None = None) -> Image:
     """IMAGE as tpmtls-push takes it: docker-archive:PATH, oci:PATH[:TAG|@DIGEST],
-    oci-archive:PATH[@DIGEST], or a daemon image; `platform` (OS/ARCH) picks one image."""
+    oci-archive:PATH[@DIGEST], or a daemon image; `platform` (OS/ARCH) picks one image.
+    `cache`: what it saw of an archive's layers before (archive.py)."""
     if spec.startswith("docker-archive:"):
-        return docker_archive(Path(spec.split(":", 1)[1]))
+        return docker_archive(Path(spec.split(":", 1)[1]), cache=cache)
     if spec.startswith(("oci-archive:", "oci:")):
         kind, rest = spec.split(":", 1)
         rest, at, digest = rest.partition("@")

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; plain zlib still
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+CONFIG_TYPES = (DOCKER_CONFIG, "application/vnd.oci.image.config.v1+json")
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -56,15 +57,16 @@ class Source(ABC):
 
 
 class FileRegion(Source):
-    """`size` bytes of `path` from `start`."""
+    """`size` bytes of `path` from `start`; `read` counts the bytes read so far (a push reports it)."""
 
     size: int
 
     def __init__(self, path: Path, start: int, size: int) -> None:
         self.path, self.start, self.size = path, start, size
+        self.read = 0
 
     def chunks(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
+        with open(self.path, "rb", buffering=0) as f:  # unbuffered: no read-ahead past the region
             f.seek(self.start)
             left = self.size
             while left > 0:
@@ -72,12 +74,15 @@ class FileRegion(Source):
                 if not data:
                     raise ImageError(f"{self.path}: ends early (truncated archive?)")
                 left -= len(data)
+                self.read += len(data)
                 yield data
 
     def head(self, n: int) -> bytes:
-        with open(self.path, "rb") as f:
+        with open(self.path, "rb", buffering=0) as f:
             f.seek(self.start)
-            return f.read(min(n, self.size))
+            data = f.read(min(n, self.size))
+        self.read += len(data)
+        return data
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -115,11 +120,13 @@ class GzipSource(Source):
     on the input (and the library version), so a resumed upload regenerates the same bytes.
     """
 
-    def __init__(self, inner: FileRegion, diff_id: str | None = None, what: str = "layer") -> None:
+    def __init__(self, inner: FileRegion, diff_id: str | None = None, what: str = "layer",
+                 verified: Callable[[], None] | None = None) -> None:
         self.inner = inner
         self.size = None
         self.level: int | None = None
         self.diff_id, self.what = diff_id, what
+        self.verified = verified  # called once a whole pass matched the diff_id
 
     def _choose_level(self) -> int:
         if self.level is None:
@@ -144,6 +151,8 @@ class GzipSource(Source):
         if self.diff_id is not None and "sha256:" + h.hexdigest() != self.diff_id:
             raise ImageError(f"{self.what} does not match its diff_id {self.diff_id} in the image config "
                              f"(content is sha256:{h.hexdigest()}); nothing was tagged")
+        if self.verified is not None and self.diff_id is not None:
+            self.verified()
         yield tail
 
 
@@ -159,6 +168,14 @@ class Blob:
     name: str = ""  # for progress lines
     # run by the push worker before anything else (a streamed layer learns its content digest)
     prepare: Callable[["Blob"], None] | None = None
+    # run before the registry's copy stands in for this blob (its bytes are not sent): checks
+    # the local content against what it claims, reading it only when nothing vouches for it
+    check: Callable[[], None] | None = None
+
+    def bytes_read(self) -> int:
+        """Bytes of this blob's file read so far."""
+        inner = getattr(self.source, "inner", self.source)
+        return int(getattr(inner, "read", 0))
 
 
 @dataclass
@@ -170,6 +187,19 @@ class Image:
     # (uploaded digests/sizes by blob) -> [(manifest bytes, media type)], children first, top last
     render: Callable[[dict[Blob, tuple[str, int]]], list[tuple[bytes, str]]]
     cleanup: Callable[[], None] = field(default=lambda: None)
+    streamed: int = 0  # bytes read from a `docker save` stream to make it
+
+
+def docker_manifest(config: str, config_size: int, layers: list[tuple[str, int]]) -> bytes:
+    """A Docker v2 schema 2 manifest of gzipped layers ((digest, size) each), byte for byte the
+    same for the same image whichever way it was pushed (archive, daemon stream, from the cache)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "size": config_size, "digest": config},
+        "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": size, "digest": digest} for digest, size in layers],
+    }
+    return json.dumps(manifest, indent=3).encode()
 
 
 # ---- files: a directory or an uncompressed tar ----------------------------------------
@@ -182,8 +212,8 @@ class ImageFiles:
         self.path = path
         self.members: dict[str, tarfile.TarInfo] = {}
         if path.is_file():
-            try:
-                with tarfile.open(path, "r:") as tar:
+            try:  # headers only: unbuffered, so no read-ahead reads the layers' bytes (a re-push reads none)
+                with open(path, "rb", buffering=0) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
                     self.members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
             except tarfile.ReadError:
                 raise ImageError(f"{path}: not an uncompressed tar archive (gunzip it first if compressed)") from None
