@@ -1,5 +1,6 @@
-"""Bodies through `tpmtls proxy`: a layer streams from the upstream response into one reused
-buffer and from there to docker's socket, with no copy and no concatenation per piece.
+"""Bodies without copies: a layer streams from a registry's response into one reused buffer
+and from there to docker's socket (`tpmtls proxy`) or a file (pull), with no bytes object
+and no concatenation per piece.
 
 Measured with py-spy during `docker pull` of 200 MB (docs/proxy.md, "Performance of the
 proxy"): 64 KiB `resp.stream()` pieces cost a bytes object per piece, five Python calls
@@ -69,27 +70,42 @@ def dechunk(rfile: Any) -> Iterator[bytes]:
         rfile.readline(8)  # the CRLF after the chunk
 
 
+def pieces(resp: Any, buffer: memoryview, raw: bool = True) -> Iterator[memoryview]:
+    """A urllib3 response's body as views of `buffer` (each valid until the next one).
+
+    `raw`: the bytes as they came, content-encoding and all (what a proxy relays); else a
+    body with a Content-Encoding goes through urllib3's decoder. A body that ends early
+    ends the iteration early (compare with Content-Length); a failed read raises
+    urllib3's or the socket's error."""
+    fp = getattr(resp, "_fp", None)  # urllib3 2's http.client response: readinto fills our buffer
+    if isinstance(fp, http.client.HTTPResponse) and (raw or not resp.headers.get("Content-Encoding")):
+        while True:
+            n = fp.readinto(buffer)
+            if not n:
+                return
+            yield buffer[:n]
+    for data in resp.stream(len(buffer), decode_content=not raw):
+        if data:
+            yield memoryview(data)
+
+
 def relay(resp: Any, sock: Any, buffer: memoryview, chunked: bool, length: int | None) -> int:
-    """Copy an upstream response body (urllib3, not decoded) to the client socket, `chunked`
-    or as it is; returns the bytes sent. A body that fails or ends short of `length` (its
+    """Copy an upstream response body (not decoded) to the client socket, `chunked` or as it
+    is; returns the bytes sent. A body that fails or ends short of `length` (its
     Content-Length) raises BrokenBody: the client must not wait for the rest."""
-    raw = getattr(resp, "_fp", None)  # urllib3 2's http.client response: readinto fills our buffer
-    if not isinstance(raw, http.client.HTTPResponse):
-        return _relay_pieces(resp, sock, chunked)
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
     sent = 0
     try:
-        while True:
-            n = raw.readinto(buffer)
-            if not n:
-                break
+        for piece in pieces(resp, buffer):
             if chunked:
-                sock.sendall(b"%x\r\n" % n)
-                sock.sendall(buffer[:n])
+                sock.sendall(b"%x\r\n" % len(piece))
+                sock.sendall(piece)
                 sock.sendall(b"\r\n")
             else:
-                sock.sendall(buffer[:n])
-            sent += n
-    except (OSError, http.client.HTTPException) as e:
+                sock.sendall(piece)
+            sent += len(piece)
+    except (OSError, http.client.HTTPException, Urllib3Error) as e:
         raise BrokenBody(sent, type(e).__name__) from None
     if length is not None and sent != length:
         raise BrokenBody(sent, f"upstream body ended at {sent} of {length} bytes")
@@ -98,26 +114,4 @@ def relay(resp: Any, sock: Any, buffer: memoryview, chunked: bool, length: int |
     return sent
 
 
-def _relay_pieces(resp: Any, sock: Any, chunked: bool) -> int:
-    """The same through urllib3's own reads (another urllib3 than the one measured)."""
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    sent = 0
-    try:
-        for data in resp.stream(BUFFER, decode_content=False):
-            if not data:
-                continue
-            if chunked:
-                sock.sendall(b"%x\r\n" % len(data))
-            sock.sendall(data)
-            if chunked:
-                sock.sendall(b"\r\n")
-            sent += len(data)
-    except (Urllib3Error, OSError) as e:
-        raise BrokenBody(sent, type(e).__name__) from None
-    if chunked:
-        sock.sendall(b"0\r\n\r\n")
-    return sent
-
-
-__all__ = ["BUFFER", "BrokenBody", "ClientGone", "Counter", "dechunk", "exactly", "relay"]
+__all__ = ["BUFFER", "BrokenBody", "ClientGone", "Counter", "dechunk", "exactly", "pieces", "relay"]
