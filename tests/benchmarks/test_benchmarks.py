@@ -57,6 +57,12 @@ def test_push_benchmark_random_archive(tmp_path):
     assert set(runs) == {("tpmtls-push", "cold"), ("tpmtls-push", "warm"), ("skopeo", "cold"), ("skopeo", "warm")}
     assert all(r["ok"] and r["peak_rss_mb"] > 0 for r in runs.values()), runs
     assert data["compressor"].startswith("isal")
+    # counted under strace from outside the process: a warm re-push reads no layer bytes
+    assert runs[("tpmtls-push", "warm")]["layer_bytes_read"] == 0, runs
+    pulls = {(r["tool"], r["run"]): r for r in data["pulls"]}
+    assert set(pulls) == {("tpmtls-pull", "cold"), ("tpmtls-pull", "warm"), ("skopeo", "cold"), ("skopeo", "warm")}
+    assert all(r["ok"] for r in pulls.values()), pulls
+    assert 0 < data["startup_s"]["python"] <= data["startup_s"]["tpmtls-push --help"]
 
 
 def test_push_benchmark_real_files_from_the_daemon(tmp_path):
@@ -66,6 +72,9 @@ def test_push_benchmark_real_files_from_the_daemon(tmp_path):
     runs = {(r["source"], r["tool"], r["run"]): r for r in data["results"]}
     assert {(s, t) for s, t, _ in runs} == {(s, t) for s in ("archive", "daemon") for t in ("tpmtls-push", "skopeo")}
     assert all(r["ok"] and r["content"] == "real" and r["mb"] > 5 for r in runs.values()), runs
+    # a warm re-push from the daemon saves nothing: the registry has every layer
+    assert runs[("daemon", "tpmtls-push", "warm")]["save_requests"] == 0, runs
+    assert runs[("daemon", "skopeo", "warm")]["save_requests"] >= 1, runs  # what the strace count sees of a save
 
 
 @pytest.mark.parametrize("tpm_path", ["tabrmd", "device"])

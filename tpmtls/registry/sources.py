@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tarfile
 import types
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import ImageError
 
@@ -205,6 +206,31 @@ def docker_manifest(config: str, config_size: int, layers: list[tuple[str, int]]
 # ---- files: a directory or an uncompressed tar ----------------------------------------
 
 
+class _HeadersOnly:
+    """A tar file as tarfile's header scan sees it, reading nothing of the members' data.
+
+    Unbuffered (no read-ahead past a header into the layer behind it), and the one byte
+    tarfile reads at the end of each member only to learn the file goes on (`TarFile.next`:
+    seek to the member's end - 1, read(1)) is answered from the file's size instead."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.size = os.fstat(raw.fileno()).st_size
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self.raw.tell()
+        if n == 1 and pos < self.size:  # the truncation probe: the byte exists, its value is not used
+            self.raw.seek(1, os.SEEK_CUR)
+            return b"\0"
+        return self.raw.read(n)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
 class ImageFiles:
     """The files of an image: a directory (OCI layout) or an uncompressed tar (read by its headers)."""
 
@@ -212,8 +238,9 @@ class ImageFiles:
         self.path = path
         self.members: dict[str, tarfile.TarInfo] = {}
         if path.is_file():
-            try:  # headers only: unbuffered, so no read-ahead reads the layers' bytes (a re-push reads none)
-                with open(path, "rb", buffering=0) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            try:  # headers only (a re-push reads no layer byte): see _HeadersOnly
+                with open(path, "rb", buffering=0) as raw, \
+                        tarfile.open(fileobj=_HeadersOnly(raw), mode="r:") as tar:  # type: ignore[call-overload]
                     self.members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
             except tarfile.ReadError:
                 raise ImageError(f"{path}: not an uncompressed tar archive (gunzip it first if compressed)") from None
