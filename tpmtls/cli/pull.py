@@ -20,8 +20,8 @@ def build_parser() -> Parser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..registry.progress import print_progress_default
     from ..registry.pull import pull
-    from ..registry.push import print_progress_default
 
     interrupt_on_sigterm()
     pull(args.source, args.destination, tcti=args.tcti, progress=print_progress_default(), **registry_options(args))

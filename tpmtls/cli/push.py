@@ -24,7 +24,8 @@ def build_parser() -> Parser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..registry.push import print_progress_default, push
+    from ..registry.progress import print_progress_default
+    from ..registry.push import push
 
     cancel = threading.Event()
     interrupt_on_sigterm()
