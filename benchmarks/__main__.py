@@ -1,4 +1,4 @@
-"""`python -m benchmarks {handshakes,pool,push,daemon,enroll,proxy}`: tpmtls side by side with the alternatives.
+"""`python -m benchmarks {handshakes,pool,push,startup,daemon,enroll,proxy}`: tpmtls side by side with the alternatives.
 
 Every comparison is made in one run, on the same TPM, CA and server: read the ratios,
 not the absolute rates (a shared 2-core machine is noisy). Each prints a table and, with
@@ -320,9 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=pool)
-    from . import connections, daemon, enroll, proxy, push
+    from . import connections, daemon, enroll, proxy, push, startup
 
     push.register(sub)
+    startup.register(sub)
     daemon.register(sub)
     enroll.register(sub)
     proxy.register(sub)

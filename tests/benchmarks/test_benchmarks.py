@@ -93,3 +93,15 @@ def test_connections_benchmark_at_tpm_latency(tpm_path, tmp_path):
     fan = data["fan_out"]
     assert fan["errors"] == 0 and fan["tpm_signatures"] <= fan["servers"] * fan["pool_contexts"]
     assert (tmp_path / "result.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_startup_benchmark_against_itself(tmp_path):
+    """`startup --against DIR` measures the same commands from another checkout (here: this one)."""
+    from support import ROOT
+
+    data = bench("startup", "--runs", "2", "--against", str(ROOT), tmp_path=tmp_path)
+    ours = data["results"][str(ROOT)]
+    assert {"python -c pass", "import tpmtls", "tpmtls-push --help", "docker-credential-tpmtls version"} <= set(ours)
+    assert all(r["best_s"] > 0 and r["modules"] > 0 for r in ours.values())
+    # what the commands' start-up promises (docs/performance.md, "Start-up")
+    assert ours["tpmtls-push --help"]["modules"] < ours["import tpmtls.registry.push"]["modules"]
