@@ -1,4 +1,4 @@
-"""`python -m benchmarks {handshakes,pool,push,daemon,enroll,proxy}`: tpmtls side by side with the alternatives.
+"""`python -m benchmarks {handshakes,pool,push,startup,daemon,enroll,proxy}`: tpmtls side by side with the alternatives.
 
 Every comparison is made in one run, on the same TPM, CA and server: read the ratios,
 not the absolute rates (a shared 2-core machine is noisy). Each prints a table and, with
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -296,126 +294,6 @@ def pool_table(results: list[dict[str, Any]], sizes: list[int], threads: list[in
     return "\n".join(lines)
 
 
-# ---- push ------------------------------------------------------------------------------
-
-
-def _measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
-    """Wall time, peak RSS (MB) of the child, its exit code and last stderr line."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err_box: list[bytes] = []
-    reader = threading.Thread(target=lambda: err_box.append(proc.stderr.read()))  # type: ignore[union-attr]
-    reader.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    reader.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = err_box[0].decode(errors="replace").strip().splitlines() if err_box else []
-    return time.monotonic() - t0, usage.ru_maxrss / 1024, proc.returncode, err[-1] if err else ""
-
-
-def push(args: argparse.Namespace) -> int:
-    """tpmtls-push (TPM key) vs skopeo copy (software key): random and real-file content, from a
-    docker-archive and from the daemon; a fresh registry and blob cache per cold run."""
-    from tpmtls.lab import Dockerd, Registry
-    from tpmtls.registry.sources import COMPRESSOR
-
-    from .content import random_image, real_image
-
-    contents, sources = _csv(args.content), _csv(args.sources)
-    results: list[dict[str, Any]] = []
-    with ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
-        lab = Lab(work, stack, TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None)
-        tpm_cert, tpm_key = lab.client("ecc-p256", "tpm")
-        soft_cert, soft_key = lab.client("ecc-p256", "software")
-        dirs = {}
-        for kind, (cert, key) in (("tpm", (tpm_cert, tpm_key)), ("soft", (soft_cert, soft_key))):
-            d = work / f"certs-{kind}"
-            d.mkdir()
-            shutil.copy(lab.ca.cert_path, d / "ca.crt")
-            shutil.copy(cert, d / "client.cert")
-            shutil.copy(key, d / "client.key")
-            dirs[kind] = d
-        daemon = stack.enter_context(Dockerd(work / "dockerd")) if "daemon" in sources else None
-        print(f"compressor: tpmtls {COMPRESSOR}; skopeo: its default (klauspost pgzip)", flush=True)
-        for content in contents:
-            if content == "random":
-                image, size = random_image(work / "random.tar", args.size_mb, max(1, args.layers))
-                name = "bench:1"
-                print(f"image random: {size / 1e6:.0f} MB in {max(1, args.layers)} random (incompressible) layers",
-                      flush=True)
-            else:
-                image, size = real_image(work / "real.tar", args.real_layers)
-                name = "bench-real:1"
-                print(f"image real: {size / 1e6:.0f} MB of real files in {len(_tar_layers(image))} layers "
-                      "(git-core, python stdlib, vim, perl, icons: the first --real-layers)", flush=True)
-            if daemon is not None:
-                load = subprocess.run(["docker", "load", "-i", str(image)], env={**os.environ, **daemon.env},
-                                      capture_output=True, text=True, timeout=600)
-                if load.returncode != 0:
-                    raise SystemExit(f"docker load failed: {load.stderr.strip()[-300:]}")
-            for source in sources:
-                for tool in ("tpmtls-push", "skopeo"):
-                    registry = stack.enter_context(Registry(lab.server_cert, lab.server_key, lab.ca.cert_path,
-                                                            work / f"registry-{content}-{source}-{tool}"))
-                    home = work / f"home-{content}-{source}-{tool}"  # a fresh blob cache: the cold run is cold
-                    home.mkdir()
-                    env = {**lab.worker_env(), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-                           **(daemon.env if daemon is not None else {})}
-                    dest = f"localhost:{registry.port}/bench:1"
-                    src = f"docker-archive:{image}" if source == "archive" else name
-                    if tool == "tpmtls-push":
-                        argv = [sys.executable, "-m", "tpmtls.cli.push", src, dest, "--cert-dir", str(dirs["tpm"])]
-                    else:
-                        skopeo_src = f"docker-archive:{image}" if source == "archive" else f"docker-daemon:{name}"
-                        argv = ["skopeo", "copy", "--insecure-policy", "--dest-cert-dir", str(dirs["soft"])]
-                        if source == "daemon" and daemon is not None:
-                            argv += ["--src-daemon-host", daemon.host]
-                        argv += [skopeo_src, f"docker://{dest}"]
-                    for run in ("cold", "warm"):
-                        seconds, rss, rc, err = _measured(argv, env)
-                        row = {"content": content, "source": source, "tool": tool,
-                               "key": "TPM (ECC P-256)" if tool == "tpmtls-push" else "software (ECC P-256)",
-                               "run": run, "mb": round(size / 1e6), "seconds": round(seconds, 2),
-                               "mb_per_s": round(size / 1e6 / seconds, 1), "peak_rss_mb": round(rss, 1),
-                               "ok": rc == 0}
-                        if rc:
-                            row["error"] = err
-                        results.append(row)
-                        print(f"  {content:6} {source:7} {tool:12} {run}: {seconds:6.2f} s  {row['mb_per_s']:7.1f} MB/s"
-                              f"  peak RSS {rss:6.1f} MB{'  FAILED: ' + err if rc else ''}", flush=True)
-    print()
-    print(push_table(results))
-    _write_json(args.json, {"env": environment(), "compressor": COMPRESSOR, "results": results})
-    return 0
-
-
-def _tar_layers(image: Path) -> list[str]:
-    import tarfile
-
-    with tarfile.open(image) as tar:
-        return [m.name for m in tar.getmembers() if m.name.endswith("/layer.tar")]
-
-
-def push_table(results: list[dict[str, Any]]) -> str:
-    """Markdown: one row per content/source/tool/run, then tpmtls-push / skopeo throughput ratios."""
-    lines = ["| content | source | tool | run | MB | seconds | MB/s | peak RSS MB |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r['content']} | {r['source']} | {r['tool']} | {r['run']} | {r['mb']} | "
-                     f"{r['seconds']:.2f} | {r['mb_per_s']:.1f} | {r['peak_rss_mb']:.1f} |"
-                     + ("" if r["ok"] else " FAILED"))
-    by = {(r["content"], r["source"], r["tool"], r["run"]): r for r in results}
-    for content, source in dict.fromkeys((r["content"], r["source"]) for r in results):
-        for run in ("cold", "warm"):
-            ours, theirs = by.get((content, source, "tpmtls-push", run)), by.get((content, source, "skopeo", run))
-            if ours and theirs and ours["ok"] and theirs["ok"]:
-                lines.append(f"\ntpmtls-push / skopeo, {content} {source} {run}: "
-                             f"{theirs['seconds'] / ours['seconds']:.2f} x the throughput")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="name", required=True)
@@ -442,18 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=pool)
-    p = sub.add_parser("push", help="tpmtls-push (TPM key) vs skopeo (software key), cold and warm")
-    p.add_argument("--content", default="random,real", help="random (incompressible), real (files of this machine)")
-    p.add_argument("--sources", default="archive,daemon", help="archive (docker-archive:), daemon (local dockerd)")
-    p.add_argument("--size-mb", type=int, default=200, help="size of the random image")
-    p.add_argument("--layers", type=int, default=4, help="layers of the random image")
-    p.add_argument("--real-layers", type=int, default=5, help="layers of the real-file image (1-5, smallest first)")
-    p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
-                   help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
-    p.add_argument("--json", metavar="FILE")
-    p.set_defaults(func=push)
-    from . import connections, daemon, enroll, proxy
+    from . import connections, daemon, enroll, proxy, push, startup
 
+    push.register(sub)
+    startup.register(sub)
     daemon.register(sub)
     enroll.register(sub)
     proxy.register(sub)

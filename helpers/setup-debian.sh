@@ -18,6 +18,8 @@ packages=(
   busybox-static
   # test peers (htpasswd: bcrypt entries for the registry's Basic auth)
   openssl curl apache2-utils
+  # the push benchmark counts the layer bytes a re-push reads from outside the process
+  strace
   # enroll-server: libpq for psycopg (--db postgresql://); a PostgreSQL the tests and benchmark start
   # themselves (initdb in a temp dir); lego, a second standard ACME client the tests drive; iproute2
   # for the network namespace the server's public-name test runs in

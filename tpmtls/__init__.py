@@ -34,10 +34,6 @@ from .errors import (  # noqa: E402
     TpmUnavailable,
     UsageError,
 )
-from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_session, ssl_context  # noqa: E402
-from .tls._errors import KeyLoadError, TpmHandshakeError  # noqa: E402
-from .tpm import Pool, Tpm, connect  # noqa: E402
-from .tpm.keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey  # noqa: E402
 
 if TYPE_CHECKING:
     from .docker.client import docker_client
@@ -45,13 +41,23 @@ if TYPE_CHECKING:
     from .enroll.pairing_client import ensure_server_enrolled
     from .registry.pull import pull
     from .registry.push import push
+    from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_session, ssl_context
     from .tls._adapter import TpmSSLError
+    from .tls._errors import KeyLoadError, TpmHandshakeError
+    from .tpm import Pool, Tpm, connect
+    from .tpm.keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey
 
-# Imported on first use (PEP 562), with their own typed signatures: signing needs
-# neither the registry client nor docker-py.
+# Imported on first use (PEP 562), with their own typed signatures, so a command pays only
+# for what it uses: `tpmtls-push --help` needs neither tpm2-pytss nor the registry client,
+# signing needs neither the registry client nor docker-py (docs/performance.md, "Start-up").
 _LAZY = {"push": ".registry.push", "pull": ".registry.pull", "docker_client": ".docker.client",
          "ensure_server_enrolled": ".enroll.pairing_client",
-         # errors of modules that import requests or docker-py: also on first use
+         "connect": ".tpm", "Pool": ".tpm", "Tpm": ".tpm",
+         "AnyTpmKey": ".tpm.keys", "TpmKey": ".tpm.keys", "TpmECPrivateKey": ".tpm.keys", "TpmRSAPrivateKey": ".tpm.keys",
+         "ssl_context": ".tls", "pyopenssl_context": ".tls", "requests_session": ".tls", "inject_into_ssl": ".tls",
+         "extract_from_ssl": ".tls",
+         # errors of modules that import ssl, requests or docker-py: also on first use
+         "KeyLoadError": ".tls._errors", "TpmHandshakeError": ".tls._errors",
          "TpmSSLError": ".tls._adapter", "CredentialsError": ".docker.credentials"}
 
 

@@ -57,6 +57,12 @@ def test_push_benchmark_random_archive(tmp_path):
     assert set(runs) == {("tpmtls-push", "cold"), ("tpmtls-push", "warm"), ("skopeo", "cold"), ("skopeo", "warm")}
     assert all(r["ok"] and r["peak_rss_mb"] > 0 for r in runs.values()), runs
     assert data["compressor"].startswith("isal")
+    # counted under strace from outside the process: a warm re-push reads no layer bytes
+    assert runs[("tpmtls-push", "warm")]["layer_bytes_read"] == 0, runs
+    pulls = {(r["tool"], r["run"]): r for r in data["pulls"]}
+    assert set(pulls) == {("tpmtls-pull", "cold"), ("tpmtls-pull", "warm"), ("skopeo", "cold"), ("skopeo", "warm")}
+    assert all(r["ok"] for r in pulls.values()), pulls
+    assert 0 < data["startup_s"]["python"] <= data["startup_s"]["tpmtls-push --help"]
 
 
 @pytest.mark.machine  # the benchmark starts dockerd
@@ -67,6 +73,9 @@ def test_push_benchmark_real_files_from_the_daemon(tmp_path):
     runs = {(r["source"], r["tool"], r["run"]): r for r in data["results"]}
     assert {(s, t) for s, t, _ in runs} == {(s, t) for s in ("archive", "daemon") for t in ("tpmtls-push", "skopeo")}
     assert all(r["ok"] and r["content"] == "real" and r["mb"] > 5 for r in runs.values()), runs
+    # a warm re-push from the daemon saves nothing: the registry has every layer
+    assert runs[("daemon", "tpmtls-push", "warm")]["save_requests"] == 0, runs
+    assert runs[("daemon", "skopeo", "warm")]["save_requests"] >= 1, runs  # what the strace count sees of a save
 
 
 @pytest.mark.parametrize("tpm_path", ["tabrmd", "device"])
@@ -85,3 +94,15 @@ def test_connections_benchmark_at_tpm_latency(tpm_path, tmp_path):
     fan = data["fan_out"]
     assert fan["errors"] == 0 and fan["tpm_signatures"] <= fan["servers"] * fan["pool_contexts"]
     assert (tmp_path / "result.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_startup_benchmark_against_itself(tmp_path):
+    """`startup --against DIR` measures the same commands from another checkout (here: this one)."""
+    from support import ROOT
+
+    data = bench("startup", "--runs", "2", "--against", str(ROOT), tmp_path=tmp_path)
+    ours = data["results"][str(ROOT)]
+    assert {"python -c pass", "import tpmtls", "tpmtls-push --help", "docker-credential-tpmtls version"} <= set(ours)
+    assert all(r["best_s"] > 0 and r["modules"] > 0 for r in ours.values())
+    # what the commands' start-up promises (docs/performance.md, "Start-up")
+    assert ours["tpmtls-push --help"]["modules"] < ours["import tpmtls.registry.push"]["modules"]

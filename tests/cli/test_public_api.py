@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import tpmtls
 from tpmtls import errors
 
@@ -46,3 +48,14 @@ def test_every_exported_error_derives_from_tpmtls_error():
     assert {"KeyLoadError", "TpmHandshakeError", "TpmSSLError", "CredentialsError", "OutputError"} <= set(errors_)
     for name in errors_:
         assert issubclass(getattr(tpmtls, name), tpmtls.TpmtlsError), name
+
+
+@pytest.mark.parametrize("args", [["-c", "import tpmtls"], ["-m", "tpmtls.cli.push", "--help"],
+                                  ["-m", "tpmtls.cli.pull", "--help"], ["-m", "tpmtls.cli.credential_helper", "version"]])
+def test_start_up_loads_no_tpm_stack_before_it_is_needed(args):
+    """tpm2-pytss, urllib3 and docker-py cost most of a command's start-up: `import tpmtls`, the
+    push/pull help and the credential helper's version load none of them (docs/performance.md)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not loaded & {"tpm2_pytss", "urllib3", "docker", "requests", "OpenSSL"}, loaded & {"tpm2_pytss", "urllib3"}

@@ -50,7 +50,7 @@ def test_200mb_layer_memory_stays_flat(registry, tpm_certs, test_tpm, tmp_path):
     script = f"""
 import resource, tpmtls
 from tpmtls.registry.push import BlobCache
-from tpmtls.registry.sources import open_image
+from tpmtls.registry.images import open_image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 r = tpmtls.push("docker-archive:{image}", "localhost:{registry.port}/big:1", cert_dir="{tpm_certs}",
                 cache=BlobCache(__import__("pathlib").Path("{tmp_path}/c.json")))

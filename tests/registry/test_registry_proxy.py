@@ -6,6 +6,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,43 @@ def test_loopback_callers_are_served(proxy):
         conn.request("GET", "/_tpmtls/status", headers={"Host": name})
         assert conn.getresponse().status == 200
         conn.close()
+
+
+def test_an_upstream_body_cut_short_closes_the_client_connection(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
+    """The registry's connection drops in the middle of a blob: the client gets the bytes that came and
+    then a closed connection (never a hang, never bytes that did not come), and the proxy logs it."""
+    import http.client
+    import json
+
+    import tpmtls
+    from support.peers import CuttingProxy
+    from tpmtls.lab import build_docker_archive
+    from tpmtls.registry.push import BlobCache
+
+    image = build_docker_archive(tmp_path / "img.tar", [{"blob.bin": 4_000_000}])
+    tpmtls.push(f"docker-archive:{image}", f"localhost:{registry.port}/cut:1", cert_dir=tpm_certs, tcti=test_tpm.tcti,
+                cache=BlobCache(tmp_path / "cache.json"))
+    layer = json.loads(skopeo_raw(f"localhost:{registry.port}/cut:1", soft_certs)[0])["layers"][0]
+    cutter = CuttingProxy(registry.port, cut_down_after=1_000_000)
+    try:
+        with RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{cutter.port}", "--listen",
+                                  "127.0.0.1:0", "--cert-dir", str(tpm_certs)) as p:
+            host, port = p.address.rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("GET", f"/v2/cut/blobs/{layer['digest']}")
+            resp = conn.getresponse()
+            assert resp.status == 200 and int(resp.getheader("Content-Length")) == layer["size"]
+            got = 0
+            try:  # read(amt) ends with b"" where the connection closed; read() would raise IncompleteRead
+                while piece := resp.read(1 << 16):
+                    got += len(piece)
+            except http.client.IncompleteRead as e:
+                got += len(e.partial)
+            conn.close()
+            deadline = time.monotonic() + 10
+            while not any("stream broken" in line for line in p.lines()):
+                assert time.monotonic() < deadline, p.lines()[-5:]
+                time.sleep(0.02)
+    finally:
+        cutter.close()
+    assert cutter.cuts == 1 and 0 < got < layer["size"]

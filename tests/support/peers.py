@@ -196,19 +196,23 @@ def verifying_server_context(pki: Pki):
 
 
 class CuttingProxy(LoopbackListener):
-    """Loopback TCP proxy counting client→registry bytes. Once a connection has carried
-    more than `cut_after` bytes it is cut, once: `inside` a request (in the middle of the
-    upload data) or `after` the registry's next response (between two requests).
+    """Loopback TCP proxy counting client→registry bytes (`sent`) and registry→client bytes
+    (`received`). Once a connection has carried more than `cut_after` bytes up it is cut,
+    once: `inside` a request (in the middle of the upload data) or `after` the registry's
+    next response (between two requests); with `cut_down_after`, once a connection has
+    carried more than that many bytes down (in the middle of a download).
     `throttle` sleeps per forwarded piece (a slow link); `carried_enough` is set once
     `signal_after` bytes went up."""
 
     def __init__(self, upstream_port: int, cut_after: int | None = None, where: str = "inside",
-                 throttle: float = 0.0, signal_after: int = 0) -> None:
+                 throttle: float = 0.0, signal_after: int = 0, cut_down_after: int | None = None) -> None:
         self.upstream, self.where, self.throttle = upstream_port, where, throttle
         self.cut_after = cut_after if cut_after is not None else float("inf")
+        self.cut_down_after = cut_down_after if cut_down_after is not None else float("inf")
         self.signal_after = signal_after
         self.carried_enough = threading.Event()  # set once `signal_after` upload bytes went through
         self.sent = 0
+        self.received = 0
         self.cuts = 0
         self.lock = threading.Lock()
         super().__init__()
@@ -216,7 +220,7 @@ class CuttingProxy(LoopbackListener):
     def handle(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
         client.settimeout(30)
-        state = {"carried": 0, "armed": False}
+        state = {"carried": 0, "armed": False, "down": 0}
         threading.Thread(target=self._pump, args=(client, upstream, True, state), daemon=True).start()
         threading.Thread(target=self._pump, args=(upstream, client, False, state), daemon=True).start()
 
@@ -230,6 +234,9 @@ class CuttingProxy(LoopbackListener):
                     return True
                 state["armed"] = True
             if not upward and state["armed"]:
+                self.cuts += 1
+                return True
+            if not upward and state["down"] > self.cut_down_after:
                 self.cuts += 1
                 return True
         return False
@@ -254,6 +261,11 @@ class CuttingProxy(LoopbackListener):
                 else:
                     if state["armed"]:
                         state["frozen"] = True  # nothing more goes up: the cut falls between requests
+                    with self.lock:
+                        self.received += len(data)
+                        state["down"] += len(data)
+                    if state["down"] > self.cut_down_after and self._cut_now(state, False):
+                        break  # mid-download: what was carried so far went through, the rest never will
                     dst.sendall(data)
                     if self._cut_now(state, False):
                         break

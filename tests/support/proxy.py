@@ -93,3 +93,87 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+class DockerSocketSpy:
+    """A unix socket in front of a dockerd's: forwards both ways and records the request lines
+    its clients send (`requests`), so a test can count `docker save` calls (`saves()`)."""
+
+    def __init__(self, daemon_socket: str, path: Path) -> None:
+        import re
+        import socket
+        import threading
+
+        self.target, self.path = daemon_socket, path
+        self.requests: list[str] = []
+        self._line = re.compile(rb"(GET|HEAD|POST|PUT|DELETE) (/\S*) HTTP/1\.[01]\r\n")
+        self._lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"DOCKER_HOST": f"unix://{self.path}"}
+
+    def saves(self) -> int:
+        """`docker save` requests seen (docker-py: GET /vX/images/NAME/get; the CLI: /images/get?names=)."""
+        with self._lock:
+            return sum(1 for r in self.requests if "/images/" in r and (r.split("?")[0].endswith("/get")))
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(src, dst, up), daemon=True).start()
+
+    def _pump(self, src, dst, up: bool) -> None:
+        import socket
+
+        seen = b""
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if up:
+                    seen = (seen + data)[-4096:]
+                    for m in self._line.finditer(seen):
+                        with self._lock:
+                            self.requests.append(f"{m.group(1).decode()} {m.group(2).decode()}")
+                    seen = seen[seen.rfind(b"\r\n") + 2:] if b"\r\n" in seen else seen
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        self._thread.join(5)
+
+    def __enter__(self) -> "DockerSocketSpy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

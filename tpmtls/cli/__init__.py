@@ -3,32 +3,21 @@
 One module per top-level command, each adding its own parser (and its subcommands) with
 `add_parser(sub)`; `_common` and `_registry_args` are what several share. The other
 console scripts are `push` (tpmtls-push), `pull` (tpmtls-pull) and `credential_helper`
-(docker-credential-tpmtls).
+(docker-credential-tpmtls): importing this package must stay cheap for them (it runs
+before their module), so the commands' modules are imported when `tpmtls`'s parser is built.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from .._version import __version__
-from . import (
-    ca,
-    certs,
-    connect,
-    csr,
-    daemon_proxy,
-    doctor,
-    enroll,
-    enroll_agent,
-    enroll_server,
-    key,
-    proxy,
-    quickstart,
-)
 from ._common import Parser, add_tcti, run_main
 
-#: In the order `tpmtls --help` lists them.
-COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, enroll_agent, enroll_server, quickstart)
+#: The commands' modules, in the order `tpmtls --help` lists them.
+COMMANDS = ("doctor", "key", "csr", "connect", "ca", "certs", "proxy", "daemon_proxy", "enroll", "enroll_agent",
+            "enroll_server", "quickstart")
 
 
 def build_parser() -> Parser:
@@ -36,8 +25,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"tpmtls {__version__}")
     add_tcti(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for command in COMMANDS:
-        command.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 

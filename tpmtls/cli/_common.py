@@ -100,6 +100,17 @@ def service_log(name: str) -> Callable[[str], None]:
     return log
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (systemd, `kill`, a CI runner's timeout) interrupts like Ctrl-C: the command's
+    clean-up runs (a pull removes its partial files, a push its saved image) instead of the
+    process vanishing with them; run_main then exits 130 with one line."""
+
+    def _interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def serve_until_signal(server: Any) -> None:
     """Run `server.serve()` until SIGTERM or SIGINT asks it to `stop()` (systemd stops with SIGTERM)."""
 

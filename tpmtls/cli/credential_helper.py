@@ -49,11 +49,11 @@ def _field(doc: dict[str, object], name: str) -> str:
 
 def handle(action: str, stdin: TextIO, stdout: TextIO) -> None:
     """Run one protocol action (credentials.HandleCommand); errors are raised as TpmtlsError."""
-    from ..docker.credentials import NO_SERVER_URL, CredentialsError, CredentialStore, Entry
-
-    if action == "version":
+    if action == "version":  # before the store's imports (the TPM's): docker asks for it often
         stdout.write(_version() + "\n")
         return
+    from ..docker.credentials import NO_SERVER_URL, CredentialsError, CredentialStore, Entry
+
     if action not in ACTIONS:
         raise CredentialsError(f"{NAME}: unknown action: {action}")
     store = CredentialStore()

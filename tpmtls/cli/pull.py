@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Parser, add_tcti, run_main
+from ._common import Parser, add_tcti, interrupt_on_sigterm, run_main
 from ._registry_args import add_registry_args, registry_options
 
 
@@ -20,9 +20,10 @@ def build_parser() -> Parser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..registry.progress import print_progress_default
     from ..registry.pull import pull
-    from ..registry.push import print_progress_default
 
+    interrupt_on_sigterm()
     pull(args.source, args.destination, tcti=args.tcti, progress=print_progress_default(), **registry_options(args))
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 import threading
 
-from ._common import Parser, add_tcti, run_main
+from ._common import Parser, add_tcti, interrupt_on_sigterm, run_main
 from ._registry_args import add_registry_args, registry_options
 
 
@@ -24,9 +24,11 @@ def build_parser() -> Parser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..registry.push import print_progress_default, push
+    from ..registry.progress import print_progress_default
+    from ..registry.push import push
 
     cancel = threading.Event()
+    interrupt_on_sigterm()
     try:
         push(args.image, args.destination, tcti=args.tcti, progress=print_progress_default(), cancel=cancel,
              platform=args.platform, **registry_options(args))

@@ -26,15 +26,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlsplit
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._files import write_atomic
 from ..errors import KeyFileError, TpmtlsError
-from ..tpm.device import Tpm
-from ..tpm.seal import SealedBlob, seal, unseal
+
+if TYPE_CHECKING:
+    from ..tpm.device import Tpm
+
+# The TPM (tpm2-pytss) and AES-GCM are imported where a secret is sealed or opened: docker
+# runs the helper for every pull and push, and `get` of an unknown server, `list` and
+# `erase` need neither (docs/performance.md, "Start-up").
 
 FILE_NAME = "tpmtls-credentials.json"
 FORMAT = "tpmtls docker credentials"
@@ -121,6 +124,10 @@ class CredentialStore:
             raise CredentialsError(NO_SERVER_URL)
         if not entry.username:
             raise CredentialsError(NO_USERNAME)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        from ..tpm.seal import seal
+
         data_key = AESGCM.generate_key(bit_length=256)
         sealed = seal(self.tpm, data_key)
         nonce = os.urandom(12)
@@ -169,6 +176,10 @@ class CredentialStore:
         raise CredentialsNotFound()
 
     def _open(self, server_url: str, record: dict) -> str:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        from ..tpm.seal import SealedBlob, unseal
+
         where = f"{self.path}: entry {server_url!r}"
         try:
             sealed = SealedBlob(base64.b64decode(record["sealed"]["public"], validate=True),

@@ -10,8 +10,9 @@ swtpm).
 from __future__ import annotations
 
 import os
-import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def load(path: Path) -> None:
@@ -26,10 +27,8 @@ def load(path: Path) -> None:
         "[tpmtls_default]\nactivate = 1\n"
         f"[tpmtls_shim]\nmodule = {path}\nactivate = 1\n"
     )
-    with tempfile.TemporaryDirectory(prefix="tpmtls-ossl-") as tmp:
-        conf = Path(tmp) / "openssl.cnf"
-        conf.write_text(config)
-        os.environ["OPENSSL_CONF"] = str(conf)
+    with _config_file(config) as conf:
+        os.environ["OPENSSL_CONF"] = conf
         try:
             import cryptography.hazmat.bindings._rust  # noqa: F401 - initialises its OpenSSL now
         finally:
@@ -37,3 +36,23 @@ def load(path: Path) -> None:
                 os.environ.pop("OPENSSL_CONF", None)
             else:
                 os.environ["OPENSSL_CONF"] = previous
+
+
+@contextmanager
+def _config_file(text: str) -> Iterator[str]:
+    """A path OpenSSL can read `text` from while the block runs: an anonymous memory file
+    (Linux memfd, nothing on disk, gone with its descriptor), else a private temp directory."""
+    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        fd = os.memfd_create("tpmtls-openssl.cnf", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+            yield f"/proc/{os.getpid()}/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tpmtls-ossl-") as tmp:
+        conf = Path(tmp) / "openssl.cnf"
+        conf.write_text(text)
+        yield str(conf)

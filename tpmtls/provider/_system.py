@@ -8,7 +8,18 @@ one Python process").
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+from typing import Iterator
+
+
+def _candidates() -> Iterator[str]:
+    """OpenSSL 3's soname first (already mapped by `_ssl`: dlopen finds it at once); then what
+    ctypes.util finds, which runs `ldconfig -p` in a subprocess (milliseconds at every start)."""
+    yield "libcrypto.so.3"
+    import ctypes.util
+
+    found = ctypes.util.find_library("crypto")
+    if found:
+        yield found
 
 
 class SystemOpenSSL:
@@ -18,7 +29,7 @@ class SystemOpenSSL:
         import _ssl  # the stdlib's OpenSSL: make sure it is mapped, then find it by soname
 
         self.version = _ssl.OPENSSL_VERSION
-        for name in filter(None, [ctypes.util.find_library("crypto"), "libcrypto.so.3"]):
+        for name in _candidates():
             try:
                 lib = ctypes.CDLL(name)
             except OSError:

@@ -7,16 +7,21 @@ errors) with the registry's authorization (tokens per scope).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+import time
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 from urllib.parse import urlencode
 
+from urllib3.exceptions import HTTPError as Urllib3Error
+
 from ..errors import RegistryError
+from ._bodies import BUFFER, pieces
 from .auth import Auth, pull_scope, push_scope
 from .credentials import Credentials
-from .transport import Transport
+from .transport import ATTEMPTS, Transport
 from .upload import BlobUploads
 
 if TYPE_CHECKING:
@@ -117,25 +122,93 @@ class RegistryClient:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if ref.startswith("sha256:") and ref != digest:
             raise RegistryError(f"{self.registry}/{repo}: manifest content does not match {ref}")
-        media_type = resp.headers.get("Content-Type", "").split(";")[0] or json.loads(data).get("mediaType", "")
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise RegistryError(f"{self.registry}/{repo}: the manifest {ref!r} it sent is not a JSON object "
+                                f"({len(data)} bytes)")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0] or str(doc.get("mediaType", ""))
         return data, media_type, digest
 
-    def get_blob(self, repo: str, digest: str, write: Callable[[bytes], None]) -> int:
-        """Stream a blob to `write`, verifying its digest; returns its size."""
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", pull_scope(repo), ok=(200, 301, 302, 303, 307, 308),
-                            stream=True)
-        if resp.status != 200:  # storage redirect: https only, our credentials stay with the registry
-            location = resp.headers.get("Location", "")
-            resp.drain_conn()
-            resp = self.request("GET", location, pull_scope(repo), ok=(200,), stream=True)
-        hasher, size = hashlib.sha256(), 0
-        try:
-            for data in resp.stream(1 << 20):
-                hasher.update(data)
-                size += len(data)
-                write(data)
-        finally:
-            resp.release_conn()
+    def get_blob(self, repo: str, digest: str, out: BinaryIO, *, have: int = 0, hasher: Any = None,
+                 cancel: threading.Event | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Download blob `digest` into `out`, checked against its digest as it arrives; returns its size.
+
+        `out` may already hold the blob's first `have` bytes (a partial download; `hasher`
+        has seen them). A connection that drops is resumed where the file ends with a
+        Range request, at most ATTEMPTS times, so each byte crosses the network about
+        once; a registry that ignores Range sends it all again and the file starts over.
+        An error writing `out` (a full disk) is raised as the OSError it is."""
+        hasher = hasher if hasher is not None else hashlib.sha256()
+        size, buffer, why = have, memoryview(bytearray(BUFFER)), ""
+        for attempt in range(ATTEMPTS):
+            if size and "sha256:" + hasher.copy().hexdigest() == digest:
+                return size  # a partial download that was complete already
+            if cancel is not None and cancel.is_set():
+                raise RegistryError("interrupted")
+            resp = self._blob_response(repo, digest, size)
+            complete = False
+            try:
+                if size and resp.status in (200, 416):  # Range ignored, or past the end: from the start again
+                    out.seek(0)
+                    out.truncate()
+                    hasher, size = hashlib.sha256(), 0
+                    if resp.status == 416:
+                        why = "the registry refused to resume"
+                        continue
+                expected = _expected_end(resp, size)
+                try:
+                    for piece in pieces(resp, buffer, raw=False):
+                        if cancel is not None and cancel.is_set():
+                            raise RegistryError("interrupted")
+                        out.write(piece)
+                        hasher.update(piece)
+                        size += len(piece)
+                        if progress is not None:
+                            progress(len(piece))
+                except (Urllib3Error, http.client.HTTPException, ssl.SSLError, ConnectionError, TimeoutError) as e:
+                    why = f"{type(e).__name__} at byte {size}"
+                else:
+                    complete = expected is None or size >= expected
+                    if complete:
+                        break
+                    why = f"connection closed at byte {size} of {expected}"
+            finally:
+                if complete:
+                    resp.release_conn()
+                else:
+                    resp.close()  # never reuse a connection whose body was not read to its end
+            time.sleep(min(2.0, 0.2 * 2**attempt))
+        else:
+            raise RegistryError(f"{self.registry}/{repo}: blob {digest[:19]} kept failing ({why}); "
+                                f"gave up after {ATTEMPTS} attempts")
         if "sha256:" + hasher.hexdigest() != digest:
             raise RegistryError(f"{self.registry}/{repo}: blob {digest} arrived with other content")
         return size
+
+    def _blob_response(self, repo: str, digest: str, start: int) -> Any:
+        """GET of a blob from byte `start` (following a storage redirect: https only, our
+        credentials stay with the registry)."""
+        headers = {"Range": f"bytes={start}-"} if start else None
+        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", pull_scope(repo), headers=headers,
+                            ok=(200, 206, 416, 301, 302, 303, 307, 308), stream=True)
+        if resp.status in (301, 302, 303, 307, 308):
+            location = resp.headers.get("Location", "")
+            resp.drain_conn()
+            resp = self.request("GET", location, pull_scope(repo), headers=headers, ok=(200, 206, 416), stream=True)
+        return resp
+
+
+def _expected_end(resp: Any, start: int) -> int | None:
+    """Where the blob ends, from Content-Range (206) or Content-Length (200); None if not said."""
+    if resp.status == 206:
+        total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+        first = (resp.headers.get("Content-Range") or "").removeprefix("bytes ").partition("-")[0]
+        if not first.isdigit() or int(first) != start:
+            raise RegistryError(f"the registry answered a Range from byte {start} with "
+                                f"{resp.headers.get('Content-Range')!r}")
+        return int(total) if total.isdigit() else None
+    length = resp.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None

@@ -1,4 +1,4 @@
-"""A daemon image pushed while `docker save` still streams it.
+"""A daemon image pushed while `docker save` still streams it, or without saving it at all.
 
 `docker save` (legacy format) writes each layer as `<id>/layer.tar`, then the config, then
 `manifest.json`. The stream is copied to a temp file (so every blob stays re-readable for
@@ -7,6 +7,12 @@ handed to the push, which hashes, compresses and uploads it while the daemon is 
 writing the next one. Layers are cached under the digest of their *actual* content, and
 the config's diff_ids are checked against those before the manifest goes (a mismatch tags
 nothing). A save in OCI format (docker 25+) is read once complete, as a docker-archive.
+
+A re-push needs no save (`from_cache`): the daemon's image inspect names the image id
+and every layer's diff_id; the cache (blobcache.py) knows the config (digest, size) read
+from an earlier save of that id, and the compressed digest the registry holds for each
+diff_id. When the registry has (or can mount) every one of those blobs, the manifest is
+rendered from them, byte for byte the one the full push made; otherwise the save runs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ImageError
+from .archive import docker_archive
+from .blobcache import BlobCache, DaemonImage
 from .leftovers import SHARED_TMP_MIN_AGE, sweep_stale
 from .sources import (
     DOCKER_CONFIG,
@@ -32,8 +40,9 @@ from .sources import (
     FileRegion,
     GzipSource,
     Image,
+    Source,
     VerifiedRegion,
-    docker_archive,
+    docker_manifest,
 )
 
 _LAYER = re.compile(r"^[0-9a-f]{64}/layer\.tar$")
@@ -157,8 +166,10 @@ def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], Non
             img.description = f"{name} (local daemon)"
             if layers:
                 raise ImageError(f"{name}: docker save gave layers but no manifest.json")
-            return img
-        return _legacy_image(name, tmp, members, layers, cleanup)
+        else:
+            img = _legacy_image(name, tmp, members, layers, cleanup)
+        img.streamed = tee.total
+        return img
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -201,18 +212,57 @@ def _legacy_image(name: str, tmp: Path, members: dict[str, tarfile.TarInfo], lay
             if blob.diff_id != expected:  # known once each layer was prepared by its worker
                 raise ImageError(f"{name}: layer {layer_name} does not match its diff_id {expected} in the image "
                                  f"config (content is {blob.diff_id}); nothing was tagged")
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG, "size": config.size, "digest": config.digest},
-            "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": uploaded[b][1], "digest": uploaded[b][0]}
-                       for b in ordered],
-        }
-        return [(json.dumps(manifest, indent=3).encode(), DOCKER_MANIFEST)]
+        assert config.digest is not None and config.size is not None
+        return [(docker_manifest(config.digest, config.size, [uploaded[b] for b in ordered]), DOCKER_MANIFEST)]
 
     unique = list(dict.fromkeys([config, *ordered]))
     img = Image(f"{name} (local daemon)", unique, render, cleanup)
     return img
 
 
-__all__ = ["stream_daemon_image"]
+class NotSaved(Source):
+    """A blob of a daemon image whose bytes were not saved: known by its digest only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def chunks(self) -> Iterator[bytes]:
+        raise ImageError("this blob's bytes are only in the daemon: the image must be saved first")
+
+
+def from_cache(name: str, image: Any, registry: str, repo: str, cache: BlobCache) -> Image | None:
+    """Daemon image `name` as blobs the registry may already hold, from the cache and the
+    daemon's inspect alone (no save); None when the cache does not know all of it."""
+    attrs = getattr(image, "attrs", None) or {}
+    image_id = attrs.get("Id")
+    diff_ids = tuple((attrs.get("RootFS") or {}).get("Layers") or ())
+    known = cache.daemon_image(image_id) if isinstance(image_id, str) else None
+    if known is None or not diff_ids or known.diff_ids != diff_ids:
+        return None
+    layers = []
+    for diff_id in diff_ids:
+        found = cache.lookup(registry, repo, diff_id)
+        if found is None:
+            return None
+        layers.append(Blob(NotSaved(found[1]), DOCKER_LAYER_GZIP, found[0], found[1], diff_id=diff_id, name=diff_id[7:19]))
+    config = Blob(NotSaved(known.size), DOCKER_CONFIG, known.config, known.size, name="config")
+    manifest = docker_manifest(known.config, known.size, [(b.digest or "", b.size or 0) for b in layers])
+    return Image(f"{name} (local daemon)", list(dict.fromkeys([config, *layers])), lambda uploaded: [(manifest, DOCKER_MANIFEST)])
+
+
+def remember(image: Any, img: Image, cache: BlobCache) -> None:
+    """After a full push of a daemon image: its config and diff_ids, for `from_cache` next time.
+
+    Only when the image id is the digest of the config just pushed (Docker's image store;
+    containerd's names the manifest instead): then the config, whose diff_ids the push
+    checked against the layers' content, is this image's, and so are inspect's diff_ids."""
+    attrs = getattr(image, "attrs", None) or {}
+    image_id = attrs.get("Id")
+    diff_ids = tuple((attrs.get("RootFS") or {}).get("Layers") or ())
+    config = next((b for b in img.blobs if b.media_type == DOCKER_CONFIG), None)
+    if isinstance(image_id, str) and config is not None and config.digest == image_id and config.size is not None \
+            and diff_ids:
+        cache.saw_daemon_image(image_id, DaemonImage(image_id, config.size, diff_ids))
+
+
+__all__ = ["NotSaved", "from_cache", "remember", "stream_daemon_image"]

@@ -1,8 +1,9 @@
 """Temp files of pulls and pushes that were killed: named after their process, swept by the next one.
 
-A pull writes each blob to `.tmp-<pid>-…` beside its target and renames it when complete;
+A pull writes each blob to `.tmp-<pid>-<hex>` beside its target and renames it when complete;
 pushes of daemon images save them to `tpmtls-save-<pid>-…` in the temp dir. A process that
-is killed leaves those; the next pull or push removes the ones whose process is gone.
+is killed leaves those; the next pull or push removes the ones whose process is gone, after
+taking over (`adopt`) a partial blob it is about to download again.
 """
 
 from __future__ import annotations
@@ -61,3 +62,24 @@ def sweep_stale(directory: Path, prefix: str = TMP_PREFIX, min_age: float = 0.0)
         except OSError:
             pass
     return removed
+
+
+def adopt(directory: Path, prefix: str, suffix: str, ours: Path) -> bool:
+    """Take over `<prefix><pid>-…<suffix>` in `directory` left by a process that is gone,
+    renaming it to `ours` (atomic: of two processes adopting it, one wins)."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(suffix)):
+            continue
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            os.rename(entry, ours)
+            return True
+        except OSError:
+            continue
+    return False

@@ -58,3 +58,10 @@ class Progress:
         if self._bars is not None:
             self._bars.stop()
             self._bars = None
+
+
+def print_progress_default() -> Progress:
+    """Bars on a terminal, plain lines otherwise (what tpmtls-push and tpmtls-pull show)."""
+    import sys
+
+    return Progress(sys.stderr if sys.stderr.isatty() else None, plain=sys.stdout)

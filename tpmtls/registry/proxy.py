@@ -3,9 +3,10 @@
 dockerd treats a registry whose name resolves into 127.0.0.0/8 as insecure (plain HTTP,
 certs.d ignored; docs/facts-docker.md, "dockerd and loopback registries"), so an unmodified `docker push/pull
 127.0.0.1:PORT/…` reaches this proxy, which sends each request on to the real registry over
-one pool of TLS connections holding the TPM client key. Bodies stream both ways in 64 KiB
-pieces; `Location`, `Link` and the token realm of `WWW-Authenticate` are rewritten so docker
-keeps talking to the proxy; `Authorization` passes through untouched.
+one pool of TLS connections holding the TPM client key. Bodies stream both ways without
+being held (`_bodies`: responses through one reused 1 MiB buffer); `Location`, `Link` and
+the token realm of `WWW-Authenticate` are rewritten so docker keeps talking to the proxy;
+`Authorization` passes through untouched.
 
 Why the standard library's ThreadingHTTPServer: a thread per client connection matches the
 blocking urllib3 pool and the blocking TPM signature, HTTP/1.1 keep-alive is built in, and a
@@ -28,13 +29,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .._callers import foreign_caller
 from ..errors import RegistryError, UsageError
+from ._bodies import BUFFER, BrokenBody, ClientGone, Counter, dechunk, exactly, relay
 from .transport import ONCE, Retries, Transport, TransportError
 
-CHUNK = 65536
 READ_TIMEOUT = 300.0
 #: Upstream connections kept per host; more concurrent requests wait for one to come back.
 POOL_SIZE = 32
@@ -213,14 +213,15 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
 
-class _ClientGone(Exception):
-    """The docker side closed its connection while we were reading its request body."""
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     timeout = READ_TIMEOUT  # an idle keep-alive connection is dropped after this
+    # TCP_NODELAY on docker's connections: a response goes out as headers then body, and with
+    # Nagle's algorithm the body waited for the client's delayed ACK, 40 ms per request
+    # (measured: 44 ms median for a manifest GET through the proxy, 1.9 ms without Nagle).
+    disable_nagle_algorithm = True
+    _buffer: memoryview | None = None  # for relaying response bodies, one per connection
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         pass  # one line per request is ours, in _forward
@@ -282,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
             resp = proxy.transport.send(
                 self.command, url, body=body, headers=headers, stream=True, decode_content=False,
                 chunked=body is not None and length is None, retries=_REPLAY, pool_timeout=POOL_WAIT)
-        except (_ClientGone, ValueError):
+        except (ClientGone, ValueError):
             self.close_connection = True
             return 499, counted.n, 0, "client closed the request or sent a malformed chunked body"
         except TransportError as e:
@@ -296,17 +297,17 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             resp.release_conn()
 
-    def _request_body(self) -> tuple[Iterator[bytes] | None, int | None, "_Counter"]:
+    def _request_body(self) -> tuple[Iterator[bytes] | None, int | None, Counter]:
         """The request body as a stream, and its length if the client gave one."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            counter = _Counter(_dechunk(self.rfile))
+            counter = Counter(dechunk(self.rfile))
             return iter(counter), None, counter
         length = int(self.headers.get("Content-Length") or 0)
         if length <= 0:
-            counter = _Counter(iter(()))
+            counter = Counter(iter(()))
             body_length = 0 if self.command in ("POST", "PUT", "PATCH") else None
             return (b"" if body_length == 0 else None), body_length, counter  # type: ignore[return-value]
-        counter = _Counter(_exactly(self.rfile, length))
+        counter = Counter(exactly(self.rfile, length))
         return iter(counter), length, counter
 
     def _respond(self, proxy: RegistryProxy, resp: Any, client_host: str, up: int) -> tuple[int, int, int, str]:
@@ -331,26 +332,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif not bodyless:
             self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        down = 0
         if bodyless:
             return resp.status, up, 0, note
-        chunked = length is None
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(BUFFER))
         try:
-            for data in resp.stream(CHUNK, decode_content=False):
-                if not data:
-                    continue
-                if chunked:
-                    self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
-                else:
-                    self.wfile.write(data)
-                down += len(data)
-            if chunked:
-                self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except (Urllib3Error, OSError) as e:
+            down = relay(resp, self.connection, self._buffer, length is None,
+                         int(length) if length is not None and length.isdigit() else None)
+        except BrokenBody as e:
             self.close_connection = True  # the client sees a short body, never a wrong one
             resp.close()  # and the upstream connection, half read, is not reused
-            return resp.status, up, down, f"stream broken after {down} B: {type(e).__name__}"
+            return resp.status, up, e.sent, f"stream broken after {e.sent} B: {e}"
         return resp.status, up, down, note
 
     def _refuse(self, status: int, code: str, message: str, note: str) -> tuple[int, int, int, str]:
@@ -370,44 +362,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.wfile.flush()
         return status, len(body)
-
-
-class _Counter:
-    """Counts the bytes of a request body as urllib3 sends them."""
-
-    def __init__(self, body: Iterator[bytes]) -> None:
-        self.body, self.n = body, 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for data in self.body:
-            self.n += len(data)
-            yield data
-
-
-def _exactly(rfile: Any, length: int) -> Iterator[bytes]:
-    left = length
-    while left > 0:
-        data = rfile.read1(min(CHUNK, left)) if hasattr(rfile, "read1") else rfile.read(min(CHUNK, left))
-        if not data:
-            raise _ClientGone()
-        left -= len(data)
-        yield data
-
-
-def _dechunk(rfile: Any) -> Iterator[bytes]:
-    """HTTP/1.1 chunked request body (RFC 9112 7.1) → its data, piece by piece."""
-    while True:
-        line = rfile.readline(1024)
-        if not line:
-            raise _ClientGone()
-        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            for _ in range(100):  # trailer fields, then the empty line
-                if rfile.readline(8192) in (b"\r\n", b"\n", b""):
-                    break
-            return
-        yield from _exactly(rfile, size)
-        rfile.readline(8)  # the CRLF after the chunk
 
 
 def _reason_phrase(text: str) -> str:

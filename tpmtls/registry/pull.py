@@ -1,29 +1,37 @@
 """tpmtls.pull(): an image from a registry over TPM-backed mTLS to `oci:PATH`,
 `docker-archive:PATH` or `docker-daemon:` (loaded into the local daemon).
 
-Every blob and manifest is checked against its digest; blobs download in parallel
-into temp files beside the destination and are renamed into place, so an interrupted
-pull leaves no half-written blob or archive behind.
+Every blob and manifest is checked against its digest; blobs download in parallel into
+temp files beside their targets, resume after a dropped connection, and are renamed into
+place (fetch.py), so an interrupted pull leaves no half-written blob or archive behind and
+the next run takes over what a killed one had fetched. The blobs of a docker-archive pull
+are gathered beside the archive (`.NAME.tmp-<pid>-layout`), those of a docker-daemon pull
+in the user's cache directory: never in a shared temp directory where nothing would
+remove them.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 import tarfile
 import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
+from .blobcache import BlobCache
+from .blobcache import default_path as cache_path
 from .certs import registry_client
 from .client import RegistryClient
 from .credentials import Credentials
-from .leftovers import SHARED_TMP_MIN_AGE, TMP_PREFIX, sweep_stale
+from .fetch import blob_path, download, no_space
+from .leftovers import SHARED_TMP_MIN_AGE, TMP_PREFIX, adopt, sweep_stale
 from .progress import Progress
 from .reference import Reference, parse_reference
 from .sources import INDEX_TYPES
@@ -34,43 +42,16 @@ class PullResult:
     reference: Reference
     digest: str  # of the manifest (or index) the reference names
     destination: str
+    fetched: int = 0  # blob bytes downloaded (blobs already in place and resumed parts not counted)
 
     def line(self) -> str:
         return f"Digest: {self.digest}\nStatus: Downloaded {self.reference} to {self.destination}"
-
-
-def _blob_path(layout: Path, digest: str) -> Path:
-    return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
-
-
-def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, progress: Progress,
-                cancel: threading.Event) -> None:
-    if target.exists() and "sha256:" + _file_sha(target) == digest:
-        progress.line(f"{digest[7:19]}: Already exists")
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-
-            def write(data: bytes) -> None:
-                if cancel.is_set():  # another download failed, or Ctrl-C: stop here
-                    raise RegistryError("interrupted")
-                out.write(data)
-
-            client.get_blob(repo, digest, write)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    progress.line(f"{digest[7:19]}: Pull complete")
 
 
 def _check_destination(kind: str, where: str) -> None:
     """Before any network call: the destination can be written (one line if not)."""
     if kind == "docker-archive":
         check_writable(where, overwrite=True)
-        sweep_stale(Path(where).parent, f".{Path(where).name}.tmp-")
     elif kind == "oci":
         layout = Path(where)
         if layout.exists() and not layout.is_dir():
@@ -81,16 +62,8 @@ def _check_destination(kind: str, where: str) -> None:
         if not existing.is_dir():
             raise OutputError(f"{layout}: {existing} is not a directory")
         check_writable(existing / ".tpmtls-pull-probe", overwrite=True)
-        sweep_stale(layout / "blobs" / "sha256")
+    # where archive and daemon pulls gathered their blobs before (only old leftovers: a shared directory)
     sweep_stale(Path(tempfile.gettempdir()), "tpmtls-pull-", SHARED_TMP_MIN_AGE)
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pick_platform(index: dict, wanted: tuple[str, str] = ("linux", "amd64")) -> dict:
@@ -115,6 +88,7 @@ def pull(
     credentials: Credentials | None = None,
     tcti: str | None = None,
     progress: Progress | None = None,
+    cache: BlobCache | None = None,
 ) -> PullResult:
     """Pull HOST[:PORT]/REPO[:TAG|@DIGEST] to oci:PATH, docker-archive:PATH or docker-daemon:."""
     kind, _, where = destination.partition(":")
@@ -125,71 +99,96 @@ def pull(
     client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
                              credentials=credentials, tcti=tcti)
     progress = progress or Progress(None)
+    cache = cache or BlobCache()
+    if kind == "oci":
+        work, prefix = Path(where) / "blobs" / "sha256", TMP_PREFIX
+    elif kind == "docker-archive":
+        work, prefix = Path(where).parent, f".{Path(where).name}.tmp-"
+    else:
+        work, prefix = cache_path().parent / "pull", TMP_PREFIX
     try:
         data, media_type, digest = client.get_manifest(ref.repository, ref.ref)
         progress.line(f"{ref.ref}: Pulling from {ref.repository}")
         if kind == "oci":
-            _to_oci(client, ref, Path(where), data, media_type, digest, jobs, progress)
-            result = PullResult(ref, digest, destination)
+            fetched = _to_oci(client, ref, Path(where), data, media_type, digest, jobs, progress, cache)
         else:
-            with tempfile.TemporaryDirectory(prefix=f"tpmtls-pull-{os.getpid()}-") as tmp:
-                layout = Path(tmp)
+            layout = _work_layout(work, prefix)
+            try:
                 archive = Path(where) if kind == "docker-archive" else layout / "image.tar"
-                _to_docker_archive(client, ref, layout, archive, data, media_type, jobs, progress)
+                fetched = _to_docker_archive(client, ref, layout, archive, data, media_type, jobs, progress, cache)
                 if kind == "docker-daemon":
                     _load_into_daemon(archive, ref)
-            result = PullResult(ref, digest, destination)
+            finally:
+                shutil.rmtree(layout, ignore_errors=True)
+        result = PullResult(ref, digest, destination, fetched)
         progress.line(result.line())
         return result
     finally:
+        sweep_stale(work, prefix)  # what killed pulls left here and this one did not take over
         progress.close()
         client.close()
 
 
+def _work_layout(work: Path, prefix: str) -> Path:
+    """This pull's own directory for blobs: one a killed pull left (its complete blobs are
+    kept, its partial ones resumed), or a new one."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{work}: cannot create a directory for the download: {e.strerror or e}") from None
+    ours = work / f"{prefix}{os.getpid()}-layout"
+    if not adopt(work, prefix, "-layout", ours):
+        try:
+            ours.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise OutputError(f"{ours}: cannot create: {e.strerror or e}") from None
+    return ours
+
+
+def _descriptor(desc: object, what: str) -> tuple[str, int | None]:
+    """(digest, size) of a manifest's descriptor, or one line saying the manifest is broken."""
+    if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str) or not desc["digest"].startswith("sha256:"):
+        raise RegistryError(f"the manifest's {what} has no sha256 digest: not an image manifest tpmtls can pull")
+    size = desc.get("size")
+    return desc["digest"], size if isinstance(size, int) and size >= 0 else None
+
+
 def _manifest_blobs(client: RegistryClient, ref: Reference, data: bytes, media_type: str,
-                    layout: Path) -> tuple[list[tuple[bytes, str, str]], set[str]]:
-    """All manifests (children first) with their digests, and every blob they name."""
+                    depth: int = 0) -> tuple[list[tuple[bytes, str, str]], dict[str, int | None]]:
+    """All manifests (children first) with their digests, and every blob they name with its size."""
     manifests: list[tuple[bytes, str, str]] = []
-    blobs: set[str] = set()
-    doc = json.loads(data)
+    blobs: dict[str, int | None] = {}
+    doc = json.loads(data)  # client.get_manifest checked it is a JSON object
     if media_type in INDEX_TYPES:
-        for child in doc.get("manifests", []):
-            cdata, ctype, cdigest = client.get_manifest(ref.repository, child["digest"])
-            sub, sub_blobs = _manifest_blobs(client, ref, cdata, ctype, layout)
+        if depth > 4:
+            raise RegistryError(f"{ref}: indexes nested too deeply")
+        for child in doc.get("manifests") or []:
+            child_digest, _ = _descriptor(child, "index entry")
+            cdata, ctype, _ = client.get_manifest(ref.repository, child_digest)
+            sub, sub_blobs = _manifest_blobs(client, ref, cdata, ctype, depth + 1)
             manifests += sub
-            blobs |= sub_blobs
+            blobs.update(sub_blobs)
     else:
-        blobs.add(doc["config"]["digest"])
-        blobs.update(layer["digest"] for layer in doc.get("layers", []))
+        config, size = _descriptor(doc.get("config"), "config")
+        blobs[config] = size
+        for layer in doc.get("layers") or []:
+            d, s = _descriptor(layer, "layer")
+            blobs[d] = s
     manifests.append((data, media_type, "sha256:" + hashlib.sha256(data).hexdigest()))
     return manifests, blobs
 
 
-def _download(client: RegistryClient, ref: Reference, layout: Path, digests: set[str], jobs: int,
-              progress: Progress) -> None:
-    cancel = threading.Event()
-    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="tpmtls-pull") as pool:
-        futures = [pool.submit(_fetch_blob, client, ref.repository, d, _blob_path(layout, d), progress, cancel)
-                   for d in sorted(digests)]
-        try:
-            for f in futures:
-                f.result()
-        except BaseException:
-            cancel.set()
-            for f in futures:
-                f.cancel()
-            raise
-
-
 def _to_oci(client: RegistryClient, ref: Reference, layout: Path, data: bytes, media_type: str, digest: str,
-            jobs: int, progress: Progress) -> None:
+            jobs: int, progress: Progress, cache: BlobCache) -> int:
     layout.mkdir(parents=True, exist_ok=True)
-    manifests, blobs = _manifest_blobs(client, ref, data, media_type, layout)
-    _download(client, ref, layout, blobs, jobs, progress)
+    manifests, blobs = _manifest_blobs(client, ref, data, media_type)
+    directory = layout / "blobs" / "sha256"
+    fetched = download(client, ref.repository, blobs, directory, jobs, progress, cache)
+    cache.save()
     for mdata, _, mdigest in manifests:
-        target = _blob_path(layout, mdigest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, mdata, 0o644)
+        write_atomic(blob_path(directory, mdigest), mdata, 0o644)
     index_path = layout / "index.json"
     try:
         index = json.loads(index_path.read_text())
@@ -202,37 +201,44 @@ def _to_oci(client: RegistryClient, ref: Reference, layout: Path, data: bytes, m
                                "annotations": {"org.opencontainers.image.ref.name": name}})
     write_atomic(layout / "oci-layout", b'{"imageLayoutVersion": "1.0.0"}', 0o644)
     write_atomic(index_path, json.dumps(index).encode(), 0o644)
+    return fetched
 
 
 def _to_docker_archive(client: RegistryClient, ref: Reference, layout: Path, archive: Path, data: bytes,
-                       media_type: str, jobs: int, progress: Progress) -> None:
+                       media_type: str, jobs: int, progress: Progress, cache: BlobCache) -> int:
     doc = json.loads(data)
     if media_type in INDEX_TYPES:
-        chosen = _pick_platform(doc)
-        data, media_type, _ = client.get_manifest(ref.repository, chosen["digest"])
+        chosen, _ = _descriptor(_pick_platform(doc), "index entry")
+        data, media_type, _ = client.get_manifest(ref.repository, chosen)
         doc = json.loads(data)
-    config, layers = doc["config"]["digest"], [layer["digest"] for layer in doc.get("layers", [])]
-    _download(client, ref, layout, {config, *layers}, jobs, progress)
+    config, config_size = _descriptor(doc.get("config"), "config")
+    layers = [_descriptor(layer, "layer") for layer in doc.get("layers") or []]
+    blobs = {config: config_size, **dict(layers)}
+    total = sum(s or 0 for s in blobs.values())  # the archive holds them all again
+    fetched = download(client, ref.repository, blobs, layout, jobs, progress, cache, also_needed=total)
     tag = f"{ref.registry}/{ref.repository}:{ref.tag or 'latest'}"
     entry = [{"Config": f"{config[7:]}.json", "RepoTags": [tag] if ref.tag else [],
-              "Layers": [f"{d[7:]}/layer.tar" for d in layers]}]
+              "Layers": [f"{d[7:]}/layer.tar" for d, _ in layers]}]
     archive.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.tmp-{os.getpid()}-", dir=archive.parent)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w") as tar:
-            tar.add(_blob_path(layout, config), arcname=f"{config[7:]}.json")
-            for d in layers:  # compressed layer tars: docker load takes them as they are
-                tar.add(_blob_path(layout, d), arcname=f"{d[7:]}/layer.tar")
+            tar.add(blob_path(layout, config), arcname=f"{config[7:]}.json")
+            for d, _ in layers:  # compressed layer tars: docker load takes them as they are
+                tar.add(blob_path(layout, d), arcname=f"{d[7:]}/layer.tar")
             payload = json.dumps(entry).encode()
             info = tarfile.TarInfo("manifest.json")
             info.size = len(payload)
-            import io
-
             tar.addfile(info, io.BytesIO(payload))
         os.replace(tmp, archive)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(archive.parent, total) from None
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"{archive}: cannot write the archive: {e.strerror or e}") from None
         raise
+    return fetched
 
 
 def _load_into_daemon(archive: Path, ref: Reference) -> None:

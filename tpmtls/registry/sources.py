@@ -1,4 +1,5 @@
-"""Images to push: a daemon image, `docker-archive:PATH`, `oci:PATH[:TAG]`, `oci-archive:PATH`.
+"""What a push sends: blobs (regions of files, compressed on the fly where needed) and the
+image they make; the image formats are read in oci.py, archive.py and images.py.
 
 Blobs are regions of files (a layout directory or an uncompressed tar), read in 1 MiB
 pieces, so memory stays flat whatever the layer size. `docker save` layers are plain
@@ -13,16 +14,14 @@ import hashlib
 import json
 import os
 import tarfile
-import tempfile
 import types
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import ImageError
-from .leftovers import SHARED_TMP_MIN_AGE, sweep_stale
 
 READ = 1 << 20
 SAMPLE = 1 << 20  # how much of a layer decides whether it is worth compressing
@@ -40,6 +39,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; plain zlib still
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+CONFIG_TYPES = (DOCKER_CONFIG, "application/vnd.oci.image.config.v1+json")
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -58,15 +58,16 @@ class Source(ABC):
 
 
 class FileRegion(Source):
-    """`size` bytes of `path` from `start`."""
+    """`size` bytes of `path` from `start`; `read` counts the bytes read so far (a push reports it)."""
 
     size: int
 
     def __init__(self, path: Path, start: int, size: int) -> None:
         self.path, self.start, self.size = path, start, size
+        self.read = 0
 
     def chunks(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as f:
+        with open(self.path, "rb", buffering=0) as f:  # unbuffered: no read-ahead past the region
             f.seek(self.start)
             left = self.size
             while left > 0:
@@ -74,12 +75,15 @@ class FileRegion(Source):
                 if not data:
                     raise ImageError(f"{self.path}: ends early (truncated archive?)")
                 left -= len(data)
+                self.read += len(data)
                 yield data
 
     def head(self, n: int) -> bytes:
-        with open(self.path, "rb") as f:
+        with open(self.path, "rb", buffering=0) as f:
             f.seek(self.start)
-            return f.read(min(n, self.size))
+            data = f.read(min(n, self.size))
+        self.read += len(data)
+        return data
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -117,11 +121,13 @@ class GzipSource(Source):
     on the input (and the library version), so a resumed upload regenerates the same bytes.
     """
 
-    def __init__(self, inner: FileRegion, diff_id: str | None = None, what: str = "layer") -> None:
+    def __init__(self, inner: FileRegion, diff_id: str | None = None, what: str = "layer",
+                 verified: Callable[[], None] | None = None) -> None:
         self.inner = inner
         self.size = None
         self.level: int | None = None
         self.diff_id, self.what = diff_id, what
+        self.verified = verified  # called once a whole pass matched the diff_id
 
     def _choose_level(self) -> int:
         if self.level is None:
@@ -146,6 +152,8 @@ class GzipSource(Source):
         if self.diff_id is not None and "sha256:" + h.hexdigest() != self.diff_id:
             raise ImageError(f"{self.what} does not match its diff_id {self.diff_id} in the image config "
                              f"(content is sha256:{h.hexdigest()}); nothing was tagged")
+        if self.verified is not None and self.diff_id is not None:
+            self.verified()
         yield tail
 
 
@@ -161,6 +169,14 @@ class Blob:
     name: str = ""  # for progress lines
     # run by the push worker before anything else (a streamed layer learns its content digest)
     prepare: Callable[["Blob"], None] | None = None
+    # run before the registry's copy stands in for this blob (its bytes are not sent): checks
+    # the local content against what it claims, reading it only when nothing vouches for it
+    check: Callable[[], None] | None = None
+
+    def bytes_read(self) -> int:
+        """Bytes of this blob's file read so far."""
+        inner = getattr(self.source, "inner", self.source)
+        return int(getattr(inner, "read", 0))
 
 
 @dataclass
@@ -172,18 +188,59 @@ class Image:
     # (uploaded digests/sizes by blob) -> [(manifest bytes, media type)], children first, top last
     render: Callable[[dict[Blob, tuple[str, int]]], list[tuple[bytes, str]]]
     cleanup: Callable[[], None] = field(default=lambda: None)
+    streamed: int = 0  # bytes read from a `docker save` stream to make it
+
+
+def docker_manifest(config: str, config_size: int, layers: list[tuple[str, int]]) -> bytes:
+    """A Docker v2 schema 2 manifest of gzipped layers ((digest, size) each), byte for byte the
+    same for the same image whichever way it was pushed (archive, daemon stream, from the cache)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "size": config_size, "digest": config},
+        "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": size, "digest": digest} for digest, size in layers],
+    }
+    return json.dumps(manifest, indent=3).encode()
 
 
 # ---- files: a directory or an uncompressed tar ----------------------------------------
 
 
-class _Files:
+class _HeadersOnly:
+    """A tar file as tarfile's header scan sees it, reading nothing of the members' data.
+
+    Unbuffered (no read-ahead past a header into the layer behind it), and the one byte
+    tarfile reads at the end of each member only to learn the file goes on (`TarFile.next`:
+    seek to the member's end - 1, read(1)) is answered from the file's size instead."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.size = os.fstat(raw.fileno()).st_size
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self.raw.tell()
+        if n == 1 and pos < self.size:  # the truncation probe: the byte exists, its value is not used
+            self.raw.seek(1, os.SEEK_CUR)
+            return b"\0"
+        return self.raw.read(n)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+class ImageFiles:
+    """The files of an image: a directory (OCI layout) or an uncompressed tar (read by its headers)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.members: dict[str, tarfile.TarInfo] = {}
         if path.is_file():
-            try:
-                with tarfile.open(path, "r:") as tar:
+            try:  # headers only (a re-push reads no layer byte): see _HeadersOnly
+                with open(path, "rb", buffering=0) as raw, \
+                        tarfile.open(fileobj=_HeadersOnly(raw), mode="r:") as tar:  # type: ignore[call-overload]
                     self.members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
             except tarfile.ReadError:
                 raise ImageError(f"{path}: not an uncompressed tar archive (gunzip it first if compressed)") from None
@@ -217,232 +274,3 @@ class _Files:
             return json.loads(self.read(name))
         except ValueError:
             raise ImageError(f"{self.path}: {name} is not valid JSON") from None
-
-
-# ---- OCI image layout ------------------------------------------------------------------
-
-
-def parse_platform(text: str) -> tuple[str, str, str | None]:
-    """'linux/arm64[/v8]' → ('linux', 'arm64', 'v8')."""
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ImageError(f"--platform {text!r}: write it as OS/ARCH[/VARIANT], e.g. linux/amd64")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
-
-
-def _platform_of(files: "_Files", desc: dict) -> tuple[str, str, str | None] | None:
-    """A descriptor's platform: its own `platform`, or for an image manifest, its config's."""
-    p = desc.get("platform")
-    if isinstance(p, dict):
-        return p.get("os", ""), p.get("architecture", ""), p.get("variant")
-    if desc.get("mediaType") in INDEX_TYPES:
-        return None
-    try:
-        doc = json.loads(files.read(f"blobs/{desc['digest'].replace(':', '/')}"))
-        config = json.loads(files.read(f"blobs/{doc['config']['digest'].replace(':', '/')}"))
-        return config.get("os", ""), config.get("architecture", ""), config.get("variant")
-    except (ImageError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _matches(found: tuple[str, str, str | None] | None, wanted: tuple[str, str, str | None]) -> bool:
-    return found is not None and found[:2] == wanted[:2] and (wanted[2] is None or found[2] == wanted[2])
-
-
-def oci_image(path: Path, tag: str | None = None, *, digest: str | None = None, platform: str | None = None) -> Image:
-    """An OCI image layout (directory or tar): blobs and manifests pushed exactly as stored.
-
-    One image is chosen by TAG, by DIGEST, or by `platform` (among several untagged
-    manifests, or inside a multi-platform index: then only that platform's manifest goes)."""
-    files = _Files(path)
-    if not files.has("oci-layout") or not files.has("index.json"):
-        raise ImageError(f"{path}: not an OCI image layout (no oci-layout/index.json)")
-    index = files.json("index.json")
-    descriptors = index.get("manifests") if isinstance(index, dict) else None
-    if not descriptors:
-        raise ImageError(f"{path}: index.json lists no manifests")
-    wanted = parse_platform(platform) if platform else None
-    chosen = descriptors
-    if tag:
-        chosen = [d for d in chosen if (d.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag]
-        if not chosen:
-            raise ImageError(f"{path}: no image tagged {tag!r}")
-    if digest:
-        chosen = [d for d in chosen if d.get("digest") == digest]
-        if not chosen:
-            raise ImageError(f"{path}: index.json lists no manifest {digest}")
-    if len(chosen) > 1 and wanted:
-        chosen = [d for d in chosen if _matches(_platform_of(files, d), wanted)]
-        if not chosen:
-            raise ImageError(f"{path}: no image for platform {platform}")
-    if len(chosen) > 1:
-        names = [(d.get("annotations") or {}).get("org.opencontainers.image.ref.name") or d.get("digest", "?")[:19]
-                 for d in chosen]
-        raise ImageError(f"{path}: holds {len(chosen)} images ({', '.join(names)}); choose one as oci:{path}:TAG, "
-                         f"oci:{path}@DIGEST or with --platform OS/ARCH")
-    blobs: dict[str, Blob] = {}
-    manifests: list[tuple[bytes, str]] = []
-
-    def blob_of(desc: dict) -> Blob:
-        digest = desc["digest"]
-        if digest not in blobs:
-            region = files.region(f"blobs/{digest.replace(':', '/')}")
-            if region.size != desc.get("size", region.size):
-                raise ImageError(f"{path}: blob {digest} has {region.size} bytes, its descriptor says {desc['size']}")
-            source = VerifiedRegion(region, digest, f"{path}: blob {digest}")
-            blobs[digest] = Blob(source, desc.get("mediaType", ""), digest, region.size, name=digest[7:19])
-        return blobs[digest]
-
-    def walk(desc: dict, depth: int = 0) -> None:
-        if depth > 4:
-            raise ImageError(f"{path}: indexes nested too deeply")
-        data = files.read(f"blobs/{desc['digest'].replace(':', '/')}")
-        if "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"]:
-            raise ImageError(f"{path}: manifest {desc['digest']} does not match its content")
-        doc = json.loads(data)
-        media_type = desc.get("mediaType") or doc.get("mediaType") or "application/vnd.oci.image.manifest.v1+json"
-        if media_type in INDEX_TYPES:
-            for child in doc.get("manifests", []):
-                walk(child, depth + 1)
-        else:
-            blob_of(doc["config"])
-            for layer in doc.get("layers", []):
-                blob_of(layer)
-        manifests.append((data, media_type))
-
-    top = chosen[0]
-    if wanted and top.get("mediaType") in INDEX_TYPES:  # one platform out of a multi-platform index
-        data = files.read(f"blobs/{top['digest'].replace(':', '/')}")
-        if "sha256:" + hashlib.sha256(data).hexdigest() != top["digest"]:
-            raise ImageError(f"{path}: index {top['digest']} does not match its content")
-        children = [c for c in json.loads(data).get("manifests", []) if _matches(_platform_of(files, c), wanted)]
-        if len(children) != 1:
-            raise ImageError(f"{path}: the index {top['digest'][:19]} has {len(children)} images for {platform}")
-        top = children[0]
-    walk(top)
-    return Image(f"oci:{path}", list(blobs.values()), lambda uploaded: manifests)
-
-
-# ---- docker save archives --------------------------------------------------------------
-
-
-def docker_archive(path: Path, cleanup: Callable[[], None] = lambda: None) -> Image:
-    """A `docker save` tar: config and layers; plain layers are gzipped on the fly."""
-    files = _Files(path)
-    if not files.members:
-        raise ImageError(f"{path}: not a docker-archive tar")
-    if files.has("oci-layout") and files.has("index.json") and not files.has("manifest.json"):
-        return oci_image(path)
-    entries = files.json("manifest.json")
-    if not isinstance(entries, list) or not entries:
-        raise ImageError(f"{path}: manifest.json lists no image")
-    entry = entries[0]
-    config_region = files.region(entry["Config"])
-    config_bytes = b"".join(config_region.chunks())
-    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-    try:
-        diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError):
-        raise ImageError(f"{path}: {entry['Config']} is not an image config") from None
-    if len(diff_ids) != len(entry["Layers"]):
-        raise ImageError(f"{path}: {len(entry['Layers'])} layers but the config lists {len(diff_ids)}")
-    config = Blob(config_region, DOCKER_CONFIG, config_digest, config_region.size, name="config")
-    layers = []
-    for name, diff_id in zip(entry["Layers"], diff_ids, strict=True):
-        region = files.region(name)
-        short = diff_id[7:19]
-        what = f"{path}: layer {name}"
-        if region.head(2) == b"\x1f\x8b":  # already compressed: push as it is, once its content is checked
-            digest = _check_gzip_layer(region, diff_id, what)
-            layers.append(Blob(VerifiedRegion(region, digest, what), DOCKER_LAYER_GZIP, digest, region.size, name=short))
-        else:
-            layers.append(Blob(GzipSource(region, diff_id, what), DOCKER_LAYER_GZIP, None, None, diff_id=diff_id,
-                               name=short))
-
-    def render(uploaded: dict[Blob, tuple[str, int]]) -> list[tuple[bytes, str]]:
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": {"mediaType": DOCKER_CONFIG, "size": config.size, "digest": config.digest},
-            "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": uploaded[b][1], "digest": uploaded[b][0]} for b in layers],
-        }
-        return [(json.dumps(manifest, indent=3).encode(), DOCKER_MANIFEST)]
-
-    return Image(f"docker-archive:{path}", [config, *layers], render, cleanup)
-
-
-def _check_gzip_layer(region: FileRegion, diff_id: str, what: str) -> str:
-    """The compressed digest of a gzipped layer whose uncompressed content matches `diff_id`."""
-    packed, plain = hashlib.sha256(), hashlib.sha256()
-    z = zlib.decompressobj(31)
-    try:
-        for data in region.chunks():
-            packed.update(data)
-            plain.update(z.decompress(data))
-        plain.update(z.flush())
-    except zlib.error as e:
-        raise ImageError(f"{what}: not valid gzip ({e})") from None
-    if "sha256:" + plain.hexdigest() != diff_id:
-        raise ImageError(f"{what} does not match its diff_id {diff_id} in the image config "
-                         f"(content is sha256:{plain.hexdigest()}); nothing was tagged")
-    return "sha256:" + packed.hexdigest()
-
-
-def find_daemon_image(name: str) -> object:
-    """The local daemon's image `name` ($DOCKER_HOST), looked up without saving it."""
-    import docker
-    from docker.errors import DockerException, ImageNotFound
-
-    try:
-        client = docker.from_env(timeout=600)
-        return client.images.get(name)
-    except ImageNotFound:
-        raise ImageError(f"{name}: no such image in the local Docker daemon") from None
-    except DockerException as e:
-        raise ImageError(f"cannot reach the Docker daemon for {name!r}: {str(e).splitlines()[0]}") from None
-
-
-def daemon_image(name: str, image: object | None = None) -> Image:
-    """An image of the local daemon, saved to a temp file first (disk, not memory)."""
-    image = image if image is not None else find_daemon_image(name)
-    sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-", SHARED_TMP_MIN_AGE)  # left by pushes that were killed
-    fd, tmp = tempfile.mkstemp(prefix=f"tpmtls-save-{os.getpid()}-", suffix=".tar")
-
-    def cleanup() -> None:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for data in image.save(named=True):  # type: ignore[attr-defined]
-                out.write(data)
-        img = docker_archive(Path(tmp), cleanup)
-    except BaseException:
-        cleanup()
-        raise
-    img.description = f"{name} (local daemon)"
-    return img
-
-
-def is_daemon_spec(spec: str) -> bool:
-    """IMAGE names a local daemon image (not a file source)?"""
-    return not spec.startswith(("docker-archive:", "oci-archive:", "oci:"))
-
-
-def open_image(spec: str, platform: str | None = None) -> Image:
-    """IMAGE as tpmtls-push takes it: docker-archive:PATH, oci:PATH[:TAG|@DIGEST],
-    oci-archive:PATH[@DIGEST], or a daemon image; `platform` (OS/ARCH) picks one image."""
-    if spec.startswith("docker-archive:"):
-        return docker_archive(Path(spec.split(":", 1)[1]))
-    if spec.startswith(("oci-archive:", "oci:")):
-        kind, rest = spec.split(":", 1)
-        rest, at, digest = rest.partition("@")
-        if at and not (digest.startswith("sha256:") and len(digest) == 71):
-            raise ImageError(f"{spec!r}: {digest!r} is not a sha256 digest")
-        path, tag = (rest, "") if kind == "oci-archive" else rest.partition(":")[::2]
-        return oci_image(Path(path), tag or None, digest=digest or None, platform=platform)
-    if platform:
-        raise ImageError("--platform chooses among the images of an OCI layout (oci:PATH); a daemon image is one image")
-    return daemon_image(spec)

@@ -69,7 +69,7 @@ def _make(cert: str | os.PathLike[str] | None, key: KeyRef | None, cafile: str |
         if server:
             ctx.verify_mode = ssl.CERT_REQUIRED
     elif not server:
-        ctx.load_default_certs()
+        load_system_roots(ctx)
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
@@ -83,6 +83,29 @@ def _make(cert: str | os.PathLike[str] | None, key: KeyRef | None, cafile: str |
             except (ssl.SSLError, OSError) as e:
                 raise explain(e, cert, key, tcti, as_bytes(password)) from None
     return ctx
+
+
+def load_system_roots(ctx: ssl.SSLContext) -> None:
+    """Trust the system's CAs, as `load_default_certs()` does, without parsing them all up front.
+
+    OpenSSL reads a CA bundle file whole when it is loaded (Debian's 146 CAs: ~20 ms at every
+    process start), but looks a hashed directory (one file per CA named by its subject hash,
+    what update-ca-certificates and `openssl rehash` write) up only when a handshake needs an
+    issuer. So when the default bundle is the one kept in the default hashed directory, the
+    directory alone is the same trust, read lazily; any other set-up (a bundle elsewhere, as
+    $SSL_CERT_FILE may name, or a directory without hash links) loads as before.
+    """
+    paths = ssl.get_default_verify_paths()
+    capath, cafile = paths.capath, paths.cafile
+    if capath and (cafile is None or os.path.dirname(os.path.realpath(cafile)) == os.path.realpath(capath)):
+        try:
+            hashed = any(len(n) == 10 and n[8] == "." and n[9].isdigit() for n in os.listdir(capath))
+        except OSError:
+            hashed = False
+        if hashed:
+            ctx.load_verify_locations(capath=capath)
+            return
+    ctx.load_default_certs()
 
 
 def _no_prompt() -> bytes:
