@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import tpmtls
 from support import ROOT
 from support.commands import require
-from support.peers import OpenSSLServer, clean_env
+from support.peers import OpenSSLServer
 from support.system_openssl import keymgmt_provider
 from support.tls_clients import client_subject, pyopenssl_get, stdlib_get
+from tpmtls.lab.process import child_env
 
 SOFTWARE = {"p256": lambda: ec.generate_private_key(ec.SECP256R1()),
             "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
@@ -158,7 +159,7 @@ def test_in_a_fresh_process(steps, tpm_client, pki, s_server, test_tpm, software
     plan = {"steps": steps, "tpm": [str(cert), str(key)], "ca": str(pki.ca_file), "tcti": test_tpm.tcti,
             "port": s_server.port, "tls12_port": tls12_server.port,
             "software": [[str(c), str(k)] for c, k in software.values()]}
-    env = clean_env({"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
+    env = child_env({"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(FRESH_PROCESS), json.dumps(plan)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -188,7 +189,7 @@ def test_a_tpm_key_read_first_after_loading(alg, tpm_client, test_tpm):
     """Only a TPM key read through the plain PEM API follows the shim's activation (no
     SSLContext, no certificate first): "EC" and "RSA" still come from the default provider."""
     cert, key = tpm_client[alg]
-    env = clean_env({"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
+    env = child_env({"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])})
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(READ_FIRST),
                            json.dumps({"key": str(key), "tcti": test_tpm.tcti})], env=env,
                           capture_output=True, text=True, timeout=120)

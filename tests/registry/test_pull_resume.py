@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 import tpmtls
-from support.commands import require
-from support.peers import CuttingProxy, clean_env
-from support.registry import env_for, one_line_failure, run_cli
+from support.commands import one_line, require
+from support.peers import CuttingProxy
+from support.registry import env_for, run_cli
 from tpmtls.lab import build_docker_archive
+from tpmtls.lab.process import child_env
 from tpmtls.registry.blobcache import BlobCache
 
 LAYER = 24_000_000  # random: ~24 MB on the wire
@@ -72,7 +73,7 @@ def test_a_killed_pull_is_taken_over_by_the_next_run(registry, pushed, tpm_certs
     env = env_for(test_tpm, tmp_path)
     args = [sys.executable, "-m", "tpmtls.cli.pull", ref.replace(str(registry.port), str(slow.port)), f"oci:{layout}",
             "--cert-dir", str(tpm_certs)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(env))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(env))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -113,7 +114,7 @@ def test_sigterm_stops_the_pull_and_leaves_nothing_behind(kind, registry, pushed
     env = env_for(test_tpm, tmp_path)
     args = [sys.executable, "-m", "tpmtls.cli.pull", ref.replace(str(registry.port), str(slow.port)),
             f"{kind}:{target}", "--cert-dir", str(tpm_certs)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env(env))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=child_env(env))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -142,8 +143,8 @@ def test_a_disk_too_small_is_one_line_naming_the_directory_and_the_space(registr
     pull = " ".join([sys.executable, "-m", "tpmtls.cli.pull", ref, f"oci:{small}/layout", "--cert-dir", str(tpm_certs)])
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            f"mount -t tmpfs -o size=4m tpmtls-test {small} && exec {pull}"],
-                          capture_output=True, text=True, timeout=120, env=clean_env(env_for(test_tpm, tmp_path)))
-    line = one_line_failure(proc)
+                          capture_output=True, text=True, timeout=120, env=child_env(env_for(test_tpm, tmp_path)))
+    line = one_line(proc)
     assert proc.returncode == 1
     assert f"{small}/layout/blobs/sha256: not enough space" in line and "MB" in line, line
     assert shutil.disk_usage(small).free > 4 << 20  # the namespace's mount went with it

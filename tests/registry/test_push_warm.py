@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 import tpmtls
-from support.peers import CuttingProxy, clean_env
+from support.peers import CuttingProxy
 from support.proxy import DockerSocketSpy, docker
 from support.registry import env_for, run_cli, skopeo_layers, skopeo_raw
 from tpmtls.lab import build_docker_archive
+from tpmtls.lab.process import child_env
 from tpmtls.registry.blobcache import BlobCache
 
 
@@ -110,7 +111,7 @@ def test_the_cache_survives_an_interrupted_push_without_vouching_for_a_partial_b
     after reads nothing."""
     image = build_docker_archive(tmp_path / "img.tar", [{"small.txt": b"small\n" * 1000}, {"big.bin": 12_000_000}])
     slow = CuttingProxy(registry.port, throttle=0.003, signal_after=3_000_000)
-    env = {**clean_env(), **env_for(test_tpm, tmp_path)}
+    env = {**child_env(), **env_for(test_tpm, tmp_path)}
     cache = tmp_path / "cache" / "tpmtls" / "blobs.json"
     args = [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", "--cert-dir", str(tpm_certs),
             "--jobs", "1"]
