@@ -18,6 +18,8 @@ packages=(
   busybox-static
   # test peers (htpasswd: bcrypt entries for the registry's Basic auth)
   openssl curl apache2-utils
+  # a real browser for the proxies' caller checks (headless: a page rebinding its name to loopback)
+  chromium
 )
 
 missing=()

@@ -1,19 +1,18 @@
 """`tpmtls daemon-proxy`: a local Docker API socket for the stock docker CLI, forwarded over
 TPM-backed mutual TLS to a `dockerd --tlsverify` (or the NGINX front of one).
 
-Bytes are forwarded as they are, so hijacked connections (attach, exec, `run -it`) work,
-including half-closes: the CLI's end of stdin becomes a TLS close_notify upstream while
-output keeps flowing back. Each connection runs in its own thread on one TLS object over
-memory BIOs, so reads and writes never race inside OpenSSL. Upstream TLS sessions are
-resumed: after the first handshake a new CLI call costs no TPM signature.
+Every request is read whole and, on a TCP port, checked (a web page must not reach the daemon)
+before it goes on; after an upgrade, bytes pass as they are, so hijacked connections (attach,
+exec, `run -it`) work, including half-closes: the CLI's end of stdin becomes a TLS
+close_notify upstream while output keeps flowing back (tpmtls/docker/_relay.py). A connection
+ends when its client is done with it, idle ones make room for new ones, and upstream TLS
+sessions are resumed: after the first handshake a new CLI call costs no TPM signature.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import selectors
 import socket
 import ssl
 import stat
@@ -25,18 +24,16 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .._callers import foreign_caller
-from ..errors import TpmtlsError, UsageError
+from ..errors import UsageError
+from ._relay import HEAD_TIMEOUT, IDLE_TIMEOUT, Relay
+from ._tlsbio import TlsOverBio
 from .client import DaemonError, explain_tls_failure
 from .config import CertPath, parse_host
 
 CONNECT_TIMEOUT = 10.0
-#: Bytes buffered per direction before we stop reading from the faster side.
-BUFFER_LIMIT = 1 << 20
-#: Concurrent connections served; more wait in the listen backlog.
-MAX_CONNECTIONS = 64
-HEAD_TIMEOUT = 10.0  # for the first request's head on a TCP listen (checked before forwarding)
-MAX_HEAD = 16384
-_CHUNK = 65536
+#: Client connections served at once. When all are taken, the one idle longest (waiting for a
+#: request) is closed for a new one; if none is idle, new ones wait in the listen backlog.
+MAX_CONNECTIONS = 128
 
 
 def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
@@ -117,7 +114,8 @@ class DaemonProxy:
 
     def __init__(self, upstream: str, listen: str, cert_path: CertPath, *, tcti: str | None = None,
                  password: bytes | str | None = None, resume: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, head_timeout: float = HEAD_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
         if upstream.startswith("https://"):
             upstream = "tcp://" + upstream[len("https://"):]
         kind, host, port = parse_host(upstream)
@@ -130,6 +128,7 @@ class DaemonProxy:
         self.tcti, self.resume = tcti, resume
         self.log = log or (lambda line: None)
         self.stats = ProxyStats()
+        self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         from ..tls import ssl_context
 
         self.context = ssl_context(cert_path.cert, str(cert_path.key), cert_path.ca, password=password, tcti=tcti,
@@ -138,7 +137,9 @@ class DaemonProxy:
         self._session_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._relays: set[Relay] = set()
+        self._relays_lock = threading.Lock()
         self._listener: socket.socket | None = None
         # Forward a client's half-close (end of stdin) as a TLS close_notify? dockerd reads it as
         # EOF on the container's stdin; NGINX ends the whole upgraded stream on it (its
@@ -153,7 +154,7 @@ class DaemonProxy:
 
         return default_pool(self.tcti).stats().signatures
 
-    def _open_upstream(self) -> "_Tls":
+    def _open_upstream(self) -> TlsOverBio:
         try:
             raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
             # Small records (a resumed handshake's Finished, then the request) must not wait for
@@ -165,7 +166,7 @@ class DaemonProxy:
                               "listening there?") from None
         with self._session_lock:
             session = self._session if self.resume else None
-        tls = _Tls(raw, self.context, self.host, session)
+        tls = TlsOverBio(raw, self.context, self.host, session)
         try:
             tls.handshake()
         except (ssl.SSLError, OSError) as e:
@@ -174,11 +175,14 @@ class DaemonProxy:
         self.stats.add(resumed=int(tls.obj.session_reused), full_handshakes=int(not tls.obj.session_reused))
         return tls
 
-    def _remember(self, tls: "_Tls") -> None:
+    def _remember(self, tls: TlsOverBio) -> None:
         session = tls.obj.session
         if self.resume and session is not None and (session.has_ticket or tls.obj.version() != "TLSv1.3"):
             with self._session_lock:
                 self._session = session
+
+    def _explain(self, error: BaseException) -> str:
+        return str(explain_tls_failure(error, self.upstream, self.cert_path))
 
     def probe(self) -> str:
         """GET /_ping upstream: the configuration works (CA, our certificate, the host) or one clear error."""
@@ -228,7 +232,7 @@ class DaemonProxy:
             return f"unix://{self.address}"
         assert self._listener is not None
         host, port = self._listener.getsockname()[:2]
-        return f"tcp://{host}:{port}"
+        return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
     def serve(self) -> None:
         """Accept until `stop()`; then wait (bounded) for open connections."""
@@ -237,21 +241,20 @@ class DaemonProxy:
         assert self._listener is not None
         try:
             while not self._stop.is_set():
-                if not self._slots.acquire(timeout=0.5):
-                    continue
                 try:
-                    client, _ = self._listener.accept()
+                    client, peer = self._listener.accept()
                 except (socket.timeout, TimeoutError):
-                    self._slots.release()
                     continue
                 except OSError:
-                    self._slots.release()
                     if self._stop.is_set():
                         break
                     raise
+                if not self._take_slot():
+                    client.close()
+                    break
                 if self.family == "tcp":
                     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                t = threading.Thread(target=self._serve_one, args=(client,), daemon=True)
+                t = threading.Thread(target=self._serve_one, args=(client, peer), daemon=True)
                 self._threads.add(t)
                 t.start()
         finally:
@@ -259,6 +262,22 @@ class DaemonProxy:
             deadline = time.monotonic() + 5
             for t in list(self._threads):
                 t.join(max(0.0, deadline - time.monotonic()))
+
+    def _take_slot(self) -> bool:
+        """A slot for a new connection: a free one, or one an idle connection gives up (False: stopping)."""
+        if self._slots.acquire(blocking=False):
+            return True
+        for _ in range(1_000_000):  # bounded; each round waits up to 0.5 s for a slot
+            with self._relays_lock:
+                idle = [(since, r) for r in self._relays if (since := r.idle_since()) is not None]
+            for _since, relay in sorted(idle, key=lambda x: x[0]):
+                if relay.evict():
+                    break
+            if self._slots.acquire(timeout=0.5):
+                return True
+            if self._stop.is_set():
+                return False
+        return False
 
     def stop(self) -> None:
         self._stop.set()
@@ -273,271 +292,33 @@ class DaemonProxy:
                 except FileNotFoundError:
                     pass
 
-    def _serve_one(self, client: socket.socket) -> None:
+    def _serve_one(self, client: socket.socket, peer: object) -> None:
         self.stats.add(connections=1, active=1)
         number = self.stats.connections
         started = time.monotonic()
-        up = down = 0
-        how = "-"
+        # a unix socket is guarded by its file mode; a port by checking every request's caller
+        check = foreign_caller if self.family == "tcp" else None
+        relay = Relay(client, peer, open_upstream=self._open_upstream, explain=self._explain, check=check,
+                      stop=self._stop, on_first_reply=self._remember, half_close=self.half_close,
+                      head_timeout=self.head_timeout, idle_timeout=self.idle_timeout)
+        with self._relays_lock:
+            self._relays.add(relay)
         try:
-            if self.family == "tcp":  # a unix socket is guarded by its file mode; a port by this check
-                refused = _foreign_request(client)
-                if refused:
-                    _refuse(client, refused, b"403 Forbidden")
-                    self.log(f"conn {number}: refused: {refused}")
-                    return
-            try:
-                tls = self._open_upstream()
-            except TpmtlsError as e:
+            out = relay.run()
+            if out.failed:
                 self.stats.add(failures=1)
-                _refuse(client, str(e))
-                self.log(f"conn {number}: refused upstream: {e}")
-                return
-            how = "resumed" if tls.obj.session_reused else "full handshake"
-            try:
-                up, down, error = _pump(client, tls, self._stop, lambda: self._remember(tls), self.half_close)
-            finally:
-                tls.close()
-            self._remember(tls)
-            if error and down == 0:
-                problem = explain_tls_failure(error, self.upstream, self.cert_path)
-                _refuse(client, str(problem), read_head=up == 0)
-                self.stats.add(failures=1)
-                self.log(f"conn {number}: {problem}")
-                return
-            self.log(f"conn {number}: {how}, {up} B up, {down} B down, {time.monotonic() - started:.2f} s"
-                     f"{', ' + _reason(error) if error else ''}; TPM signatures so far: {self.signatures()}")
+            how = "-" if out.resumed is None else ("resumed" if out.resumed else "full handshake")
+            refused = f"; refused: {out.refused}" if out.refused else ""
+            self.log(f"conn {number}: {how}, {out.requests} request{'' if out.requests == 1 else 's'}, "
+                     f"{out.up} B up, {out.down} B down, {time.monotonic() - started:.2f} s, {out.ended}{refused}; "
+                     f"TPM signatures so far: {self.signatures()}")
         finally:
+            with self._relays_lock:
+                self._relays.discard(relay)
             client.close()
             self.stats.add(active=-1)
             self._threads.discard(threading.current_thread())
             self._slots.release()
-
-
-def _foreign_request(client: socket.socket) -> str | None:
-    """Peek at the first request's head (not consuming it): why it must not be forwarded, or None."""
-    import email.parser
-
-    head = b""
-    client.settimeout(HEAD_TIMEOUT)
-    try:
-        for _ in range(64):  # bounded: a head arrives in a few reads
-            head = client.recv(MAX_HEAD, socket.MSG_PEEK)
-            if b"\r\n\r\n" in head or len(head) >= MAX_HEAD or not head:
-                break
-            time.sleep(0.01)
-    except OSError:
-        return None  # nothing readable: the forwarding sees the same and ends the connection
-    finally:
-        client.settimeout(None)
-    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
-    headers = email.parser.BytesHeaderParser().parsebytes(b"\r\n".join(lines) + b"\r\n\r\n")
-    return foreign_caller(headers)
-
-
-def _reason(error: BaseException | None) -> str:
-    return f"ended by {type(error).__name__}: {str(error)[:120]}" if error else ""
-
-
-def _refuse(client: socket.socket, message: str, status: bytes = b"502 Bad Gateway", read_head: bool = True) -> None:
-    """Tell the docker CLI why, as a daemon would: it prints 'Error response from daemon: …'.
-
-    `read_head`: the request head is still unread (answering before it arrives confuses
-    some clients); False once the forwarding has consumed it."""
-    body = json.dumps({"message": f"tpmtls daemon-proxy: {message}"}).encode()
-    try:
-        client.settimeout(2)
-        if read_head:
-            try:
-                client.recv(_CHUNK)
-            except OSError:
-                pass
-        client.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    except OSError:
-        pass
-
-
-class _Tls:
-    """An SSLObject over memory BIOs and its raw socket: blocking handshake, then non-blocking I/O."""
-
-    def __init__(self, raw: socket.socket, context: ssl.SSLContext, host: str, session: ssl.SSLSession | None) -> None:
-        self.raw = raw
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname=host, session=session)
-
-    def flush(self) -> None:
-        data = self.outgoing.read()
-        if data:
-            self.raw.sendall(data)
-
-    def _feed(self) -> None:
-        data = self.raw.recv(_CHUNK)
-        if not data:
-            raise ConnectionResetError("the server closed the connection during the TLS handshake")
-        self.incoming.write(data)
-
-    def handshake(self) -> None:
-        for _ in range(1000):  # a handshake is a handful of flights; bounded all the same
-            try:
-                self.obj.do_handshake()
-                self.flush()
-                return
-            except ssl.SSLWantReadError:
-                self.flush()
-                self._feed()
-        raise ssl.SSLError("TLS handshake did not finish")
-
-    def request(self, data: bytes) -> bytes:
-        """Send `data`, read until the server closes (probe only; blocking with the socket's timeout)."""
-        self.obj.write(data)
-        self.flush()
-        reply = bytearray()
-        while len(reply) < BUFFER_LIMIT:
-            try:
-                chunk = self.obj.read(_CHUNK)
-                if not chunk:
-                    break
-                reply += chunk
-                if b"\r\n\r\n" in reply and _complete(bytes(reply)):
-                    break
-            except ssl.SSLWantReadError:
-                self.flush()
-                data = self.raw.recv(_CHUNK)
-                if not data:
-                    break
-                self.incoming.write(data)
-            except ssl.SSLZeroReturnError:
-                break
-        return bytes(reply)
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except OSError:
-            pass
-
-
-def _complete(reply: bytes) -> bool:
-    head, _, body = reply.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return len(body) >= int(value.strip())
-    return False
-
-
-def _pump(client: socket.socket, tls: _Tls, stop: threading.Event, on_first_reply: Callable[[], None],
-          half_close: bool = True) -> tuple[int, int, BaseException | None]:
-    """Forward both ways until both directions are closed; returns (bytes up, bytes down, error).
-
-    Without `half_close` the client's end of input is not forwarded: on a hijacked
-    stream we wait for the server to finish, otherwise the client is done.
-    """
-    raw = tls.raw
-    client.setblocking(False)
-    raw.setblocking(False)
-    to_upstream = bytearray()  # ciphertext for the server
-    to_client = bytearray()  # plaintext for the CLI
-    client_reading = upstream_reading = True
-    client_write_open = True
-    up = down = 0
-    hijacked = False
-    error: BaseException | None = None
-    sel = selectors.DefaultSelector()
-    try:
-        while not stop.is_set():
-            if not upstream_reading and not to_client:
-                if client_write_open:
-                    _shutdown_write(client)  # the server is done: the CLI sees the end of the stream
-                    client_write_open = False
-                if not client_reading:
-                    break
-            cev = (selectors.EVENT_READ if client_reading and len(to_upstream) < BUFFER_LIMIT else 0) | \
-                  (selectors.EVENT_WRITE if to_client else 0)
-            uev = (selectors.EVENT_READ if upstream_reading and len(to_client) < BUFFER_LIMIT else 0) | \
-                  (selectors.EVENT_WRITE if to_upstream else 0)
-            for sock, ev in ((client, cev), (raw, uev)):
-                try:
-                    sel.unregister(sock)
-                except KeyError:
-                    pass
-                if ev:
-                    sel.register(sock, ev)
-            if not cev and not uev:
-                break
-            for key, mask in sel.select(timeout=0.5):
-                if key.fileobj is client:
-                    if mask & selectors.EVENT_READ:
-                        data = client.recv(_CHUNK)
-                        if data:
-                            up += len(data)
-                            hijacked = hijacked or b"upgrade: tcp" in data.lower()
-                            tls.obj.write(data)
-                        else:
-                            client_reading = False
-                            if half_close:
-                                _close_notify(tls)  # the CLI closed stdin: a TLS half-close upstream
-                            elif not hijacked:
-                                break  # a plain API connection the CLI is done with
-                        to_upstream += tls.outgoing.read()
-                    if mask & selectors.EVENT_WRITE and to_client:
-                        sent = client.send(to_client)
-                        del to_client[:sent]
-                else:
-                    if mask & selectors.EVENT_READ:
-                        data = raw.recv(_CHUNK)
-                        if not data:
-                            upstream_reading = False
-                        else:
-                            tls.incoming.write(data)
-                            first = down == 0
-                            got, upstream_reading = _drain(tls)
-                            to_client += got
-                            down += len(got)
-                            if first and got:
-                                on_first_reply()  # a TLS 1.3 ticket has arrived by now
-                        to_upstream += tls.outgoing.read()
-                    if mask & selectors.EVENT_WRITE and to_upstream:
-                        sent = raw.send(to_upstream)
-                        del to_upstream[:sent]
-    except (ssl.SSLError, OSError) as e:
-        error = e
-    finally:
-        sel.close()
-    return up, down, error
-
-
-def _drain(tls: _Tls) -> tuple[bytes, bool]:
-    """All plaintext the fed records hold; False once the server's close_notify is read."""
-    out = bytearray()
-    for _ in range(BUFFER_LIMIT // 1024):
-        try:
-            chunk = tls.obj.read(_CHUNK)
-        except ssl.SSLWantReadError:
-            return bytes(out), True
-        except ssl.SSLZeroReturnError:
-            return bytes(out), False
-        if not chunk:
-            return bytes(out), False
-        out += chunk
-    return bytes(out), True
-
-
-def _close_notify(tls: _Tls) -> None:
-    # With memory BIOs nothing is read here: every record fed so far has been drained, so
-    # OpenSSL only queues our close_notify and keeps accepting the server's data after it.
-    try:
-        tls.obj.unwrap()
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        pass
-
-
-def _shutdown_write(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 __all__ = ["DaemonProxy", "ProxyStats", "parse_listen"]
