@@ -32,6 +32,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .._callers import foreign_caller
 from ..errors import RegistryError, UsageError
+from ._head_deadline import HEAD_TIMEOUT, IDLE_TIMEOUT, HeadDeadlines
 
 CHUNK = 65536
 CONNECT_TIMEOUT = 10.0
@@ -111,7 +112,8 @@ class RegistryProxy:
 
     def __init__(self, upstream: str, listen: str = "127.0.0.1:5000", *, cert_dir: str | Path | None = None,
                  certs_root: str | Path | None = None, resolve: dict[str, str] | None = None,
-                 tcti: str | None = None, log: Callable[[str], None] | None = None) -> None:
+                 tcti: str | None = None, log: Callable[[str], None] | None = None,
+                 head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
         from .certs import lookup, read_cert_dir, ssl_context_for
 
         self.host, self.port = parse_upstream(upstream)
@@ -128,6 +130,7 @@ class RegistryProxy:
         self.context = ssl_context_for(certs, tcti)
         self.resolve = dict(resolve or {})
         self.log = log or (lambda line: None)
+        self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         self.counters = ProxyCounters()
         self._pools: dict[str, urllib3.HTTPSConnectionPool] = {}
         self._realms: set[str] = set()  # token-server host:port the upstream named in a challenge
@@ -250,6 +253,19 @@ class _Server(ThreadingHTTPServer):
         self.address_family = family
         self.proxy = proxy
         super().__init__(address, handler)
+        self.deadlines = HeadDeadlines()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.deadlines.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a request (reset, cut by its head deadline): one log line."""
+        import sys
+
+        error = sys.exc_info()[1]
+        self.proxy.log(f"connection from {client_address[0]}:{client_address[1]} ended: "
+                       f"{type(error).__name__}: {str(error)[:120]}")
 
 
 class _ClientGone(Exception):
@@ -259,7 +275,25 @@ class _ClientGone(Exception):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    timeout = READ_TIMEOUT  # an idle keep-alive connection is dropped after this
+    timeout = READ_TIMEOUT  # one read of a body may wait this long
+    _served = 0
+    _deadline = -1
+
+    def handle_one_request(self) -> None:
+        """One request, its head read under a deadline: a slow or silent client cannot keep its thread."""
+        deadlines = self.server.deadlines
+        proxy = self.server.proxy
+        self._deadline = deadlines.arm(self.connection, proxy.head_timeout if self._served == 0 else proxy.idle_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            deadlines.disarm(self._deadline)
+        self._served += 1
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.deadlines.disarm(self._deadline)  # the head is in; bodies have READ_TIMEOUT per read
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         pass  # one line per request is ours, in _forward
