@@ -26,7 +26,7 @@ import h11
 
 from ..errors import TpmtlsError
 from ._hangup import peer_closed
-from ._tlsbio import CHUNK, TlsOverBio
+from ._stream import CHUNK, TlsStream
 
 #: Largest request head (request line and fields) read; larger gets 431. dockerd's own limit is
 #: Go's 1 MiB, but the CLI's largest heads (X-Registry-Config with every registry's
@@ -71,9 +71,9 @@ class Outcome:
 class Relay:
     """Serves one accepted client connection until it ends; `evict()` may end it early when idle."""
 
-    def __init__(self, client: socket.socket, peer: object, *, open_upstream: Callable[[], TlsOverBio],
+    def __init__(self, client: socket.socket, peer: object, *, open_upstream: Callable[[], TlsStream],
                  explain: Callable[[BaseException], str], check: Check | None, stop: threading.Event,
-                 on_first_reply: Callable[[TlsOverBio], None], half_close: bool,
+                 on_first_reply: Callable[[TlsStream], None], half_close: bool,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.client, self.peer = client, peer
         self._open_upstream, self._explain, self._check = open_upstream, explain, check
@@ -82,7 +82,7 @@ class Relay:
         self.outcome = Outcome()
         self.down = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)  # faces the client
         self.up: h11.Connection | None = None  # faces the daemon, once a request was let through
-        self.tls: TlsOverBio | None = None
+        self.tls: TlsStream | None = None
         self.raw = False  # upgraded: bytes pass as they are
         self.to_client = bytearray()
         self.to_upstream = bytearray()  # ciphertext

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from .._callers import foreign_caller
 from ..errors import UsageError
 from ._relay import HEAD_TIMEOUT, IDLE_TIMEOUT, Relay
-from ._tlsbio import TlsOverBio
+from ._stream import TlsStream
 from .client import DaemonError, explain_tls_failure
 from .config import CertPath, parse_host
 
@@ -154,7 +154,7 @@ class DaemonProxy:
 
         return default_pool(self.tcti).stats().signatures
 
-    def _open_upstream(self) -> TlsOverBio:
+    def _open_upstream(self) -> TlsStream:
         try:
             raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
             # Small records (a resumed handshake's Finished, then the request) must not wait for
@@ -166,7 +166,7 @@ class DaemonProxy:
                               "listening there?") from None
         with self._session_lock:
             session = self._session if self.resume else None
-        tls = TlsOverBio(raw, self.context, self.host, session)
+        tls = TlsStream(raw, self.context, self.host, session)
         try:
             tls.handshake()
         except (ssl.SSLError, OSError) as e:
@@ -175,7 +175,7 @@ class DaemonProxy:
         self.stats.add(resumed=int(tls.obj.session_reused), full_handshakes=int(not tls.obj.session_reused))
         return tls
 
-    def _remember(self, tls: TlsOverBio) -> None:
+    def _remember(self, tls: TlsStream) -> None:
         session = tls.obj.session
         if self.resume and session is not None and (session.has_ticket or tls.obj.version() != "TLSv1.3"):
             with self._session_lock:

@@ -16,7 +16,7 @@ CHUNK = 65536
 DRAIN_LIMIT = 1 << 20
 
 
-class TlsOverBio:
+class TlsStream:
     """An SSLObject and its raw socket: blocking handshake, then the caller's non-blocking I/O."""
 
     def __init__(self, raw: socket.socket, context: ssl.SSLContext, host: str, session: ssl.SSLSession | None) -> None:
@@ -111,4 +111,4 @@ def _complete(reply: bytes) -> bool:
     return False
 
 
-__all__ = ["TlsOverBio", "CHUNK"]
+__all__ = ["TlsStream", "CHUNK"]
