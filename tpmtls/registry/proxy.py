@@ -252,8 +252,12 @@ class _Server(ThreadingHTTPServer):
                  family: socket.AddressFamily) -> None:
         self.address_family = family
         self.proxy = proxy
-        super().__init__(address, handler)
         self.deadlines = HeadDeadlines()
+        try:
+            super().__init__(address, handler)
+        except BaseException:
+            self.deadlines.close()
+            raise
 
     def server_close(self) -> None:
         super().server_close()
