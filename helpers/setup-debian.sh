@@ -18,6 +18,10 @@ packages=(
   busybox-static
   # test peers (htpasswd: bcrypt entries for the registry's Basic auth)
   openssl curl apache2-utils
+  # enroll-server: libpq for psycopg (--db postgresql://); a PostgreSQL the tests and benchmark start
+  # themselves (initdb in a temp dir); lego, a second standard ACME client the tests drive; iproute2
+  # for the network namespace the server's public-name test runs in
+  libpq5 postgresql lego iproute2
   # a real browser for the proxies' caller checks (headless: a page rebinding its name to loopback)
   chromium
 )

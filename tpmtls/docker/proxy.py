@@ -28,7 +28,8 @@ from ..errors import UsageError
 from ._relay import HEAD_TIMEOUT, IDLE_TIMEOUT, Relay
 from ._stream import TlsStream
 from .client import DaemonError, explain_tls_failure
-from .config import CertPath, parse_host
+from .config import parse_host
+from .files import CertPath
 
 CONNECT_TIMEOUT = 10.0
 #: Client connections served at once. When all are taken, the one idle longest (waiting for a

@@ -114,7 +114,8 @@ class RegistryProxy:
                  certs_root: str | Path | None = None, resolve: dict[str, str] | None = None,
                  tcti: str | None = None, log: Callable[[str], None] | None = None,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        from .certs import lookup, read_cert_dir, ssl_context_for
+        from ..docker.files import lookup, read_cert_dir
+        from .certs import ssl_context_for
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
