@@ -212,7 +212,7 @@ def _bulk(lab: Lab, dockerd: _TlsDockerd, cert_path: Path, image: str, rounds: i
     import ssl
 
     from tpmtls import ssl_context
-    from tpmtls.docker.config import CertPath
+    from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
     request = f"GET /images/{image}/get HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()

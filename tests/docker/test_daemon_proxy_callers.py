@@ -41,7 +41,7 @@ def dockerd(dpki, tmp_path_factory):
 @contextmanager
 def serving(dpki: DaemonPki, upstream_port: int, tcti: str, listen: str, **options: float) -> Iterator:
     """An in-process DaemonProxy (short head timeout) on `listen`; yields (proxy, log lines)."""
-    from tpmtls.docker.config import CertPath
+    from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
     lines: list[str] = []

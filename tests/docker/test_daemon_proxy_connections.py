@@ -57,7 +57,7 @@ def serving(dpki: DaemonPki, upstream_port: int, tcti: str, listen: str) -> Iter
     """An in-process DaemonProxy; yields (proxy, log lines, the CLI's environment)."""
     import threading
 
-    from tpmtls.docker.config import CertPath
+    from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
     lines: list[str] = []
