@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, NoReturn
 
@@ -34,19 +35,22 @@ def add_password_file(parser: argparse.ArgumentParser, help: str = "file holding
     parser.add_argument("--password-file", metavar="F", help=help)
 
 
+#: A password is one line; a password file of more than this is something else.
+MAX_PASSWORD_FILE = 64 << 10
+
+
 def read_secret_file(path: str | None) -> bytes | None:
-    """The first line of a password file, without its newline; None when no file given."""
+    """The first line of a password file, without its line break; None when no file given.
+
+    An empty file (or /dev/null) is the empty password: what a key file flagged as having a
+    password but created without one needs (`tpm2_encodeobject` without -p writes such files;
+    tpm2-openssl takes the empty password for them too)."""
     if path is None:
         return None
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read password file: {e.strerror}") from None
-    secret = data.splitlines()[0] if data.strip() else b""
-    if not secret:
-        raise UsageError(f"{p}: password file is empty")
-    return secret
+    from .._files import read_input
+
+    data = read_input(path, "password", MAX_PASSWORD_FILE)
+    return data.splitlines()[0] if data else b""
 
 
 def key_password(key: str, password_file: str | None) -> bytes | None:
@@ -79,12 +83,73 @@ def key_password(key: str, password_file: str | None) -> bytes | None:
     return secret.encode()
 
 
-def split_target(target: str) -> tuple[str, int]:
-    """HOST:PORT (or [v6]:PORT) → (host, port), or a one-line usage error."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise UsageError(f"{target!r}: write the target as HOST:PORT")
-    return host.strip("[]"), int(port)
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?$")
+
+
+def split_target(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) → (host, port), or a one-line usage error saying what is wrong.
+
+    HOST: a DNS name (RFC 1123 labels) or an IPv4/IPv6 address; PORT: 1-65535."""
+    shown = repr(target[:100])
+    text = target.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        sep, port = rest[:1], rest[1:]
+        if sep not in ("", ":") or ":" not in host:
+            raise UsageError(f"{shown}: write an IPv6 address as [ADDRESS]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, ""
+    if not port and default_port is not None and not sep:
+        port = str(default_port)
+    if not host or not port:
+        raise UsageError(f"{shown}: write it as HOST:PORT")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{shown}: the port must be a number from 1 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if len(host) > 253 or not _DNS_NAME.match(host):
+            raise UsageError(f"{shown}: {host[:100]!r} is neither a host name nor an IP address") from None
+    return host, int(port)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds (at most a day)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: give seconds between 0 and 86400")
+    return value
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: give a number from {low} to {high}")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
+def hours(text: str) -> float:
+    """An argparse type: a positive, finite number of hours (at most ten years)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of hours") from None
+    if not 0 < value <= 87600:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: give hours between 0 and 87600")
+    return value
 
 
 def say(text: str) -> None:

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
+from ._common import count
 
 
 def add_certs_args(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_certs_args(p: argparse.ArgumentParser) -> None:
 
 def add_registry_args(p: argparse.ArgumentParser) -> None:
     add_certs_args(p)
-    p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in parallel (default 4)")
+    p.add_argument("--jobs", type=count(1, 64), default=4, metavar="N", help="blobs in parallel (default 4, at most 64)")
     p.add_argument("--username", help="registry user (default: docker config / credential helper)")
     p.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
 

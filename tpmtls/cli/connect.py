@@ -7,10 +7,10 @@ import socket
 import ssl
 from typing import Any
 
-from ..errors import HandshakeError
+from ..errors import HandshakeError, UsageError
 from ..provider import last_signature_scheme
 from ..tls import TpmHandshakeError, ssl_context
-from ._common import add_password_file, add_tcti, key_password, say, split_target
+from ._common import add_password_file, add_tcti, key_password, say, seconds, split_target
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     version.add_argument("--tls1.2", dest="tls_version", action="store_const", const="1.2", help="TLS 1.2 only")
     version.add_argument("--tls1.3", dest="tls_version", action="store_const", const="1.3", help="TLS 1.3 only")
     p.add_argument("--servername", metavar="N", help="name to send (SNI) and verify (default: HOST)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect/handshake timeout (10 s)")
+    p.add_argument("--timeout", type=seconds, default=10.0, metavar="S", help="connect/handshake timeout (10 s)")
     add_password_file(p, "file holding the key's password; without it, a key's password is asked for on "
                          "the terminal (like ssh does), and with no terminal the command fails")
     add_tcti(p)
@@ -110,8 +110,10 @@ def _validity_problem(cert: str) -> str | None:
     from cryptography import x509
 
     try:
-        certificate = x509.load_pem_x509_certificate(open(cert, "rb").read())
-    except (OSError, ValueError):
+        from .._files import read_input
+
+        certificate = x509.load_pem_x509_certificate(read_input(cert, "certificate"))
+    except (UsageError, ValueError):
         return None
     now = datetime.datetime.now(datetime.timezone.utc)
     if certificate.not_valid_after_utc < now:

@@ -87,11 +87,11 @@ class AgentState:
 
 
 def _load_ca(path: str | os.PathLike[str]) -> x509.Certificate:
+    from .._files import read_input
+
     p = Path(path)
     try:
-        return x509.load_pem_x509_certificate(p.read_bytes())
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read the CA certificate: {e.strerror}") from None
+        return x509.load_pem_x509_certificate(read_input(p, "CA certificate"))
     except ValueError:
         raise UsageError(f"{p}: not a PEM CA certificate") from None
 

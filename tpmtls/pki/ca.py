@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .._files import write_atomic
+from .._files import read_input, write_atomic
 from ..errors import UsageError
 from ..tpm.keyfile import is_tpm_key
 from .csr import parse_san
@@ -84,9 +84,11 @@ class FileCA:
     def open(cls, directory: str | Path, tcti: str | None = None) -> "FileCA":
         """Open DIR; a TPM CA key is loaded through `tcti` (default: $TPMTLS_TCTI …)."""
         d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"{d}: not a CA directory (a file; run 'tpmtls ca init DIR')")
         try:
-            key_pem = (d / "ca.key").read_bytes()
-            cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+            key_pem = read_input(d / "ca.key", "CA key")
+            cert = x509.load_pem_x509_certificate(read_input(d / "ca.crt", "CA certificate"))
             key: object
             if is_tpm_key(key_pem):
                 from ..tpm import connect

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat import asn1
@@ -238,11 +237,9 @@ def import_wrapped(tpm: Tpm, data: bytes, path: str | os.PathLike[str] | None = 
 
 def read_file(path: str | os.PathLike[str], what: str) -> bytes:
     """File bytes, or a KeyFileError naming the file."""
-    p = Path(path)
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"{p}: cannot read {what}: {e.strerror}") from None
+    from .._files import read_input
+
+    return read_input(path, what, error=KeyFileError)
 
 
 __all__ = ["EndorsementKey", "EK_TYPES", "WrappedKey", "import_wrapped", "parse_wrapped", "read_ek", "wrap_key"]
