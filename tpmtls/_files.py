@@ -55,6 +55,28 @@ def check_writable(path: str | os.PathLike[str], overwrite: bool = False,
     return p
 
 
+def check_directory(path: str | os.PathLike[str]) -> Path:
+    """Fail before any work is done if directory `path` cannot be made or written in: it is a
+    file, or its nearest existing ancestor is not a writable directory (probed with a temp file)."""
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"{_shown(d)}: exists and is not a directory")
+    existing = d
+    for _ in range(256):
+        if existing.exists() or existing == existing.parent:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{_shown(d)}: {_shown(existing)} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tpmtls-", suffix=".probe", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{_shown(d)}: cannot write in {_shown(existing)}: {e.strerror or e}") from None
+    return d
+
+
 #: Largest input read whole (a key, a certificate, a CA bundle, a policy, a password): far above
 #: any real one (every public root CA together is about 220 KB), far below what a file like
 #: /dev/zero would take of memory before anything could be said about it.
