@@ -189,6 +189,38 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[byt
     return d
 
 
+def write_paths(files: Mapping[Path, tuple[bytes, int]], *, keep: Iterable[Path] = ()) -> None:
+    """Write {path: (data, mode)} to files in any directories, all or nothing: each is written and
+    synced beside its target first, and only when all are (a full disk fails here) are they renamed
+    into place (`keep`: files already there copied to .bak first)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, (data, mode) in files.items():
+            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((path, Path(temp)))
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path in keep:
+            if path in files:
+                backup(path)
+        for path, staged_file in staged:
+            os.replace(staged_file, path)
+    except OSError as e:
+        for _, staged_file in staged:
+            _discard(str(staged_file))
+        if isinstance(e, OutputError):
+            raise
+        where = staged[-1][0] if staged else next(iter(files), Path("."))
+        raise OutputError(f"{_shown(where)}: cannot write: {e.strerror or e}") from None
+    except BaseException:
+        for _, staged_file in staged:
+            _discard(str(staged_file))
+        raise
+
+
 def _make_parents(directory: Path) -> list[Path]:
     """mkdir -p, returning what it made (deepest last), so a failure can take it back."""
     missing: list[Path] = []

@@ -86,6 +86,9 @@ class FileCA:
         d = Path(directory)
         if d.exists() and not d.is_dir():
             raise UsageError(f"{d}: not a CA directory (a file; run 'tpmtls ca init DIR')")
+        for name in ("ca.key", "ca.crt"):
+            if not (d / name).exists():
+                raise UsageError(f"{d}: not a CA directory ({name} missing; run 'tpmtls ca init')")
         try:
             key_pem = read_input(d / "ca.key", "CA key")
             cert = x509.load_pem_x509_certificate(read_input(d / "ca.crt", "CA certificate"))
