@@ -70,17 +70,15 @@ def key_password(key: str, password_file: str | None) -> bytes | None:
     except KeyFileError:
         return None  # a software key or a broken file: the TLS set-up says what is wrong
     if not sys.stdin.isatty():
-        raise UsageError(f"{key}: this key has a password: give it with --password-file F "
-                         "(or run on a terminal to be asked for it)")
+        raise UsageError(f"{key}: this key has a password: give it with --password-file F (an empty file if it was "
+                         "made without one), or run on a terminal to be asked for it")
     import getpass
 
     try:
         secret = getpass.getpass(f"Password for {key}: ")
     except EOFError:
         secret = ""
-    if not secret:
-        raise UsageError(f"{key}: no password entered (the key has one; or give it with --password-file F)")
-    return secret.encode()
+    return secret.encode()  # empty: the empty password, as tpm2-openssl takes it for such key files
 
 
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"

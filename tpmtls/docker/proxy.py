@@ -42,6 +42,9 @@ def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
     if listen.startswith("unix://"):
         kind, path, _ = parse_host(listen)
         return "unix", path
+    if listen.isdigit():
+        raise UsageError(f"--listen {listen}: a port alone says nothing of where; write tcp://127.0.0.1:{listen} "
+                         "(loopback only) or unix:///run/tpmtls/docker.sock")
     text = listen if "://" in listen else f"tcp://{listen}"
     parts = urlsplit(text)
     try:
@@ -282,6 +285,10 @@ class DaemonProxy:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def close(self) -> None:
+        """Give up the listening socket (and a unix socket's file) without serving."""
+        self._close_listener()
 
     def _close_listener(self) -> None:
         if self._listener is not None:

@@ -57,15 +57,18 @@ _REALM_RE = re.compile(r'realm="([^"]*)"', re.IGNORECASE)
 def parse_upstream(upstream: str) -> tuple[str, int]:
     """HOST[:PORT] (https://… accepted) → (host, port); 443 by default."""
     text = upstream[len("https://"):] if upstream.startswith("https://") else upstream
+    from .reference import valid_hostport
+
     text = text.rstrip("/")
-    parts = urlsplit(f"//{text}")
+    hostname: str | None = None
     try:
-        port = parts.port or 443
+        parts = urlsplit(f"//{text}")
+        hostname, port = parts.hostname, parts.port or 443
     except ValueError:
         port = 0
-    if not parts.hostname or "/" in text or port == 0 or "://" in text:
-        raise UsageError(f"--upstream {upstream!r}: write it as HOST[:PORT] (the registry, over https)")
-    return parts.hostname, port
+    if not hostname or "/" in text or port == 0 or "://" in text or not valid_hostport(text):
+        raise UsageError(f"--upstream {upstream[:100]!r}: write it as HOST[:PORT] (the registry, over https)")
+    return hostname, port
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
