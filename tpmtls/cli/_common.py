@@ -174,6 +174,24 @@ def serve_until_signal(server: Any) -> None:
     server.serve()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a command that a signal ended."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def one_line(text: str) -> str:
+    """An error's text as one line (a library's message may hold line breaks)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or text
+
+
 def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argparse.Namespace], int]",
              argv: list[str] | None) -> int:
     """Parse, run, and turn every error into one line on stderr with an exit code."""
@@ -184,14 +202,15 @@ def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argpar
     args = parser.parse_args(argv)
     if not hasattr(args, "tcti"):
         args.tcti = None
+    signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: temp files go, one line is said
     try:
         return int(func(args))
     except TpmtlsError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print(f"{prog}: {one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return exit_status(e)
     except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback on request
         if os.environ.get("TPMTLS_DEBUG"):
             raise
