@@ -197,13 +197,13 @@ def listening_socket(listen: str | None) -> tuple[socket.socket, int]:
                          "(helpers/tpmtls-enroll-agent.socket) or pass --listen ADDRESS:PORT")
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit():
-        raise UsageError(f"--listen {listen!r}: write ADDRESS:PORT")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"--listen {listen[:80]!r}: write ADDRESS:PORT (a port from 1 to 65535)")
     try:
         sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                     backlog=128)
-    except OSError as e:
-        raise UsageError(f"--listen {listen}: cannot listen: {e.strerror}") from None
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"--listen {listen[:80]}: cannot listen: {getattr(e, 'strerror', None) or e}") from None
     return sock, 0  # moved to fd 3 only at exec: until then fd 3 may belong to someone else
 
 
