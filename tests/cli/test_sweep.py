@@ -112,12 +112,15 @@ def bad_outdir(*used_by: str) -> list[Bad]:
     return out
 
 
-def bad_password_file() -> list[Bad]:
-    return [Bad("missing", "nopw.txt", culprit="nopw.txt"),
-            Bad("empty", "empty.txt", _write("empty.txt", b""), culprit="empty.txt"),
-            Bad("directory", "adir", _mkdir("adir"), culprit="adir"),
-            Bad("wrong", "wrong.txt", _write("wrong.txt", b"not the password\n")),
-            Bad("unbounded", "/dev/zero", culprit="/dev/zero")]
+def bad_password_file(for_key: bool = False) -> list[Bad]:
+    """A password file: missing, a directory, unbounded; for a key that has one: empty (the empty
+    password, tried and wrong) and wrong."""
+    out = [Bad("missing", "nopw.txt", culprit="nopw.txt"), Bad("directory", "adir", _mkdir("adir"), culprit="adir"),
+           Bad("unbounded", "/dev/zero", culprit="/dev/zero")]
+    if for_key:
+        out += [Bad("empty", "empty.txt", _write("empty.txt", b""), culprit="wrong password"),
+                Bad("wrong", "wrong.txt", _write("wrong.txt", b"not the password\n"), culprit="wrong password")]
+    return out
 
 
 def bad_tcti() -> list[Bad]:
@@ -205,7 +208,7 @@ def templates() -> dict[str, Template]:
     return {
         "tpmtls doctor": Template([], tpm=True),
         "tpmtls key create": Template(["--alg", "ecc-p256", "--out", S("new.key", bad_output("new.key")),
-                                       "--password-file", S("{pw_file}", bad_password_file()[:-2])], tpm=True),
+                                       "--password-file", S("{pw_file}", bad_password_file())], tpm=True),
         "tpmtls key import": Template([S(soft, bad_input(soft, crt)), "--out", S("imp.key", bad_output("imp.key"))],
                                       tpm=True),
         "tpmtls key show": Template([S(key, bad_input(key, crt))]),
@@ -222,7 +225,8 @@ def templates() -> dict[str, Template]:
             S("DNS:x.example", [Bad("no-type", "x.example", culprit="x.example"),
                                 Bad("bad-ip", "IP:999.1.1.1", culprit="999.1.1.1")])], tpm=True),
         "tpmtls csr --password-file": Template(["--key", "{pw_key}", "--subject", "CN=x", "--out", "x.csr",
-                                                "--password-file", S("{pw_file}", bad_password_file())], tpm=True),
+                                                "--password-file", S("{pw_file}", bad_password_file(for_key=True))],
+                                               tpm=True),
         "tpmtls connect": Template([S("{s_server}", bad_hostport(refused=True)), "--cert", S(crt, bad_input(crt, key)),
                                     "--key", S(key, bad_input(key, crt)), "--cafile", S(ca, bad_input(ca, key)),
                                     "--timeout", S("10", bad_number())], tpm=True),
@@ -269,10 +273,14 @@ def templates() -> dict[str, Template]:
             "--listen", S("127.0.0.1:0", bad_listen(loopback=False)),
             "--dockerd", S("/bin/true", [Bad("missing", "/nonexistent/dockerd", culprit="/nonexistent/dockerd")])],
             tpm=True, prepare=_mkdir("state")),
-        "tpmtls enroll": Template([S("{dead}", bad_hostport(refused=True)), "--store", S("store", bad_outdir())],
+        # the agent's place is a TLS server that refuses the store's client certificate: every bad value
+        # below fails before that (the store is made only once the host answers)
+        "tpmtls enroll": Template([S("{s_server}", bad_hostport(refused=True)), "--store", S("store", bad_outdir())],
                                   tpm=True),
         "tpmtls enroll --acme": Template([
-            "--acme", S("https://{dead}/directory", bad_url()[:-2]), "--key-out", S("client.key", bad_output("client.key")),
+            # (a full disk under --key-out needs a whole enrollment: tests/enroll/test_enroll_acme.py)
+            "--acme", S("https://{dead}/directory", bad_url()[:-2]),
+            "--key-out", S("client.key", bad_output("client.key")[:-1]),
             "--install", S("registry.example:5000", [Bad("dots", "../x", culprit="../x"),
                                                      Bad("slash", "a/b", culprit="a/b")])], tpm=True),
         "tpmtls enroll policy": Template([
