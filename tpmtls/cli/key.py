@@ -147,7 +147,7 @@ def persist(args: argparse.Namespace) -> int:
     persisted = key.persist(args.handle)
     if args.out:
         try:
-            write_atomic(args.out, persisted.to_pem(), 0o644)
+            write_atomic(args.out, persisted.to_pem(), 0o644, keep=True)
         except OutputError as e:  # e.g. a full disk: undo, so the same command can be run again
             _evict(persisted)
             raise OutputError(f"{e}; the key was not left at {persisted.reference}") from None

@@ -265,8 +265,8 @@ class Tpm:
             private=private,  # type: ignore[arg-type]
             empty_auth=auth is None,
         )
-        if out is not None:
-            write_atomic(out, blob.to_pem())  # type: ignore[arg-type]
+        if out is not None:  # a key file replaced (overwrite=True, --force) is kept as FILE.bak
+            write_atomic(out, blob.to_pem(), keep=True)  # type: ignore[arg-type]
         return make_key(self.pool, blob, public, auth)
 
 

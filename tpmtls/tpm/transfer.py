@@ -230,8 +230,8 @@ def import_wrapped(tpm: Tpm, data: bytes, path: str | os.PathLike[str] | None = 
     private = tpm.pool.run(f"import wrapped key {source}", fn)
     blob = KeyBlob(source=str(out) if out is not None else "<imported key>", parent=OWNER,
                    public=w.public, private=private, empty_auth=True)
-    if out is not None:
-        write_atomic(out, blob.to_pem())
+    if out is not None:  # a key file replaced (overwrite=True, --force) is kept as FILE.bak
+        write_atomic(out, blob.to_pem(), keep=True)
     return make_key(tpm.pool, blob, w.public)
 
 
