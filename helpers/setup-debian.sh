@@ -24,11 +24,18 @@ packages=(
   libpq5 postgresql lego iproute2
   # a real browser for the proxies' caller checks (headless: a page rebinding its name to loopback)
   chromium
+  # other OCI clients tried through `tpmtls proxy` (skopeo is above): containerd (ctr and the
+  # CRI plugin), podman, buildah
+  containerd podman buildah
 )
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  # Docker CE's containerd.io ships ctr and containerd too and conflicts with Debian's
+  # containerd: apt would remove it (and break Docker CE) to install ours. Keep it.
+  if [ "$p" = containerd ] && installed containerd.io; then continue; fi
+  installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
