@@ -13,59 +13,35 @@ client's end-of-file still has a response to wait for.
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import h11
 
 from ..errors import TpmtlsError
 from ._hangup import peer_closed
+from ._relay_terms import (
+    BUFFER_LIMIT,
+    CLOSING_STALL,
+    HANGUP_CHECK,
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_HEAD,
+    REASONS,
+    Outcome,
+    linger,
+    refusal,
+)
 from ._stream import CHUNK, TlsStream
-
-#: Largest request head (request line and fields) read; larger gets 431. dockerd's own limit is
-#: Go's 1 MiB, but the CLI's largest heads (X-Registry-Config with every registry's
-#: credentials) are a few KiB.
-MAX_HEAD = 65536
-#: Seconds a request head may take to arrive once it starts (and the first one after connecting).
-HEAD_TIMEOUT = 10.0
-#: Seconds a kept-alive connection may wait for its next request. Longer than Go's
-#: IdleConnTimeout (90 s), so the CLI's transport drops an idle connection before we do.
-IDLE_TIMEOUT = 120.0
-#: Bytes buffered per direction before the faster side is read no more.
-BUFFER_LIMIT = 1 << 20
-#: Seconds spent at the end delivering the last bytes and reading the client's remaining input
-#: (closing with unread input would reset the connection and lose our last answer).
-LINGER = 2.0
-#: Seconds a closing connection may make no progress delivering its last bytes.
-CLOSING_STALL = 30.0
-#: How often a half-closed client is checked for having closed altogether.
-HANGUP_CHECK = 1.0
 
 Check = Callable[[list[tuple[str, str]]], "str | None"]
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 431: "Request Header Fields Too Large",
-            501: "Not Implemented", 502: "Bad Gateway"}
 _IN = select.POLLIN | select.POLLRDHUP
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
-
-
-@dataclass
-class Outcome:
-    """What happened on one connection, for the proxy's log line and counters."""
-
-    requests: int = 0
-    up: int = 0  # bytes from the client
-    down: int = 0  # bytes to the client
-    resumed: bool | None = None  # None: no upstream connection was opened
-    refused: str = ""  # why a request was answered here instead of forwarded
-    ended: str = ""  # how the connection ended
-    failed: bool = False  # the upstream could not be reached or refused us
 
 
 class Relay:
@@ -277,7 +253,7 @@ class Relay:
             try:
                 event = self.down.next_event()
             except h11.RemoteProtocolError as e:
-                status = e.error_status_hint if e.error_status_hint in _REASONS else 400
+                status = e.error_status_hint if e.error_status_hint in REASONS else 400
                 what = (f"the request head is too large (more than {MAX_HEAD} bytes)" if status == 431
                         else f"a malformed request ({e})")
                 self._refuse(status, what)
@@ -489,9 +465,7 @@ class Relay:
 
     def _refuse(self, status: int, message: str, failed: bool = False) -> None:
         """Answer here, as a daemon would (the CLI prints 'Error response from daemon: …'), then close."""
-        body = json.dumps({"message": f"tpmtls daemon-proxy: {message}"}).encode()
-        self.to_client += (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-                           f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        self.to_client += refusal(status, message)
         self.outcome.refused = message
         self.outcome.failed = self.outcome.failed or failed
         self._close_after(f"answered {status}")
@@ -512,18 +486,6 @@ class Relay:
             self.tls.close()
         if not self.closing or self.client_eof and not self.to_client:
             return
-        try:
-            self.client.settimeout(LINGER)
-            if self.to_client:
-                self.client.sendall(self.to_client)
-                self.outcome.down += len(self.to_client)
-            self.client.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER
-            for _ in range(64):  # bounded: at most 64 reads of the client's leftover input
-                if time.monotonic() >= deadline or not self.client.recv(CHUNK):
-                    break
-        except OSError:
-            pass
-
+        self.outcome.down += linger(self.client, bytes(self.to_client))
 
 __all__ = ["Relay", "Outcome", "MAX_HEAD", "HEAD_TIMEOUT", "IDLE_TIMEOUT"]
