@@ -11,6 +11,7 @@ import itertools
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 #: Seconds the first request's head may take from the connection's start.
 HEAD_TIMEOUT = 10.0
@@ -58,4 +59,46 @@ class HeadDeadlines:
                     pass
 
 
-__all__ = ["HeadDeadlines", "HEAD_TIMEOUT", "IDLE_TIMEOUT"]
+class DeadlineServer(ThreadingHTTPServer):
+    """An http.server whose handlers read each request head under a deadline: `head_timeout` for
+    a connection's first, `idle_timeout` for a kept-alive connection's next."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
+        self.deadlines = HeadDeadlines()
+        try:
+            super().__init__(address, handler)
+        except BaseException:  # a port in use: the watcher ends with the server that never was
+            self.deadlines.close()
+            raise
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.deadlines.close()
+
+
+class DeadlineHandler(BaseHTTPRequestHandler):
+    """A handler of a DeadlineServer: a slow or silent client cannot keep its thread."""
+
+    server: DeadlineServer
+    _served = 0
+    _deadline = -1
+
+    def handle_one_request(self) -> None:
+        first = self._served == 0
+        deadlines = self.server.deadlines
+        self._deadline = deadlines.arm(self.connection, self.server.head_timeout if first else self.server.idle_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            deadlines.disarm(self._deadline)
+        self._served += 1
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.deadlines.disarm(self._deadline)  # the head is in; a body's reads have their own timeout
+        return ok
+
+
+__all__ = ["HeadDeadlines", "DeadlineServer", "DeadlineHandler", "HEAD_TIMEOUT", "IDLE_TIMEOUT"]

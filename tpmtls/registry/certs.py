@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..docker.files import CertDir, lookup, read_cert_dir
+from ..docker.files import CertDir, docker_root, lookup, read_cert_dir, tpmtls_root
 from ..errors import RegistryError
 
 if TYPE_CHECKING:
@@ -33,6 +33,21 @@ def ssl_context_for(certs: CertDir, tcti: str | None = None) -> ssl.SSLContext:
     return ctx
 
 
+def searched(hostport: str, cert_dir: "str | os.PathLike[str] | None" = None,
+             certs_root: "str | os.PathLike[str] | None" = None) -> str:
+    """Where the certificates for `hostport` were looked for, as a user would write it."""
+    if cert_dir:
+        return str(cert_dir)
+    return f"{tpmtls_root(certs_root) / hostport}/ or {docker_root() / hostport}/"
+
+
+def trust_hint(certs: CertDir, where: str) -> str:
+    """What to check when the registry's certificate is not trusted: the CAs that were tried."""
+    if certs.cas:
+        return f"none of {', '.join(str(ca) for ca in certs.cas)} issued it (nor a system CA)"
+    return f"no CA (*.crt) in {where}, only the system's were tried: put the registry's CA there as ca.crt"
+
+
 def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" = None,
                     certs_root: "str | os.PathLike[str] | None" = None, resolve: dict[str, str] | None = None,
                     jobs: int = 4, credentials: "Credentials | None" = None, tcti: str | None = None) -> "RegistryClient":
@@ -48,5 +63,7 @@ def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" 
     else:
         certs = lookup(registry, Path(certs_root) if certs_root else None)
     client = certs.client
+    where = searched(registry, cert_dir, certs_root)
     return RegistryClient(registry, ssl_context_for(certs, tcti), resolve=resolve, connections=max(1, jobs),
-                          credentials=credentials, client_cert=str(client[0]) if client else None)
+                          credentials=credentials, client_cert=str(client[0]) if client else None,
+                          certs_where=where, trust=trust_hint(certs, where))

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +32,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .._callers import foreign_caller
 from ..errors import RegistryError, UsageError
-from ._head_deadline import HEAD_TIMEOUT, IDLE_TIMEOUT, HeadDeadlines
+from ._head_deadline import HEAD_TIMEOUT, IDLE_TIMEOUT, DeadlineHandler, DeadlineServer
 from .transport import ONCE, Retries, Transport, TransportError
 
 CHUNK = 65536
@@ -119,7 +119,7 @@ class RegistryProxy:
                  tcti: str | None = None, log: Callable[[str], None] | None = None,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
         from ..docker.files import lookup, read_cert_dir
-        from .certs import ssl_context_for
+        from .certs import searched, ssl_context_for, trust_hint
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
@@ -127,14 +127,15 @@ class RegistryProxy:
         self.listen = listen
         name = self.host if self.port == 443 else self.upstream  # Docker's certs.d names 443 without a port
         certs = read_cert_dir(Path(cert_dir)) if cert_dir else lookup(name, Path(certs_root) if certs_root else None)
+        where = searched(name, cert_dir, certs_root)
         if certs.client is None:
-            where = cert_dir or f"the certs.d roots for {name}"
             raise UsageError(f"{where}: no client certificate (client.cert + client.key); "
                              f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
         self.context = ssl_context_for(certs, tcti)
         self.transport = Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
-                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert))
+                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert), certs_where=where,
+                                   trust=trust_hint(certs, where))
         self.log = log or (lambda line: None)
         self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         self.counters = ProxyCounters()
@@ -208,7 +209,7 @@ class RegistryProxy:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(DeadlineServer):
     daemon_threads = True
     request_queue_size = 128
 
@@ -216,16 +217,7 @@ class _Server(ThreadingHTTPServer):
                  family: socket.AddressFamily) -> None:
         self.address_family = family
         self.proxy = proxy
-        self.deadlines = HeadDeadlines()
-        try:
-            super().__init__(address, handler)
-        except BaseException:
-            self.deadlines.close()
-            raise
-
-    def server_close(self) -> None:
-        super().server_close()
-        self.deadlines.close()
+        super().__init__(address, handler, proxy.head_timeout, proxy.idle_timeout)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed outside a request (reset, cut by its head deadline): one log line."""
@@ -240,28 +232,10 @@ class _ClientGone(Exception):
     """The docker side closed its connection while we were reading its request body."""
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DeadlineHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    timeout = READ_TIMEOUT  # one read of a body may wait this long
-    _served = 0
-    _deadline = -1
-
-    def handle_one_request(self) -> None:
-        """One request, its head read under a deadline: a slow or silent client cannot keep its thread."""
-        deadlines = self.server.deadlines
-        proxy = self.server.proxy
-        self._deadline = deadlines.arm(self.connection, proxy.head_timeout if self._served == 0 else proxy.idle_timeout)
-        try:
-            super().handle_one_request()
-        finally:
-            deadlines.disarm(self._deadline)
-        self._served += 1
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()
-        self.server.deadlines.disarm(self._deadline)  # the head is in; bodies have READ_TIMEOUT per read
-        return ok
+    timeout = READ_TIMEOUT  # one read of a body may wait this long (its head: DeadlineHandler)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         pass  # one line per request is ours, in _forward
