@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -34,6 +34,9 @@ from .._callers import foreign_caller
 from ..errors import RegistryError, UsageError
 from ._head_deadline import HEAD_TIMEOUT, IDLE_TIMEOUT, DeadlineHandler, DeadlineServer
 from .transport import ONCE, Retries, Transport, TransportError
+
+if TYPE_CHECKING:
+    from .certs import KeyPassword
 
 CHUNK = 65536
 READ_TIMEOUT = 300.0
@@ -117,7 +120,8 @@ class RegistryProxy:
     def __init__(self, upstream: str, listen: str = "127.0.0.1:5000", *, cert_dir: str | Path | None = None,
                  certs_root: str | Path | None = None, resolve: dict[str, str] | None = None,
                  tcti: str | None = None, log: Callable[[str], None] | None = None,
-                 head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 key_password: KeyPassword | None = None, head_timeout: float = HEAD_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         from ..docker.files import lookup, read_cert_dir
         from .certs import searched, ssl_context_for, trust_hint
 
@@ -132,7 +136,7 @@ class RegistryProxy:
             raise UsageError(f"{where}: no client certificate (client.cert + client.key); "
                              f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
-        self.context = ssl_context_for(certs, tcti)
+        self.context = ssl_context_for(certs, tcti, key_password)
         self.transport = Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
                                    read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert), certs_where=where,
                                    trust=trust_hint(certs, where))

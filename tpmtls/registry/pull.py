@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
-from .certs import registry_client
+from .certs import KeyPassword, registry_client
 from .client import RegistryClient
 from .credentials import Credentials
 from .leftovers import SHARED_TMP_MIN_AGE, TMP_PREFIX, sweep_stale
@@ -114,6 +114,7 @@ def pull(
     jobs: int = 4,
     credentials: Credentials | None = None,
     tcti: str | None = None,
+    key_password: KeyPassword | None = None,
     progress: Progress | None = None,
 ) -> PullResult:
     """Pull HOST[:PORT]/REPO[:TAG|@DIGEST] to oci:PATH, docker-archive:PATH or docker-daemon:."""
@@ -123,7 +124,7 @@ def pull(
     ref = parse_reference(source)
     _check_destination(kind, where)
     client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
-                             credentials=credentials, tcti=tcti)
+                             credentials=credentials, tcti=tcti, key_password=key_password)
     progress = progress or Progress(None)
     try:
         data, media_type, digest = client.get_manifest(ref.repository, ref.ref)
