@@ -267,7 +267,8 @@ def templates() -> dict[str, Template]:
         "tpmtls proxy": Template([
             "--upstream", S("{registry}", bad_hostport() + [Bad("url", "http://x.example/v2", culprit="http://")]),
             "--listen", S("127.0.0.1:0", bad_listen()), "--cert-dir", S("{certs_dir}", bad_cert_dir()),
-            "--resolve", S("{registry}:127.0.0.1", [Bad("short", "x.example:1", culprit="x.example:1")])], tpm=True),
+            "--resolve", S("{registry}:127.0.0.1", [Bad("short", "x.example:1", culprit="x.example:1")]),
+            "--password-file", S("{pw_file}", bad_password_file())], tpm=True),
         "tpmtls enroll-agent": Template([
             "--ca", S(ca, bad_input(ca, key)), "--state", S("state", bad_outdir()),
             "--listen", S("127.0.0.1:0", bad_listen(loopback=False)),
@@ -301,13 +302,15 @@ def templates() -> dict[str, Template]:
                 Bad("unknown-transport", "ftp:x", culprit="ftp:x"),
                 Bad("no-daemon", "no-such-image:1", culprit="no-such-image")]),
             S("{registry}/sweep/push:1", bad_reference()), "--cert-dir", S("{certs_dir}", bad_cert_dir()),
-            "--jobs", S("2", bad_number())], tpm=True, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}),
+            "--jobs", S("2", bad_number()), "--password-file", S("{pw_file}", bad_password_file())], tpm=True,
+            env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}),
         "tpmtls-pull": Template([
             S("{registry}/sweep/never-pushed:1", bad_reference()),
             S("oci:pulled", [Bad("unknown-transport", "ftp:x", culprit="ftp:x"),
                              Bad("oci-in-file", "oci:afile", _write("afile", b"x"), culprit="afile"),
                              Bad("read-only", "oci:box/pulled", mount="ro", culprit="box")]),
-            "--cert-dir", S("{certs_dir}", bad_cert_dir()), "--jobs", S("2", bad_number())], tpm=True),
+            "--cert-dir", S("{certs_dir}", bad_cert_dir()), "--jobs", S("2", bad_number()),
+            "--password-file", S("{pw_file}", bad_password_file())], tpm=True),
     }
 
 
@@ -596,10 +599,6 @@ def results(request, faults, tmp_path_factory) -> dict[str, Result]:
         done = pool.map(lambda n: (CASE_IDS[n], run_case(BY_ID[CASE_IDS[n]], root / f"c{n}", faults)),
                         [CASE_IDS.index(i) for i in wanted])
         out = dict(done)
-    if os.environ.get("SWEEP_DUMP"):  # TEMP
-        Path(os.environ["SWEEP_DUMP"]).write_text(json.dumps([
-            {"id": k, "rc": r.returncode, "s": round(r.seconds, 2), "problems": r.problems(),
-             "err": r.stderr[-600:], "out": r.stdout[-300:]} for k, r in out.items()], indent=1))
     shutil.rmtree(root, ignore_errors=True)
     return out
 
