@@ -38,6 +38,8 @@ from tpmtls.testing import free_port
 
 #: Cases run at once: most are a Python start-up and a short wait on a peer or the TPM.
 WORKERS = 6
+#: Signals sent to a push mid-transfer: Ctrl-C, systemd's stop, and the one no clean-up follows.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 Prepare = Callable[[Path, dict], None]
 
 
@@ -423,11 +425,13 @@ def fault_cases() -> list[Case]:
     for shift, what in (("+800d", "expired"), ("-800d", "not yet valid")):
         out.append(Case(f"fault clock{shift} connect", "tpmtls", connect, wrap=["faketime", "-f", shift], culprit=what))
         out.append(Case(f"fault clock{shift} push", "tpmtls-push", push, wrap=["faketime", "-f", shift], culprit=what))
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        out.append(Case(f"fault {signal.Signals(signum).name} mid-push", "tpmtls-push",
-                        ["docker-archive:{slow_image}", "127.0.0.1:{slow_port}/sweep/slow:1", "--cert-dir",
-                         "{certs_dir}", "--resolve", "127.0.0.1:{slow_port}:127.0.0.1"],
-                        interrupt=Interrupt(signum, lambda: SLOW.moved > 300_000)))
+    for signum in SIGNALS:  # each through a slow link of its own, so each lands mid-way through its push
+        name = signal.Signals(signum).name
+        out.append(Case(f"fault {name} mid-push", "tpmtls-push",
+                        ["docker-archive:{slow_image}", f"127.0.0.1:{{slow_port_{name.lower()}}}/sweep/slow:1", "--cert-dir",
+                         "{certs_dir}", "--resolve", f"127.0.0.1:{{slow_port_{name.lower()}}}:127.0.0.1"],
+                        interrupt=Interrupt(signum, lambda name=name: SLOW[name].moved > 300_000),
+                        culprit={signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(signum)))
     return out
 
 
@@ -544,7 +548,7 @@ class _Slow:
         self.listener.close()
 
 
-SLOW: _Slow = None  # type: ignore[assignment]
+SLOW: dict[str, _Slow] = {}
 
 
 def _big_archive(path: Path) -> Path:
@@ -572,13 +576,13 @@ def _big_archive(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def faults(world, tmp_path_factory, registry):
     """A TPM of its own, frozen (SIGSTOP) while the cases run, and the slow link; both gone afterwards."""
-    global SLOW
     from tpmtls.testing import TestTpm
 
     with TestTpm(tmp_path_factory.mktemp("frozen-tpm")) as frozen:
-        SLOW = _Slow(registry.port)
+        SLOW.update({signal.Signals(n).name: _Slow(registry.port) for n in SIGNALS})
         values = {**world, "frozen_tcti": frozen.tcti, "frozen_bus": frozen.env.get("DBUS_SESSION_BUS_ADDRESS", ""),
-                  "slow_port": str(SLOW.port), "slow_image": str(_big_archive(tmp_path_factory.mktemp("slow") / "big.tar"))}
+                  **{f"slow_port_{name.lower()}": str(link.port) for name, link in SLOW.items()},
+                  "slow_image": str(_big_archive(tmp_path_factory.mktemp("slow") / "big.tar"))}
         pid = frozen.swtpm.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
@@ -586,7 +590,8 @@ def faults(world, tmp_path_factory, registry):
             yield values
         finally:
             os.kill(pid, signal.SIGCONT)
-            SLOW.close()
+            for link in SLOW.values():
+                link.close()
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,11 @@ class Result:
     culprit: str | None = None
 
     @property
+    def killed(self) -> bool:
+        """SIGKILLed by the case (mid-transfer), as a user's machine or the OOM killer may."""
+        return self.case.interrupt is not None and self.case.interrupt.signum == signal.SIGKILL
+
+    @property
     def lines(self) -> list[str]:
         text = self.stdout if self.case.entry == "docker-credential-tpmtls" else self.stderr
         return [ln for ln in text.splitlines() if ln.strip()]
@@ -145,6 +150,10 @@ class Result:
         """What is wrong with how this failure reached the user (empty: clean)."""
         out: list[str] = []
         helper = self.case.entry == "docker-credential-tpmtls"
+        if self.killed:  # no line is possible: what it leaves behind is what counts
+            out = [] if self.returncode == 128 + signal.SIGKILL else [f"rc={self.returncode}, not killed"]
+            changed = sorted(k for k in set(self.before) | set(self.after) if self.before.get(k) != self.after.get(k))
+            return out + ([f"left or changed {changed[:4]}"] if changed else [])
         if self.returncode == 0 and not self.case.ok_exit:
             out.append("exit 0")
         if self.returncode == 70 or "internal error" in self.stderr + self.stdout:
