@@ -270,7 +270,7 @@ def templates() -> dict[str, Template]:
             "--upstream", S("{registry}", bad_hostport() + [Bad("url", "http://x.example/v2", culprit="http://")]),
             "--listen", S("127.0.0.1:0", bad_listen()), "--cert-dir", S("{certs_dir}", bad_cert_dir()),
             "--resolve", S("{registry}:127.0.0.1", [Bad("short", "x.example:1", culprit="x.example:1")]),
-            "--password-file", S("{pw_file}", bad_password_file())], tpm=True),
+            "--password-file", S("{no_pw_file}", bad_password_file())], tpm=True),
         "tpmtls enroll-agent": Template([
             "--ca", S(ca, bad_input(ca, key)), "--state", S("state", bad_outdir()),
             "--listen", S("127.0.0.1:0", bad_listen(loopback=False)),
@@ -304,7 +304,7 @@ def templates() -> dict[str, Template]:
                 Bad("unknown-transport", "ftp:x", culprit="ftp:x"),
                 Bad("no-daemon", "no-such-image:1", culprit="no-such-image")]),
             S("{registry}/sweep/push:1", bad_reference()), "--cert-dir", S("{certs_dir}", bad_cert_dir()),
-            "--jobs", S("2", bad_number()), "--password-file", S("{pw_file}", bad_password_file())], tpm=True,
+            "--jobs", S("2", bad_number()), "--password-file", S("{no_pw_file}", bad_password_file())], tpm=True,
             env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}),
         "tpmtls-pull": Template([
             S("{registry}/sweep/never-pushed:1", bad_reference()),
@@ -312,7 +312,7 @@ def templates() -> dict[str, Template]:
                              Bad("oci-in-file", "oci:afile", _write("afile", b"x"), culprit="afile"),
                              Bad("read-only", "oci:box/pulled", mount="ro", culprit="box")]),
             "--cert-dir", S("{certs_dir}", bad_cert_dir()), "--jobs", S("2", bad_number()),
-            "--password-file", S("{pw_file}", bad_password_file())], tpm=True),
+            "--password-file", S("{no_pw_file}", bad_password_file())], tpm=True),
     }
 
 
@@ -473,6 +473,7 @@ def world(tmp_path_factory, test_tpm, tpm, pki, registry, tpm_certs, s_server):
     key = tpm.create_key("ecc-p256", d / "tpm.key")
     tpm.create_key("ecc-p256", d / "pw.key", password=b"sweep-secret")
     (d / "pw.txt").write_text("sweep-secret\n")
+    (d / "no-pw.txt").write_bytes(b"")  # the certs.d key's password: the empty one
     soft_crt, soft_key = pki.software_client("sweep-soft")
     client_crt = pki.issue(key.public_key(), "sweep-client", "sweep-client.crt")
     _cli("csr", "--key", str(d / "tpm.key"), "--subject", "CN=sweep", "--out", str(d / "req.csr"), env=env)
@@ -489,7 +490,8 @@ def world(tmp_path_factory, test_tpm, tpm, pki, registry, tpm_certs, s_server):
     busy.listen(1)
     dead = free_port()
     values = {
-        "tpm_key": d / "tpm.key", "pw_key": d / "pw.key", "pw_file": d / "pw.txt", "client_crt": client_crt,
+        "tpm_key": d / "tpm.key", "pw_key": d / "pw.key", "pw_file": d / "pw.txt", "no_pw_file": d / "no-pw.txt",
+        "client_crt": client_crt,
         "ca_crt": pki.ca_file, "server_crt": pki.server_cert, "server_key": pki.server_key, "soft_crt": soft_crt,
         "soft_key": soft_key, "csr": d / "req.csr", "ca_dir": d / "ca", "ek_pem": d / "ek.pem",
         "blob": d / "wrapped.blob", "policy": d / "policy.json", "cert_path": cert_path, "certs_dir": tpm_certs,
