@@ -22,8 +22,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ import pytest
 
 from support.commands import require
 from support.daemon import busybox_archive
+from support.peers import CuttingProxy
 from support.sweep import Case, Command, Interrupt, Result, commands, entry_points, ids, run_case, short_id
 from tpmtls.testing import free_port
 
@@ -430,7 +429,7 @@ def fault_cases() -> list[Case]:
         out.append(Case(f"fault {name} mid-push", "tpmtls-push",
                         ["docker-archive:{slow_image}", f"127.0.0.1:{{slow_port_{name.lower()}}}/sweep/slow:1", "--cert-dir",
                          "{certs_dir}", "--resolve", f"127.0.0.1:{{slow_port_{name.lower()}}}:127.0.0.1"],
-                        interrupt=Interrupt(signum, lambda name=name: SLOW[name].moved > 300_000),
+                        interrupt=Interrupt(signum, lambda name=name: SLOW[name].carried_enough.is_set()),
                         culprit={signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}.get(signum)))
     return out
 
@@ -503,54 +502,7 @@ def world(tmp_path_factory, test_tpm, tpm, pki, registry, tpm_certs, s_server):
     busy.close()
 
 
-class _Slow:
-    """A forwarder to the registry letting a trickle through upward, so a push is surely mid-transfer."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream, self.moved = upstream, 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.listener.settimeout(0.5)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-                server = socket.create_connection(("127.0.0.1", self.upstream), timeout=10)
-            except OSError:
-                continue
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
-        try:
-            for _ in range(1_000_000):
-                data = src.recv(16384 if upward else 65536)
-                if not data or self.stop.is_set():
-                    break
-                dst.sendall(data)
-                if upward:
-                    self.moved += len(data)
-                    time.sleep(0.05)  # ≈320 KB/s: an 8 MB layer takes 25 s, a signal surely lands mid-way
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-
-
-SLOW: dict[str, _Slow] = {}
+SLOW: dict[str, CuttingProxy] = {}  # a slow link to the registry per signal (support.peers)
 
 
 def _big_archive(path: Path) -> Path:
@@ -581,7 +533,9 @@ def faults(world, tmp_path_factory, registry):
     from tpmtls.testing import TestTpm
 
     with TestTpm(tmp_path_factory.mktemp("frozen-tpm")) as frozen:
-        SLOW.update({signal.Signals(n).name: _Slow(registry.port) for n in SIGNALS})
+        # ≤ 64 KiB per 50 ms up: an 8 MB layer takes seconds, a signal after 300 kB lands mid-way
+        SLOW.update({signal.Signals(n).name: CuttingProxy(registry.port, throttle=0.05, signal_after=300_000)
+                     for n in SIGNALS})
         values = {**world, "frozen_tcti": frozen.tcti, "frozen_bus": frozen.env.get("DBUS_SESSION_BUS_ADDRESS", ""),
                   **{f"slow_port_{name.lower()}": str(link.port) for name, link in SLOW.items()},
                   "slow_image": str(_big_archive(tmp_path_factory.mktemp("slow") / "big.tar"))}
