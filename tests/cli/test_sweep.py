@@ -421,6 +421,10 @@ def fault_cases() -> list[Case]:
         ("csr", "tpmtls", ["csr", "--key", "{tpm_key}", "--subject", "CN=x", "--out", "x.csr"]),
         ("key-ek", "tpmtls", ["key", "ek", "--out", "ek.pem"]), ("doctor", "tpmtls", ["doctor"]),
         ("connect", "tpmtls", connect), ("push", "tpmtls-push", push)]]
+    locked = {"TPMTLS_TCTI": "{locked_tcti}", "DBUS_SESSION_BUS_ADDRESS": "{locked_bus}"}
+    for label, pw in (("right", "{pw_file}"), ("wrong", "{wrong_pw_file}")):
+        out.append(Case(f"fault locked-tpm {label}-password", "tpmtls", ["csr", "--key", "{locked_key}", "--subject",
+                        "CN=x", "--out", "x.csr", "--password-file", pw], env=locked, culprit="lockout"))
     for shift, what in (("+800d", "expired"), ("-800d", "not yet valid")):
         out.append(Case(f"fault clock{shift} connect", "tpmtls", connect, wrap=["faketime", "-f", shift], culprit=what))
         out.append(Case(f"fault clock{shift} push", "tpmtls-push", push, wrap=["faketime", "-f", shift], culprit=what))
@@ -466,7 +470,7 @@ def _cli(*args: str, env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, test_tpm, tpm, pki, registry, tpm_certs, s_server):
     """The good files and peers the cases refer to as {name}."""
-    require("unshare", "faketime", "openssl")
+    require("unshare", "faketime", "openssl", "tpm2_dictionarylockout")
     d = tmp_path_factory.mktemp("world")
     env = dict(test_tpm.env)
     key = tpm.create_key("ecc-p256", d / "tpm.key")
@@ -527,17 +531,39 @@ def _big_archive(path: Path) -> Path:
     return path
 
 
+def _locked_out(tpm, pw_file: Path) -> Path:
+    """A password key on `tpm`, which is then put in lockout: one failed try allowed, an hour to recover."""
+    key = pw_file.parent / "locked.key"
+    _cli("key", "create", "--out", str(key), "--password-file", str(pw_file), env=tpm.env)
+    (key.parent / "wrong.txt").write_text("not the password\n")
+    subprocess.run(["tpm2_dictionarylockout", "--setup-parameters", "--max-tries=1", "--recovery-time=3600",
+                    "--lockout-recovery-time=3600"], env={**os.environ, **tpm.env, "TPM2TOOLS_TCTI": tpm.tcti},
+                   check=True, capture_output=True, timeout=60)
+    for _ in range(2):  # the wrong password until the TPM says lockout
+        wrong = subprocess.run([sys.executable, "-m", "tpmtls", "csr", "--key", str(key), "--subject", "CN=x", "--out",
+                                str(key.parent / "x.csr"), "--password-file", str(key.parent / "wrong.txt")],
+                               env={**os.environ, **tpm.env}, capture_output=True, text=True, timeout=120)
+        if "lockout" in wrong.stderr:
+            return key
+    raise AssertionError(f"the TPM is not in lockout: {wrong.stderr}")
+
+
 @pytest.fixture(scope="module")
 def faults(world, tmp_path_factory, registry):
-    """A TPM of its own, frozen (SIGSTOP) while the cases run, and the slow link; both gone afterwards."""
+    """A TPM of its own, frozen (SIGSTOP) while the cases run; one in dictionary-attack lockout;
+    the slow links; all gone afterwards."""
     from tpmtls.testing import TestTpm
 
-    with TestTpm(tmp_path_factory.mktemp("frozen-tpm")) as frozen:
+    with TestTpm(tmp_path_factory.mktemp("frozen-tpm")) as frozen, \
+            TestTpm(tmp_path_factory.mktemp("locked-tpm")) as locked:
+        locked_key = _locked_out(locked, Path(world["pw_file"]))
         # ≤ 64 KiB per 50 ms up: an 8 MB layer takes seconds, a signal after 300 kB lands mid-way
         SLOW.update({signal.Signals(n).name: CuttingProxy(registry.port, throttle=0.05, signal_after=300_000)
                      for n in SIGNALS})
         values = {**world, "frozen_tcti": frozen.tcti, "frozen_bus": frozen.env.get("DBUS_SESSION_BUS_ADDRESS", ""),
                   **{f"slow_port_{name.lower()}": str(link.port) for name, link in SLOW.items()},
+                  "locked_tcti": locked.tcti, "locked_bus": locked.env.get("DBUS_SESSION_BUS_ADDRESS", ""),
+                  "locked_key": str(locked_key), "wrong_pw_file": str(locked_key.parent / "wrong.txt"),
                   "slow_image": str(_big_archive(tmp_path_factory.mktemp("slow") / "big.tar"))}
         pid = frozen.swtpm.pid
         assert pid is not None
