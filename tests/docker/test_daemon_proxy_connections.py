@@ -136,7 +136,10 @@ def test_sixty_five_killed_streams_through_nginx_release_their_connections(stack
                 p.wait(10)
         assert released(proxy, stack["nginx"]), (proxy.stats, lines[-3:])
         assert run([DOCKER, "version"], env=env, timeout=60).returncode == 0
-    assert sum("the client closed the connection" in ln for ln in lines) >= 65
+    # the stream's client is gone: NGINX closed (or, with output unread, reset) its connection, or
+    # the next output found it closed; whichever the proxy saw first
+    gone = ("the client closed the connection", "the client reset the connection", "the client went away")
+    assert sum(any(g in ln for g in gone) for ln in lines) >= 65, [ln for ln in lines if ln.startswith("conn ")][-5:]
 
 
 def cats_in(stack) -> int:
