@@ -16,36 +16,21 @@ from typing import Iterator
 
 import pytest
 
-from support.commands import require
-from support.daemon import DOCKER, DaemonPki, run, start_daemon
-from support.peers import clean_env
+from support.daemon import DOCKER, DaemonPki, run
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
 HEAD_TIMEOUT = 2.0  # the proxies here wait this long for a request head (10 s by default)
 
 
-@pytest.fixture(scope="module")
-def dpki(test_tpm, tmp_path_factory):
-    require("openssl")
-    return DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env).with_tpm_cert_path()
-
-
-@pytest.fixture(scope="module")
-def dockerd(dpki, tmp_path_factory):
-    require("dockerd", "docker")
-    daemon, port = start_daemon(tmp_path_factory.mktemp("dockerd-callers"), dpki)
-    with daemon:
-        yield daemon, port
-
-
 @contextmanager
-def serving(dpki: DaemonPki, upstream_port: int, tcti: str, listen: str, **options: float) -> Iterator:
+def serving(daemon_pki: DaemonPki, upstream_port: int, tcti: str, listen: str, **options: float) -> Iterator:
     """An in-process DaemonProxy (short head timeout) on `listen`; yields (proxy, log lines)."""
     from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
     lines: list[str] = []
-    proxy = DaemonProxy(f"tcp://127.0.0.1:{upstream_port}", listen, CertPath(dpki.tpm_dir), tcti=tcti,
+    proxy = DaemonProxy(f"tcp://127.0.0.1:{upstream_port}", listen, CertPath(daemon_pki.tpm_dir), tcti=tcti,
                         log=lines.append, **{"head_timeout": HEAD_TIMEOUT, **options})
     proxy.probe()
     proxy.bind()
@@ -59,17 +44,17 @@ def serving(dpki: DaemonPki, upstream_port: int, tcti: str, listen: str, **optio
 
 
 @pytest.fixture(scope="module")
-def proxy(dpki, dockerd, test_tpm):
-    _daemon, port = dockerd
-    with serving(dpki, port, test_tpm.tcti, "tcp://127.0.0.1:0") as (p, lines):
+def proxy(daemon_pki, tls_dockerd, test_tpm):
+    _daemon, port = tls_dockerd
+    with serving(daemon_pki, port, test_tpm.tcti, "tcp://127.0.0.1:0") as (p, lines):
         p.listen_port = int(p.bound.rsplit(":", 1)[1])
         p.lines = lines
         yield p
 
 
-def volumes(dockerd) -> list[str]:
-    daemon, _port = dockerd
-    proc = run([DOCKER, "volume", "ls", "-q"], env=daemon.local_env)
+def volumes(tls_dockerd) -> list[str]:
+    daemon, _port = tls_dockerd
+    proc = run([DOCKER, "volume", "ls", "-q"], env=daemon.env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 
@@ -113,7 +98,7 @@ def exchange(port: int, *pieces: bytes, gap: float = 0.0) -> tuple[int, bytes]:
         return answer(s)
 
 
-def test_a_loopback_caller_is_served_and_may_keep_its_connection(proxy, dockerd):
+def test_a_loopback_caller_is_served_and_may_keep_its_connection(proxy, tls_dockerd):
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=30) as s:
         for _ in range(3):
             s.sendall(b"GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -121,11 +106,11 @@ def test_a_loopback_caller_is_served_and_may_keep_its_connection(proxy, dockerd)
         s.sendall(create_volume("callers-served"))
         status, body = answer(s)
     assert status == 201, body
-    assert "callers-served" in volumes(dockerd)
+    assert "callers-served" in volumes(tls_dockerd)
 
 
 @pytest.mark.parametrize("size, status", [(20_000, 403), (100_000, 431)])
-def test_a_long_request_line_is_read_whole_before_it_is_judged(proxy, dockerd, size, status):
+def test_a_long_request_line_is_read_whole_before_it_is_judged(proxy, tls_dockerd, size, status):
     """A request line past the old 16 KiB peek hid the Host field: now the head is read whole
     (403 for the foreign Host), or refused as too large (431) — never forwarded."""
     name = f"callers-long-{size}"
@@ -135,20 +120,20 @@ def test_a_long_request_line_is_read_whole_before_it_is_judged(proxy, dockerd, s
     got, text = exchange(proxy.listen_port, head + body)
     assert got == status, text
     assert b"tpmtls daemon-proxy" in text
-    assert name not in volumes(dockerd)
+    assert name not in volumes(tls_dockerd)
 
 
-def test_a_slow_head_is_judged_once_complete_or_refused_when_too_slow(proxy, dockerd):
+def test_a_slow_head_is_judged_once_complete_or_refused_when_too_slow(proxy, tls_dockerd):
     request = create_volume("callers-slow", host="rebound.example")
     pieces = [request[i:i + 8] for i in range(0, len(request), 8)]
     status, body = exchange(proxy.listen_port, *pieces, gap=0.02)  # ≈0.5 s in all: past the old peek's patience
     assert status == 403 and b"rebound.example" in body, body
     status, body = exchange(proxy.listen_port, b"GET /_ping HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n", gap=HEAD_TIMEOUT + 1)
     assert status == 408 and b"did not arrive within" in body, body
-    assert "callers-slow" not in volumes(dockerd)
+    assert "callers-slow" not in volumes(tls_dockerd)
 
 
-def test_a_connection_idle_before_its_request_is_still_checked_then_closed(proxy, dockerd):
+def test_a_connection_idle_before_its_request_is_still_checked_then_closed(proxy, tls_dockerd):
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=30) as s:
         time.sleep(HEAD_TIMEOUT / 2)
         s.sendall(create_volume("callers-idle", extra="Origin: http://rebound.example\r\n"))
@@ -157,12 +142,12 @@ def test_a_connection_idle_before_its_request_is_still_checked_then_closed(proxy
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=30) as s:
         s.settimeout(HEAD_TIMEOUT * 5)
         assert s.recv(100) == b""  # nothing sent: closed after the head timeout, nothing forwarded
-    assert "callers-idle" not in volumes(dockerd)
+    assert "callers-idle" not in volumes(tls_dockerd)
 
 
 @pytest.mark.parametrize("foreign", ["Host: rebound.example", "Host: 127.0.0.1\r\nOrigin: null",
                                      "Host: 127.0.0.1\r\nSec-Fetch-Mode: no-cors", "Host: 127.0.0.1\r\nHost: evil"])
-def test_the_second_request_on_a_kept_alive_connection_is_checked(proxy, dockerd, foreign):
+def test_the_second_request_on_a_kept_alive_connection_is_checked(proxy, tls_dockerd, foreign):
     name = f"callers-second-{abs(hash(foreign))}"
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=30) as s:
         s.sendall(b"GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -170,19 +155,19 @@ def test_the_second_request_on_a_kept_alive_connection_is_checked(proxy, dockerd
         s.sendall(create_volume(name).replace(b"Host: 127.0.0.1", foreign.encode()))
         status, body = answer(s)
     assert status in (400, 403), body
-    assert name not in volumes(dockerd)
+    assert name not in volumes(tls_dockerd)
 
 
-def test_a_pipelined_request_is_checked_after_the_first_is_answered(proxy, dockerd):
+def test_a_pipelined_request_is_checked_after_the_first_is_answered(proxy, tls_dockerd):
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=30) as s:
         s.sendall(b"GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + create_volume("callers-piped", "rebound.example"))
         assert answer(s) == (200, b"OK")
         status, body = answer(s)
     assert status == 403, body
-    assert "callers-piped" not in volumes(dockerd)
+    assert "callers-piped" not in volumes(tls_dockerd)
 
 
-def test_a_request_hidden_in_odd_framing_never_reaches_the_daemon(proxy, dockerd):
+def test_a_request_hidden_in_odd_framing_never_reaches_the_daemon(proxy, tls_dockerd):
     hidden = create_volume("callers-smuggled")
     both = (b"POST /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"0\r\n\r\n" + hidden.replace(b"127.0.0.1", b"rebound.example"))
@@ -194,14 +179,14 @@ def test_a_request_hidden_in_odd_framing_never_reaches_the_daemon(proxy, dockerd
     assert exchange(proxy.listen_port, in_body)[0] == 200  # a body is a body: /_ping answers, nothing else runs
     folded = b"GET /_ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\r\n c\r\n\r\n"  # obsolete folding: unfolded, not split
     assert exchange(proxy.listen_port, folded)[0] == 200
-    assert "callers-smuggled" not in volumes(dockerd)
+    assert "callers-smuggled" not in volumes(tls_dockerd)
 
 
-def test_a_unix_socket_serves_the_clis_own_host_name(dpki, dockerd, test_tpm, tmp_path):
+def test_a_unix_socket_serves_the_clis_own_host_name(daemon_pki, tls_dockerd, test_tpm, tmp_path):
     """The caller check is for ports; a unix socket's file mode decides, and the CLI's Host there is `docker`."""
-    _daemon, port = dockerd
+    _daemon, port = tls_dockerd
     sock = tmp_path / "d.sock"
-    with serving(dpki, port, test_tpm.tcti, f"unix://{sock}"):
+    with serving(daemon_pki, port, test_tpm.tcti, f"unix://{sock}"):
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(30)
             s.connect(str(sock))
@@ -295,14 +280,14 @@ def wait_for(reports: list, what: str, seconds: float) -> bool:
     return False
 
 
-def test_a_browser_page_rebinding_its_name_to_the_proxy_never_reaches_the_daemon(dpki, dockerd, test_tpm, tmp_path):
+def test_a_browser_page_rebinding_its_name_to_the_proxy_never_reaches_the_daemon(daemon_pki, tls_dockerd, test_tpm, tmp_path):
     """The page is served on the port the proxy will take, under a name Chromium resolves to
     127.0.0.1; then the page's server goes and the proxy comes: the page's same-origin requests
     (and its cross-site ones) now reach the proxy, as after a DNS rebinding."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium is not installed (helpers/setup-debian.sh installs it)")
-    _daemon, upstream = dockerd
+    _daemon, upstream = tls_dockerd
     port, collect = free_port(), free_port()
     reports: list[tuple[str, str]] = []
     page = PAGE.format(port=port, collect=collect)
@@ -312,7 +297,7 @@ def test_a_browser_page_rebinding_its_name_to_the_proxy_never_reaches_the_daemon
                 [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}",
                  "--host-resolver-rules=MAP rebound.example 127.0.0.1", f"http://rebound.example:{port}/"],
-                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chromium.log", "wb"), env=clean_env(),
+                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chromium.log", "wb"), env=child_env(),
                 start_new_session=True)
             try:
                 assert wait_for(reports, "loaded", 60), (tmp_path / "chromium.log").read_text()[-2000:]
@@ -321,7 +306,7 @@ def test_a_browser_page_rebinding_its_name_to_the_proxy_never_reaches_the_daemon
                 browser.wait(10)
                 raise
         try:
-            with serving(dpki, upstream, test_tpm.tcti, f"tcp://127.0.0.1:{port}") as (_proxy, lines):
+            with serving(daemon_pki, upstream, test_tpm.tcti, f"tcp://127.0.0.1:{port}") as (_proxy, lines):
                 assert wait_for(reports, "done", 60), reports
         finally:
             browser.terminate()
@@ -339,4 +324,4 @@ def test_a_browser_page_rebinding_its_name_to_the_proxy_never_reaches_the_daemon
     refused = [ln for ln in lines if "refused:" in ln]
     assert len(refused) >= 5, lines  # the probe, /info, volumes/create, the no-cors POST, the form POST
     assert all(" 0 requests," in ln for ln in refused)
-    assert not {"browser-rebound", "browser-no-cors", "browser-form"} & set(volumes(dockerd))
+    assert not {"browser-rebound", "browser-no-cors", "browser-form"} & set(volumes(tls_dockerd))

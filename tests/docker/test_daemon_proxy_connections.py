@@ -17,43 +17,38 @@ from typing import Callable, Iterator
 import pytest
 
 from support.commands import require
-from support.daemon import DOCKER, DaemonPki, Nginx, busybox_archive, run, start_daemon, tpmtls_cli
-from support.peers import clean_env
+from support.daemon import DOCKER, DaemonPki, busybox_archive, run, start_daemon, tpmtls_cli
+from support.nginx import Nginx
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
 
 
 @pytest.fixture(scope="module")
-def dpki(test_tpm, tmp_path_factory):
-    require("openssl")
-    return DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env).with_tpm_cert_path()
-
-
-@pytest.fixture(scope="module")
-def stack(dpki, tmp_path_factory):
+def stack(daemon_pki, tmp_path_factory):
     """dockerd (TLS port and unix socket) with busybox loaded, NGINX from `certs nginx-front` in
     front of the socket, and a container printing a line a second: {dockerd, tls, nginx, box}."""
     require("dockerd", "docker", "nginx")
     root = tmp_path_factory.mktemp("connections")
-    daemon, tls_port = start_daemon(root, dpki)
+    daemon, tls_port = start_daemon(root, daemon_pki)
     with daemon:
-        loaded = run([DOCKER, "load", "-i", str(busybox_archive(root / "busybox.tar"))], env=daemon.local_env)
+        loaded = run([DOCKER, "load", "-i", str(busybox_archive(root / "busybox.tar"))], env=daemon.env)
         assert loaded.returncode == 0, loaded.stderr
         port = free_port()
         conf = root / "nginx.conf"
-        tpmtls_cli("certs", "nginx-front", "--cert", str(dpki.server_cert), "--key", str(dpki.server_key),
-                   "--ca", str(dpki.ca), "--listen", f"127.0.0.1:{port}", "--socket", str(daemon.socket),
-                   "--user", "root", "--out", str(conf), env=dpki.env)
+        tpmtls_cli("certs", "nginx-front", "--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
+                   "--ca", str(daemon_pki.ca), "--listen", f"127.0.0.1:{port}", "--socket", str(daemon.socket),
+                   "--user", "root", "--out", str(conf), env=daemon_pki.env)
         box = run([DOCKER, "run", "-d", IMAGE, "sh", "-c", "while true; do echo tick; sleep 1; done"],
-                  env=daemon.local_env).stdout.strip()
+                  env=daemon.env).stdout.strip()
         with Nginx(root / "nginx", conf, port):
             yield {"dockerd": daemon, "tls": tls_port, "nginx": port, "box": box}
-        run([DOCKER, "rm", "-f", box], env=daemon.local_env)
+        run([DOCKER, "rm", "-f", box], env=daemon.env)
 
 
 @contextmanager
-def serving(dpki: DaemonPki, upstream_port: int, tcti: str, listen: str) -> Iterator:
+def serving(daemon_pki: DaemonPki, upstream_port: int, tcti: str, listen: str) -> Iterator:
     """An in-process DaemonProxy; yields (proxy, log lines, the CLI's environment)."""
     import threading
 
@@ -61,7 +56,7 @@ def serving(dpki: DaemonPki, upstream_port: int, tcti: str, listen: str) -> Iter
     from tpmtls.docker.proxy import DaemonProxy
 
     lines: list[str] = []
-    proxy = DaemonProxy(f"tcp://127.0.0.1:{upstream_port}", listen, CertPath(dpki.tpm_dir), tcti=tcti,
+    proxy = DaemonProxy(f"tcp://127.0.0.1:{upstream_port}", listen, CertPath(daemon_pki.tpm_dir), tcti=tcti,
                         log=lines.append)
     proxy.probe()
     proxy.bind()
@@ -103,10 +98,10 @@ def released(proxy, upstream_port: int) -> bool:
     return settles(lambda: proxy.stats.active == 0 and established_to(upstream_port) == 0)
 
 
-def test_eighty_quick_cli_calls_through_nginx_each_end_their_connection(stack, dpki, test_tpm, tmp_path):
+def test_eighty_quick_cli_calls_through_nginx_each_end_their_connection(stack, daemon_pki, test_tpm, tmp_path):
     """NGINX keeps an upstream connection until the client closes it: the proxy must close
     each one when its CLI is done, or 64 calls fill every slot for NGINX's 75 s."""
-    with serving(dpki, stack["nginx"], test_tpm.tcti, listen_on("unix", tmp_path)) as (proxy, lines, env):
+    with serving(daemon_pki, stack["nginx"], test_tpm.tcti, listen_on("unix", tmp_path)) as (proxy, lines, env):
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda _: run([DOCKER, "version", "--format", "{{.Server.APIVersion}}"],
                                                   env=env, timeout=60), range(80)))
@@ -117,16 +112,16 @@ def test_eighty_quick_cli_calls_through_nginx_each_end_their_connection(stack, d
     assert all("the client closed the connection" in ln for ln in ended), ended[:3]
 
 
-def test_sixty_five_killed_streams_through_nginx_release_their_connections(stack, dpki, test_tpm, tmp_path):
+def test_sixty_five_killed_streams_through_nginx_release_their_connections(stack, daemon_pki, test_tpm, tmp_path):
     """`docker events` and `docker logs -f` wait for data for ever; killed, they must not keep
     their slot (nor NGINX's upstream connection to dockerd)."""
-    with serving(dpki, stack["nginx"], test_tpm.tcti, listen_on("unix", tmp_path)) as (proxy, lines, env):
+    with serving(daemon_pki, stack["nginx"], test_tpm.tcti, listen_on("unix", tmp_path)) as (proxy, lines, env):
         streams = []
         try:
             for i in range(65):
                 argv = [DOCKER, "events"] if i % 2 else [DOCKER, "logs", "-f", "--tail", "1", stack["box"]]
                 streams.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                env=clean_env(env), start_new_session=True))
+                                                env=child_env(env), start_new_session=True))
             assert settles(lambda: proxy.stats.active >= 65 and established_to(stack["nginx"]) >= 65, 90), \
                 (proxy.stats, lines[-3:])
         finally:
@@ -143,16 +138,16 @@ def test_sixty_five_killed_streams_through_nginx_release_their_connections(stack
 
 
 def cats_in(stack) -> int:
-    top = run([DOCKER, "top", stack["box"]], env=stack["dockerd"].local_env)
+    top = run([DOCKER, "top", stack["box"]], env=stack["dockerd"].env)
     assert top.returncode == 0, top.stderr
     return sum(line.split()[-1] == "cat" for line in top.stdout.splitlines()[1:])
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
-def test_a_killed_interactive_exec_through_nginx_releases_its_upstream(stack, dpki, test_tpm, tmp_path, kind):
-    with serving(dpki, stack["nginx"], test_tpm.tcti, listen_on(kind, tmp_path)) as (proxy, lines, env):
+def test_a_killed_interactive_exec_through_nginx_releases_its_upstream(stack, daemon_pki, test_tpm, tmp_path, kind):
+    with serving(daemon_pki, stack["nginx"], test_tpm.tcti, listen_on(kind, tmp_path)) as (proxy, lines, env):
         cli = subprocess.Popen([DOCKER, "exec", "-i", stack["box"], "cat"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env(env),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=child_env(env),
                                start_new_session=True)
         try:
             assert cli.stdin is not None and cli.stdout is not None
@@ -169,10 +164,10 @@ def test_a_killed_interactive_exec_through_nginx_releases_its_upstream(stack, dp
 
 
 @pytest.mark.parametrize("upstream", ["tls", "nginx"])
-def test_a_half_closed_tcp_client_still_gets_its_output(stack, dpki, test_tpm, tmp_path, upstream):
+def test_a_half_closed_tcp_client_still_gets_its_output(stack, daemon_pki, test_tpm, tmp_path, upstream):
     """The CLI half-closes when its stdin ends (at once without stdin); on a loopback port that
     reads like a close, so the proxy asks the kernel whether the CLI still holds its socket."""
-    with serving(dpki, stack[upstream], test_tpm.tcti, listen_on("tcp", tmp_path)) as (proxy, lines, env):
+    with serving(daemon_pki, stack[upstream], test_tpm.tcti, listen_on("tcp", tmp_path)) as (proxy, lines, env):
         out = run([DOCKER, "run", "--rm", IMAGE, "sh", "-c", "sleep 2; echo after the half-close"], env=env)
         assert (out.returncode, out.stdout) == (0, "after the half-close\n"), out.stderr
         if upstream == "tls":  # dockerd reads the half-close as the end of stdin (NGINX cannot pass it on)
@@ -181,10 +176,10 @@ def test_a_half_closed_tcp_client_still_gets_its_output(stack, dpki, test_tpm, t
         assert released(proxy, stack[upstream])
 
 
-def test_idle_local_connections_cannot_take_every_slot(stack, dpki, test_tpm, tmp_path):
+def test_idle_local_connections_cannot_take_every_slot(stack, daemon_pki, test_tpm, tmp_path):
     from tpmtls.docker.proxy import MAX_CONNECTIONS
 
-    with serving(dpki, stack["nginx"], test_tpm.tcti, listen_on("unix", tmp_path)) as (proxy, lines, env):
+    with serving(daemon_pki, stack["nginx"], test_tpm.tcti, listen_on("unix", tmp_path)) as (proxy, lines, env):
         idle = []
         try:
             for _ in range(MAX_CONNECTIONS + 72):

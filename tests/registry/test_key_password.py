@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from support.commands import Cli
+from support.commands import Cli, one_line
 from support.proxy import RegistryProxyProcess
-from support.registry import env_for, one_line_failure, run_cli
+from support.registry import env_for, run_cli
 
 SECRET = "certs.d-secret"
 
@@ -37,9 +37,9 @@ def test_push_and_pull_take_the_keys_password_from_a_file(registry, pw_certs, sm
     def push(*extra: str):
         return run_cli("push", f"docker-archive:{small_image}", dest, "--cert-dir", str(certs), *extra, env=env)
 
-    line = one_line_failure(push())  # no terminal here: say how to give it
+    line = one_line(push())  # no terminal here: say how to give it
     assert f"{certs / 'client.key'}: this key has a password" in line and "--password-file" in line, line
-    line = one_line_failure(push("--password-file", str(wrong)))
+    line = one_line(push("--password-file", str(wrong)))
     assert "client.key: wrong password" in line, line
     pushed = push("--password-file", str(pw))
     assert pushed.returncode == 0, pushed.stderr

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from support import ROOT
-from support.peers import clean_env
+from tpmtls.lab.process import child_env
 
 #: Seconds one case may take; the bound a user would call "it hung".
 CASE_TIMEOUT = 60.0
@@ -222,7 +222,7 @@ def run_case(case: Case, directory: Path, world: dict[str, str]) -> Result:
     world = {**world, "here": str(directory)}
     if case.prepare is not None:
         case.prepare(directory, world)
-    env = clean_env({"HOME": str(directory), "TMPDIR": str(directory / "tmp"), "XDG_CACHE_HOME": str(directory / "cache"),
+    env = child_env({"HOME": str(directory), "TMPDIR": str(directory / "tmp"), "XDG_CACHE_HOME": str(directory / "cache"),
                      "DOCKER_CONFIG": str(directory / "docker-config"), "TPMTLS_CERTS_D": str(directory / "certs.d"),
                      "DOCKER_CERTS_D": str(directory / "docker-certs.d"), "PYTHONDONTWRITEBYTECODE": "1",
                      "COLUMNS": "100"})
