@@ -1,15 +1,19 @@
 """`python -m benchmarks daemon`: Docker API calls per second through `tpmtls.docker_client`
-with the TPM key vs a software key, and new-connection latency through `tpmtls daemon-proxy`
-with and without TLS session resumption, against one real `dockerd --tlsverify` in one run."""
+with the TPM key vs a software key, new-connection latency through `tpmtls daemon-proxy`
+with and without TLS session resumption, and a `docker save` stream through the proxy against
+the same request straight over TLS, against one real `dockerd --tlsverify` in one run."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import shutil
 import socket
 import statistics
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -171,6 +175,80 @@ def _proxy_latency(lab: Lab, port: int, cert_path: Path, resume: bool, connectio
             "full_handshakes": proxy.stats.full_handshakes}
 
 
+def _bulk_image(dockerd: _TlsDockerd, mb: int) -> str:
+    """An image of `mb` MiB of random bytes (incompressible), imported over the daemon's own socket."""
+    name = f"tpmtls-bench-bulk:{mb}"
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        data = os.urandom(mb << 20)
+        info = tarfile.TarInfo("blob")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    env = {**os.environ, "DOCKER_HOST": f"unix://{dockerd.run / 'docker.sock'}"}
+    subprocess.run(["docker", "import", "-", name], input=layer.getvalue(), env=env, check=True, capture_output=True)
+    return name
+
+
+def _read_all(sock: Any, request: bytes) -> int:
+    """Send `request`, read the response body to its end (chunked framing removed); its length."""
+    import http.client
+
+    sock.sendall(request)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    total = 0
+    for _ in range(10_000_000):
+        chunk = response.read(1 << 18)
+        if not chunk:
+            break
+        total += len(chunk)
+    response.close()
+    return total
+
+
+def _bulk(lab: Lab, dockerd: _TlsDockerd, cert_path: Path, image: str, rounds: int) -> list[dict[str, Any]]:
+    """`GET /images/NAME/get` (what `docker save` streams): through daemon-proxy on loopback, and
+    straight over TLS with the same TPM key, alternately; MB/s of each and their ratio."""
+    import ssl
+
+    from tpmtls import ssl_context
+    from tpmtls.docker.files import CertPath
+    from tpmtls.docker.proxy import DaemonProxy
+
+    request = f"GET /images/{image}/get HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    proxy = DaemonProxy(f"tcp://127.0.0.1:{dockerd.port}", "tcp://127.0.0.1:0", CertPath(cert_path),
+                        tcti=lab.tpm.tcti)
+    proxy.probe()
+    proxy.bind()
+    host, pport = proxy.bound[len("tcp://"):].rsplit(":", 1)
+    server = threading.Thread(target=proxy.serve, daemon=True)
+    server.start()
+    direct_ctx: ssl.SSLContext = ssl_context(cert_path / "cert.pem", str(cert_path / "key.pem"), cert_path / "ca.pem",
+                                             tcti=lab.tpm.tcti)
+    times: dict[str, list[float]] = {"daemon-proxy": [], "direct TLS": []}
+    size = 0
+    try:
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            with socket.create_connection((host, int(pport)), timeout=60) as s:
+                size = _read_all(s, request)
+            times["daemon-proxy"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with socket.create_connection(("127.0.0.1", dockerd.port), timeout=60) as raw:
+                with direct_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    got = _read_all(s, request)
+            times["direct TLS"].append(time.perf_counter() - t0)
+            if got != size:
+                raise RuntimeError(f"the proxy delivered {size} bytes, the daemon {got}")
+    finally:
+        proxy.stop()
+        server.join(10)
+    rows = [{"path": path, "bytes": size, "rounds": rounds, "median_s": round(statistics.median(t), 3),
+             "mb_per_s": round(size / statistics.median(t) / 1e6, 1)} for path, t in times.items()]
+    rows[0]["ratio_to_direct"] = round(rows[0]["mb_per_s"] / rows[1]["mb_per_s"], 2)
+    return rows
+
+
 def daemon(args: argparse.Namespace) -> int:
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
     api: list[dict[str, Any]] = []
@@ -196,6 +274,11 @@ def daemon(args: argparse.Namespace) -> int:
                   f"p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  TPM signatures {row['tpm_signatures']} "
                   f"for {row['connections']} connections{'  errors ' + str(row['errors']) if row['errors'] else ''}",
                   flush=True)
+        bulk = _bulk(lab, dockerd, dirs["tpm"], _bulk_image(dockerd, args.bulk_mb), args.bulk_rounds) \
+            if args.bulk_mb else []
+        for row in bulk:
+            print(f"  docker save stream, {row['path']:12}: {row['mb_per_s']:7.1f} MB/s (median of {row['rounds']})",
+                  flush=True)
     print()
     print(f"{'docker_client key':18} {'threads':>7} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'TPM sigs':>8}")
     for r in api:
@@ -205,9 +288,13 @@ def daemon(args: argparse.Namespace) -> int:
     for r in latency:
         label = "resumed sessions" if r["resume"] else "full handshakes"
         print(f"{label:18} {r['connections']:>7} {str(r['p50_ms']):>9} {str(r['p99_ms']):>8} {r['tpm_signatures']:>8}")
+    if bulk:
+        print(f"{'docker save stream':18} {'MB':>7} {'MB/s':>9} {'ratio':>8}")
+        for r in bulk:
+            print(f"{r['path']:18} {r['bytes'] / 1e6:>7.0f} {r['mb_per_s']:>9.1f} {str(r.get('ratio_to_direct', '')):>8}")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": environment(), "seconds": args.seconds, "api": api,
-                                               "proxy": latency}, indent=2) + "\n")
+                                               "proxy": latency, "bulk": bulk}, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     failed = any(r["errors"] for r in api + latency)
     return 1 if failed else 0
@@ -215,10 +302,13 @@ def daemon(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("daemon", help="docker_client calls/s (TPM vs software key), daemon-proxy latency "
-                                      "with and without session resumption")
+                                      "with and without session resumption, a docker save stream through it")
     p.add_argument("--threads", default="1,4")
     p.add_argument("--seconds", type=float, default=3.0, help="per docker_client point")
     p.add_argument("--connections", type=int, default=50, help="per daemon-proxy point")
+    p.add_argument("--bulk-mb", type=int, default=256, help="size of the image streamed by the docker save point "
+                                                             "(0: skip it)")
+    p.add_argument("--bulk-rounds", type=int, default=3, help="docker save streams per path")
     p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
                    help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")

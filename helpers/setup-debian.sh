@@ -24,6 +24,8 @@ packages=(
   # themselves (initdb in a temp dir); lego, a second standard ACME client the tests drive; iproute2
   # for the network namespace the server's public-name test runs in
   libpq5 postgresql lego iproute2
+  # a real browser for the proxies' caller checks (headless: a page rebinding its name to loopback)
+  chromium
   # other OCI clients tried through `tpmtls proxy` (skopeo is above): containerd (ctr and the
   # CRI plugin), podman, buildah
   containerd podman buildah

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import threading
 from typing import Any, Iterable
 
 HOSTS_FILE = "/etc/hosts"
+#: What a Host field may be (RFC 9110 7.2): a name or an address, then a port.
+_HOST_SYNTAX = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$")
 _hosts_cache: tuple[float, frozenset[str]] = (-1.0, frozenset())
 _hosts_lock = threading.Lock()
 
@@ -51,11 +54,21 @@ def _loopback_names_in_hosts_file() -> frozenset[str]:
 
 
 def foreign_caller(headers: Any, allowed_names: Iterable[str] = ()) -> str | None:
-    """Why a request with these headers must not be served, or None (`headers`: a Message/mapping)."""
-    if headers.get("Origin") is not None or any(str(k).lower().startswith("sec-fetch-") for k in headers.keys()):
+    """Why a request with these headers must not be served, or None.
+
+    `headers`: an `email.message.Message` (http.server) or (name, value) pairs (h11). Every
+    request on a connection is judged, not only the first: a browser reuses connections."""
+    fields = [(str(k), str(v)) for k, v in (headers.items() if hasattr(headers, "items") else headers)]
+    names = [k.lower() for k, _ in fields]
+    if "origin" in names or any(n.startswith("sec-fetch-") for n in names):
         return "requests from a web browser are refused (Origin/Sec-Fetch headers)"
-    host = headers.get("Host", "") or ""
-    name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    hosts = [v.strip() for k, v in fields if k.lower() == "host"]
+    if len(hosts) > 1:
+        return "a request with more than one Host header is refused"
+    host = hosts[0] if hosts else ""
+    if host and not _HOST_SYNTAX.match(host):
+        return f"Host {host[:80]!r} is not a host[:port]"
+    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
     name = name.lower().rstrip(".")
     allowed = {"localhost", *(n.lower() for n in allowed_names)}
     if not name or name in allowed or name.endswith(".localhost") or name in _loopback_names_in_hosts_file():
@@ -65,6 +78,6 @@ def foreign_caller(headers: Any, allowed_names: Iterable[str] = ()) -> str | Non
             return None
     except ValueError:
         pass
-    names = ", ".join(sorted(allowed))
-    return (f"Host {host!r} is neither a loopback address, {names}, nor a name {HOSTS_FILE} maps to loopback "
+    listed = ", ".join(sorted(allowed))
+    return (f"Host {host!r} is neither a loopback address, {listed}, nor a name {HOSTS_FILE} maps to loopback "
             "(DNS rebinding?)")

@@ -21,9 +21,9 @@ from typing import Callable, TextIO
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ._files import write_atomic
+from ._files import check_directory, write_atomic
 from .docker.files import install
-from .errors import RegistryError, TpmtlsError
+from .errors import RegistryError, TpmtlsError, UsageError
 from .pki.ca import FileCA
 from .pki.csr import build_csr
 from .registry.progress import Progress
@@ -46,10 +46,26 @@ class _Steps:
         try:
             detail = fn()
         except TpmtlsError as e:
-            print(f"[{self.n}/{STEPS}] FAILED: {e}", file=sys.stderr, flush=True)
-            raise
+            raise _StepFailed(f"[{self.n}/{STEPS}] {title}: {e}") from None
+        except (OSError, RuntimeError) as e:  # the lab's peers: a full disk, a port taken, a binary missing
+            why = f"{e.strerror} ({e.filename})" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
+            raise _StepFailed(f"[{self.n}/{STEPS}] {title}: {why.splitlines()[0] if why else type(e).__name__}") from None
         for line in detail.splitlines():
             print(f"      {line}", file=self.out, flush=True)
+
+
+class _StepFailed(Exception):
+    """A step did not hold; its one line says which and why."""
+
+
+def check_workdir(workdir: Path) -> None:
+    """A --workdir the quickstart may fill: new, or an empty directory, where files can be written."""
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise UsageError(f"{workdir}: exists and is not a directory; --workdir names a directory for the files")
+        if any(workdir.iterdir()):
+            raise UsageError(f"{workdir}: already holds files (an earlier quickstart's?); give a new or empty --workdir")
+    check_directory(workdir)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -62,9 +78,16 @@ def run(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
     from .lab import Registry, TestTpm, build_docker_archive
 
     own = workdir is None
+    if workdir is not None:
+        check_workdir(workdir)  # before anything is started
     work = Path(tempfile.mkdtemp(prefix="tpmtls-quickstart-")) if own else Path(workdir)  # type: ignore[arg-type]
-    work.mkdir(parents=True, exist_ok=True)
+    made = not work.exists()
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{work}: cannot create the work directory: {e.strerror or e}") from None
     steps = _Steps(out)
+    failed = False
     print("tpmtls quickstart: push to an mTLS registry with a key that lives in a TPM", file=out, flush=True)
     state: dict[str, object] = {}
     try:
@@ -170,9 +193,17 @@ def run(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
             steps.run("pull it back and compare digests", pull_back)
         print("everything started was stopped; quickstart passed", file=out, flush=True)
         return 0
-    except TpmtlsError:
-        print("tpmtls quickstart: FAILED (everything started was stopped)", file=sys.stderr, flush=True)
+    except _StepFailed as e:
+        print(f"tpmtls quickstart: FAILED at {e} (everything started was stopped, its files removed)",
+              file=sys.stderr, flush=True)
+        failed = True
         return 1
     finally:
-        if own:
+        if own or (failed and made):
             shutil.rmtree(work, ignore_errors=True)
+        elif failed:  # an empty directory the user gave: empty again
+            for child in work.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)

@@ -17,7 +17,8 @@ def test_daemon_benchmark_compares_keys_and_resumption(tmp_path):
     require("dockerd", "swtpm", "tpm2-abrmd")
     out = tmp_path / "daemon.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "daemon", "--threads", "1", "--seconds", "0.5",
-                           "--connections", "5", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                           "--connections", "5", "--bulk-mb", "8", "--bulk-rounds", "1",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())
@@ -30,3 +31,6 @@ def test_daemon_benchmark_compares_keys_and_resumption(tmp_path):
     assert by[False]["errors"] == by[True]["errors"] == 0
     assert by[False]["tpm_signatures"] == 5  # a full handshake, one signature, per new connection
     assert by[True]["tpm_signatures"] == 0 and by[True]["resumed"] == 5  # resumed: the TPM is not asked
+    proxied, direct = data["bulk"]  # the same docker save stream through the proxy and straight over TLS
+    assert proxied["path"] == "daemon-proxy" and direct["path"] == "direct TLS"
+    assert proxied["bytes"] == direct["bytes"] > 8 << 20 and proxied["ratio_to_direct"] > 0

@@ -71,6 +71,8 @@ def test_existing_output_is_not_replaced(cli, tmp_path: Path):
     cli("key", "create", "--out", "k.key", "--force")
     assert (tmp_path / "k.key").read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
     assert list(tmp_path.glob(".k.key*")) == []  # no temp file left behind
+    assert (tmp_path / "k.key.bak").read_text() == "precious"  # the key it replaced is kept
+    assert (tmp_path / "k.key.bak").stat().st_mode & 0o777 == 0o600
 
 
 def test_output_directory_missing(cli):

@@ -44,7 +44,7 @@ def test_output_paths_are_one_line(where, cli, made, tmp_path):
 
 def test_ca_init_into_unwritable_places(cli, tmp_path):
     (tmp_path / "afile").write_text("x\n")
-    assert "cannot create" in fails_1(cli, "ca", "init", "afile/ca", "--name", "CA")
+    assert "afile is not a directory" in fails_1(cli, "ca", "init", "afile/ca", "--name", "CA")
     assert "cannot" in fails_1(cli, "ca", "init", "/sys/tpmtls-ca", "--name", "CA")
 
 
@@ -93,7 +93,10 @@ def test_import_edge_cases(name, make, words, cli, tmp_path):
 
 
 def test_ca_checks(cli, made, tmp_path):
-    assert "common name" in fails_1(cli, "ca", "init", "ca2", "--name", "")
+    assert "give a name" in fails_1(cli, "ca", "init", "ca2", "--name", "")
+    assert "at most 64" in fails_1(cli, "ca", "init", "ca2", "--name", "n" * 65)
+    assert "control characters" in fails_1(cli, "ca", "init", "ca2", "--name", "a\nb")
+    assert not (tmp_path / "ca2").exists()
     assert "is a directory" in fails_1(cli, "ca", "issue", "ca", "--csr", str(tmp_path), "--client", "--out", "c.crt")
     # a CA directory whose key is not its certificate's
     cli("ca", "init", "other", "--name", "Other")

@@ -84,11 +84,17 @@ def test_install_writes_tpmtls_root_by_default_env(cli, tpm_pair, pki, tmp_path)
     target = tmp_path / "tpmtls-certs.d" / "reg.example:5000"
     assert "installed" in out and sorted(os.listdir(target)) == ["ca.crt", "client.cert", "client.key"]
     assert (target / "client.key").stat().st_mode & 0o777 == 0o600
-    # again: replaced in place, still complete, no temp files left
+    # again: an installed key is not replaced silently; with --force it is, and kept as client.key.bak
+    line = cli.fails("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca",
+                     str(pki.ca_file), env=env)
+    assert "already holds a client key" in line and "--force" in line
+    before = (target / "client.key").read_bytes()
     cli("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca", str(pki.ca_file),
-        env=env)
+        "--force", env=env)
     assert sorted(os.listdir(tmp_path / "tpmtls-certs.d")) == ["reg.example:5000"]
-    assert sorted(os.listdir(target)) == ["ca.crt", "client.cert", "client.key"]
+    assert sorted(os.listdir(target)) == ["ca.crt", "client.cert", "client.key", "client.key.bak"]
+    assert (target / "client.key.bak").read_bytes() == before
+    assert (target / "client.key.bak").stat().st_mode & 0o777 == 0o600
 
 
 def test_unwritable_root_is_one_line(cli, tpm_pair, pki, tmp_path):
@@ -96,7 +102,7 @@ def test_unwritable_root_is_one_line(cli, tpm_pair, pki, tmp_path):
     (tmp_path / "a-file").write_text("not a directory\n")
     line = cli.fails("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca",
                      str(pki.ca_file), "--root", "a-file")
-    assert "cannot write" in line and "a-file" in line
+    assert "not a directory" in line and "a-file" in line
 
 
 def test_push_reads_tpmtls_root_then_dockers(registry, pki, tpm, small_image, test_tpm, tmp_path):
@@ -182,4 +188,5 @@ def test_install_a_persistent_key_by_its_handle_file(cli, tpm_pair, pki, tmp_pat
     assert installed == (tmp_path / "handle.pem").read_bytes()
     other, _ = pki.software_client("not-this-key")
     assert "another key" in cli.fails("certs", "install", "reg.example:5001", "--cert", str(other), "--key",
-                                      "handle.pem", "--ca", str(pki.ca_file), "--root", "root")
+                                      "handle.pem", "--ca", str(pki.ca_file), "--root", "root", "--force")
+    assert (tmp_path / "root" / "reg.example:5001" / "client.key").read_bytes() == installed

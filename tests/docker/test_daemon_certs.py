@@ -25,18 +25,40 @@ def test_openssl_accepts_each_certificate_for_its_purpose_only(daemon_pki):
     assert refused.returncode != 0 and b"unsuitable certificate purpose" in refused.stdout + refused.stderr
 
 
-def test_daemon_config_prints_daemon_json_and_the_dropin(daemon_pki):
-    out = tpmtls_cli("certs", "daemon-config", "--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
-                     "--ca", str(daemon_pki.ca), env=daemon_pki.env).stdout
-    head, _, rest = out.partition("\n")
-    assert head == "# /etc/docker/daemon.json"
-    text, _, dropin = rest.partition("\n\n")
-    block = json.loads(text)
+def test_daemon_config_prints_daemon_json_and_writes_the_dropin(daemon_pki, tmp_path):
+    proc = tpmtls_cli("certs", "daemon-config", "--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
+                      "--ca", str(daemon_pki.ca), env=daemon_pki.env)
+    block = json.loads(proc.stdout)  # stdout is daemon.json itself: `… > daemon.json` works
     assert block == {"tls": True, "tlsverify": True, "tlscacert": str(daemon_pki.ca.resolve()),
                      "tlscert": str(daemon_pki.server_cert.resolve()), "tlskey": str(daemon_pki.server_key.resolve()),
                      "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]}
+    assert "--out DIR" in proc.stderr  # where the drop-in comes from
+    tpmtls_cli("certs", "daemon-config", "--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
+               "--ca", str(daemon_pki.ca), "--out", str(tmp_path), env=daemon_pki.env)
+    dropin = (tmp_path / "docker.conf").read_text()
     lines = [ln for ln in dropin.splitlines() if not ln.startswith("#")]
     assert lines[:3] == ["[Service]", "ExecStart=", f"ExecStart={shutil.which('dockerd')}"]
+    assert json.loads((tmp_path / "daemon.json").read_text()) == block
+
+
+def test_daemon_config_merges_into_an_existing_daemon_json_and_never_replaces_silently(daemon_pki, tmp_path):
+    existing = tmp_path / "daemon.json"
+    existing.write_text(json.dumps({"log-driver": "journald", "tlsverify": False, "hosts": ["fd://"],
+                                    "registry-mirrors": ["https://mirror.example"]}))
+    base = ["certs", "daemon-config", "--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key), "--ca",
+            str(daemon_pki.ca), "--host", "tcp://127.0.0.1:2376"]
+    merged = json.loads(tpmtls_cli(*base, "--merge", str(existing), env=daemon_pki.env).stdout)
+    assert merged["log-driver"] == "journald" and merged["registry-mirrors"] == ["https://mirror.example"]
+    assert merged["tlsverify"] is True and merged["tls"] is True
+    assert merged["hosts"] == ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2376", "fd://"]
+    before = existing.read_text()
+    line = one_line(tpmtls_cli(*base, "--out", str(tmp_path), env=daemon_pki.env, check=False))
+    assert "already holds daemon.json" in line and "--merge" in line and existing.read_text() == before
+    tpmtls_cli(*base, "--merge", str(existing), "--out", str(tmp_path), "--force", env=daemon_pki.env)
+    assert json.loads(existing.read_text())["log-driver"] == "journald"
+    (tmp_path / "garbage.json").write_text("{not json")
+    assert "not JSON" in one_line(tpmtls_cli(*base, "--merge", str(tmp_path / "garbage.json"), env=daemon_pki.env,
+                                             check=False))
 
 
 def test_daemon_config_refuses_what_dockerd_could_not_serve(daemon_pki, tmp_path):

@@ -132,3 +132,24 @@ def test_refusal_is_one_line_on_both_sides(enroll_server_process, tmp_path):
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
     logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
     assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged
+
+
+def test_a_full_disk_leaves_neither_key_nor_certificate_and_the_rerun_works(world, tmp_path):
+    """`enroll --acme` onto a full file system (a tmpfs filled up, in the command's own mount
+    namespace): one line naming where, no key without its certificate; the same command then works."""
+    require("unshare")
+    from support.sweep import Case, run_case
+
+    tmp, machine, cli, server = world
+    args = ["enroll", "--acme", server.directory, "--cafile", str(tmp / "ca" / "ca.crt"),
+            "--key-out", "box/client.key", "--cert-out", "box/client.cert", "--install", "registry.example:5000"]
+    result = run_case(Case("acme onto a full disk", "tpmtls", args, env=dict(machine.env), mount="full"),
+                      tmp_path / "full", {})
+    assert result.problems() == [], (result.stderr, result.returncode)
+    assert "box/client" in result.lines[0] and "No space left on device" in result.lines[0], result.lines
+    assert result.box_after == [".filler"]  # neither file, nor a temp file, was left on that disk
+    assert not (tmp_path / "full" / "certs.d").exists()  # nor anything installed
+    again = [a.replace("box/", f"{tmp_path / 'full' / 'box'}/") for a in args]  # box/: a plain directory here
+    proc = cli(*again, env={"TPMTLS_CERTS_D": str(tmp_path / "full" / "certs.d")})
+    assert proc.stdout.startswith("enrolled ")
+    assert sorted(p.name for p in (tmp_path / "full" / "box").iterdir()) == ["client.cert", "client.key"]

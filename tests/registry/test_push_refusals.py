@@ -32,7 +32,7 @@ def test_registry_rejects_client_certificate(registry, pki, small_image, test_tp
 def test_no_client_certificate(registry, pki, small_image, test_tpm, tmp_path):
     certs = cert_dir(tmp_path / "c", pki, None, None)
     line = one_line(push(small_image, f"localhost:{registry.port}/x:1", certs, test_tpm, tmp_path))
-    assert "requires a client certificate and none is configured" in line
+    assert "requires a client certificate and none is configured" in line and f"client.key in {certs}" in line
 
 
 def test_server_certificate_not_trusted(registry, pki, tpm_certs, small_image, test_tpm, tmp_path):
@@ -41,7 +41,20 @@ def test_server_certificate_not_trusted(registry, pki, tpm_certs, small_image, t
     for name in ("client.cert", "client.key"):
         (certs / name).write_bytes((tpm_certs / name).read_bytes())
     line = one_line(push(small_image, f"localhost:{registry.port}/x:1", certs, test_tpm, tmp_path))
-    assert "server certificate not trusted" in line
+    assert "server certificate not trusted" in line and f"no CA (*.crt) in {certs}" in line
+
+
+def test_no_certs_d_entry_names_the_roots_searched(registry, small_image, test_tpm, tmp_path):
+    """No directory for the registry under --certs-root nor Docker's root: both are named (not
+    /etc/tpmtls/certs.d when another root was given), and what to put there."""
+    root, docker_root = tmp_path / "my-certs.d", tmp_path / "docker-certs.d"
+    root.mkdir()
+    name = f"localhost:{registry.port}"
+    env = {**env_for(test_tpm, tmp_path), "DOCKER_CERTS_D": str(docker_root)}
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"{name}/x:1", "--certs-root", str(root),
+                                    env=env))
+    assert "server certificate not trusted" in line and "/etc/tpmtls" not in line, line
+    assert f"{root / name}/ or {docker_root / name}/" in line and "ca.crt" in line, line
 
 
 def test_name_does_not_match(registry, tpm_certs, small_image, test_tpm, tmp_path):

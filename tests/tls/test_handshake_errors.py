@@ -97,15 +97,19 @@ def test_the_diagnosis_says_the_tpm_failed(outage):
         assert found.cause is Cause.TPM and tcti in found.reason, found
 
 
-def test_pyopenssl_last_error_names_the_tpm(outage):
-    """pyOpenSSL's SSL.Error carries OpenSSL codes only; last_error() on the thread has the reason."""
+def test_pyopenssl_error_itself_names_the_tpm(outage):
+    """pyOpenSSL's SSL.Error lists each error's reason string (not its data): the shim's reason
+    string is the TPM's own line, not a bare "TPM operation failed"; last_error() has it too."""
     from OpenSSL import SSL
 
     from support.tls_clients import pyopenssl_get
 
     _, _, server, tcti, ctx = outage
-    with pytest.raises(SSL.Error):
-        pyopenssl_get(ctx, server.port)
+    for _ in range(2):  # a second failure reads its own reason, not a stale one
+        with pytest.raises(SSL.Error) as err:
+            pyopenssl_get(ctx, server.port)
+        ours = [reason for lib, _func, reason in err.value.args[0] if lib == "tpmtls"]
+        assert len(ours) == 1 and ours[0].startswith("cannot reach the TPM at TCTI") and tcti in ours[0], err.value
     assert tcti in (provider.last_error() or "")
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import signal
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, NoReturn
 
@@ -34,19 +35,22 @@ def add_password_file(parser: argparse.ArgumentParser, help: str = "file holding
     parser.add_argument("--password-file", metavar="F", help=help)
 
 
+#: A password is one line; a password file of more than this is something else.
+MAX_PASSWORD_FILE = 64 << 10
+
+
 def read_secret_file(path: str | None) -> bytes | None:
-    """The first line of a password file, without its newline; None when no file given."""
+    """The first line of a password file, without its line break; None when no file given.
+
+    An empty file (or /dev/null) is the empty password: what a key file flagged as having a
+    password but created without one needs (`tpm2_encodeobject` without -p writes such files;
+    tpm2-openssl takes the empty password for them too)."""
     if path is None:
         return None
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read password file: {e.strerror}") from None
-    secret = data.splitlines()[0] if data.strip() else b""
-    if not secret:
-        raise UsageError(f"{p}: password file is empty")
-    return secret
+    from .._files import read_input
+
+    data = read_input(path, "password", MAX_PASSWORD_FILE)
+    return data.splitlines()[0] if data else b""
 
 
 def key_password(key: str, password_file: str | None) -> bytes | None:
@@ -66,25 +70,84 @@ def key_password(key: str, password_file: str | None) -> bytes | None:
     except KeyFileError:
         return None  # a software key or a broken file: the TLS set-up says what is wrong
     if not sys.stdin.isatty():
-        raise UsageError(f"{key}: this key has a password: give it with --password-file F "
-                         "(or run on a terminal to be asked for it)")
+        raise UsageError(f"{key}: this key has a password: give it with --password-file F (an empty file if it was "
+                         "made without one), or run on a terminal to be asked for it")
     import getpass
 
     try:
         secret = getpass.getpass(f"Password for {key}: ")
     except EOFError:
         secret = ""
-    if not secret:
-        raise UsageError(f"{key}: no password entered (the key has one; or give it with --password-file F)")
-    return secret.encode()
+    return secret.encode()  # empty: the empty password, as tpm2-openssl takes it for such key files
 
 
-def split_target(target: str) -> tuple[str, int]:
-    """HOST:PORT (or [v6]:PORT) → (host, port), or a one-line usage error."""
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise UsageError(f"{target!r}: write the target as HOST:PORT")
-    return host.strip("[]"), int(port)
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?$")
+
+
+def split_target(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) → (host, port), or a one-line usage error saying what is wrong.
+
+    HOST: a DNS name (RFC 1123 labels) or an IPv4/IPv6 address; PORT: 1-65535."""
+    shown = repr(target[:100])
+    text = target.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        sep, port = rest[:1], rest[1:]
+        if sep not in ("", ":") or ":" not in host:
+            raise UsageError(f"{shown}: write an IPv6 address as [ADDRESS]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, ""
+    if not port and default_port is not None and not sep:
+        port = str(default_port)
+    if not host or not port:
+        raise UsageError(f"{shown}: write it as HOST:PORT")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{shown}: the port must be a number from 1 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if len(host) > 253 or not _DNS_NAME.match(host):
+            raise UsageError(f"{shown}: {host[:100]!r} is neither a host name nor an IP address") from None
+    return host, int(port)
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds (at most a day)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: give seconds between 0 and 86400")
+    return value
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: give a number from {low} to {high}")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
+def hours(text: str) -> float:
+    """An argparse type: a positive, finite number of hours (at most ten years)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of hours") from None
+    if not 0 < value <= 87600:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: give hours between 0 and 87600")
+    return value
 
 
 def say(text: str) -> None:
@@ -100,17 +163,6 @@ def service_log(name: str) -> Callable[[str], None]:
     return log
 
 
-def interrupt_on_sigterm() -> None:
-    """SIGTERM (systemd, `kill`, a CI runner's timeout) interrupts like Ctrl-C: the command's
-    clean-up runs (a pull removes its partial files, a push its saved image) instead of the
-    process vanishing with them; run_main then exits 130 with one line."""
-
-    def _interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
-
-
 def serve_until_signal(server: Any) -> None:
     """Run `server.serve()` until SIGTERM or SIGINT asks it to `stop()` (systemd stops with SIGTERM)."""
 
@@ -122,24 +174,47 @@ def serve_until_signal(server: Any) -> None:
     server.serve()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a command that a signal ended."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def one_line(text: str) -> str:
+    """An error's text as one line (a library's message may hold line breaks)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or text
+
+
 def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argparse.Namespace], int]",
              argv: list[str] | None) -> int:
     """Parse, run, and turn every error into one line on stderr with an exit code."""
     import os
+    import warnings
 
     from ..errors import TpmtlsError
 
     args = parser.parse_args(argv)
     if not hasattr(args, "tcti"):
         args.tcti = None
+    signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: temp files go, one line is said
+    # urllib3 warns (two lines) when the clock reads before its release; a certificate that is
+    # then "not valid yet" is said in the failure's own line
+    warnings.filterwarnings("ignore", message="System time is way off", module="urllib3")
     try:
         return int(func(args))
     except TpmtlsError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print(f"{prog}: {one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{prog}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return exit_status(e)
     except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback on request
         if os.environ.get("TPMTLS_DEBUG"):
             raise

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ..errors import UsageError
+from ._common import add_password_file, count
 
 
 def add_certs_args(p: argparse.ArgumentParser) -> None:
@@ -18,11 +20,13 @@ def add_certs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolve", action="append", metavar="HOST:PORT:ADDR",
                    help="connect to ADDR for HOST:PORT, like curl (repeatable; needed when HOST itself is mapped "
                    "to loopback)")
+    add_password_file(p, "file holding the client key's password (a TPM key made with one); without it, the "
+                         "password is asked for on the terminal, and with no terminal the command fails")
 
 
 def add_registry_args(p: argparse.ArgumentParser) -> None:
     add_certs_args(p)
-    p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in parallel (default 4)")
+    p.add_argument("--jobs", type=count(1, 64), default=4, metavar="N", help="blobs in parallel (default 4, at most 64)")
     p.add_argument("--username", help="registry user (default: docker config / credential helper)")
     p.add_argument("--password-stdin", action="store_true", help="read the registry password from stdin")
 
@@ -49,4 +53,12 @@ def registry_options(args: argparse.Namespace) -> dict[str, Any]:
         "resolve": parse_resolve(args.resolve),
         "jobs": args.jobs,
         "credentials": credentials,
+        "key_password": client_key_password(args),
     }
+
+
+def client_key_password(args: argparse.Namespace) -> Callable[[Path], bytes | None]:
+    """The client key's password, once its certs.d directory is known: --password-file or the terminal."""
+    from ._common import key_password
+
+    return lambda key: key_password(str(key), args.password_file)

@@ -40,8 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def init(args: argparse.Namespace) -> int:
-    if not args.name.strip():
-        raise UsageError("--name: give the CA a common name, e.g. --name 'Acme registry CA'")
     ca = FileCA.init(args.dir, args.name, tpm=connect(args.tcti) if args.tpm else None)
     where = "a key inside the TPM; the file only names it" if ca.in_tpm else "mode 0600"
     say(f"created CA {args.name!r}: {ca.cert_path} (its key {Path(args.dir) / 'ca.key'}: {where})")

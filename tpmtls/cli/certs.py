@@ -9,8 +9,9 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from .._files import write_atomic
+from .._files import check_writable, write_atomic, write_files
 from ..docker.certcheck import check_names, check_server, check_tpm_client
 from ..docker.config import DEFAULT_SOCKET, DEFAULT_TCP_HOST, daemon_config, parse_host
 from ..docker.files import CertPath, install
@@ -41,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--root", default=None, metavar="DIR",
                    help="tpmtls's certs.d (default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; never Docker's: a TPM "
                    "key there breaks stock docker for that registry)")
+    p.add_argument("--force", action="store_true", help="replace an installed certificate and key (the old key is "
+                                                        "kept as client.key.bak)")
     add_tcti(p)
     p.set_defaults(func=run_install)
 
@@ -52,7 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help=f"where dockerd listens with TLS (repeatable; default {DEFAULT_TCP_HOST})")
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                    help=f"also keep the local unix socket (default {DEFAULT_SOCKET}; '' for none)")
-    p.add_argument("--out", metavar="DIR", help="write DIR/daemon.json and DIR/docker.conf (the drop-in) instead of printing")
+    p.add_argument("--merge", metavar="FILE", help="an existing daemon.json (e.g. /etc/docker/daemon.json) whose "
+                                                   "settings are kept: its TLS ones replaced, its hosts kept after ours")
+    p.add_argument("--out", metavar="DIR", help="write DIR/daemon.json and DIR/docker.conf (the drop-in) instead of "
+                                                "printing daemon.json")
+    p.add_argument("--force", action="store_true", help="replace DIR/daemon.json and DIR/docker.conf if they exist")
     p.set_defaults(func=run_daemon_config)
 
     p = ssub.add_parser("env", help="DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH for a TLS daemon")
@@ -61,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--cert", metavar="C", help="lay out DIR first: copy C to DIR/cert.pem")
     p.add_argument("--key", metavar="K", help="… and the TPM key file K to DIR/key.pem")
     p.add_argument("--ca", metavar="CA", help="… and the CA certificate to DIR/ca.pem")
+    p.add_argument("--force", action="store_true", help="replace ca.pem, cert.pem and key.pem already in DIR (the old "
+                                                        "key.pem is kept as key.pem.bak)")
     add_password_file(p)
     add_tcti(p)
     p.set_defaults(func=run_env)
@@ -71,8 +80,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--ca", required=True, metavar="CA", help="the CA whose client certificates are let through")
     p.add_argument("--listen", default="0.0.0.0:2376", metavar="ADDR:PORT", help="default 0.0.0.0:2376")
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH", help=f"dockerd's socket (default {DEFAULT_SOCKET})")
-    p.add_argument("--user", metavar="USER", help="NGINX worker user (one that may open the socket)")
+    p.add_argument("--user", metavar="USER [GROUP]", help="NGINX worker user, and group, that may open the socket "
+                                                          "(default: nobody in the socket's group, if it is here)")
     p.add_argument("--out", metavar="FILE", help="write FILE atomically instead of printing")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.set_defaults(func=run_nginx_front)
     _add_client_config_parsers(ssub)
 
@@ -139,36 +150,55 @@ def _apply(config: ClientConfig, args: argparse.Namespace, hint: str) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
+    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti, force=args.force)
     say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
         "/etc/docker/certs.d untouched)")
     return 0
 
 
-def _out_dir(path: str) -> Path:
-    d = Path(path)
-    if not d.is_dir():
-        raise UsageError(f"{d}: no such directory (create it first)")
-    return d
-
-
 def run_daemon_config(args: argparse.Namespace) -> int:
     hosts = args.host or [DEFAULT_TCP_HOST]
-    out = _out_dir(args.out) if args.out else None
-    cfg = daemon_config(args.cert, args.key, args.ca, hosts, args.socket or None)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if not out.is_dir():
+            raise UsageError(f"{out}: no such directory (create it first)")
+        there = [n for n in ("daemon.json", "docker.conf") if (out / n).exists()]
+        if there and not args.force:
+            raise UsageError(f"{out}: already holds {', '.join(there)}; replace with --force, or keep its settings "
+                             f"with --merge {out / 'daemon.json'}")
+    merge = _read_daemon_json(args.merge) if args.merge else None
+    cfg = daemon_config(args.cert, args.key, args.ca, hosts, args.socket or None, merge_with=merge)
+    installed = Path("/etc/docker/daemon.json")
     if out is None:
-        say("# /etc/docker/daemon.json")
-        print(cfg.daemon_json, end="")
-        say("")
-        print(cfg.dropin, end="")
+        print(cfg.daemon_json, end="")  # valid JSON on stdout: `… > daemon.json` works
+        note = "# dockerd also needs a systemd drop-in: write both with --out DIR"
+        if installed.exists() and merge is None:
+            note += f"; {installed} exists: add --merge {installed} to keep its settings"
+        print(note, file=sys.stderr)
         return 0
-    write_atomic(out / "daemon.json", cfg.daemon_json.encode(), 0o644)
-    write_atomic(out / "docker.conf", cfg.dropin.encode(), 0o644)
+    write_files(out, {"daemon.json": (cfg.daemon_json.encode(), 0o644), "docker.conf": (cfg.dropin.encode(), 0o644)},
+                overwrite=args.force)
     say(f"wrote {out / 'daemon.json'} and {out / 'docker.conf'}; install them with:")
-    say(f"  install -m 644 {out / 'daemon.json'} /etc/docker/daemon.json")
+    if installed.exists() and merge is None:
+        say(f"  # {installed} exists and would be replaced: rerun with --merge {installed} to keep its settings")
+    say(f"  install -m 644 {out / 'daemon.json'} {installed}")
     say(f"  install -D -m 644 {out / 'docker.conf'} /etc/systemd/system/docker.service.d/docker.conf")
     say("  systemctl daemon-reload && systemctl restart docker")
     return 0
+
+
+def _read_daemon_json(path: str) -> dict[str, Any]:
+    import json
+
+    from .._files import read_input
+
+    try:
+        doc = json.loads(read_input(path, "daemon.json"))
+    except (ValueError, RecursionError):
+        raise UsageError(f"{path}: not JSON; --merge takes an existing daemon.json") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: not a JSON object; --merge takes an existing daemon.json")
+    return doc
 
 
 def run_env(args: argparse.Namespace) -> int:
@@ -183,8 +213,9 @@ def run_env(args: argparse.Namespace) -> int:
         for f in given.values():
             if not Path(f).is_file():
                 raise UsageError(f"{f}: no such file")
+        paths.check_layable(args.force)  # before the TPM is asked anything
         check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
-        paths.lay_out(args.ca, args.cert, args.key)
+        paths.lay_out(args.ca, args.cert, args.key, force=args.force)
     else:
         paths.check_files()
         check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,
@@ -197,22 +228,21 @@ def run_env(args: argparse.Namespace) -> int:
 
 
 def run_nginx_front(args: argparse.Namespace) -> int:
-    from ..docker.nginx import render_nginx_front
+    from ..docker.nginx import check_socket, check_user, default_user, render_nginx_front
 
+    check_socket(args.socket)
+    user = check_user(args.user) if args.user else None
+    out = check_writable(args.out, args.force) if args.out else None
     cert = check_server(args.cert, args.key, args.ca)
     _kind, addr, _port = parse_host(f"tcp://{args.listen}")
     check_names(args.cert, cert, addr)
-    if not Path(args.socket).is_absolute():
-        raise UsageError(f"{args.socket}: the daemon's socket must be an absolute path")
+    if user is None:
+        user = default_user(args.socket)
     text = render_nginx_front(cert=str(Path(args.cert).resolve()), key=str(Path(args.key).resolve()),
-                              ca=str(Path(args.ca).resolve()), listen=args.listen, socket=args.socket,
-                              user=args.user)
-    if args.out:
-        out = Path(args.out)
-        if not out.parent.is_dir():
-            raise UsageError(f"{out}: directory {out.parent} does not exist")
+                              ca=str(Path(args.ca).resolve()), listen=args.listen, socket=args.socket, user=user)
+    if out is not None:
         write_atomic(out, text.encode(), 0o644)
-        say(f"wrote {out}; check it with: nginx -t -c {out.resolve()}")
+        say(f"wrote {out} (workers run as {user!r}); check it with: nginx -t -c {out.resolve()}")
     else:
         print(text, end="")
     return 0

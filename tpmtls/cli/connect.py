@@ -11,7 +11,7 @@ from ..errors import HandshakeError
 from ..provider import last_signature_scheme
 from ..tls import ssl_context
 from ..tls.diagnosis import Cause, diagnose
-from ._common import add_password_file, add_tcti, key_password, say, split_target
+from ._common import add_password_file, add_tcti, key_password, say, seconds, split_target
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     version.add_argument("--tls1.2", dest="tls_version", action="store_const", const="1.2", help="TLS 1.2 only")
     version.add_argument("--tls1.3", dest="tls_version", action="store_const", const="1.3", help="TLS 1.3 only")
     p.add_argument("--servername", metavar="N", help="name to send (SNI) and verify (default: HOST)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="connect/handshake timeout (10 s)")
+    p.add_argument("--timeout", type=seconds, default=10.0, metavar="S", help="connect/handshake timeout (10 s)")
     add_password_file(p, "file holding the key's password; without it, a key's password is asked for on "
                          "the terminal (like ssh does), and with no terminal the command fails")
     add_tcti(p)

@@ -64,8 +64,9 @@ def handle(action: str, stdin: TextIO, stdout: TextIO) -> None:
     if action == "store":
         try:
             doc = json.loads("".join(text.splitlines()))
-        except ValueError as e:
-            raise CredentialsError(f"store: stdin is not JSON {{\"ServerURL\",\"Username\",\"Secret\"}} ({e})") from None
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+            raise CredentialsError(f"store: stdin is not JSON {{\"ServerURL\",\"Username\",\"Secret\"}} ({why})") from None
         if not isinstance(doc, dict):
             raise CredentialsError("store: stdin is not a JSON object {\"ServerURL\",\"Username\",\"Secret\"}")
         store.store(Entry(_field(doc, "ServerURL"), _field(doc, "Username"), _field(doc, "Secret")))

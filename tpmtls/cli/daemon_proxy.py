@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import add_password_file, add_tcti, read_secret_file, serve_until_signal, service_log
+from ._common import add_password_file, add_tcti, key_password, serve_until_signal, service_log
 
 DEFAULT_LISTEN = "unix:///run/tpmtls/docker.sock"
 
@@ -35,10 +35,15 @@ def run(args: argparse.Namespace) -> int:
     upstream = args.upstream or os.environ.get("DOCKER_HOST")
     if not upstream:
         raise UsageError("no upstream daemon: pass --upstream tcp://HOST:2376 (or set DOCKER_HOST)")
-    proxy = DaemonProxy(upstream, args.listen, default_cert_path(args.cert_path), tcti=args.tcti,
-                        password=read_secret_file(args.password_file), log=_log)
-    proxy.probe()  # fail now, with one line, if the daemon, its CA or our certificate is wrong
-    proxy.bind()
+    cert_path = default_cert_path(args.cert_path)
+    password = key_password(str(cert_path.key), args.password_file) if cert_path.key.is_file() else None
+    proxy = DaemonProxy(upstream, args.listen, cert_path, tcti=args.tcti, password=password, log=_log)
+    proxy.bind()  # what is local first: the address taken, or not ours to use
+    try:
+        proxy.probe()  # then, with one line, if the daemon, its CA or our certificate is wrong
+    except BaseException:
+        proxy.close()
+        raise
     if not proxy.half_close:
         _log("the upstream is not dockerd itself (NGINX?): the end of a client's stdin is not forwarded, "
              "since NGINX would end the whole stream and lose its output")

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from ._common import say
+from ._common import hours, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,7 +33,7 @@ def add_server_state_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ek-deny", metavar="FILE", help="EK identifiers (urn:ek:sha256:…) to refuse, one per line; "
                                                     "re-read when it changes")
     p.add_argument("--ek-crls", metavar="FILE", help="TPM makers' CRLs (PEM); EK certificates they revoke are refused")
-    p.add_argument("--cert-hours", type=float, default=24.0, metavar="H",
+    p.add_argument("--cert-hours", type=hours, default=24.0, metavar="H",
                    help="lifetime of the client certificates issued (default 24)")
 
 

@@ -4,11 +4,10 @@ to exactly one TPM (wrapped to its EK: docs/key-transfer.md)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tpm2_pytss.constants import TPMA_OBJECT
 
-from .._files import OutputError, check_writable, write_atomic
+from .._files import OutputError, check_writable, read_input, write_atomic
 from ..errors import KeyFileError
 from ..tpm import connect
 from ..tpm.keyfile import OWNER, read_key_reference
@@ -88,21 +87,17 @@ def create(args: argparse.Namespace) -> int:
 
 def import_(args: argparse.Namespace) -> int:
     check_writable(args.out, args.force, inputs=(args.pem, args.pem_password_file, args.password_file))
-    pem_path = Path(args.pem)
-    try:
-        pem = pem_path.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"{pem_path}: cannot read: {e.strerror}") from None
+    pem = read_input(args.pem, "PEM key", error=KeyFileError)
     key = connect(args.tcti).import_key(
         pem,
         args.out,
         read_secret_file(args.password_file),
         pem_password=read_secret_file(args.pem_password_file),
         overwrite=args.force,
-        source=str(pem_path),
+        source=str(args.pem),
     )
     say(f"imported {key.algorithm} key into the TPM; key file {args.out}; "
-        f"{pem_path} is no longer needed: delete it (tpmtls did not copy it anywhere)")
+        f"{args.pem} is no longer needed: delete it (tpmtls did not copy it anywhere)")
     return 0
 
 
@@ -152,7 +147,7 @@ def persist(args: argparse.Namespace) -> int:
     persisted = key.persist(args.handle)
     if args.out:
         try:
-            write_atomic(args.out, persisted.to_pem(), 0o644)
+            write_atomic(args.out, persisted.to_pem(), 0o644, keep=True)
         except OutputError as e:  # e.g. a full disk: undo, so the same command can be run again
             _evict(persisted)
             raise OutputError(f"{e}; the key was not left at {persisted.reference}") from None

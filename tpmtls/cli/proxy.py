@@ -28,9 +28,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import TpmtlsError
     from ..registry.proxy import RegistryProxy
     from ..registry.transport import parse_resolve
+    from ._registry_args import client_key_password
 
     proxy = RegistryProxy(args.upstream, args.listen, cert_dir=args.cert_dir, certs_root=args.certs_root,
-                          resolve=parse_resolve(args.resolve), tcti=args.tcti, log=_log)
+                          resolve=parse_resolve(args.resolve), tcti=args.tcti, log=_log,
+                          key_password=client_key_password(args))
     proxy.bind()
     try:
         checked = f"upstream answers {proxy.check()}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import Parser, add_tcti, interrupt_on_sigterm, run_main
+from ._common import Parser, add_tcti, run_main
 from ._registry_args import add_registry_args, registry_options
 
 
@@ -23,7 +23,6 @@ def run(args: argparse.Namespace) -> int:
     from ..registry.progress import print_progress_default
     from ..registry.pull import pull
 
-    interrupt_on_sigterm()
     pull(args.source, args.destination, tcti=args.tcti, progress=print_progress_default(), **registry_options(args))
     return 0
 

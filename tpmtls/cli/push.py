@@ -6,7 +6,7 @@ import argparse
 import sys
 import threading
 
-from ._common import Parser, add_tcti, interrupt_on_sigterm, run_main
+from ._common import Parser, Terminated, add_tcti, exit_status, run_main
 from ._registry_args import add_registry_args, registry_options
 
 
@@ -28,15 +28,15 @@ def run(args: argparse.Namespace) -> int:
     from ..registry.push import push
 
     cancel = threading.Event()
-    interrupt_on_sigterm()
     try:
         push(args.image, args.destination, tcti=args.tcti, progress=print_progress_default(), cancel=cancel,
              platform=args.platform, **registry_options(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         cancel.set()
-        print("tpmtls-push: interrupted; nothing was tagged. Run the same command again to resume "
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"tpmtls-push: {what}; nothing was tagged. Run the same command again to resume "
               "(blobs already sent are skipped).", file=sys.stderr)
-        return 130
+        return exit_status(e)
     return 0
 
 

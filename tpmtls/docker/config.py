@@ -12,6 +12,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import UsageError
@@ -45,12 +46,13 @@ def parse_host(url: str) -> tuple[str, str, int | None]:
 
 
 def daemon_config(cert: str, key: str, ca: str, hosts: list[str], socket: str | None = DEFAULT_SOCKET,
-                  dockerd: str | None = None) -> DaemonConfig:
+                  dockerd: str | None = None, merge_with: dict[str, Any] | None = None) -> DaemonConfig:
     """`daemon.json` with tls/tlsverify/tlscacert/tlscert/tlskey/hosts, and the systemd drop-in.
 
-    The drop-in clears ExecStart: Debian's docker.service starts `dockerd -H fd://`, and
-    dockerd refuses to start when `hosts` is both a flag and in daemon.json (docs/daemon.md,
-    "A TLS-protected daemon").
+    With `merge_with` (an existing daemon.json), every other setting of it is kept, its TLS
+    settings are replaced by these and its `hosts` are kept after ours. The drop-in clears
+    ExecStart: Debian's docker.service starts `dockerd -H fd://`, and dockerd refuses to
+    start when `hosts` is both a flag and in daemon.json (docs/daemon.md, "A TLS-protected daemon").
     """
     server_cert = check_server(cert, key, ca)
     all_hosts = [f"unix://{socket}"] if socket else []
@@ -62,7 +64,7 @@ def daemon_config(cert: str, key: str, ca: str, hosts: list[str], socket: str | 
             all_hosts.append(h)
     if not any(parse_host(h)[0] == "tcp" for h in all_hosts):
         raise UsageError("no tcp:// host: a TLS daemon needs at least one --host tcp://ADDRESS:PORT")
-    block = {
+    block: dict[str, Any] = {
         "tls": True,
         "tlsverify": True,
         "tlscacert": str(Path(ca).resolve()),
@@ -70,6 +72,11 @@ def daemon_config(cert: str, key: str, ca: str, hosts: list[str], socket: str | 
         "tlskey": str(Path(key).resolve()),
         "hosts": all_hosts,
     }
+    if merge_with is not None:
+        theirs = merge_with.get("hosts") or []
+        if not isinstance(theirs, list) or not all(isinstance(h, str) for h in theirs):
+            raise UsageError("the daemon.json to merge has \"hosts\" that is not a list of strings")
+        block = {**merge_with, **block, "hosts": all_hosts + [h for h in theirs if h not in all_hosts]}
     binary = dockerd or shutil.which("dockerd") or "/usr/bin/dockerd"
     dropin = ("# /etc/systemd/system/docker.service.d/docker.conf (written by tpmtls certs daemon-config)\n"
               "# docker.service passes -H fd://; with \"hosts\" in daemon.json dockerd refuses to start\n"

@@ -3,7 +3,7 @@
 
 One JSON file (`store_path()`: $TPMTLS_CREDENTIALS_FILE, else `tpmtls-credentials.json` in
 $DOCKER_CONFIG, else in ~/.docker — beside the config.json that names the helper), mode
-0600, replaced atomically, updates serialised by an flock on `<file>.lock`. Per entry:
+0600, replaced atomically, updates serialised by an flock on the file's directory. Per entry:
 server URL and username in clear (what `list` shows), and the secret encrypted with
 AES-256-GCM under a fresh 32-byte data key that is itself sealed to the TPM
 (tpmtls.tpm.seal: a fixedTPM sealed data object under the owner SRK). Why a sealed data
@@ -154,6 +154,7 @@ class CredentialStore:
         """Remove the entry for `server_url`; CredentialsNotFound when there is none."""
         if not server_url:
             raise CredentialsError(NO_SERVER_URL)
+        self._find(self._read(), server_url)  # nothing to erase: said without touching the disk
         with self._locked():
             entries = self._read()
             key, _ = self._find(entries, server_url)
@@ -217,7 +218,7 @@ class CredentialStore:
                 isinstance(r, dict) and isinstance(r.get("username"), str) for r in entries.values()
             ):
                 raise ValueError("entries are malformed")
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, RecursionError) as e:
             raise CredentialsError(f"{self.path}: not a tpmtls credential store ({e}); move it away "
                                    "or set $TPMTLS_CREDENTIALS_FILE") from None
         return entries
@@ -228,10 +229,13 @@ class CredentialStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Serialise read-modify-write of the store between helper processes (bounded wait)."""
+        """Serialise read-modify-write of the store between helper processes (bounded wait).
+
+        The lock is an flock on the store's directory, so no lock file is left beside the store
+        (a failed store or erase leaves the directory as it was)."""
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as e:
             raise CredentialsError(f"{self.path}: cannot create the credential store: {e.strerror}") from None
         try:
@@ -242,7 +246,7 @@ class CredentialStore:
                     break
                 except OSError as e:
                     if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                        raise CredentialsError(f"{self.path}.lock: another docker-credential-tpmtls held the "
+                        raise CredentialsError(f"{self.path.parent}: another docker-credential-tpmtls held the "
                                                f"store for {LOCK_WAIT:.0f} s; try again") from None
                     time.sleep(0.05)
             yield

@@ -17,14 +17,12 @@ Whether a key file holds a TPM key is `tpm.keyfile.is_tpm_key`'s call, one rule 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .._files import read_input, write_atomic
+from .._files import check_directory, read_input, write_files
 from ..errors import RegistryError, UsageError
 from ..tpm.keyfile import is_tpm_key_file
 
@@ -110,44 +108,52 @@ def lookup(hostport: str, ours: Path | None = None, docker: Path | None = None) 
 
 
 def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
-                   root: str | os.PathLike[str] | None = None) -> Path:
-    """Write {name: (data, mode)} into tpmtls's `<root>/<hostport>/`: a new directory appears
-    whole (staged, then renamed); in an existing one each file is replaced atomically."""
-    base = tpmtls_root(root)
+                   root: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
+    """Write {name: (data, mode)} into tpmtls's `<root>/<hostport>/`, all or nothing: a new directory
+    appears whole; files already there are replaced only with `force` (a key kept as client.key.bak)."""
+    base = check_root(root)
     target = base / check_hostport(hostport)
+    check_directory(target)
+    return write_files(target, files, overwrite=force, keep=[CLIENT_KEY])
+
+
+def check_root(root: str | os.PathLike[str] | None) -> Path:
+    """tpmtls's certs.d root, refusing Docker's own: a TPM key there breaks stock docker for the host."""
+    base = tpmtls_root(root)
+    for docker in {docker_root(), DOCKER_ROOT}:
+        if _same_place(base, docker):
+            raise UsageError(f"{base}: this is Docker's certs.d; a TPM key there makes stock docker fail every pull "
+                             f"and push to the host; install into tpmtls's own (default {TPMTLS_ROOT})")
+    return base
+
+
+def _same_place(a: Path, b: Path) -> bool:
     try:
-        base.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            stage = Path(tempfile.mkdtemp(prefix=f".{hostport}.", dir=base))
-            try:
-                for name, (data, mode) in files.items():
-                    write_atomic(stage / name, data, mode)
-                stage.chmod(0o755)
-                os.rename(stage, target)  # the directory appears complete or not at all
-            except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
-        else:
-            if not target.is_dir():
-                raise UsageError(f"{target}: exists and is not a directory")
-            for name, (data, mode) in files.items():
-                write_atomic(target / name, data, mode)
-    except OSError as e:
-        raise UsageError(f"{target}: cannot write: {e.strerror or e}") from None
-    return target
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike[str] | None = None,
-            tcti: str | None = None) -> Path:
+            tcti: str | None = None, *, force: bool = False) -> Path:
     """`tpmtls certs install`: check the TPM key, its certificate and the CA, then write
-    ca.crt, client.cert and client.key (0600) into tpmtls's `<root>/<hostport>/`."""
+    ca.crt, client.cert and client.key (0600) into tpmtls's `<root>/<hostport>/`.
+
+    Everything that needs no TPM is checked first (the host, the root, the files); an installed
+    key is replaced only with `force`, and kept as client.key.bak."""
     from cryptography.hazmat.primitives import serialization
 
     from ..tpm.keyfile import read_key_reference
     from .certcheck import check_ca, check_client_cert
 
     check_hostport(hostport)
+    target = check_root(root) / hostport
+    check_directory(target)
+    if not force and (target / CLIENT_KEY).exists():
+        raise UsageError(f"{target}: already holds a client key; remove it, or replace it with --force "
+                         f"(the old one is kept as {CLIENT_KEY}.bak)")
     blob = read_key_reference(key)  # a clear error if it is not a TPM key file or handle
+    check_ca(ca)
     if blob.public is not None:
         public_key = serialization.load_pem_public_key(blob.public.to_pem())
     else:  # a persistent handle: only the TPM knows its public key
@@ -155,10 +161,9 @@ def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike
 
         public_key = connect(tcti).load_key(key).public_key()
     check_client_cert(cert, public_key)
-    check_ca(ca)
     files = {CA_CRT: (read_input(ca, "CA certificate"), 0o644), CLIENT_CERT: (read_input(cert, "certificate"), 0o644),
              CLIENT_KEY: (read_input(key, "key") if blob.public is not None else blob.to_pem(), 0o600)}
-    return write_cert_dir(hostport, files, root)
+    return write_cert_dir(hostport, files, root, force=force)
 
 
 # ---- DOCKER_CERT_PATH ----
@@ -196,11 +201,22 @@ class CertPath:
                 raise UsageError(f"{path}: missing; DOCKER_CERT_PATH needs {path.name} ({what})")
         return self
 
-    def lay_out(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> "CertPath":
-        """Copy the CA, the client certificate and the key file in under Docker's names (key.pem 0600)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for src, dst, mode in ((ca, self.ca, 0o644), (cert, self.cert, 0o644), (key, self.key, 0o600)):
-            write_atomic(dst, Path(src).read_bytes(), mode)
+    def lay_out(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str], *,
+                force: bool = False) -> "CertPath":
+        """Copy the CA, the client certificate and the key file in under Docker's names (key.pem 0600),
+        all or nothing; files already there are replaced only with `force` (key.pem kept as key.pem.bak)."""
+        files = {CA_PEM: (read_input(ca, "CA certificate"), 0o644), CERT_PEM: (read_input(cert, "certificate"), 0o644),
+                 KEY_PEM: (read_input(key, "key"), 0o600)}
+        write_files(self.directory, files, overwrite=force, keep=[KEY_PEM], dir_mode=0o700)
+        return self
+
+    def check_layable(self, force: bool = False) -> "CertPath":
+        """Before any TPM work: the directory can be made or written, and holds none of our files unless `force`."""
+        check_directory(self.directory)
+        there = [name for name in (CA_PEM, CERT_PEM, KEY_PEM) if (self.directory / name).exists()]
+        if there and not force:
+            raise UsageError(f"{self.directory}: already holds {', '.join(there)}; use another --cert-path, or "
+                             "replace them with --force (key.pem is kept as key.pem.bak)")
         return self
 
 

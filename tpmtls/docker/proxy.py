@@ -1,17 +1,17 @@
 """`tpmtls daemon-proxy`: a local Docker API socket for the stock docker CLI, forwarded over
 TPM-backed mutual TLS to a `dockerd --tlsverify` (or the NGINX front of one).
 
-Bytes are forwarded as they are, so hijacked connections (attach, exec, `run -it`) work,
-including half-closes: the CLI's end of stdin becomes a TLS close_notify upstream while
-output keeps flowing back. Each connection runs in its own thread on one TLS object over
-memory BIOs (`_stream.py`), so reads and writes never race inside OpenSSL. Upstream TLS
+Every request is read whole and, on a TCP port, checked (a web page must not reach the daemon)
+before it goes on; after an upgrade, bytes pass as they are, so hijacked connections (attach,
+exec, `run -it`) work, including half-closes: the CLI's end of stdin becomes a TLS
+close_notify upstream while output keeps flowing back (tpmtls/docker/_relay.py). A connection
+ends when its client is done with it, idle ones make room for new ones, and upstream TLS
 sessions are resumed: after the first handshake a new CLI call costs no TPM signature.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import ssl
@@ -24,18 +24,18 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .._callers import foreign_caller
-from ..errors import TpmtlsError, UsageError
+from ..errors import UsageError
 from ..tls.diagnosis import diagnose_response
-from ._stream import CHUNK, TlsStream, pump
+from ._relay import HEAD_TIMEOUT, IDLE_TIMEOUT, Relay
+from ._stream import TlsStream
 from .client import DaemonError, explain_tls_failure
 from .config import parse_host
 from .files import CertPath
 
 CONNECT_TIMEOUT = 10.0
-#: Concurrent connections served; more wait in the listen backlog.
-MAX_CONNECTIONS = 64
-HEAD_TIMEOUT = 10.0  # for the first request's head on a TCP listen (checked before forwarding)
-MAX_HEAD = 16384
+#: Client connections served at once. When all are taken, the one idle longest (waiting for a
+#: request) is closed for a new one; if none is idle, new ones wait in the listen backlog.
+MAX_CONNECTIONS = 128
 
 
 def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
@@ -43,6 +43,9 @@ def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
     if listen.startswith("unix://"):
         kind, path, _ = parse_host(listen)
         return "unix", path
+    if listen.isdigit():
+        raise UsageError(f"--listen {listen}: a port alone says nothing of where; write tcp://127.0.0.1:{listen} "
+                         "(loopback only) or unix:///run/tpmtls/docker.sock")
     text = listen if "://" in listen else f"tcp://{listen}"
     parts = urlsplit(text)
     try:
@@ -116,7 +119,8 @@ class DaemonProxy:
 
     def __init__(self, upstream: str, listen: str, cert_path: CertPath, *, tcti: str | None = None,
                  password: bytes | str | None = None, resume: bool = True,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, head_timeout: float = HEAD_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
         if upstream.startswith("https://"):
             upstream = "tcp://" + upstream[len("https://"):]
         kind, host, port = parse_host(upstream)
@@ -129,6 +133,7 @@ class DaemonProxy:
         self.tcti, self.resume = tcti, resume
         self.log = log or (lambda line: None)
         self.stats = ProxyStats()
+        self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         from ..tls import ssl_context
 
         self.context = ssl_context(cert_path.cert, str(cert_path.key), cert_path.ca, password=password, tcti=tcti,
@@ -137,7 +142,9 @@ class DaemonProxy:
         self._session_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._relays: set[Relay] = set()
+        self._relays_lock = threading.Lock()
         self._listener: socket.socket | None = None
         # Forward a client's half-close (end of stdin) as a TLS close_notify? dockerd reads it as
         # EOF on the container's stdin; NGINX ends the whole upgraded stream on it (its
@@ -152,7 +159,7 @@ class DaemonProxy:
 
         return default_pool(self.tcti).stats().signatures
 
-    def _open_upstream(self) -> "TlsStream":
+    def _open_upstream(self) -> TlsStream:
         try:
             raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
             # Small records (a resumed handshake's Finished, then the request) must not wait for
@@ -173,11 +180,14 @@ class DaemonProxy:
         self.stats.add(resumed=int(tls.obj.session_reused), full_handshakes=int(not tls.obj.session_reused))
         return tls
 
-    def _remember(self, tls: "TlsStream") -> None:
+    def _remember(self, tls: TlsStream) -> None:
         session = tls.obj.session
         if self.resume and session is not None and (session.has_ticket or tls.obj.version() != "TLSv1.3"):
             with self._session_lock:
                 self._session = session
+
+    def _explain(self, error: BaseException) -> str:
+        return str(explain_tls_failure(error, self.upstream, self.cert_path))
 
     def probe(self) -> str:
         """GET /_ping upstream: the configuration works (CA, our certificate, the host) or one clear error."""
@@ -227,7 +237,7 @@ class DaemonProxy:
             return f"unix://{self.address}"
         assert self._listener is not None
         host, port = self._listener.getsockname()[:2]
-        return f"tcp://{host}:{port}"
+        return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
     def serve(self) -> None:
         """Accept until `stop()`; then wait (bounded) for open connections."""
@@ -236,21 +246,20 @@ class DaemonProxy:
         assert self._listener is not None
         try:
             while not self._stop.is_set():
-                if not self._slots.acquire(timeout=0.5):
-                    continue
                 try:
-                    client, _ = self._listener.accept()
+                    client, peer = self._listener.accept()
                 except (socket.timeout, TimeoutError):
-                    self._slots.release()
                     continue
                 except OSError:
-                    self._slots.release()
                     if self._stop.is_set():
                         break
                     raise
+                if not self._take_slot():
+                    client.close()
+                    break
                 if self.family == "tcp":
                     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                t = threading.Thread(target=self._serve_one, args=(client,), daemon=True)
+                t = threading.Thread(target=self._serve_one, args=(client, peer), daemon=True)
                 self._threads.add(t)
                 t.start()
         finally:
@@ -259,8 +268,28 @@ class DaemonProxy:
             for t in list(self._threads):
                 t.join(max(0.0, deadline - time.monotonic()))
 
+    def _take_slot(self) -> bool:
+        """A slot for a new connection: a free one, or one an idle connection gives up (False: stopping)."""
+        if self._slots.acquire(blocking=False):
+            return True
+        for _ in range(1_000_000):  # bounded; each round waits up to 0.5 s for a slot
+            with self._relays_lock:
+                idle = [(since, r) for r in self._relays if (since := r.idle_since()) is not None]
+            for _since, relay in sorted(idle, key=lambda x: x[0]):
+                if relay.evict():
+                    break
+            if self._slots.acquire(timeout=0.5):
+                return True
+            if self._stop.is_set():
+                return False
+        return False
+
     def stop(self) -> None:
         self._stop.set()
+
+    def close(self) -> None:
+        """Give up the listening socket (and a unix socket's file) without serving."""
+        self._close_listener()
 
     def _close_listener(self) -> None:
         if self._listener is not None:
@@ -272,89 +301,33 @@ class DaemonProxy:
                 except FileNotFoundError:
                     pass
 
-    def _serve_one(self, client: socket.socket) -> None:
+    def _serve_one(self, client: socket.socket, peer: object) -> None:
         self.stats.add(connections=1, active=1)
         number = self.stats.connections
         started = time.monotonic()
-        up = down = 0
-        how = "-"
+        # a unix socket is guarded by its file mode; a port by checking every request's caller
+        check = foreign_caller if self.family == "tcp" else None
+        relay = Relay(client, peer, open_upstream=self._open_upstream, explain=self._explain, check=check,
+                      stop=self._stop, on_first_reply=self._remember, half_close=self.half_close,
+                      head_timeout=self.head_timeout, idle_timeout=self.idle_timeout)
+        with self._relays_lock:
+            self._relays.add(relay)
         try:
-            if self.family == "tcp":  # a unix socket is guarded by its file mode; a port by this check
-                refused = _foreign_request(client)
-                if refused:
-                    _refuse(client, refused, b"403 Forbidden")
-                    self.log(f"conn {number}: refused: {refused}")
-                    return
-            try:
-                tls = self._open_upstream()
-            except TpmtlsError as e:
+            out = relay.run()
+            if out.failed:
                 self.stats.add(failures=1)
-                _refuse(client, str(e))
-                self.log(f"conn {number}: refused upstream: {e}")
-                return
-            how = "resumed" if tls.obj.session_reused else "full handshake"
-            try:
-                up, down, error = pump(client, tls, self._stop, lambda: self._remember(tls), self.half_close)
-            finally:
-                tls.close()
-            self._remember(tls)
-            if error and down == 0:
-                problem = explain_tls_failure(error, self.upstream, self.cert_path)
-                _refuse(client, str(problem), read_head=up == 0)
-                self.stats.add(failures=1)
-                self.log(f"conn {number}: {problem}")
-                return
-            self.log(f"conn {number}: {how}, {up} B up, {down} B down, {time.monotonic() - started:.2f} s"
-                     f"{', ' + _reason(error) if error else ''}; TPM signatures so far: {self.signatures()}")
+            how = "-" if out.resumed is None else ("resumed" if out.resumed else "full handshake")
+            refused = f"; refused: {out.refused}" if out.refused else ""
+            self.log(f"conn {number}: {how}, {out.requests} request{'' if out.requests == 1 else 's'}, "
+                     f"{out.up} B up, {out.down} B down, {time.monotonic() - started:.2f} s, {out.ended}{refused}; "
+                     f"TPM signatures so far: {self.signatures()}")
         finally:
+            with self._relays_lock:
+                self._relays.discard(relay)
             client.close()
             self.stats.add(active=-1)
             self._threads.discard(threading.current_thread())
             self._slots.release()
-
-
-def _foreign_request(client: socket.socket) -> str | None:
-    """Peek at the first request's head (not consuming it): why it must not be forwarded, or None."""
-    import email.parser
-
-    head = b""
-    client.settimeout(HEAD_TIMEOUT)
-    try:
-        for _ in range(64):  # bounded: a head arrives in a few reads
-            head = client.recv(MAX_HEAD, socket.MSG_PEEK)
-            if b"\r\n\r\n" in head or len(head) >= MAX_HEAD or not head:
-                break
-            time.sleep(0.01)
-    except OSError:
-        return None  # nothing readable: the forwarding sees the same and ends the connection
-    finally:
-        client.settimeout(None)
-    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
-    headers = email.parser.BytesHeaderParser().parsebytes(b"\r\n".join(lines) + b"\r\n\r\n")
-    return foreign_caller(headers)
-
-
-def _reason(error: BaseException | None) -> str:
-    return f"ended by {type(error).__name__}: {str(error)[:120]}" if error else ""
-
-
-def _refuse(client: socket.socket, message: str, status: bytes = b"502 Bad Gateway", read_head: bool = True) -> None:
-    """Tell the docker CLI why, as a daemon would: it prints 'Error response from daemon: …'.
-
-    `read_head`: the request head is still unread (answering before it arrives confuses
-    some clients); False once the forwarding has consumed it."""
-    body = json.dumps({"message": f"tpmtls daemon-proxy: {message}"}).encode()
-    try:
-        client.settimeout(2)
-        if read_head:
-            try:
-                client.recv(CHUNK)
-            except OSError:
-                pass
-        client.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    except OSError:
-        pass
 
 
 __all__ = ["DaemonProxy", "ProxyStats", "parse_listen"]

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .._files import check_writable, write_atomic
+from .._files import check_writable, write_paths
 from ..errors import TpmtlsError
 from ..pki.csr import build_csr
 from ..tpm import attest
@@ -169,6 +169,8 @@ class Enroller:
     def run(self) -> EnrollResult:
         o = self.o
         total = time.perf_counter()
+        if o.install:
+            self._install_target()  # a bad --install is said before the TPM or the network is used
         if o.renew:
             if not o.key_out.is_file():
                 raise EnrollError(f"{o.key_out}: no key to renew; enroll once without --renew")
@@ -194,9 +196,11 @@ class Enroller:
         if certs[0].public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key().public_bytes(
                 serialization.Encoding.DER, spki):
             raise EnrollError(f"{o.directory_url}: the issued certificate is for another key")
+        # key and certificate together or neither: a full disk leaves no key without its certificate
+        files = {o.cert_out: (chain_pem.encode(), 0o644)}
         if not o.renew:
-            write_atomic(o.key_out, key.to_pem(), 0o600)
-        write_atomic(o.cert_out, chain_pem.encode(), 0o644)
+            files[o.key_out] = (key.to_pem(), 0o600)
+        write_paths(files, keep=[o.key_out] if o.overwrite else [])
         installed = self._install(key, chain_pem) if o.install else None
         self.timings["total"] = time.perf_counter() - total
         return EnrollResult(key, certs[0], o.key_out, o.cert_out, identifier, installed, self.timings)
@@ -253,15 +257,27 @@ class Enroller:
         """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
         client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
         client.key it cannot parse (docs/formats.md, "certs.d")."""
-        from ..docker.files import CLIENT_CERT, CLIENT_KEY, check_hostport, write_cert_dir
+        from ..docker.files import CLIENT_CERT, CLIENT_KEY, write_cert_dir
+
+        host = self._install_target()
+        return write_cert_dir(host, {CLIENT_KEY: (key.to_pem(), 0o600), CLIENT_CERT: (chain_pem.encode(), 0o644)},
+                              self.o.certs_root, force=self.o.overwrite or self.o.renew)
+
+    def _install_target(self) -> str:
+        """--install's HOST[:PORT], checked with the certs.d root it goes into."""
+        from .._files import check_directory
+        from ..docker.files import check_hostport, check_root
 
         host = self.o.install or ""
         try:
             check_hostport(host)
         except TpmtlsError:
             raise EnrollError(f"--install {host!r}: give a registry as HOST or HOST:PORT") from None
-        return write_cert_dir(host, {CLIENT_KEY: (key.to_pem(), 0o600), CLIENT_CERT: (chain_pem.encode(), 0o644)},
-                              self.o.certs_root)
+        target = check_directory(check_root(self.o.certs_root) / host)
+        if (target / "client.key").exists() and not (self.o.overwrite or self.o.renew):
+            raise EnrollError(f"--install {host}: {target} already holds a client key; replace it with --force "
+                              "(the old one is kept as client.key.bak)")
+        return host
 
 
 def enroll(tpm: Tpm, options: EnrollOptions) -> EnrollResult:

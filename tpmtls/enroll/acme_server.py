@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from .._files import write_atomic
+from .._files import read_input, write_atomic
 from ..pki.ca import FileCA
 from .acme_attobj import verify_att_obj
 from .acme_jws import ALGORITHMS, JOSE, parse_jws, signature_verifies
@@ -68,10 +68,7 @@ class EnrollApp:
         self.settings = settings or Settings()
         if nonce_ttl is not None:
             self.settings.nonce_ttl = nonce_ttl
-        try:
-            roots_pem = Path(ek_roots).read_bytes()
-        except OSError as e:
-            raise EnrollError(f"{ek_roots}: cannot read EK roots bundle: {e.strerror}") from None
+        roots_pem = read_input(ek_roots, "EK roots bundle", error=EnrollError)
         self.clock = clock
         self.policy = PcrPolicy.load(policy)
         self.ek_deny = EkDenyList.load(ek_deny) if ek_deny else None
@@ -80,10 +77,8 @@ class EnrollApp:
         self.attestation_ca = AttestationCA(Path(ca_dir), load_pem_bundle(roots_pem, str(ek_roots)), self.policy,
                                             self.store, clock=clock, ek_deny=self.ek_deny, ek_crls=self.ek_crls)
         if attestation_roots is not None:
-            try:
-                self.ak_roots = load_pem_bundle(Path(attestation_roots).read_bytes(), str(attestation_roots))
-            except OSError as e:
-                raise EnrollError(f"{attestation_roots}: cannot read: {e.strerror}") from None
+            self.ak_roots = load_pem_bundle(read_input(attestation_roots, "attestation roots bundle", error=EnrollError),
+                                            str(attestation_roots))
         else:
             self.ak_roots = [self.attestation_ca.cert]
         self.base_url = ""

@@ -67,12 +67,12 @@ class PcrPolicy:
 
     @classmethod
     def load(cls, path: str | Path) -> "PcrPolicy":
+        from .._files import read_input
+
         p = Path(path)
         try:
-            doc = json.loads(p.read_bytes())
-        except OSError as e:
-            raise EnrollError(f"{p}: cannot read policy file: {e.strerror}") from None
-        except ValueError:
+            doc = json.loads(read_input(p, "policy", error=EnrollError))
+        except (ValueError, RecursionError):
             raise EnrollError(f"{p}: not JSON; make one with 'tpmtls enroll policy'") from None
         try:
             if doc.get("version") != 1:

@@ -87,11 +87,11 @@ class AgentState:
 
 
 def _load_ca(path: str | os.PathLike[str]) -> x509.Certificate:
+    from .._files import read_input
+
     p = Path(path)
     try:
-        return x509.load_pem_x509_certificate(p.read_bytes())
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read the CA certificate: {e.strerror}") from None
+        return x509.load_pem_x509_certificate(read_input(p, "CA certificate"))
     except ValueError:
         raise UsageError(f"{p}: not a PEM CA certificate") from None
 
@@ -197,13 +197,13 @@ def listening_socket(listen: str | None) -> tuple[socket.socket, int]:
                          "(helpers/tpmtls-enroll-agent.socket) or pass --listen ADDRESS:PORT")
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit():
-        raise UsageError(f"--listen {listen!r}: write ADDRESS:PORT")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"--listen {listen[:80]!r}: write ADDRESS:PORT (a port from 1 to 65535)")
     try:
         sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                     backlog=128)
-    except OSError as e:
-        raise UsageError(f"--listen {listen}: cannot listen: {e.strerror}") from None
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"--listen {listen[:80]}: cannot listen: {getattr(e, 'strerror', None) or e}") from None
     return sock, 0  # moved to fd 3 only at exec: until then fd 3 may belong to someone else
 
 

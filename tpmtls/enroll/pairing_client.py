@@ -47,6 +47,17 @@ class Enrollment:
         return f"tcp://{host}:{self.port}"
 
 
+def dial(host: str, port: int, timeout: float = _TIMEOUT) -> socket.socket:
+    """The TCP connection to the agent, before anything is made for it (no store, no TPM key)."""
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise HandshakeError(f"{host}:{port}: cannot connect ({e.strerror or e}): is enroll-agent listening "
+                             "there?") from None
+    except UnicodeError:
+        raise HandshakeError(f"{host}:{port}: not a name DNS can look up") from None
+
+
 def pairing_context(store: CertificateStore, tcti: str | None = None) -> ssl.SSLContext:
     """Client context with the TPM client key. The agent's certificate is self-signed, so the
     chain is not what is verified here: the caller checks the key fingerprint (the pin)
@@ -61,15 +72,14 @@ def pairing_context(store: CertificateStore, tcti: str | None = None) -> ssl.SSL
 
 
 def connect_pinned(ctx: ssl.SSLContext, host: str, port: int, expected: str | None,
-                   timeout: float = _TIMEOUT, *, client_cert: Path | None = None) -> tuple[ssl.SSLSocket, str, object]:
-    """TLS to the agent; returns (socket, fingerprint, public key). Raises, having sent no
-    application data, when the fingerprint is not `expected`. `client_cert`: the certificate
-    `ctx` presents, whose dates explain a refusal."""
+                   timeout: float = _TIMEOUT, raw: socket.socket | None = None, *,
+                   client_cert: Path | None = None) -> tuple[ssl.SSLSocket, str, object]:
+    """TLS to the agent (over `raw` if already connected); returns (socket, fingerprint, public key).
+    Raises, having sent no application data, when the fingerprint is not `expected`. `client_cert`:
+    the certificate `ctx` presents, whose dates explain a refusal."""
     where = f"{host}:{port}"
-    try:
-        raw = socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        raise HandshakeError(f"{where}: cannot connect ({e.strerror or e}): is enroll-agent listening there?") from None
+    if raw is None:
+        raw = dial(host, port, timeout)
     try:
         server_hostname = None if _is_ip(host) else host
         tls = ctx.wrap_socket(raw, server_hostname=server_hostname)
@@ -139,8 +149,14 @@ def ensure_server_enrolled(store: StoreLike, host: str, *, port: int | None = No
                              f"{cert_path}/pinned-key.sha256 ({recorded}); remove that file if the host was reinstalled")
     pin = expected or recorded
     trust = "expected" if expected else "pinned" if recorded else "first-use"
-    ctx = pairing_context(st, tcti)
-    tls, seen, public = connect_pinned(ctx, name, p, pin, timeout, client_cert=st.client_cert)
+    st.check()
+    raw = dial(name, p, timeout)  # an agent that is not there costs no TPM key and leaves no store
+    try:
+        ctx = pairing_context(st, tcti)
+    except BaseException:
+        raw.close()
+        raise
+    tls, seen, public = connect_pinned(ctx, name, p, pin, timeout, raw, client_cert=st.client_cert)
     try:
         if trust == "first-use":
             st.record_pin(name, p, seen, "trusted-on-first-use")

@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -26,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .._files import write_atomic
+from .._files import check_directory, write_atomic
 from ..docker.files import CertPath
 from ..errors import UsageError
 from ..pki.ca import FileCA
@@ -74,7 +75,16 @@ def split_host(host: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
         port = _port(p, host)
     if not h:
         raise UsageError(f"{host!r}: no host name")
+    try:
+        ipaddress.ip_address(h)
+    except ValueError:
+        if len(h) > 253 or not _DNS_NAME.match(h):
+            raise UsageError(f"{host[:100]!r}: {h[:100]!r} is neither a host name nor an IP address") from None
     return h, port
+
+
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?$")
 
 
 def _port(text: str, host: str) -> int:
@@ -123,28 +133,57 @@ class CertificateStore:
         except (OSError, IndexError):
             return None
 
+    def check(self) -> "CertificateStore":
+        """Before anything is made: the store is a directory, or can become one (not a file, a
+        missing parent, a read-only disk)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"{self.root}: exists and is not a directory; --store names the store's directory")
+        if not self.root.exists() and not self.root.parent.is_dir():
+            raise UsageError(f"{self.root}: directory {self.root.parent} does not exist")
+        check_directory(self.root)
+        return self
+
     def ca(self) -> FileCA:
         """The store's CA, created on first use."""
         if not (self.ca_dir / "ca.crt").exists():
-            if not self.root.parent.is_dir():
-                raise UsageError(f"{self.root}: directory {self.root.parent} does not exist")
+            self.check()
             self.root.mkdir(mode=0o700, exist_ok=True)
             return FileCA.init(self.ca_dir, f"tpmtls pairing CA ({socket.gethostname()})")
         return FileCA.open(self.ca_dir)
 
     def ensure_client(self, tcti: str | None = None) -> tuple[Path, Path]:
-        """(client.crt, client.key): the key created in the TPM and certified by the store's CA once."""
-        ca = self.ca()
-        if not (self.client_cert.is_file() and self.client_key.is_file()):
-            from ..tpm import connect
+        """(client.crt, client.key): the key created in the TPM and certified by the store's CA once.
 
-            tmp_key = self.root / ".client.key.new"
-            tmp_key.unlink(missing_ok=True)
-            key = connect(tcti).create_key("ecc-p256", tmp_key)
+        A new store appears whole (CA, client key and certificate staged beside it, then
+        renamed), so a failure (no TPM, a full disk) leaves no store behind."""
+        if self.client_cert.is_file() and self.client_key.is_file() and (self.ca_dir / "ca.crt").is_file():
+            return self.client_cert, self.client_key
+        from ..tpm import connect
+
+        self.check()
+        new = not self.root.exists() or not any(self.root.iterdir())
+        stage = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent if new else self.root))
+        try:
+            staged = CertificateStore(stage)
+            ca = staged.ca() if new else self.ca()
+            key = connect(tcti).create_key("ecc-p256", stage / "client.key")
             csr = build_csr(key, f"CN=tpmtls-enroll@{socket.gethostname()}")
-            cert = ca.issue(csr)
-            os.replace(tmp_key, self.client_key)
-            write_atomic(self.client_cert, cert.public_bytes(PEM), 0o644)
+            write_atomic(stage / "client.crt", ca.issue(csr).public_bytes(PEM), 0o644)
+            if new:
+                stage.chmod(0o700)
+                if self.root.exists():
+                    self.root.rmdir()  # empty: the staged store takes its place
+                os.rename(stage, self.root)
+            else:
+                os.replace(stage / "client.key", self.client_key)
+                os.replace(stage / "client.crt", self.client_cert)
+                shutil.rmtree(stage, ignore_errors=True)
+        except OSError as e:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise UsageError(f"{self.root}: cannot write the store: {e.strerror or e}") from None
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
         return self.client_cert, self.client_key
 
     def issue_server(self, public_key: object, host: str) -> x509.Certificate:

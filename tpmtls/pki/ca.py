@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .._files import write_atomic
+from .._files import check_directory, read_input, write_files
 from ..errors import UsageError
 from ..tpm.keyfile import is_tpm_key
-from .csr import parse_san
+from .csr import common_name, parse_san
 
 if TYPE_CHECKING:
     from ..tpm.device import Tpm
@@ -50,15 +50,15 @@ class FileCA:
     def init(cls, directory: str | Path, name: str, days: int = 3650, *, tpm: "Tpm | None" = None) -> "FileCA":
         """Create the CA; with `tpm`, its key is made inside that TPM (ca.key: the TPM key file)."""
         d = Path(directory)
+        common_name(name)
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"{d}: exists and is not a directory; name a directory for the CA")
         if (d / "ca.crt").exists() or (d / "ca.key").exists():
             raise UsageError(f"{d}: already holds a CA (ca.crt/ca.key); use another directory")
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"{d}: cannot create the CA directory: {e.strerror or e}") from None
+        check_directory(d)  # a file, or a read-only disk: said before any key is made
         key: ec.EllipticCurvePrivateKey
         if tpm is not None:
-            key = tpm.create_key("ecc-p256", d / "ca.key")  # type: ignore[assignment]
+            key = tpm.create_key("ecc-p256")  # type: ignore[assignment]
         else:
             key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -74,19 +74,24 @@ class FileCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        if tpm is None:
-            write_atomic(d / "ca.key", key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()), 0o600)
-        write_atomic(d / "ca.crt", cert.public_bytes(PEM), 0o644)
+        key_pem = key.to_pem() if tpm is not None else key.private_bytes(  # type: ignore[attr-defined]
+            PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        # both files or neither: a full or read-only disk leaves no key without its certificate
+        write_files(d, {"ca.key": (key_pem, 0o600), "ca.crt": (cert.public_bytes(PEM), 0o644)}, dir_mode=0o700)
         return cls(d, key, cert)
 
     @classmethod
     def open(cls, directory: str | Path, tcti: str | None = None) -> "FileCA":
         """Open DIR; a TPM CA key is loaded through `tcti` (default: $TPMTLS_TCTI …)."""
         d = Path(directory)
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"{d}: not a CA directory (a file; run 'tpmtls ca init DIR')")
+        for name in ("ca.key", "ca.crt"):
+            if not (d / name).exists():
+                raise UsageError(f"{d}: not a CA directory ({name} missing; run 'tpmtls ca init')")
         try:
-            key_pem = (d / "ca.key").read_bytes()
-            cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+            key_pem = read_input(d / "ca.key", "CA key")
+            cert = x509.load_pem_x509_certificate(read_input(d / "ca.crt", "CA certificate"))
             key: object
             if is_tpm_key(key_pem):
                 from ..tpm import connect

@@ -40,6 +40,26 @@ def parse_subject(text: str) -> x509.Name:
     return name
 
 
+#: RFC 5280 ub-common-name.
+MAX_COMMON_NAME = 64
+
+
+def common_name(text: str, what: str = "--name") -> str:
+    """A common name a certificate can carry: 1-64 characters of text, no control characters."""
+    shown = text[:40].encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} {shown!r}: not valid UTF-8 text") from None
+    if not text.strip():
+        raise UsageError(f"{what}: give a name, e.g. {what} 'Acme registry CA'")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise UsageError(f"{what} {shown!r}: control characters (line breaks, tabs …) are not allowed in a name")
+    if len(text) > MAX_COMMON_NAME:
+        raise UsageError(f"{what}: {len(text)} characters; a certificate's common name has at most {MAX_COMMON_NAME}")
+    return text
+
+
 def _escape(value: str) -> str:
     return "".join("\\" + c if c in ',+"\\<>;=' else c for c in value)
 

@@ -157,8 +157,9 @@ def _load(der_p: int, der_len: int, expected: int, out: Any) -> int:
         if blob.public is not None and _shim_type(blob.public.publicArea.type) != expected:
             return 0
         password = getattr(_local, "password", None)
-        if not blob.empty_auth and not password:
-            _set_error(f"{source}: this key has a password and none was given")
+        if not blob.empty_auth and password is None:
+            _set_error(f"{source}: this key has a password and none was given "
+                       f"(--password-file F; an empty one if the key was made without: tpm2_encodeobject without -p)")
             return -1
         try:
             key = connect(getattr(_local, "tcti", None), pool=getattr(_local, "pool", None)).load_blob(blob, password)

@@ -93,7 +93,10 @@ enum {
     SHIM_R_BAD_PARAM,
     SHIM_R_NO_PRIVATE,
     SHIM_R_BUFFER,
+    /* a TPM failure with its reason as the reason string itself: one of SHIM_TPM_REASON_SLOTS codes */
+    SHIM_R_TPM_REASON = 64,
 };
+#define SHIM_TPM_REASON_SLOTS 16
 void shim_error(shim_provctx *prov, int reason, const char *fmt, ...);
 /* raise the Python side's last error (or `fallback`) on the OpenSSL error queue */
 void shim_error_from_python(shim_provctx *prov, const char *fallback);

@@ -172,12 +172,38 @@ void shim_key_unref(shim_key *key)
 
 /* ---- errors ---- */
 
+/* A TPM failure's reason where only reason strings are shown: pyOpenSSL lists (library,
+ * function, reason) of each queued error and drops the error's data, where our message
+ * is. OpenSSL keeps the pointers of a provider's reason strings (it does not copy them), so
+ * each failure writes its message into the next of these slots and raises that slot's
+ * code: the reason string read back is the message. Slots are reused in turn; a reader
+ * sees the message of its failure unless SHIM_TPM_REASON_SLOTS failures came in between. */
+#define SHIM_REASON_LEN 400
+static char shim_reason_text[SHIM_TPM_REASON_SLOTS][SHIM_REASON_LEN];
+static unsigned shim_reason_next;
+
 static const OSSL_ITEM shim_reasons[] = {
     { SHIM_R_NOT_LOADED, "tpmtls Python side not available (import tpmtls first; not during interpreter exit)" },
     { SHIM_R_TPM_FAILED, "TPM operation failed" },
     { SHIM_R_BAD_PARAM, "unsupported parameter" },
     { SHIM_R_NO_PRIVATE, "no TPM key behind this object" },
     { SHIM_R_BUFFER, "buffer too small" },
+    { SHIM_R_TPM_REASON + 0, shim_reason_text[0] },
+    { SHIM_R_TPM_REASON + 1, shim_reason_text[1] },
+    { SHIM_R_TPM_REASON + 2, shim_reason_text[2] },
+    { SHIM_R_TPM_REASON + 3, shim_reason_text[3] },
+    { SHIM_R_TPM_REASON + 4, shim_reason_text[4] },
+    { SHIM_R_TPM_REASON + 5, shim_reason_text[5] },
+    { SHIM_R_TPM_REASON + 6, shim_reason_text[6] },
+    { SHIM_R_TPM_REASON + 7, shim_reason_text[7] },
+    { SHIM_R_TPM_REASON + 8, shim_reason_text[8] },
+    { SHIM_R_TPM_REASON + 9, shim_reason_text[9] },
+    { SHIM_R_TPM_REASON + 10, shim_reason_text[10] },
+    { SHIM_R_TPM_REASON + 11, shim_reason_text[11] },
+    { SHIM_R_TPM_REASON + 12, shim_reason_text[12] },
+    { SHIM_R_TPM_REASON + 13, shim_reason_text[13] },
+    { SHIM_R_TPM_REASON + 14, shim_reason_text[14] },
+    { SHIM_R_TPM_REASON + 15, shim_reason_text[15] },
     { 0, NULL },
 };
 
@@ -199,9 +225,17 @@ void shim_error_from_python(shim_provctx *prov, const char *fallback)
 {
     char msg[512] = "";
 
+    unsigned slot;
+
     if (shim_cb.error != NULL && shim_python_alive())
         shim_cb.error(msg, sizeof(msg));
-    shim_error(prov, SHIM_R_TPM_FAILED, "%s", msg[0] ? msg : fallback);
+    if (!msg[0]) {
+        shim_error(prov, SHIM_R_TPM_FAILED, "%s", fallback);
+        return;
+    }
+    slot = __atomic_fetch_add(&shim_reason_next, 1, __ATOMIC_RELAXED) % SHIM_TPM_REASON_SLOTS;
+    snprintf(shim_reason_text[slot], SHIM_REASON_LEN, "%s", msg);
+    shim_error(prov, SHIM_R_TPM_REASON + (int)slot, "%s", msg);
 }
 
 /* ---- provider ---- */

@@ -48,9 +48,11 @@ class RegistryClient:
         connections: int = 4,
         timeout: float = 120.0,
         client_cert: str | None = None,
+        certs_where: str | None = None,
+        trust: str | None = None,
     ) -> None:
         self.transport = Transport(registry, context, resolve=resolve, connections=connections, read_timeout=timeout,
-                                   client_cert=client_cert)
+                                   client_cert=client_cert, certs_where=certs_where, trust=trust)
         self.auth = Auth(self.transport, credentials)
         self.uploads = BlobUploads(self.auth)
         self.registry = registry

@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -33,7 +33,11 @@ import urllib3
 from .._callers import foreign_caller
 from ..errors import RegistryError, UsageError
 from ._bodies import BUFFER, BrokenBody, ClientGone, Counter, dechunk, exactly, relay
+from ._head_deadline import HEAD_TIMEOUT, IDLE_TIMEOUT, DeadlineHandler, DeadlineServer
 from .transport import ONCE, Retries, Transport, TransportError
+
+if TYPE_CHECKING:
+    from .certs import KeyPassword
 
 READ_TIMEOUT = 300.0
 #: Upstream connections kept per host; more concurrent requests wait for one to come back.
@@ -57,15 +61,18 @@ _REALM_RE = re.compile(r'realm="([^"]*)"', re.IGNORECASE)
 def parse_upstream(upstream: str) -> tuple[str, int]:
     """HOST[:PORT] (https://… accepted) → (host, port); 443 by default."""
     text = upstream[len("https://"):] if upstream.startswith("https://") else upstream
+    from .reference import valid_hostport
+
     text = text.rstrip("/")
-    parts = urlsplit(f"//{text}")
+    hostname: str | None = None
     try:
-        port = parts.port or 443
+        parts = urlsplit(f"//{text}")
+        hostname, port = parts.hostname, parts.port or 443
     except ValueError:
         port = 0
-    if not parts.hostname or "/" in text or port == 0 or "://" in text:
-        raise UsageError(f"--upstream {upstream!r}: write it as HOST[:PORT] (the registry, over https)")
-    return parts.hostname, port
+    if not hostname or "/" in text or port == 0 or "://" in text or not valid_hostport(text):
+        raise UsageError(f"--upstream {upstream[:100]!r}: write it as HOST[:PORT] (the registry, over https)")
+    return hostname, port
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -112,9 +119,11 @@ class RegistryProxy:
 
     def __init__(self, upstream: str, listen: str = "127.0.0.1:5000", *, cert_dir: str | Path | None = None,
                  certs_root: str | Path | None = None, resolve: dict[str, str] | None = None,
-                 tcti: str | None = None, log: Callable[[str], None] | None = None) -> None:
+                 tcti: str | None = None, log: Callable[[str], None] | None = None,
+                 key_password: KeyPassword | None = None, head_timeout: float = HEAD_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         from ..docker.files import lookup, read_cert_dir
-        from .certs import ssl_context_for
+        from .certs import searched, ssl_context_for, trust_hint
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
@@ -122,15 +131,17 @@ class RegistryProxy:
         self.listen = listen
         name = self.host if self.port == 443 else self.upstream  # Docker's certs.d names 443 without a port
         certs = read_cert_dir(Path(cert_dir)) if cert_dir else lookup(name, Path(certs_root) if certs_root else None)
+        where = searched(name, cert_dir, certs_root)
         if certs.client is None:
-            where = cert_dir or f"the certs.d roots for {name}"
             raise UsageError(f"{where}: no client certificate (client.cert + client.key); "
                              f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
-        self.context = ssl_context_for(certs, tcti)
+        self.context = ssl_context_for(certs, tcti, key_password)
         self.transport = Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
-                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert))
+                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert), certs_where=where,
+                                   trust=trust_hint(certs, where))
         self.log = log or (lambda line: None)
+        self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         self.counters = ProxyCounters()
         self._realms: set[str] = set()  # token-server host:port the upstream named in a challenge
         self._lock = threading.Lock()
@@ -202,7 +213,7 @@ class RegistryProxy:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(DeadlineServer):
     daemon_threads = True
     request_queue_size = 128
 
@@ -210,13 +221,21 @@ class _Server(ThreadingHTTPServer):
                  family: socket.AddressFamily) -> None:
         self.address_family = family
         self.proxy = proxy
-        super().__init__(address, handler)
+        super().__init__(address, handler, proxy.head_timeout, proxy.idle_timeout)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a request (reset, cut by its head deadline): one log line."""
+        import sys
+
+        error = sys.exc_info()[1]
+        self.proxy.log(f"connection from {client_address[0]}:{client_address[1]} ended: "
+                       f"{type(error).__name__}: {str(error)[:120]}")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DeadlineHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    timeout = READ_TIMEOUT  # an idle keep-alive connection is dropped after this
+    timeout = READ_TIMEOUT  # one read of a body may wait this long (its head: DeadlineHandler)
     # TCP_NODELAY on docker's connections: a response goes out as headers then body, and with
     # Nagle's algorithm the body waited for the client's delayed ACK, 40 ms per request
     # (measured: 44 ms median for a manifest GET through the proxy, 1.9 ms without Nagle).

@@ -27,7 +27,7 @@ from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
 from .blobcache import BlobCache
 from .blobcache import default_path as cache_path
-from .certs import registry_client
+from .certs import KeyPassword, registry_client
 from .client import RegistryClient
 from .credentials import Credentials
 from .fetch import blob_path, download, no_space
@@ -87,6 +87,7 @@ def pull(
     jobs: int = 4,
     credentials: Credentials | None = None,
     tcti: str | None = None,
+    key_password: KeyPassword | None = None,
     progress: Progress | None = None,
     cache: BlobCache | None = None,
 ) -> PullResult:
@@ -97,7 +98,7 @@ def pull(
     ref = parse_reference(source)
     _check_destination(kind, where)
     client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
-                             credentials=credentials, tcti=tcti)
+                             credentials=credentials, tcti=tcti, key_password=key_password)
     progress = progress or Progress(None)
     cache = cache or BlobCache()
     if kind == "oci":

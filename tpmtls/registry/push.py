@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..errors import RegistryError
 from .blobcache import BlobCache
-from .certs import registry_client
+from .certs import KeyPassword, registry_client
 from .client import RegistryClient
 from .credentials import Credentials
 from .daemon_stream import from_cache, remember, stream_daemon_image
@@ -53,6 +53,7 @@ def push(
     jobs: int = 4,
     credentials: Credentials | None = None,
     tcti: str | None = None,
+    key_password: KeyPassword | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     cache: BlobCache | None = None,
@@ -61,7 +62,7 @@ def push(
     """Push `image` (see images.open_image) to HOST[:PORT]/REPO[:TAG]; returns the manifest digest."""
     ref = parse_reference(destination)
     client = registry_client(ref.registry, cert_dir=cert_dir, certs_root=certs_root, resolve=resolve, jobs=jobs,
-                             credentials=credentials, tcti=tcti)
+                             credentials=credentials, tcti=tcti, key_password=key_password)
     progress = progress or Progress(None)
     cancel = cancel or threading.Event()
     cache = cache or BlobCache()

@@ -93,12 +93,17 @@ class Transport:
     """HTTPS to `registry` ("host[:port]", 443 by default) and the hosts it names; thread-safe."""
 
     def __init__(self, registry: str, context: ssl.SSLContext, *, resolve: dict[str, str] | None = None,
-                 connections: int = 4, read_timeout: float = 120.0, client_cert: str | None = None) -> None:
+                 connections: int = 4, read_timeout: float = 120.0, client_cert: str | None = None,
+                 certs_where: str | None = None, trust: str | None = None) -> None:
+        """`certs_where`: where the certs.d files were looked for; `trust`: what to check when the
+        registry's certificate is not trusted (both for the one-line failures)."""
         host, _, port = registry.rpartition(":") if ":" in registry else (registry, "", "443")
         self.registry = registry
         self.host = host
         self.port = int(port)
         self.client_cert = client_cert  # where our client certificate came from (None: no client cert)
+        self.certs_where = certs_where or f"/etc/tpmtls/certs.d/{registry}/, or --cert-dir"
+        self.trust = trust or "check ca.crt in its certs.d directory"
         self.context = context
         self._resolve = dict(resolve or {})
         self._connections = connections
@@ -206,7 +211,7 @@ class Transport:
             also = f" (it names {found.names})" if found.names else ""
             return f"{where}: its certificate is not valid for the name {name!r}{also}"
         if cause is Cause.UNTRUSTED:
-            return f"{where}: server certificate not trusted ({found.reason}): check ca.crt in its certs.d directory"
+            return f"{where}: server certificate not trusted ({found.reason}): {self.trust}"
         if cause is Cause.EXPIRED and not found.ours:
             state = "is not valid yet" if found.not_yet_valid else "has expired"
             return f"{where}: its server certificate {state} ({found.reason})"
@@ -230,7 +235,7 @@ class Transport:
         """The registry (or its TLS terminator) wants a client certificate it did not get or accept."""
         if self.client_cert is None:
             return (f"{self.registry}: the registry requires a client certificate and none is configured for it "
-                    f"(client.cert + client.key in /etc/tpmtls/certs.d/{self.registry}/, or --cert-dir; {detail})")
+                    f"(client.cert + client.key in {self.certs_where}; {detail})")
         return f"{self.registry}: the registry refused our client certificate {self.client_cert} ({detail})"
 
     def refusal(self, method: str, url: str, resp: Any, credentials: Credentials | None = None) -> str:

@@ -35,10 +35,11 @@ def key_file(key: KeyRef, *, der: bool = False) -> Iterator[str]:
 
         data = handle_pem(parse_handle(key))
     else:
+        from .._files import read_input
+        from ..tpm.keyfile import MAX_KEY_FILE
+
         path = Path(key)
-        if not path.is_file():
-            raise KeyFileError(f"{path}: no such key file")
-        data = path.read_bytes()
+        data = read_input(path, "key", MAX_KEY_FILE, KeyFileError)
         pem = b"-----BEGIN " in data
         if not is_tpm_key(data) or (pem and not der):
             yield str(path)  # a software key, or the PEM wanted: OpenSSL reads the file itself
@@ -77,8 +78,12 @@ def explain(e: Exception, cert: str | os.PathLike[str], key: KeyRef, tcti: str |
     from ..tpm import connect
 
     try:
-        public = x509.load_pem_x509_certificate(Path(cert).read_bytes()).public_key()
-    except (OSError, ValueError) as err:
+        from .._files import read_input
+
+        public = x509.load_pem_x509_certificate(read_input(cert, "certificate", error=TlsSetupError)).public_key()
+    except TlsSetupError as err:
+        return err
+    except ValueError as err:
         return TlsSetupError(f"{cert}: not a readable PEM certificate ({err})")
     try:
         tpm_key: AnyTpmKey = key if isinstance(key, (TpmKey)) else connect(tcti).load_key(key, password)  # type: ignore[assignment]

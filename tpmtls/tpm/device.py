@@ -193,10 +193,17 @@ class Tpm:
         return self.load_blob(read_key_reference(ref), password)
 
     def load_blob(self, blob: KeyBlob, password: bytes | str | None = None) -> AnyTpmKey:
-        """Load a parsed key: checks here that the TPM takes it, so errors surface early."""
+        """Load a parsed key: checks here that the TPM takes it, so errors surface early.
+
+        An empty `password` is the empty password, tried as given: a key file flagged as having
+        a password may have an empty one (tpm2_encodeobject without -p writes such files, and
+        tpm2-openssl takes the empty password for them). None means none was given."""
+        if not blob.empty_auth and password is None:
+            raise KeyAuthError(f"{blob.source}: this key has a password and none was given "
+                               f"(--password-file F; an empty one if the key was made without: tpm2_encodeobject without -p)")
         auth = _password(password)
         if not blob.empty_auth and auth is None:
-            raise KeyAuthError(f"{blob.source}: this key has a password and none was given")
+            auth = b""  # the empty password, proved like any other below
 
         def fn(ctx: TpmContext) -> TPM2B_PUBLIC:
             handle = ctx.key(blob, auth)
@@ -258,8 +265,8 @@ class Tpm:
             private=private,  # type: ignore[arg-type]
             empty_auth=auth is None,
         )
-        if out is not None:
-            write_atomic(out, blob.to_pem())  # type: ignore[arg-type]
+        if out is not None:  # a key file replaced (overwrite=True, --force) is kept as FILE.bak
+            write_atomic(out, blob.to_pem(), keep=True)  # type: ignore[arg-type]
         return make_key(self.pool, blob, public, auth)
 
 

@@ -109,15 +109,10 @@ def read_key_reference(ref: str | os.PathLike[str]) -> KeyBlob:
     """Parse a key reference: 'handle:0x81…' or the path of a key file (PEM or DER)."""
     if isinstance(ref, str) and ref.startswith("handle:"):
         return KeyBlob(source=ref, handle=parse_handle(ref))
+    from .._files import read_input
+
     path = Path(ref)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{path}: is a directory, not a key file") from None
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot read key file: {e.strerror}") from None
+    data = read_input(path, "key", MAX_KEY_FILE, KeyFileError)
     return parse_key_bytes(data, str(path))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat import asn1
@@ -231,18 +230,16 @@ def import_wrapped(tpm: Tpm, data: bytes, path: str | os.PathLike[str] | None = 
     private = tpm.pool.run(f"import wrapped key {source}", fn)
     blob = KeyBlob(source=str(out) if out is not None else "<imported key>", parent=OWNER,
                    public=w.public, private=private, empty_auth=True)
-    if out is not None:
-        write_atomic(out, blob.to_pem())
+    if out is not None:  # a key file replaced (overwrite=True, --force) is kept as FILE.bak
+        write_atomic(out, blob.to_pem(), keep=True)
     return make_key(tpm.pool, blob, w.public)
 
 
 def read_file(path: str | os.PathLike[str], what: str) -> bytes:
     """File bytes, or a KeyFileError naming the file."""
-    p = Path(path)
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"{p}: cannot read {what}: {e.strerror}") from None
+    from .._files import read_input
+
+    return read_input(path, what, error=KeyFileError)
 
 
 __all__ = ["EndorsementKey", "EK_TYPES", "WrappedKey", "import_wrapped", "parse_wrapped", "read_ek", "wrap_key"]

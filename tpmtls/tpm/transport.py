@@ -231,7 +231,10 @@ class SwtpmTcti(StreamTcti):
     def __init__(self, conf: dict[str, str], timeout: float) -> None:
         super().__init__(timeout)
         self._path = conf.get("path")
-        self._address = (conf.get("host", "localhost"), int(conf.get("port", "2321")))
+        port = conf.get("port", "2321")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise TransportUnavailable(f"swtpm TCTI: port {port[:20]!r} is not a port number (1-65535)")
+        self._address = (conf.get("host", "localhost"), int(port))
         self._locality = 0
         self._sock: socket.socket | None = None
 
