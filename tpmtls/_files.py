@@ -8,6 +8,8 @@ line (`OutputError`, a UsageError and an OSError) when they happen anyway.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -80,3 +82,83 @@ def _discard(tmp: str | None) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[bytes, int]]) -> Path:
+    """Give `directory` new contents for several files at once: a reader sees all old or all new.
+
+    Needed where two files must match (a certificate and its key): a reader between two
+    renames would pair the new certificate with the old key. When only one file changes, a
+    rename of that file is enough. Otherwise a copy of the directory with the new files is
+    made beside it and swapped in with one renameat2(RENAME_EXCHANGE) (Linux 3.15; on a file
+    system without it, the files are replaced one by one, the key-like 0600 ones last).
+    Other files in the directory, modes and owners are kept.
+    """
+    d = Path(directory)
+    changed = {name: v for name, v in files.items() if _content(d / name) != v[0]}
+    if len(changed) <= 1:
+        for name, (data, mode) in changed.items():
+            _keep_owner(d / name, write_atomic(d / name, data, mode))
+        return d
+    stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+    try:
+        st = os.stat(d)
+        for entry in d.iterdir():
+            if entry.is_file() and entry.name not in changed:
+                shutil.copy2(entry, stage / entry.name)
+                _keep_owner(entry, stage / entry.name)
+        for name, (data, mode) in changed.items():
+            _keep_owner(d / name, write_atomic(stage / name, data, mode))
+        os.chmod(stage, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0:
+            os.chown(stage, st.st_uid, st.st_gid)
+        if _exchange(stage, d):
+            return d
+        for name, (data, mode) in sorted(changed.items(), key=lambda item: item[1][1] == 0o600):
+            _keep_owner(d / name, write_atomic(d / name, data, mode))
+        return d
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"{d}: cannot write: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # after the swap, the old contents
+
+
+def _content(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _keep_owner(old: Path, new: Path) -> None:
+    """A replaced file keeps its owner and group (a group-readable key for a service user, say)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(old)
+    except FileNotFoundError:
+        return
+    os.chown(new, st.st_uid, st.st_gid)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV, errno.EBUSY):  # a mount point: one by one
+        return False
+    raise OSError(err, os.strerror(err), str(b))
