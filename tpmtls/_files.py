@@ -92,9 +92,12 @@ def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[b
     rename of that file is enough. Otherwise a copy of the directory with the new files is
     made beside it and swapped in with one renameat2(RENAME_EXCHANGE) (Linux 3.15; on a file
     system without it, the files are replaced one by one, the key-like 0600 ones last).
-    Other files in the directory, modes and owners are kept.
+    Other files in the directory, and the owners of replaced files, are kept. A directory that
+    does not exist yet appears complete (made beside it, then renamed into place).
     """
     d = Path(directory)
+    if not d.exists():
+        return _appear(d, files)
     changed = {name: v for name, v in files.items() if _content(d / name) != v[0]}
     if len(changed) <= 1:
         for name, (data, mode) in changed.items():
@@ -123,6 +126,25 @@ def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[b
         raise OutputError(f"{d}: cannot write: {e.strerror or e}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # after the swap, the old contents
+
+
+def _appear(d: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+    stage = None
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+        for name, (data, mode) in files.items():
+            write_atomic(stage / name, data, mode)
+        stage.chmod(0o755)
+        os.rename(stage, d)
+        stage = None
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"{d}: cannot write: {e.strerror or e}") from None
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+    return d
 
 
 def _content(path: Path) -> bytes | None:

@@ -3,7 +3,8 @@
 `enroll()`: AK certificate from the Attestation CA, a fresh TLS key in the TPM (or the
 same key again with `renew`), TPM2_Certify of it by the AK over SHA-256(keyAuthorization),
 the CBOR attObj as the challenge answer, finalize with a CSR the key signs, and the
-certificate chain written next to the key file (atomically, only after success).
+certificate chain written next to the key file (atomically, only after success), with its
+renewal record (renewal.py): a renewal refreshes every installed copy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .._files import check_writable, write_atomic
-from ..errors import TpmtlsError
+from ..errors import TpmtlsError, UsageError
 from ..pki.csr import build_csr
 from ..tpm import attest
 from ..tpm.device import Tpm
@@ -36,6 +37,7 @@ from ..tpm.keys import AnyTpmKey
 from .acme_attobj import encode_att_obj
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
 from .attestation import AkCredential, obtain_ak_certificate, pcr_quote
+from .renewal import RenewalRecord, record_path
 
 PERMANENT_IDENTIFIER = messages.IdentifierType("permanent-identifier")
 DEADLINE = 90.0
@@ -198,9 +200,24 @@ class Enroller:
         if not o.renew:
             write_atomic(o.key_out, key.to_pem(), 0o600)
         write_atomic(o.cert_out, chain_pem.encode(), 0o644)
-        installed = self._install(key, chain_pem) if o.install else None
+        installed = self._record_and_install()
         self.timings["total"] = time.perf_counter() - total
         return EnrollResult(key, certs[0], o.key_out, o.cert_out, identifier, installed, self.timings)
+
+    def _record_and_install(self) -> Path | None:
+        """The renewal record beside the certificate (how to renew it, where it is installed), `--install`
+        into tpmtls's certs.d, and every earlier copy brought up to date: none is left to expire."""
+        o = self.o
+        record = RenewalRecord.for_files(o.cert_out, o.key_out)
+        record.source = {"kind": "acme", "directory": o.directory_url, "identifier": o.identifier, "ek": o.ek,
+                         "cafile": str(Path(o.cafile).absolute()) if o.cafile else None,
+                         "attestation_ca": o.attestation_ca}
+        record.save()
+        installed = None
+        if o.install:
+            installed = record.install("certs.d", self._certs_d(o.install))
+        record.refresh()
+        return installed
 
     def _acme(self, cred: AkCredential, key: AnyTpmKey, identifier: str) -> str:
         url = self.o.directory_url
@@ -250,26 +267,22 @@ class Enroller:
         if not same:
             raise EnrollError(f"{path} is not the certificate of {self.o.key_out}; renew each key with its own")
 
-    def _install(self, key: AnyTpmKey, chain_pem: str) -> Path:
-        """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
-        client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
-        client.key it cannot parse (docs/formats.md, "certs.d")."""
+    def _certs_d(self, host: str) -> Path:
+        """tpmtls's certs.d directory for HOST[:PORT] (Docker's file names: client.key, the TPM key file, and
+        client.cert). Not Docker's own certs.d: stock dockerd fails every pull from a host whose client.key it
+        cannot parse (docs/formats.md, "certs.d")."""
         from ..pki.install import DEFAULT_ROOT, check_hostport
 
         root = self.o.certs_root or Path(os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
-        host = self.o.install or ""
         try:
             check_hostport(host)
         except TpmtlsError:
             raise EnrollError(f"--install {host!r}: give a registry as HOST or HOST:PORT") from None
-        d = root / host
         try:
-            d.mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise EnrollError(f"{d}: cannot create certs.d directory: {e.strerror}") from None
-        write_atomic(d / "client.key", key.to_pem(), 0o600)
-        write_atomic(d / "client.cert", chain_pem.encode(), 0o644)
-        return d
+            raise EnrollError(f"{root}: cannot create certs.d directory: {e.strerror}") from None
+        return root / host
 
 
 def enroll(tpm: Tpm, options: EnrollOptions) -> EnrollResult:
@@ -277,4 +290,21 @@ def enroll(tpm: Tpm, options: EnrollOptions) -> EnrollResult:
     return Enroller(tpm, options).run()
 
 
-__all__ = ["DeviceAttest01", "DeviceAttest01Response", "EnrollOptions", "EnrollResult", "Enroller", "enroll"]
+def renew(cert: str | os.PathLike[str], tpm: Tpm) -> x509.Certificate:
+    """Renew an ACME-enrolled certificate as its record says: the same key re-attested (the server checks
+    the TPM and its PCRs again, and may refuse), the certificate and every copy replaced."""
+    record = RenewalRecord.load(cert)
+    if record is None:
+        raise UsageError(f"{cert}: no renewal record ({record_path(Path(cert)).name}) beside it: renew with "
+                         f"tpmtls enroll --acme URL --renew --key-out KEY --cert-out {cert}")
+    src = record.source
+    if src.get("kind") != "acme":
+        raise UsageError(f"{cert}: installed by tpmtls, not enrolled by it: renew it where it came from, then install "
+                         "it again ('tpmtls certs install')")
+    options = EnrollOptions(directory_url=src["directory"], identifier=src.get("identifier") or "ek",
+                            cafile=src.get("cafile"), attestation_ca=src.get("attestation_ca"), key_out=record.key,
+                            cert_out=record.cert, renew=True, ek=src.get("ek") or "rsa")
+    return enroll(tpm, options).certificate
+
+
+__all__ = ["DeviceAttest01", "DeviceAttest01Response", "EnrollOptions", "EnrollResult", "Enroller", "enroll", "renew"]
