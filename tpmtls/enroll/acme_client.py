@@ -271,9 +271,9 @@ class Enroller:
         """tpmtls's certs.d directory for HOST[:PORT] (Docker's file names: client.key, the TPM key file, and
         client.cert). Not Docker's own certs.d: stock dockerd fails every pull from a host whose client.key it
         cannot parse (docs/formats.md, "certs.d")."""
-        from ..pki.install import DEFAULT_ROOT, check_hostport
+        from ..docker.files import check_hostport, tpmtls_root
 
-        root = self.o.certs_root or Path(os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
+        root = tpmtls_root(self.o.certs_root)
         try:
             check_hostport(host)
         except TpmtlsError:

@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._files import write_atomic
 from ..errors import UsageError
+from ..tpm.keyfile import is_tpm_key
 from .csr import parse_san
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class FileCA:
             key_pem = (d / "ca.key").read_bytes()
             cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
             key: object
-            if b"-----BEGIN TSS2 PRIVATE KEY-----" in key_pem or b"-----BEGIN TPMTLS KEY HANDLE-----" in key_pem:
+            if is_tpm_key(key_pem):
                 from ..tpm import connect
 
                 key = connect(tcti).load_key(d / "ca.key")
