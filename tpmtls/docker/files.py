@@ -17,14 +17,12 @@ Whether a key file holds a TPM key is `tpm.keyfile.is_tpm_key`'s call, one rule 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .._files import read_input, write_atomic
+from .._files import read_input, replace_together
 from ..errors import RegistryError, UsageError
 from ..tpm.keyfile import is_tpm_key_file
 
@@ -111,30 +109,18 @@ def lookup(hostport: str, ours: Path | None = None, docker: Path | None = None) 
 
 def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
                    root: str | os.PathLike[str] | None = None) -> Path:
-    """Write {name: (data, mode)} into tpmtls's `<root>/<hostport>/`: a new directory appears
-    whole (staged, then renamed); in an existing one each file is replaced atomically."""
+    """Write {name: (data, mode)} into tpmtls's `<root>/<hostport>/`, all at once: a new directory
+    appears whole, and in an existing one a reader never pairs a new certificate with an old key
+    (`_files.replace_together`)."""
     base = tpmtls_root(root)
     target = base / check_hostport(hostport)
     try:
         base.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            stage = Path(tempfile.mkdtemp(prefix=f".{hostport}.", dir=base))
-            try:
-                for name, (data, mode) in files.items():
-                    write_atomic(stage / name, data, mode)
-                stage.chmod(0o755)
-                os.rename(stage, target)  # the directory appears complete or not at all
-            except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
-        else:
-            if not target.is_dir():
-                raise UsageError(f"{target}: exists and is not a directory")
-            for name, (data, mode) in files.items():
-                write_atomic(target / name, data, mode)
     except OSError as e:
-        raise UsageError(f"{target}: cannot write: {e.strerror or e}") from None
-    return target
+        raise UsageError(f"{base}: cannot create: {e.strerror or e}") from None
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target}: exists and is not a directory")
+    return replace_together(target, dict(files))
 
 
 def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike[str] | None = None,
@@ -197,10 +183,12 @@ class CertPath:
         return self
 
     def lay_out(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> "CertPath":
-        """Copy the CA, the client certificate and the key file in under Docker's names (key.pem 0600)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for src, dst, mode in ((ca, self.ca, 0o644), (cert, self.cert, 0o644), (key, self.key, 0o600)):
-            write_atomic(dst, Path(src).read_bytes(), mode)
+        """Copy the CA, the client certificate and the key file in under Docker's names (key.pem 0600), all at
+        once (`_files.replace_together`)."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        replace_together(self.directory, {
+            CA_PEM: (read_input(ca, "CA certificate"), 0o644), CERT_PEM: (read_input(cert, "certificate"), 0o644),
+            KEY_PEM: (read_input(key, "key"), 0o600)})
         return self
 
 
