@@ -215,8 +215,10 @@ class PairingAgent:
     """One pairing: serve until a valid certificate is POSTed, store it, return.
 
     Connections are handled concurrently, up to `max_connections` at once, each with its own
-    deadline, so idle or trickling peers cannot keep a legitimate client from its handshake;
-    only the enrollment itself (check and store) is one at a time.
+    deadline, so idle or trickling peers cannot keep a legitimate client from its handshake.
+    Only what follows the handshake of a client of --ca is one at a time, and no connection is
+    accepted while it runs: those made meanwhile wait in the backlog, and once the daemon is
+    enrolled they are dockerd's.
     """
 
     ca_path: Path
@@ -239,6 +241,7 @@ class PairingAgent:
         self._sni: dict[int, str] = {}  # per handshake in progress, by id of its SSL socket
         self._sni_lock = threading.Lock()
         self._enroll_lock = threading.Lock()  # one enrollment at a time: check, store, answer
+        self._session = threading.Lock()  # held by an authenticated client's request, and by each accept
         self._answered = threading.Event()  # the enrolling client has its 201: time to hand over
 
     def _remember_sni(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
@@ -260,9 +263,15 @@ class PairingAgent:
                     continue  # every slot busy: new connections wait in the backlog, each slot ends by its deadline
                 try:
                     ready, _, _ = select.select([sock], [], [], _POLL)
-                    if not ready:
-                        raise BlockingIOError
-                    conn, addr = sock.accept()
+                    if not ready or not self._session.acquire(timeout=_POLL):
+                        raise BlockingIOError  # nothing, or a client is enrolling: new ones wait in the backlog
+                    try:
+                        if self.enrolled:
+                            slots.release()
+                            break  # what is still in the backlog is dockerd's
+                        conn, addr = sock.accept()
+                    finally:
+                        self._session.release()
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     slots.release()
                     continue
@@ -310,8 +319,14 @@ class PairingAgent:
                 with self._sni_lock:
                     sni = self._sni.pop(id(tls), None)
             names = [str(n.value) for n in parse_san(self.sans)] if self.sans else [sni or tls.getsockname()[0]]
-            handler = _Handler(tls, (addr[0], addr[1]), self, names)
-            return handler.enrolled
+            # An authenticated client (its certificate is from --ca) has the agent to itself: no new connection
+            # is accepted meanwhile, so those made while it enrolls wait in the backlog and are dockerd's.
+            if not self._session.acquire(timeout=_CONN_DEADLINE):
+                return False
+            try:
+                return _Handler(tls, (addr[0], addr[1]), self, names).enrolled
+            finally:
+                self._session.release()
         except (ssl.SSLError, OSError) as e:
             self.say(f"{peer}: connection failed ({e})")
             return False
