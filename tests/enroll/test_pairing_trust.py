@@ -173,3 +173,20 @@ def test_the_agent_stores_the_certificate_it_checked(agent_world, test_tpm):
     stored = (state / "server.crt").read_bytes()
     assert stored == x509.load_pem_x509_certificate(good).public_bytes(PEM)
     assert b"junk" not in stored and stored.count(b"BEGIN") == 1
+
+
+def test_the_store_renews_its_client_certificate(agent_world, test_tpm):
+    """The store's CA signs a new certificate for the same TPM key; every server directory's copy follows."""
+    store, _state, port, agent = agent_world
+    ensure_server_enrolled(store, f"127.0.0.1:{port}", expect_fingerprint=agent.fingerprint(), tcti=test_tpm.tcti)
+    copy = store.root / "servers" / f"127.0.0.1:{port}" / "cert.pem"
+    first = x509.load_pem_x509_certificate(store.client_cert.read_bytes())
+    out = tpmtls_cli("enroll", "--renew", "--store", str(store.root), "--if-due", env=test_tpm.env).stdout
+    assert out.startswith(f"{store.client_cert}: not due; renewal at ")
+    out = tpmtls_cli("enroll", "--renew", "--store", str(store.root), env=test_tpm.env).stdout
+    assert out.startswith(f"renewed {store.client_cert}: valid until ")
+    second = x509.load_pem_x509_certificate(store.client_cert.read_bytes())
+    assert second.serial_number != first.serial_number and second.public_key() == first.public_key()
+    assert copy.read_bytes() == store.client_cert.read_bytes()
+    proc = tpmtls_cli("enroll", "127.0.0.1:1", "--store", str(store.root), "--renew", env=test_tpm.env, check=False)
+    assert "takes no HOST" in one_line(proc)
