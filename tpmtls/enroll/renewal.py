@@ -268,7 +268,7 @@ class RenewalDaemon:
                 self.failures += 1
                 wait = self.timing.backoff(self.failures, current, self.clock(), self.rng)
                 due = self.clock() + wait
-                self.log(f"{self.cert}: renewal failed ({e}); trying again in {wait:.0f} s")
+                self.log(f"{self.cert}: renewal failed ({e}); trying again in {wait:.1f} s")
                 continue
             self.failures = 0
             self.renewed += 1
