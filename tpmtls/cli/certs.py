@@ -75,16 +75,20 @@ def run_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remember(cert: str, key: str, kind: str, directory: Path) -> None:
-    """Note the copy in the certificate's renewal record, so renewing it refreshes this copy too."""
+def _remember(cert: str, key: str, kind: str, directory: Path, prefix: str = "") -> None:
+    """Note the copy in the certificate's renewal record, so renewing it refreshes this copy too
+    (`prefix` "# " where the output is shell lines)."""
     from ..enroll.renewal import RenewalRecord
 
     if not Path(key).is_file():
         return  # a persistent handle: the copy names the key, nothing to refresh
     try:
-        RenewalRecord.for_files(cert, key).install(kind, directory)
+        record = RenewalRecord.for_files(cert, key)
+        record.install(kind, directory)
     except (UsageError, OSError) as e:
         print(f"tpmtls: warning: {directory} will not be refreshed when {cert} is renewed: {e}", file=sys.stderr)
+        return
+    say(f"{prefix}renewing {cert} refreshes this copy ({record.path.absolute()})")
 
 
 def _out_dir(path: str) -> Path:
@@ -127,7 +131,7 @@ def run_env(args: argparse.Namespace) -> int:
                 raise UsageError(f"{f}: no such file")
         check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
         paths.lay_out(args.ca, args.cert, args.key)
-        _remember(args.cert, args.key, "cert-path", directory)
+        _remember(args.cert, args.key, "cert-path", directory, prefix="# ")
     else:
         paths.check_files()
         check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,
