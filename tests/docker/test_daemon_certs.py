@@ -89,7 +89,8 @@ def test_certs_env_lays_out_the_cert_path_and_prints_docker_variables(dpki):
                       str(dpki.tpm_cert), "--key", str(dpki.tpm_key), "--ca", str(dpki.ca), env=dpki.env)
     assert proc.stdout.splitlines() == ["export DOCKER_HOST=tcp://127.0.0.1:2376", "export DOCKER_TLS_VERIFY=1",
                                         f"export DOCKER_CERT_PATH={dpki.tpm_dir.resolve()}"]
-    assert sorted(p.name for p in dpki.tpm_dir.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    assert sorted(p.name for p in dpki.tpm_dir.iterdir()) == [".tpmtls-renewal", "ca.pem", "cert.pem", "key.pem"]
+    assert proc.stderr.startswith(f"tpmtls: note: renewing {dpki.tpm_cert} refreshes this copy")
     assert (dpki.tpm_dir / "key.pem").read_bytes() == dpki.tpm_key.read_bytes()
     assert (dpki.tpm_dir / "key.pem").stat().st_mode & 0o777 == 0o600
     again = tpmtls_cli("certs", "env", "127.0.0.1:2376", "--cert-path", str(dpki.tpm_dir), env=dpki.env)

@@ -75,9 +75,9 @@ def run_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remember(cert: str, key: str, kind: str, directory: Path, prefix: str = "") -> None:
-    """Note the copy in the certificate's renewal record, so renewing it refreshes this copy too
-    (`prefix` "# " where the output is shell lines)."""
+def _remember(cert: str, key: str, kind: str, directory: Path, *, quiet_stdout: bool = False) -> None:
+    """Note the copy in the certificate's renewal record, so renewing it refreshes this copy too (said on
+    stderr where stdout is shell lines to evaluate)."""
     from ..enroll.renewal import RenewalRecord
 
     if not Path(key).is_file():
@@ -88,7 +88,11 @@ def _remember(cert: str, key: str, kind: str, directory: Path, prefix: str = "")
     except (UsageError, OSError) as e:
         print(f"tpmtls: warning: {directory} will not be refreshed when {cert} is renewed: {e}", file=sys.stderr)
         return
-    say(f"{prefix}renewing {cert} refreshes this copy ({record.path.absolute()})")
+    note = f"renewing {cert} refreshes this copy ({record.path.absolute()})"
+    if quiet_stdout:
+        print(f"tpmtls: note: {note}", file=sys.stderr)
+    else:
+        say(note)
 
 
 def _out_dir(path: str) -> Path:
@@ -131,7 +135,7 @@ def run_env(args: argparse.Namespace) -> int:
                 raise UsageError(f"{f}: no such file")
         check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
         paths.lay_out(args.ca, args.cert, args.key)
-        _remember(args.cert, args.key, "cert-path", directory, prefix="# ")
+        _remember(args.cert, args.key, "cert-path", directory, quiet_stdout=True)
     else:
         paths.check_files()
         check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,

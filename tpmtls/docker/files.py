@@ -117,7 +117,7 @@ def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"{base}: cannot create: {e.strerror or e}") from None
+        raise UsageError(f"{base}: cannot write: {e.strerror or e}") from None
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target}: exists and is not a directory")
     return replace_together(target, dict(files))
