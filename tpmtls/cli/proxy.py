@@ -26,8 +26,8 @@ _log = service_log("proxy")
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import TpmtlsError
-    from ..registry.client import parse_resolve
     from ..registry.proxy import RegistryProxy
+    from ..registry.transport import parse_resolve
 
     proxy = RegistryProxy(args.upstream, args.listen, cert_dir=args.cert_dir, certs_root=args.certs_root,
                           resolve=parse_resolve(args.resolve), tcti=args.tcti, log=_log)

@@ -3,8 +3,8 @@
 DIR holds `ca.crt` and `ca.key`: a software ECDSA P-256 key (mode 0600), or with
 `tpm=` a P-256 key created inside the registry owner's TPM (`ca.key` is then a TSS2 key
 file: the CA key cannot be copied off that machine, and it signs through the pool).
-Certificates it issues are kept in `issued/<serial>.pem`; revocations and CRLs are
-`pki/revocation.py`'s and `pki/crl.py`'s (`revoke`, `crl` here).
+Certificates it issues are kept in `issued/<serial>.pem`; revocations are recorded by
+`pki/revocation.py` (`revoke` here), CRLs signed by `pki/crl.py`.
 Fleets plug in an external CA instead (docs/enrollment.md, "Fleets: point the same client at step-ca").
 """
 
@@ -158,12 +158,6 @@ class FileCA:
         return RevocationList(self.directory).add(
             canonical, reason_name(reason), subject=cert.subject.rfc4514_string() if cert is not None else "",
             not_after=cert.not_valid_after_utc if cert is not None else None)
-
-    def crl(self, lifetime: datetime.timedelta) -> x509.CertificateRevocationList:
-        """A CRL of every revocation, signed now, its nextUpdate `lifetime` ahead."""
-        from .crl import build_crl
-
-        return build_crl(self, lifetime)
 
     def issue_for(self, public_key: Any, subject: x509.Name, *, lifetime: datetime.timedelta, server: bool = False,
                   sans: Sequence[str] = ()) -> x509.Certificate:
