@@ -144,6 +144,7 @@ def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[b
 def _appear(d: Path, files: dict[str, tuple[bytes, int]]) -> Path:
     stage = None
     try:
+        d.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
         for name, (data, mode) in files.items():
             write_atomic(stage / name, data, mode)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from ..errors import EnrollmentError, HandshakeError
 from ..tls.diagnosis import Cause, certificate_dates, diagnose
 from .pairing_agent import ENROLL_PATH
+from .renewal import renewal_command
 from .store import CertificateStore, StoreLike, as_store, key_fingerprint, normalize_fingerprint, split_host
 
 _TIMEOUT = 30.0
@@ -163,9 +164,9 @@ def _tls_failure(where: str, e: OSError, client_cert: Path | None, *, handshake_
     refused = found.refused or (found.cause is Cause.CLOSED and handshake_done)
     dates = (found.dates or (certificate_dates(client_cert) if client_cert else None)) if refused else None
     if dates or (found.cause is Cause.EXPIRED and found.ours):
+        renew = f"; renew it: {renewal_command(client_cert)}" if client_cert else ""
         return HandshakeError(f"{where}: the agent refused our client certificate as expired or not yet valid "
-                              f"({dates or found.reason}); remove the store's client.crt to have a new key and "
-                              "certificate made")
+                              f"({dates or found.reason}){renew}")
     if refused:
         return HandshakeError(f"{where}: the agent refused our client certificate (is its --ca the CA in the "
                               f"store, ca/ca.crt?): {found.reason}")

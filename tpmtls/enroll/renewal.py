@@ -177,9 +177,10 @@ def renewal_command(cert_file: str | os.PathLike[str]) -> str:
     if record is not None:
         return record.command()
     path = Path(cert_file).absolute()
-    store = path.parent.parent.parent  # a pairing store's servers/HOST:PORT/cert.pem
-    if path.parent.parent.name == "servers" and (store / "client.crt").is_file():
-        return f"tpmtls enroll --renew --store {store}"
+    for store in (path.parent, path.parent.parent.parent):  # a pairing store's client.crt, servers/HOST:PORT/cert.pem
+        if (store / "client.crt").is_file() and (store / "ca" / "ca.crt").is_file() and \
+                (path == store / "client.crt" or path.parent.parent == store / "servers"):
+            return f"tpmtls enroll --renew --store {store}"
     return "tpmtls enroll --renew (with the options it was enrolled with)"
 
 

@@ -114,7 +114,8 @@ class RegistryProxy:
                  certs_root: str | Path | None = None, resolve: dict[str, str] | None = None,
                  tcti: str | None = None, log: Callable[[str], None] | None = None) -> None:
         from ..docker.files import lookup, read_cert_dir
-        from .certs import ssl_context_for
+        from ..tls.renewed import Renewable
+        from .certs import check_own_certificate, ssl_context_for
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
@@ -127,16 +128,29 @@ class RegistryProxy:
             raise UsageError(f"{where}: no client certificate (client.cert + client.key); "
                              f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
-        self.context = ssl_context_for(certs, tcti)
-        self.transport = Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
-                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert))
+        check_own_certificate(self.client_cert, self.upstream)  # before the registry is blamed for refusing it
         self.log = log or (lambda line: None)
+
+        def connect() -> Transport:
+            self.context = ssl_context_for(certs, tcti)
+            return Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
+                             read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert))
+
+        def renewed(old: Transport) -> None:  # requests under way finish on the old one
+            self.log(f"{self.client_cert} changed on disk (renewed): new upstream connections use it")
+
+        self._upstream = Renewable(certs.client, connect, renewed)
         self.counters = ProxyCounters()
         self._realms: set[str] = set()  # token-server host:port the upstream named in a challenge
         self._lock = threading.Lock()
         self._server: _Server | None = None
 
     # ---- upstream ------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> Transport:
+        """The upstream transport, over the client certificate as it is on disk now."""
+        return self._upstream.get()
 
     def allow_realm(self, hostport: str) -> None:
         with self._lock:
