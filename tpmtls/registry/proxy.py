@@ -303,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
             line = str(e)
             proxy.counters.add(failures=1)
             self.close_connection = True
-            status, down = self._send_json(502, _errors("UNAVAILABLE", f"tpmtls proxy: {line}"))
+            status, down = self._send_json(502, _errors("UNAVAILABLE", f"tpmtls proxy: {line}"), f"tpmtls proxy: {line}")
             return status, counted.n, down, f"upstream failed: {line}"
         try:
             return self._respond(proxy, resp, client_host, counted.n)
@@ -373,9 +373,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, down = self._send_json(status, _errors(code, message))
         return status, 0, down, note
 
-    def _send_json(self, status: int, payload: dict[str, Any]) -> tuple[int, int]:
+    def _send_json(self, status: int, payload: dict[str, Any], reason: str | None = None) -> tuple[int, int]:
         body = json.dumps(payload, indent=1).encode() + b"\n"
-        self.send_response_only(status)
+        self.send_response_only(status, _reason_phrase(reason) if reason else None)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
@@ -422,6 +422,14 @@ def _dechunk(rfile: Any) -> Iterator[bytes]:
             return
         yield from _exactly(rfile, size)
         rfile.readline(8)  # the CRLF after the chunk
+
+
+def _reason_phrase(text: str) -> str:
+    """`text` as a reason phrase (RFC 9112 4: visible ASCII, one line, here <= 400 characters). Go clients
+    (containerd, dockerd) print a 5xx's reason phrase, never its body (docs/oci-clients.md, "When the registry
+    refuses the key")."""
+    printable = re.sub(r"[^\x20-\x7e]", "?", text.encode("ascii", "backslashreplace").decode())
+    return printable if len(printable) <= 400 else printable[:399] + "~"
 
 
 def _errors(code: str, message: str) -> dict[str, Any]:
