@@ -4,16 +4,18 @@ back in) while another client of the same CA keeps working."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import ssl
-import time
 
 import pytest
 
 import tpmtls
 from support.commands import require
-from support.daemon import DaemonPki, Nginx, start_daemon, tls_refused_by, tpmtls_cli
+from support.daemon import DaemonPki, start_daemon, tls_refused_by, tpmtls_cli
+from support.nginx import Nginx
+from support.wait import wait_until
 from tpmtls.testing import free_port
 
 
@@ -47,25 +49,24 @@ def _reload(nginx: Nginx) -> None:
     """SIGHUP, then wait (bounded) until the new worker runs and the old one stopped taking connections."""
     log = nginx.workdir / "error.log"
     started = log.read_text().count("start worker process")
-    assert nginx.proc is not None
-    nginx.proc.send_signal(signal.SIGHUP)
-    for _ in range(400):  # 20 s at most
+    assert nginx.pid is not None
+    os.kill(nginx.pid, signal.SIGHUP)
+
+    def reloaded() -> bool:
         text = log.read_text()
-        if text.count("start worker process") > started and "gracefully shutting down" in text.split("reconfiguring")[-1]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"nginx did not reload: {log.read_text()[-1000:]}")
+        return text.count("start worker process") > started and "gracefully shutting down" in text.split("reconfiguring")[-1]
+
+    wait_until(reloaded, 20, "nginx reloading its configuration (SIGHUP)")
 
 
 def test_a_revoked_client_is_refused_while_another_passes(test_tpm, tmp_path):
     require("dockerd", "docker", "nginx", "openssl")
-    dpki = DaemonPki(tmp_path / "pki", test_tpm.env).with_tpm_cert_path()
+    dpki = DaemonPki(tmp_path / "pki", test_tpm.env)  # its own: the test revokes its TPM client
     _, _, other_path = _second_tpm_client(dpki)
     crl = tmp_path / "ca.crl"
     tpmtls_cli("ca", "crl", str(dpki.ca_dir), "--out", str(crl), env=dpki.env)
     (tmp_path / "d").mkdir()
-    daemon, _tls_port = start_daemon(tmp_path / "d", dpki)
-    with daemon:
+    with start_daemon(tmp_path / "d", dpki).dockerd as daemon:
         port = free_port()
         conf = tmp_path / "nginx.conf"
         tpmtls_cli("certs", "nginx-front", "--cert", str(dpki.server_cert), "--key", str(dpki.server_key),

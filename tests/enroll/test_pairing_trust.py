@@ -13,7 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from support.daemon import one_line, tpmtls_cli
+from support.commands import one_line
+from support.daemon import tpmtls_cli
 from support.pairing import AgentProcess, Impostor, make_cert
 from tpmtls.enroll.pairing_client import EnrollmentError, connect_pinned, ensure_server_enrolled, pairing_context
 from tpmtls.enroll.store import CertificateStore

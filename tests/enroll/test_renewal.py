@@ -26,6 +26,7 @@ from support.attest import EkCa, ek_machine
 from support.commands import Cli, require
 from support.enroll_server import ServerProcess
 from support.registry import env_for, run_cli
+from support.wait import wait_until
 from tpmtls.enroll.renewal import RenewalTiming
 
 LIFE_HOURS = "0.02"
@@ -140,17 +141,12 @@ def test_daemon_renews_at_two_thirds_without_a_dropped_push(world, registry, pki
     pusher = threading.Thread(target=keep_pushing, daemon=True)
     pusher.start()
     try:
-        for _ in range(1200):  # 120 s at most
-            if "renewed" in log.read_text() or daemon.poll() is not None:
-                break
-            time.sleep(0.1)
+        wait_until(lambda: "renewed" in log.read_text() or daemon.poll() is not None, 120, "the daemon renewing")
         assert "renewed" in log.read_text(), log.read_text()
         _wait_until(first.not_valid_after_utc.timestamp() + 1, "the first certificate's expiry")
         pushed = len(results)
-        for _ in range(600):  # a push that started after the old certificate expired
-            if len(results) > pushed + 1:
-                break
-            time.sleep(0.1)
+        # a push that started after the old certificate expired
+        wait_until(lambda: len(results) > pushed + 1, 60, "a push after the first certificate expired")
     finally:
         stop.set()
         pusher.join(120)

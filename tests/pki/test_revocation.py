@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from support.commands import openssl
+from support.wait import wait_until
 
 PEM = serialization.Encoding.PEM
 
@@ -101,16 +101,9 @@ def test_crl_daemon_resigns_after_a_revocation(cli, tmp_path):
                 return 0
             return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
-        for _ in range(600):  # bounded: 60 s
-            if crl_number() == 1:
-                break
-            time.sleep(0.1)
-        assert crl_number() == 1
+        wait_until(lambda: crl_number() == 1, 60, "the CRL daemon's first CRL")
         cli("ca", "revoke", "ca", "--cert", "bad.crt")
-        for _ in range(600):
-            if crl_number() == 2:
-                break
-            time.sleep(0.1)
+        wait_until(lambda: crl_number() == 2, 60, "the CRL daemon re-signing after the revocation")
         crl = x509.load_pem_x509_crl((tmp_path / "ca.crl").read_bytes())
         assert crl.get_revoked_certificate_by_serial_number(bad.serial_number) is not None
     finally:

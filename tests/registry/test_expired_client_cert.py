@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from support.commands import one_line
 from support.proxy import RegistryProxyProcess
-from support.registry import env_for, one_line_failure, run_cli
+from support.registry import env_for, run_cli
 from tpmtls.enroll.renewal import RenewalRecord
 
 PEM = serialization.Encoding.PEM
@@ -66,10 +67,10 @@ def test_push_and_pull_say_expired_and_how_to_renew(registry, expired, small_ima
     copy = expired["install"](host) / "client.cert"
     env = env_for(test_tpm, tmp_path, TPMTLS_CERTS_D=str(expired["certs_d"]))
     renew = f"renew it: tpmtls enroll --renew --cert-out {expired['cert']}"
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/late:1", env=env))
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"{host}/late:1", env=env))
     assert line.startswith(f"tpmtls-push: {host}: our client certificate {copy} expired on "), line
     assert line.endswith(renew), line
-    line = one_line_failure(run_cli("pull", f"{host}/late:1", f"oci:{tmp_path / 'out'}", env=env))
+    line = one_line(run_cli("pull", f"{host}/late:1", f"oci:{tmp_path / 'out'}", env=env))
     assert line.startswith(f"tpmtls-pull: {host}: our client certificate {copy} expired on ") and line.endswith(renew)
 
 
@@ -112,7 +113,7 @@ def test_a_copy_without_a_record_still_says_expired(registry, pki, tpm, small_im
                  ends=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1))
     shutil.copy(pki.ca_file, d / "ca.crt")
     env = env_for(test_tpm, tmp_path, TPMTLS_CERTS_D=str(tmp_path / "certs.d"))
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/late:1", env=env))
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"{host}/late:1", env=env))
     assert "expired on" in line and line.endswith("renew it: tpmtls enroll --renew (with the options it was enrolled "
                                                   "with)"), line
 
