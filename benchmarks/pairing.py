@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                     waiting: list[socket.socket] = []
                     t0 = time.monotonic()
                     done = ensure_server_enrolled(
-                        store, f"127.0.0.1:{port}", tcti=tpm.tcti,
+                        store, f"127.0.0.1:{port}", trust_on_first_use=True, tcti=tpm.tcti,
                         on_first_use=lambda _fp, w=waiting, p=port: w.append(
                             socket.create_connection(("127.0.0.1", p), 60)))
                     t1 = time.monotonic()

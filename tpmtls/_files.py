@@ -113,17 +113,21 @@ def backup(path: str | os.PathLike[str]) -> Path | None:
     p = Path(path)
     if not p.is_file():
         return None
-    for n in range(1000):
-        bak = p.with_name(p.name + (".bak" if n == 0 else f".bak.{n}"))
-        if not bak.exists() and not bak.is_symlink():
-            break
-    else:
-        raise OutputError(f"{p}: 1000 backups already beside it; remove old ones first")
+    bak = _backup_path(p)
     try:
         write_atomic(bak, p.read_bytes(), stat.S_IMODE(p.stat().st_mode) & 0o600 or 0o600)
     except OSError as e:
         raise OutputError(f"{p}: cannot keep a backup ({bak.name}): {e.strerror or e}") from None
     return bak
+
+
+def _backup_path(p: Path) -> Path:
+    """The first of PATH.bak, PATH.bak.1, .2 … that is free."""
+    for n in range(1000):
+        bak = p.with_name(p.name + (".bak" if n == 0 else f".bak.{n}"))
+        if not bak.exists() and not bak.is_symlink():
+            return bak
+    raise OutputError(f"{p}: 1000 backups already beside it; remove old ones first")
 
 
 def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[bytes, int]], *, overwrite: bool = False,
@@ -132,8 +136,9 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[byt
 
     A new directory (and any missing parent) appears whole: staged beside it, then renamed. In an
     existing one, files already there are refused unless `overwrite` (those named in `keep` are
-    copied to NAME.bak first), and every file is written beside its target before any is renamed
-    into place: a full or read-only disk leaves the directory as it was."""
+    kept as NAME.bak), and the new files (and backups) replace the old ones together
+    (`replace_together`): a reader never pairs a new certificate with an old key, and a full or
+    read-only disk leaves the directory as it was."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise UsageError(f"{_shown(d)}: exists and is not a directory")
@@ -161,31 +166,12 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[byt
         listed = ", ".join(there)
         raise UsageError(f"{_shown(d)}: already holds {listed}; remove {'it' if len(there) == 1 else 'them'}, "
                          "or allow replacing (--force; key files are kept as .bak)")
-    staged: list[tuple[str, Path]] = []
-    try:
-        for name, (data, mode) in files.items():
-            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=d)
-            staged.append((name, Path(temp)))
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for name in keep:
-            if name in files:
-                backup(d / name)
-        for name, staged_file in staged:
-            os.replace(staged_file, d / name)
-    except OSError as e:
-        for _, staged_file in staged:
-            _discard(str(staged_file))
-        if isinstance(e, OutputError):
-            raise
-        raise OutputError(f"{_shown(d)}: cannot write: {e.strerror or e}") from None
-    except BaseException:
-        for _, staged_file in staged:
-            _discard(str(staged_file))
-        raise
+    new = dict(files)
+    for name in keep:  # the replaced key's copy goes in with the new files, in the same swap
+        old = d / name
+        if name in files and old.is_file():
+            new[_backup_path(old).name] = (old.read_bytes(), 0o600)
+    replace_together(d, new)
     return d
 
 
@@ -281,3 +267,106 @@ def _discard(tmp: str | None) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[bytes, int]]) -> Path:
+    """Give `directory` new contents for several files at once: a reader sees all old or all new.
+
+    Needed where two files must match (a certificate and its key): a reader between two
+    renames would pair the new certificate with the old key. When only one file changes, a
+    rename of that file is enough. Otherwise a copy of the directory with the new files is
+    made beside it and swapped in with one renameat2(RENAME_EXCHANGE) (Linux 3.15; on a file
+    system without it, the files are replaced one by one, the key-like 0600 ones last).
+    Other files in the directory, and the owners of replaced files, are kept. A directory that
+    does not exist yet appears complete (made beside it, then renamed into place).
+    """
+    d = Path(directory)
+    if not d.exists():
+        return _appear(d, files)
+    changed = {name: v for name, v in files.items() if _content(d / name) != v[0]}
+    if len(changed) <= 1:
+        for name, (data, mode) in changed.items():
+            _keep_owner(d / name, write_atomic(d / name, data, mode))
+        return d
+    stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+    try:
+        st = os.stat(d)
+        for entry in d.iterdir():
+            if entry.is_file() and entry.name not in changed:
+                shutil.copy2(entry, stage / entry.name)
+                _keep_owner(entry, stage / entry.name)
+        for name, (data, mode) in changed.items():
+            _keep_owner(d / name, write_atomic(stage / name, data, mode))
+        os.chmod(stage, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0:
+            os.chown(stage, st.st_uid, st.st_gid)
+        if _exchange(stage, d):
+            return d
+        for name, (data, mode) in sorted(changed.items(), key=lambda item: item[1][1] == 0o600):
+            _keep_owner(d / name, write_atomic(d / name, data, mode))
+        return d
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"{d}: cannot write: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # after the swap, the old contents
+
+
+def _appear(d: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+    stage = None
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+        for name, (data, mode) in files.items():
+            write_atomic(stage / name, data, mode)
+        stage.chmod(0o755)
+        os.rename(stage, d)
+        stage = None
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"{d}: cannot write: {e.strerror or e}") from None
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+    return d
+
+
+def _content(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _keep_owner(old: Path, new: Path) -> None:
+    """A replaced file keeps its owner and group (a group-readable key for a service user, say)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(old)
+    except FileNotFoundError:
+        return
+    os.chown(new, st.st_uid, st.st_gid)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV, errno.EBUSY):  # a mount point: one by one
+        return False
+    raise OSError(err, os.strerror(err), str(b))

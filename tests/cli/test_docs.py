@@ -282,6 +282,21 @@ def _unit_command(unit: str, instance: str) -> list[str]:
     return line.split()
 
 
+def test_the_lifecycle_units_run_valid_commands():
+    """The renewal and CRL timers' services (docs/renewal.md, docs/revocation.md); %f is the instance as a path."""
+    from tpmtls.cli import build_parser
+
+    argv = [a.replace("%f", "/etc/tpmtls/client.cert") for a in _unit_command("tpmtls-renew@.service", "")]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.renew, args.if_due, args.cert_out, args.store) == (True, True, "/etc/tpmtls/client.cert", None)
+    argv = [a.replace("%f", "/etc/tpmtls/ca") for a in _unit_command("tpmtls-ca-crl@.service", "etc-tpmtls-ca")]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.dir, args.out, args.hours, args.force) == ("/etc/tpmtls/ca", "/etc/nginx/tpmtls/etc-tpmtls-ca.crl",
+                                                           168.0, True)
+    for unit in ("tpmtls-renew@.timer", "tpmtls-ca-crl@.timer"):
+        assert "Persistent=true" in (ROOT / "helpers" / unit).read_text()
+
+
 def test_the_systemd_units_the_docs_name_run_valid_commands():
     from tpmtls.cli import build_parser
 

@@ -35,9 +35,12 @@ def test_ca_and_certs_install_commands(cli, tmp_path):
     out = cli("certs", "install", "server.domain.com:5000", "--cert", "client.cert", "--key", "client.key",
               "--ca", "ca/ca.crt", "--root", "certs.d").stdout
     target = tmp_path / "certs.d" / "server.domain.com:5000"
-    assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "client.cert", "client.key"]
+    assert sorted(p.name for p in target.iterdir()) == [".tpmtls-renewal", "ca.crt", "client.cert", "client.key"]
     assert (target / "client.key").read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
     assert "installed" in out
+    # the copy is noted beside the certificate, so renewing client.cert refreshes it
+    assert (target / ".tpmtls-renewal").read_text() == f"{tmp_path / 'client.cert.renew.json'}\n"
+    assert f"renewing client.cert refreshes this copy ({tmp_path / 'client.cert.renew.json'})" in out
     if shutil.which("openssl"):
         verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca" / "ca.crt"),
                                  str(tmp_path / "client.cert")], capture_output=True, text=True)

@@ -82,7 +82,8 @@ def test_install_writes_tpmtls_root_by_default_env(cli, tpm_pair, pki, tmp_path)
     out = cli("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca",
               str(pki.ca_file), env=env).stdout
     target = tmp_path / "tpmtls-certs.d" / "reg.example:5000"
-    assert "installed" in out and sorted(os.listdir(target)) == ["ca.crt", "client.cert", "client.key"]
+    # Docker's three names, and the pointer to the certificate's renewal record (Docker ignores it)
+    assert "installed" in out and sorted(os.listdir(target)) == [".tpmtls-renewal", "ca.crt", "client.cert", "client.key"]
     assert (target / "client.key").stat().st_mode & 0o777 == 0o600
     # again: an installed key is not replaced silently; with --force it is, and kept as client.key.bak
     line = cli.fails("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca",
@@ -92,7 +93,7 @@ def test_install_writes_tpmtls_root_by_default_env(cli, tpm_pair, pki, tmp_path)
     cli("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca", str(pki.ca_file),
         "--force", env=env)
     assert sorted(os.listdir(tmp_path / "tpmtls-certs.d")) == ["reg.example:5000"]
-    assert sorted(os.listdir(target)) == ["ca.crt", "client.cert", "client.key", "client.key.bak"]
+    assert sorted(os.listdir(target)) == [".tpmtls-renewal", "ca.crt", "client.cert", "client.key", "client.key.bak"]
     assert (target / "client.key.bak").read_bytes() == before
     assert (target / "client.key.bak").stat().st_mode & 0o777 == 0o600
 

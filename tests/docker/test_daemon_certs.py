@@ -93,7 +93,8 @@ def test_certs_env_lays_out_the_cert_path_and_prints_docker_variables(daemon_pki
                       env=daemon_pki.env)
     assert proc.stdout.splitlines() == ["export DOCKER_HOST=tcp://127.0.0.1:2376", "export DOCKER_TLS_VERIFY=1",
                                         f"export DOCKER_CERT_PATH={cert_path.resolve()}"]
-    assert sorted(p.name for p in cert_path.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    assert sorted(p.name for p in cert_path.iterdir()) == [".tpmtls-renewal", "ca.pem", "cert.pem", "key.pem"]
+    assert proc.stderr.startswith(f"tpmtls: note: renewing {daemon_pki.tpm_cert} refreshes this copy")
     assert (cert_path / "key.pem").read_bytes() == daemon_pki.tpm_key.read_bytes()
     assert (cert_path / "key.pem").stat().st_mode & 0o777 == 0o600
     again = tpmtls_cli("certs", "env", "127.0.0.1:2376", "--cert-path", str(cert_path), env=daemon_pki.env)

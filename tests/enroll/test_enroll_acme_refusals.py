@@ -69,10 +69,10 @@ def _session(machines_abc) -> requests.Session:
 def refused(machines_abc, enroller: Enroller, match: str) -> str:
     """Run a rogue enrollment: it must fail with `match`, issue no client certificate and write no file."""
     app = machines_abc[2]
-    before = (app.stats.issued, sorted(app.issued_dir.glob("*.pem")) if app.issued_dir.exists() else [])
+    before = (app.stats.issued, sorted(app.ca.issued_dir.glob("*.pem")) if app.ca.issued_dir.exists() else [])
     with pytest.raises(EnrollError, match=match) as info:
         enroller.run()
-    after = (app.stats.issued, sorted(app.issued_dir.glob("*.pem")) if app.issued_dir.exists() else [])
+    after = (app.stats.issued, sorted(app.ca.issued_dir.glob("*.pem")) if app.ca.issued_dir.exists() else [])
     assert after == before
     assert not enroller.o.key_out.exists() and not enroller.o.cert_out.exists()
     assert "\n" not in str(info.value)

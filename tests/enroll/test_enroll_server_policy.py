@@ -24,7 +24,7 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
 
 import tpmtls
-from support.attest import EkCa, busy_limits, busy_settings, ek_machine, enroll_files
+from support.attest import EkCa, busy_limits, busy_settings, ek_cert_for, ek_machine, enroll_files
 from support.commands import require
 from support.enroll_server import es256_jws, public_jwk
 from support.roca import roca_rsa_key
@@ -72,24 +72,6 @@ def session(world) -> requests.Session:
     s = requests.Session()
     s.verify = str(world[3][0] / "ca.crt")
     return s
-
-
-def ek_cert_for(ek_ca: EkCa, public_key) -> bytes:
-    """An EK certificate from the test's EK CA (its intermediate) for any key: what a maker would sign."""
-    state = ek_ca.dir / "state"
-    issuer_key = serialization.load_pem_private_key((state / "signkey.pem").read_bytes(), None)
-    issuer = x509.load_pem_x509_certificate((state / "issuercert.pem").read_bytes())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    from tpmtls.enroll.attest_verify import OID_TPM_MANUFACTURER, OID_TPM_MODEL, OID_TPM_VERSION
-
-    hw = x509.Name([x509.NameAttribute(OID_TPM_MANUFACTURER, "id:49465800"), x509.NameAttribute(OID_TPM_MODEL, "SLB9670"),
-                    x509.NameAttribute(OID_TPM_VERSION, "id:00070055")])
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(issuer.subject).public_key(public_key)
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(hw)]), critical=True)
-            .sign(issuer_key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def test_roca_fingerprinted_ek_is_refused(world):

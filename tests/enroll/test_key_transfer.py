@@ -61,7 +61,8 @@ def test_wrapped_key_does_tls_on_its_tpm_only(alg, ek_type, cli, test_tpm, other
     out = cli("key", "ek", "--type", ek_type, "--out", "EK.pem").stdout
     assert "public key written to EK.pem" in out
     no_tpm = {"TPMTLS_TCTI": "swtpm:host=127.0.0.1,port=1", "TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=1"}
-    cli("key", "wrap", str(owner / "client.pem"), "--ek", "EK.pem", "--out", "client.blob", env=no_tpm)
+    # this test TPM has no EK certificate: the owner takes its EK on trust (test_key_wrap_trust.py checks one)
+    cli("key", "wrap", str(owner / "client.pem"), "--ek", "EK.pem", "--ek-unverified", "--out", "client.blob", env=no_tpm)
 
     # machine #2 cannot import it: one clear line, no key file
     line = cli.fails("key", "import-wrapped", "client.blob", "--out", "other.key", env=other_tpm.env)
@@ -87,12 +88,13 @@ def test_wrapped_key_does_tls_on_its_tpm_only(alg, ek_type, cli, test_tpm, other
 def test_forged_ek_name_is_refused_by_the_tpm(cli, test_tpm, other_tpm, tmp_path):
     """A blob relabelled with TPM #2's EK name still fails there: the TPM cannot open the seed."""
     from tpmtls.tpm import transfer
+    from tpmtls.tpm.ek_file import ek_target
 
     soft = ec.generate_private_key(ec.SECP256R1())
     pem = soft.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     ek1 = transfer.read_ek(tpmtls.connect(test_tpm.tcti))
     ek2 = transfer.read_ek(tpmtls.connect(other_tpm.tcti))
-    blob = transfer.wrap_key(pem, ek1.to_pem())
+    blob = transfer.wrap_key(pem, ek_target(ek1.to_pem(), unverified=True))
     # rebuild the blob with TPM #2's EK name but TPM #1's seed
     w = transfer.parse_wrapped(blob)
     der = transfer.asn1.encode_der(transfer._WrappedDer(
@@ -122,18 +124,19 @@ def test_wrap_bad_inputs(cli, tmp_path: Path):
     soft = ec.generate_private_key(ec.SECP384R1())
     (tmp_path / "k.pem").write_bytes(soft.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (tmp_path / "notek.pem").write_bytes(soft.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    line = cli.fails("key", "wrap", "k.pem", "--ek", "notek.pem", "--out", "b")
+    line = cli.fails("key", "wrap", "k.pem", "--ek", "notek.pem", "--ek-unverified", "--out", "b")
     assert line == "tpmtls: notek.pem: not an EK public key (RSA-2048 or ECC P-256 expected)"
-    line = cli.fails("key", "wrap", "k.pem", "--ek", "missing.pem", "--out", "b")
-    assert line.startswith("tpmtls: missing.pem: no such EK public key file")
+    line = cli.fails("key", "wrap", "k.pem", "--ek", "missing.pem", "--ek-unverified", "--out", "b")
+    assert line.startswith("tpmtls: missing.pem: cannot read EK certificate")
     cli("key", "ek", "--out", "EK.pem")
-    line = cli.fails("key", "wrap", "EK.pem", "--ek", "EK.pem", "--out", "b")
+    line = cli.fails("key", "wrap", "EK.pem", "--ek", "EK.pem", "--ek-unverified", "--out", "b")
     assert line.startswith("tpmtls: EK.pem: not a PEM private key"), line
     assert not (tmp_path / "b").exists()
 
 
-def _store_ek_certificate(tpm: TestTpm) -> bytes:
-    """Put a certificate for the RSA EK at its TCG NV index (0x01c00002), as TPM makers do."""
+def _store_ek_certificate(tpm: TestTpm) -> tuple[bytes, bytes]:
+    """Put a certificate for the RSA EK at its TCG NV index (0x01c00002), as TPM makers do: (its DER, the maker's
+    root certificate PEM)."""
     import datetime
 
     from cryptography import x509
@@ -154,6 +157,11 @@ def _store_ek_certificate(tpm: TestTpm) -> bytes:
            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
            .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(name)]), critical=True)
            .sign(maker, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(maker.public_key())
+            .serial_number(2).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(maker, hashes.SHA256()).public_bytes(PEM))
     esapi = ESAPI(tpm.tcti)
     try:
         attrs = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA
@@ -164,14 +172,15 @@ def _store_ek_certificate(tpm: TestTpm) -> bytes:
             esapi.nv_write(index, der[offset:offset + 512], offset, ESYS_TR.OWNER)
     finally:
         esapi.close()
-    return der
+    return der, root
 
 
 def test_ek_file_carries_the_ek_certificate(cli, other_tpm, tmp_path):
-    """`key ek` adds the EK certificate from NV; that two-block EK.pem is what `key wrap` takes."""
+    """`key ek` adds the EK certificate from NV; that two-block EK.pem is what `key wrap --ek-roots` takes."""
     from cryptography import x509
 
-    der = _store_ek_certificate(other_tpm)
+    der, root = _store_ek_certificate(other_tpm)
+    (tmp_path / "maker.pem").write_bytes(root)
     out = cli("key", "ek", "--out", "EK.pem", env=other_tpm.env).stdout
     assert "(with its certificate)" in out
     text = (tmp_path / "EK.pem").read_bytes()
@@ -182,7 +191,7 @@ def test_ek_file_carries_the_ek_certificate(cli, other_tpm, tmp_path):
     soft = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "k.pem").write_bytes(soft.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
                                                         serialization.NoEncryption()))
-    cli("key", "wrap", "k.pem", "--ek", "EK.pem", "--out", "k.blob")
+    cli("key", "wrap", "k.pem", "--ek", "EK.pem", "--ek-roots", "maker.pem", "--out", "k.blob")
     cli("key", "import-wrapped", "k.blob", "--out", "k.key", env=other_tpm.env)
     key = tpmtls.connect(other_tpm.tcti).load_key(tmp_path / "k.key")
     assert key.public_key() == soft.public_key()

@@ -10,6 +10,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,14 +63,19 @@ def test_pair_then_dockerd_on_the_same_socket(pairing_store, run_dir, test_tpm, 
     host = f"127.0.0.1:{port}"
     agent_args = ["--ca", str(store.ca_dir / "ca.crt"), "--state", str(state), *_dockerd_args(tmp_path, run_dir)]
     with AgentProcess(tmp_path, test_tpm.env, *agent_args, activate_on=host) as agent:
-        # The first connection starts the agent (systemd socket activation); while it serves our
-        # pinned connection, a second client connects: it waits in the socket's backlog.
+        # The first connection starts the agent (systemd socket activation). Once the agent has stored
+        # the certificate it accepts nothing more; a second client connecting then, while the agent
+        # answers and execs dockerd, waits in the socket's backlog.
         waiting: list[socket.socket] = []
 
-        def during_hand_off(fingerprint: str) -> None:
+        def connect_once_stored() -> None:
+            agent.wait_for("enrolled by")
             waiting.append(socket.create_connection(("127.0.0.1", port), timeout=60))
 
-        done = ensure_server_enrolled(store, host, tcti=test_tpm.tcti, on_first_use=during_hand_off)
+        second = threading.Thread(target=connect_once_stored, daemon=True)
+        done = ensure_server_enrolled(store, host, trust_on_first_use=True, tcti=test_tpm.tcti,
+                                      on_first_use=lambda _fingerprint: second.start())
+        second.join(60)
         assert done.changed and done.trust == "first-use"
         assert done.fingerprint == agent.fingerprint()  # what the agent printed for out-of-band comparison
         assert stat.S_IMODE(os.stat(state / "server.key").st_mode) == 0o600

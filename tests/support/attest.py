@@ -13,7 +13,8 @@ import requests
 import tpmtls
 from tpmtls.lab.ekca import EkCa, ek_machine
 
-__all__ = ["Clock", "EkCa", "EnrollMachine", "EnrollWorld", "busy_limits", "busy_settings", "ek_machine", "enroll_files",
+__all__ = ["Clock", "EkCa", "EnrollMachine", "EnrollWorld", "busy_limits", "busy_settings", "ek_cert_for", "ek_machine",
+           "enroll_files",
            "enroll_machine", "enroll_world"]
 
 
@@ -133,3 +134,26 @@ def enroll_files(directory: Path, ek_ca: EkCa, tpm, pcrs: str = "sha256:0,1,2,3,
     policy = directory / "policy.json"
     policy.write_bytes(PcrPolicy.from_values(read_pcrs(tpm, parse_selection(pcrs))).to_json())
     return directory / "ca", ek_ca.bundle(directory / "ek-roots.pem"), policy
+
+
+def ek_cert_for(ek_ca: EkCa, public_key: Any) -> bytes:
+    """An EK certificate (DER) from the test's EK CA (its intermediate) for any key: what a maker would sign."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from tpmtls.enroll.attest_verify import OID_TPM_MANUFACTURER, OID_TPM_MODEL, OID_TPM_VERSION
+
+    state = ek_ca.dir / "state"
+    issuer_key = serialization.load_pem_private_key((state / "signkey.pem").read_bytes(), None)
+    issuer = x509.load_pem_x509_certificate((state / "issuercert.pem").read_bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hw = x509.Name([x509.NameAttribute(OID_TPM_MANUFACTURER, "id:49465800"), x509.NameAttribute(OID_TPM_MODEL, "SLB9670"),
+                    x509.NameAttribute(OID_TPM_VERSION, "id:00070055")])
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(issuer.subject).public_key(public_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(hw)]), critical=True)
+            .sign(issuer_key, hashes.SHA256()))  # type: ignore[arg-type]
+    return cert.public_bytes(serialization.Encoding.DER)

@@ -1,19 +1,23 @@
-"""`tpmtls ca init|issue`: a small file CA (for one machine, tests and the quickstart)."""
+"""`tpmtls ca init|issue|revoke|crl`: a small file CA (for one machine, tests and the quickstart),
+its revocations and CRLs (docs/revocation.md)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .._files import check_writable, read_input, write_atomic
 from ..errors import UsageError
 from ..pki.ca import FileCA
 from ..pki.csr import load_pem_csr
+from ..pki.revocation import REASONS
 from ..tpm import connect
 from ._common import add_tcti, say
 
+DEFAULT_CRL_HOURS = 168.0  # a week: a daily timer leaves six days to notice a failure before fronts refuse everyone
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`tpmtls ca` and its subcommands."""
@@ -38,6 +42,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_tcti(p)
     p.set_defaults(func=issue)
 
+    p = csub.add_parser("revoke", help="revoke a certificate this CA issued (recorded in DIR/revoked.json; "
+                                       "'ca crl' publishes it, enroll-server refuses to renew its key)")
+    p.add_argument("dir", metavar="DIR")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", metavar="S", help="its serial number in hex (as 'openssl x509 -noout -serial' "
+                                                     "prints it; DIR/issued/<serial>.pem)")
+    which.add_argument("--cert", metavar="F", help="the certificate itself (PEM)")
+    p.add_argument("--reason", default="unspecified", metavar="R",
+                   help=f"RFC 5280 reason: {', '.join(REASONS)} (default unspecified)")
+    p.set_defaults(func=revoke)
+
+    p = csub.add_parser("crl", help="sign a CRL of every revocation, for fronts that check one (NGINX ssl_crl)")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="CRL", help="the CRL to write (PEM)")
+    p.add_argument("--hours", type=float, default=DEFAULT_CRL_HOURS, metavar="H",
+                   help=f"until its next update (default {DEFAULT_CRL_HOURS:g}: a week); re-sign well before")
+    p.add_argument("--daemon", action="store_true", help="keep running: re-sign at half of --hours and within "
+                                                         "seconds of each revocation")
+    p.add_argument("--force", action="store_true", help="replace CRL if it exists")
+    add_tcti(p)
+    p.set_defaults(func=crl)
+
 
 def init(args: argparse.Namespace) -> int:
     ca = FileCA.init(args.dir, args.name, tpm=connect(args.tcti) if args.tpm else None)
@@ -60,6 +86,51 @@ def issue(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.csr}: {e}") from None
     write_atomic(out, cert.public_bytes(Encoding.PEM), 0o644)
     say(f"issued {'server' if args.server else 'client'} certificate for {cert.subject.rfc4514_string()} to {out}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    ca = FileCA.open(args.dir, getattr(args, "tcti", None))
+    cert = None
+    if args.cert:
+        try:
+            cert = x509.load_pem_x509_certificate(read_input(args.cert, "certificate"))
+        except ValueError:
+            raise UsageError(f"{args.cert}: not a PEM certificate") from None
+    try:
+        entry, new = ca.revoke(serial=args.serial, cert=cert, reason=args.reason)
+    except UsageError as e:
+        raise UsageError(f"{args.cert}: {e}" if args.cert else str(e)) from None
+    what = f"{entry.serial} ({entry.subject})" if entry.subject else entry.serial
+    if not new:
+        say(f"{what} was already revoked on {entry.revoked_at} ({entry.reason})")
+        return 0
+    known = "" if entry.subject else f"; no DIR/issued/{entry.serial}.pem: not a certificate this CA kept"
+    say(f"revoked {what}: {entry.reason}{known}; publish it with 'tpmtls ca crl {args.dir} --out CRL --force' "
+        "(and reload the front that reads the CRL)")
+    if entry.subject.startswith("CN=urn:ek:"):
+        say(f"to refuse that machine new certificates too, add its EK to enroll-server's --ek-deny file: "
+            f"{entry.subject[3:]}")
+    return 0
+
+
+def crl(args: argparse.Namespace) -> int:
+    import datetime
+
+    from ..pki.crl import CrlKeeper, write_crl
+    from ._common import serve_until_signal, service_log
+
+    if not 0 < args.hours <= 24 * 366:
+        raise UsageError(f"--hours {args.hours:g}: give a lifetime between a few minutes and a year")
+    out = check_writable(args.out, args.force, inputs=(Path(args.dir) / "ca.key", Path(args.dir) / "ca.crt"))
+    ca = FileCA.open(args.dir, getattr(args, "tcti", None))
+    lifetime = datetime.timedelta(hours=args.hours)
+    if args.daemon:
+        serve_until_signal(CrlKeeper(ca, out, lifetime, log=service_log("ca crl")))
+        return 0
+    signed = write_crl(ca, out, lifetime)
+    say(f"wrote {out}: {len(signed)} revoked, next update {signed.next_update_utc:%Y-%m-%d %H:%M} UTC; reload the "
+        "front that reads it (nginx -s reload)")
     return 0
 
 

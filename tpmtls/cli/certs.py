@@ -82,6 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH", help=f"dockerd's socket (default {DEFAULT_SOCKET})")
     p.add_argument("--user", metavar="USER [GROUP]", help="NGINX worker user, and group, that may open the socket "
                                                           "(default: nobody in the socket's group, if it is here)")
+    p.add_argument("--crl", metavar="CRL", help="refuse clients this CRL revokes ('tpmtls ca crl'; re-sign it and "
+                                                "reload NGINX before its next update: docs/revocation.md)")
     p.add_argument("--out", metavar="FILE", help="write FILE atomically instead of printing")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     p.set_defaults(func=run_nginx_front)
@@ -153,7 +155,28 @@ def run_install(args: argparse.Namespace) -> int:
     target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti, force=args.force)
     say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
         "/etc/docker/certs.d untouched)")
+    _remember(args.cert, args.key, "certs.d", target)
     return 0
+
+
+def _remember(cert: str, key: str, kind: str, directory: Path, *, quiet_stdout: bool = False) -> None:
+    """Note the copy in the certificate's renewal record, so renewing it refreshes this copy too (said on
+    stderr where stdout is shell lines to evaluate)."""
+    from ..enroll.renewal import RenewalRecord
+
+    if not Path(key).is_file():
+        return  # a persistent handle: the copy names the key, nothing to refresh
+    try:
+        record = RenewalRecord.for_files(cert, key)
+        record.install(kind, directory)
+    except (UsageError, OSError) as e:
+        print(f"tpmtls: warning: {directory} will not be refreshed when {cert} is renewed: {e}", file=sys.stderr)
+        return
+    note = f"renewing {cert} refreshes this copy ({record.path.absolute()})"
+    if quiet_stdout:
+        print(f"tpmtls: note: {note}", file=sys.stderr)
+    else:
+        say(note)
 
 
 def run_daemon_config(args: argparse.Namespace) -> int:
@@ -216,6 +239,7 @@ def run_env(args: argparse.Namespace) -> int:
         paths.check_layable(args.force)  # before the TPM is asked anything
         check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
         paths.lay_out(args.ca, args.cert, args.key, force=args.force)
+        _remember(args.cert, args.key, "cert-path", directory, quiet_stdout=True)
     else:
         paths.check_files()
         check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,
@@ -238,14 +262,40 @@ def run_nginx_front(args: argparse.Namespace) -> int:
     check_names(args.cert, cert, addr)
     if user is None:
         user = default_user(args.socket)
+    crl = str(Path(args.crl).resolve()) if args.crl else None
+    if args.crl:
+        _check_crl(args.crl, args.ca)
     text = render_nginx_front(cert=str(Path(args.cert).resolve()), key=str(Path(args.key).resolve()),
-                              ca=str(Path(args.ca).resolve()), listen=args.listen, socket=args.socket, user=user)
+                              ca=str(Path(args.ca).resolve()), listen=args.listen, socket=args.socket, user=user,
+                              crl=crl)
     if out is not None:
         write_atomic(out, text.encode(), 0o644)
         say(f"wrote {out} (workers run as {user!r}); check it with: nginx -t -c {out.resolve()}")
     else:
         print(text, end="")
     return 0
+
+
+def _check_crl(crl_path: str, ca_path: str) -> None:
+    """The CRL is PEM or DER, signed by the CA, and not past its next update (NGINX would refuse everyone)."""
+    import datetime
+
+    from cryptography import x509
+
+    from .._files import read_input
+
+    data = read_input(crl_path, "CRL")
+    try:
+        crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+    except ValueError:
+        raise UsageError(f"{crl_path}: not a CRL (PEM or DER); make it with 'tpmtls ca crl DIR --out FILE'") from None
+    cas = x509.load_pem_x509_certificates(read_input(ca_path, "CA certificate"))
+    if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key()) for ca in cas):  # type: ignore[arg-type]
+        raise UsageError(f"{crl_path}: not signed by the CA in {ca_path}; NGINX checks each client against its "
+                         "own CA's CRL")
+    if crl.next_update_utc is not None and crl.next_update_utc < datetime.datetime.now(datetime.timezone.utc):
+        raise UsageError(f"{crl_path}: its next update ({crl.next_update_utc:%Y-%m-%d %H:%M} UTC) has passed: "
+                         "NGINX would refuse every client; sign a new one with 'tpmtls ca crl'")
 
 
 __all__ = ["add_parser"]

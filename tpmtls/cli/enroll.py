@@ -1,8 +1,9 @@
 """`tpmtls enroll`: a certificate for a key in this TPM, by either scheme (docs/pairing.md,
 docs/enrollment.md), and the PCR policy the attested scheme checks.
 
-    tpmtls enroll HOST[:PORT] --store DIR [--expect-fingerprint SHA256]   pairing with an enroll-agent
+    tpmtls enroll HOST[:PORT] --store DIR (--expect-fingerprint SHA256 | --trust-on-first-use)   pairing
     tpmtls enroll --acme URL [--id ID] [--install HOST[:PORT]] …          attested: ACME device-attest-01
+    tpmtls enroll --renew (--cert-out FILE | --store DIR) [--if-due | --daemon]   renewal (docs/renewal.md)
     tpmtls enroll policy --out FILE [--pcrs BANK:N,…]                       this machine's PCRs, for enroll-server
 
 `policy` is a subcommand; any other first word is the agent's HOST[:PORT]. A daemon that
@@ -12,13 +13,17 @@ really is called "policy" is enrolled with its port: `tpmtls enroll policy:2376 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .._files import check_writable, write_atomic
 from ..errors import UsageError
 from ..tpm import connect
 from ._common import add_tcti, say
+
+if TYPE_CHECKING:
+    from ..enroll.acme_client import EnrollOptions
 
 POLICY_ESCAPE = "a daemon called 'policy' is enrolled with its port: tpmtls enroll policy:2376 --store DIR"
 
@@ -66,15 +71,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     """`tpmtls enroll` with both schemes' options, and its `policy` subcommand."""
     p = sub.add_parser("enroll", help="client side of pairing (HOST[:PORT] --store DIR), ACME (--acme URL), "
                                       "or 'enroll policy --out FILE' (this machine's PCRs, for enroll-server)",
-                       usage="%(prog)s HOST[:PORT] --store DIR [--expect-fingerprint SHA256] [--tcti TCTI]\n"
+                       usage="%(prog)s HOST[:PORT] --store DIR (--expect-fingerprint SHA256 | --trust-on-first-use) "
+                             "[--tcti TCTI]\n"
                              "       %(prog)s --acme DIRECTORY_URL [--id PERMANENT_ID] [--install HOST[:PORT]] [--renew] … "
                              "[--tcti TCTI]\n"
+                             "       %(prog)s --renew (--cert-out FILE | --store DIR) [--if-due | --daemon] [--tcti TCTI]\n"
                              "       %(prog)s policy --out FILE [--pcrs BANK:N,…] [--force] [--tcti TCTI]",
                        epilog=f"{POLICY_ESCAPE}.")
     p.add_argument("--store", metavar="DIR", help="pairing: certificate store: CA, TPM client key, one directory "
                                                   "per server")
     p.add_argument("--expect-fingerprint", metavar="SHA256",
-                   help="pairing: the agent's key fingerprint as it printed it; without it: trust on first use")
+                   help="pairing: the agent's key fingerprint as it printed it (checked before anything is sent)")
+    p.add_argument("--trust-on-first-use", action="store_true",
+                   help="pairing without --expect-fingerprint: trust whatever key answers, and remember it; a man "
+                        "in the middle on this first contact would be trusted")
     p.add_argument("--acme", metavar="DIRECTORY_URL", help="ACME directory URL (device-attest-01)")
     p.add_argument("--id", metavar="PERMANENT_ID", default="ek",
                    help="permanent identifier to enroll (default 'ek': this TPM's urn:ek:sha256 identifier)")
@@ -86,8 +96,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--install", metavar="HOST[:PORT]",
                    help="also install key and certificate in tpmtls's certs.d/HOST[:PORT] "
                         "($TPMTLS_CERTS_D or /etc/tpmtls/certs.d), where tpmtls-push/pull look")
-    p.add_argument("--renew", action="store_true", help="re-attest the existing --key-out key and replace "
-                                                        "--cert-out (no new key)")
+    p.add_argument("--renew", action="store_true",
+                   help="renew: re-attest the existing key of --cert-out (as its renewal record says, or with --acme …) "
+                        "and refresh every installed copy; with --store, the pairing store's client certificate")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--if-due", action="store_true", help="with --renew: only once 2/3 of the certificate's life "
+                                                            "has passed (for a timer: helpers/tpmtls-renew@.timer)")
+    when.add_argument("--daemon", action="store_true", help="with --renew: keep running, renewing at 2/3 of each "
+                                                            "certificate's life (with jitter; backoff after failures)")
     p.add_argument("--alg", default="ecc-p256", choices=("ecc-p256", "ecc-p384", "rsa2048", "rsa3072"),
                    help="algorithm of the new TLS key (default ecc-p256)")
     p.add_argument("--ek", default="rsa", choices=("rsa", "ecc"), help="which EK to attest with (default rsa)")
@@ -111,7 +127,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    """Attested with --acme, else pairing with HOST[:PORT] --store DIR."""
+    """Attested with --acme, else pairing with HOST[:PORT] --store DIR; --renew renews either."""
+    if (args.if_due or args.daemon) and not args.renew:
+        raise UsageError("--if-due and --daemon go with --renew")
+    if args.renew and (args.store or not args.acme or args.if_due or args.daemon):
+        return run_renew(args)
     if args.acme:
         return run_acme(args)
     if not args.host or not args.store:
@@ -123,12 +143,16 @@ def run_pairing(args: argparse.Namespace) -> int:
     """`tpmtls enroll HOST[:PORT] --store DIR`: have the agent's daemon serve a certificate from our CA."""
     from ..enroll.pairing_client import ensure_server_enrolled
 
+    if args.expect_fingerprint and args.trust_on_first_use:
+        raise UsageError("--expect-fingerprint and --trust-on-first-use: give one (the fingerprint is checked; "
+                         "trust on first use takes any key)")
+
     def first_use(fingerprint: str) -> None:
-        say(f"trust on first use: the agent's key SHA-256 is {fingerprint}; recorded in the store. Compare it "
-            "with the fingerprint enroll-agent printed (--expect-fingerprint checks it before anything is sent)")
+        say(f"trust on first use: the agent's key SHA-256 is {fingerprint}; compare it with the fingerprint "
+            "enroll-agent printed (--expect-fingerprint checks it before anything is sent)")
 
     done = ensure_server_enrolled(args.store, args.host, expect_fingerprint=args.expect_fingerprint,
-                                  tcti=args.tcti, on_first_use=first_use)
+                                  trust_on_first_use=args.trust_on_first_use, tcti=args.tcti, on_first_use=first_use)
     if not done.changed:
         say(f"{done.host}:{done.port} is already enrolled; DOCKER_CERT_PATH={done.cert_path}")
         return 0
@@ -137,22 +161,55 @@ def run_pairing(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_renew(args: argparse.Namespace) -> int:
+    """`tpmtls enroll --renew …`: now, `--if-due`, or as a `--daemon` (docs/renewal.md)."""
+    from ..enroll.renewal import RenewalDaemon, RenewalTiming, load_certificate
+    from ._common import serve_until_signal, service_log
+
+    if args.store and args.host:
+        raise UsageError("--renew --store DIR renews the store's client certificate; it takes no HOST")
+    if args.store:
+        from ..enroll.store import CertificateStore
+
+        store = CertificateStore(args.store)
+        cert = store.client_cert
+        renew_now: Callable[[], Any] = store.renew_client
+    else:
+        cert = Path(args.cert_out)
+        renew_now = _acme_renewal(args)
+    if args.daemon:
+        serve_until_signal(RenewalDaemon(cert, renew_now, log=service_log("enroll --renew")))
+        return 0
+    if args.if_due:
+        current = load_certificate(cert)
+        due = RenewalTiming().due(current) if current is not None else 0.0
+        if time.time() < due:
+            say(f"{cert}: not due; renewal at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(due))} UTC")
+            return 0
+    new = renew_now()
+    say(f"renewed {cert}: valid until {new.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def _acme_renewal(args: argparse.Namespace) -> Callable[[], Any]:
+    """The same key re-attested: as given on the command line (--acme …), else as the renewal record says."""
+    from ..enroll.acme_client import enroll, renew
+
+    tpm = connect(args.tcti)
+    if not args.acme:
+        return lambda: renew(args.cert_out, tpm)
+    options = _acme_options(args)
+    options.renew = True
+    return lambda: enroll(tpm, options).certificate
+
+
 def run_acme(args: argparse.Namespace) -> int:
     """`tpmtls enroll --acme URL --id ID …`: attest, enroll, write key and certificate."""
     from tpm2_pytss.constants import TPMA_OBJECT
 
-    from ..enroll.acme_client import EnrollOptions, enroll
+    from ..enroll.acme_client import enroll
 
-    url = args.acme
-    if not url.startswith("https://"):
-        raise UsageError(f"--acme {url!r}: the ACME directory must be an https:// URL")
-    if args.cafile and not Path(args.cafile).is_file():
-        raise UsageError(f"--cafile {args.cafile}: no such file")
-    options = EnrollOptions(
-        directory_url=url, identifier=args.id, cafile=args.cafile, attestation_ca=args.attestation_ca,
-        key_out=Path(args.key_out), cert_out=Path(args.cert_out), install=args.install, renew=args.renew,
-        alg=args.alg, ek=args.ek, overwrite=args.force,
-    )
+    options = _acme_options(args)
     result = enroll(connect(args.tcti), options)
     attrs = TPMA_OBJECT(result.key.tpm_public.publicArea.objectAttributes)
     fixed = "fixedTPM|fixedParent" if attrs & TPMA_OBJECT.FIXEDTPM and attrs & TPMA_OBJECT.FIXEDPARENT else str(attrs)
@@ -162,6 +219,21 @@ def run_acme(args: argparse.Namespace) -> int:
     if result.installed is not None:
         say(f"installed client.key and client.cert in {result.installed}")
     return 0
+
+
+def _acme_options(args: argparse.Namespace) -> EnrollOptions:
+    from ..enroll.acme_client import EnrollOptions
+
+    url = args.acme
+    if not url.startswith("https://"):
+        raise UsageError(f"--acme {url!r}: the ACME directory must be an https:// URL")
+    if args.cafile and not Path(args.cafile).is_file():
+        raise UsageError(f"--cafile {args.cafile}: no such file")
+    return EnrollOptions(
+        directory_url=url, identifier=args.id, cafile=args.cafile, attestation_ca=args.attestation_ca,
+        key_out=Path(args.key_out), cert_out=Path(args.cert_out), install=args.install, renew=args.renew,
+        alg=args.alg, ek=args.ek, overwrite=args.force,
+    )
 
 
 def run_policy(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from tpm2_pytss.constants import TPMA_OBJECT
 from .._files import OutputError, check_writable, read_input, write_atomic
 from ..errors import KeyFileError
 from ..tpm import connect
+from ..tpm.ek_file import UNVERIFIED
 from ..tpm.keyfile import OWNER, read_key_reference
 from ..tpm.keys import TpmKey
 from ..tpm.templates import ALGORITHMS, algorithm_name
@@ -56,7 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     p = ksub.add_parser("wrap", help="owner side, no TPM: wrap a PEM key so only the TPM with this EK can import it")
     p.add_argument("pem", metavar="PEM", help="the software private key (PEM)")
-    p.add_argument("--ek", required=True, metavar="EK.pem", help="the machine's EK public key ('tpmtls key ek' there)")
+    p.add_argument("--ek", required=True, metavar="EKCERT.pem",
+                   help="the machine's EK certificate (with its public key: 'tpmtls key ek' there writes both)")
+    p.add_argument("--ek-roots", metavar="BUNDLE",
+                   help="PEM bundle of the TPM makers' CAs you trust: the EK certificate must chain to one")
+    p.add_argument("--ek-unverified", action="store_true",
+                   help="take --ek as a plain public key, unchecked: nothing then shows that it belongs to a TPM, "
+                        "and whoever made the file may unwrap the key in software")
     p.add_argument("--out", required=True, metavar="BLOB", help="wrapped key to write (safe to send: only that TPM opens it)")
     p.add_argument("--force", action="store_true", help="replace BLOB if it exists")
     p.add_argument("--pem-password-file", metavar="F", help="file holding the PEM's password, if encrypted")
@@ -157,14 +164,21 @@ def persist(args: argparse.Namespace) -> int:
 
 
 def wrap(args: argparse.Namespace) -> int:
-    out = check_writable(args.out, args.force)
+    from ..tpm.ek_file import ek_target
+
+    out = check_writable(args.out, args.force, inputs=(args.pem, args.ek, args.ek_roots))
     pem = read_file(args.pem, "private key")
-    ek_pem = read_file(args.ek, "EK public key")
-    blob = wrap_key(pem, ek_pem, pem_password=read_secret_file(args.pem_password_file),
-                    source=args.pem, ek_source=args.ek)
+    roots = read_file(args.ek_roots, "EK roots bundle") if args.ek_roots else None
+    target = ek_target(read_file(args.ek, "EK certificate"), roots, unverified=args.ek_unverified, source=args.ek,
+                       roots_source=args.ek_roots or "--ek-roots")
+    blob = wrap_key(pem, target, pem_password=read_secret_file(args.pem_password_file), source=args.pem)
     write_atomic(out, blob, 0o644)
-    say(f"wrapped {args.pem} for the TPM whose EK is {args.ek}; blob {out} (only that TPM can import it); "
-        f"{args.pem} is still a clear key: keep it safe or delete it")
+    if target.verified is None:
+        say(f"wrapped {args.pem} for the EK public key in {args.ek}, unverified: {UNVERIFIED}; blob {out}; "
+            f"{args.pem} is still a clear key: keep it safe or delete it")
+    else:
+        say(f"wrapped {args.pem} for {target.describe()}; blob {out} (only the TPM holding that EK can import it); "
+            f"{args.pem} is still a clear key: keep it safe or delete it")
     return 0
 
 

@@ -22,7 +22,7 @@ from docker.constants import DEFAULT_MAX_POOL_SIZE, DEFAULT_NUM_POOLS, DEFAULT_T
 from requests.adapters import HTTPAdapter
 
 from ..errors import HandshakeError, TpmtlsError, UsageError
-from ..tls.diagnosis import Cause, causes, diagnose
+from ..tls.diagnosis import Cause, causes, diagnose, own_certificate_problem
 from . import DaemonError
 from .config import parse_host
 from .files import CertPath, default_cert_path
@@ -109,6 +109,9 @@ def explain_tls_failure(err: BaseException, where: str, cert_path: CertPath) -> 
     if found.cause is Cause.NOT_TLS:
         return HandshakeError(f"{where}: does not speak TLS (a plain-TCP daemon port?); "
                               "point DOCKER_HOST at the daemon's --tlsverify port")
+    renew = own_certificate_problem(cert_path.cert)
+    if renew is not None and (found.refused or found.cause is Cause.CLOSED):  # it expired: say so, and how to renew
+        return HandshakeError(f"{where}: refused our client certificate {renew}")
     if found.cause is Cause.EXPIRED:
         return HandshakeError(f"{where}: refused our client certificate {cert_path.cert} "
                               f"({found.dates or 'as expired or not yet valid'})")
@@ -175,6 +178,9 @@ def docker_client(
     from ..tls import ssl_context
 
     paths = default_cert_path(cert_path).check_files()
+    renew = own_certificate_problem(paths.cert)
+    if renew is not None:  # before the daemon is blamed for refusing it
+        raise HandshakeError(f"{host}: our client certificate {renew}")
     context = ssl_context(paths.cert, str(paths.key), paths.ca, password=password, tcti=tcti)
     api = _TpmApiClient(f"tcp://{name}:{port}", context, version, timeout)
     return _checked(_DockerClient(api), host, version, paths)

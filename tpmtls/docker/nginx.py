@@ -68,15 +68,38 @@ def default_user(socket: str) -> str:
 
 
 def render_nginx_front(*, cert: str, key: str, ca: str, listen: str = "0.0.0.0:2376",
-                       socket: str = "/var/run/docker.sock", server_name: str = "_", user: str | None = None) -> str:
-    """nginx.conf text: `listen` with ssl, client certificates required, proxied to `socket`."""
-    for value in (cert, key, ca, listen, server_name):
+                       socket: str = "/var/run/docker.sock", server_name: str = "_", user: str | None = None,
+                       crl: str | None = None) -> str:
+    """nginx.conf text: `listen` with ssl, client certificates required (and checked against `crl`, the
+    CA's CRL from `tpmtls ca crl`, if given), proxied to `socket`."""
+    for value in (cert, key, ca, listen, server_name, *([crl] if crl else [])):
         if not re.match(r"^[A-Za-z0-9_./@+:\[\]-]+$", value):
             raise UsageError(f"{value[:60]!r}: NGINX cannot take this in its configuration as one word")
     user_line = f"user {check_user(user)};\n" if user else ""
+    crl_lines = (f"        # Revoked clients are refused (tpmtls ca revoke). NGINX reads the CRL when it starts and on\n"
+                 f"        # reload: re-sign it before its next update and reload (docs/revocation.md).\n"
+                 f"        ssl_crl                {crl};\n") if crl else ""
     return Template(TEMPLATE.read_text()).substitute(
         user_line=user_line, listen=listen, server_name=server_name, cert=cert, key=key, ca=ca,
-        socket=check_socket(socket))
+        socket=check_socket(socket), crl_lines=crl_lines, session_lines=_CRL_SESSIONS if crl else _SESSIONS)
+
+
+_SESSIONS = """\
+        # Session resumption: a client with its key in a TPM signs once, not per connection.
+        ssl_session_cache      shared:docker_tls:1m;
+        ssl_session_timeout    4h;
+        ssl_session_tickets    on;
+"""
+# A resumed session is not checked against the CRL again: a session in the shared cache would let a
+# revoked client back in after the reload for ssl_session_timeout (measured, docs/revocation.md).
+# Tickets alone still save the TPM a signature per connection, and their keys are new at every reload.
+_CRL_SESSIONS = """\
+        # Session resumption by tickets only: their keys are new at every reload, so a revoked client
+        # cannot resume a session from before; a shared session cache would outlive the reload.
+        ssl_session_cache      off;
+        ssl_session_timeout    4h;
+        ssl_session_tickets    on;
+"""
 
 
 __all__ = ["check_socket", "check_user", "default_user", "render_nginx_front"]

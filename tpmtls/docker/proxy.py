@@ -24,7 +24,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .._callers import foreign_caller
-from ..errors import UsageError
+from ..errors import HandshakeError, UsageError
 from ..tls.diagnosis import diagnose_response
 from ._relay import HEAD_TIMEOUT, IDLE_TIMEOUT, Relay
 from ._stream import TlsStream
@@ -135,11 +135,25 @@ class DaemonProxy:
         self.stats = ProxyStats()
         self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         from ..tls import ssl_context
+        from ..tls.diagnosis import own_certificate_problem
+        from ..tls.renewed import Renewable
 
-        self.context = ssl_context(cert_path.cert, str(cert_path.key), cert_path.ca, password=password, tcti=tcti,
-                                   resume=resume)
+        renew = own_certificate_problem(cert_path.cert)
+        if renew is not None:  # before the daemon is blamed for refusing it
+            raise HandshakeError(f"{upstream}: our client certificate {renew}")
         self._session: ssl.SSLSession | None = None
         self._session_lock = threading.Lock()
+
+        def context() -> ssl.SSLContext:
+            return ssl_context(cert_path.cert, str(cert_path.key), cert_path.ca, password=password, tcti=tcti,
+                               resume=resume)
+
+        def renewed(old: ssl.SSLContext) -> None:
+            with self._session_lock:
+                self._session = None  # a session of the old certificate would present it again
+            self.log(f"{cert_path.cert} changed on disk (renewed): new upstream connections use it")
+
+        self._context = Renewable((cert_path.cert, cert_path.key), context, renewed)
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -152,6 +166,11 @@ class DaemonProxy:
         self.half_close = True
 
     # ---- upstream ------------------------------------------------------------------------
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The upstream TLS context, over the client certificate as it is on disk now."""
+        return self._context.get()
 
     def signatures(self) -> int:
         """TPM signatures made by this process so far (the pool's counter)."""

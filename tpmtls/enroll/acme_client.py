@@ -3,13 +3,15 @@
 `enroll()`: AK certificate from the Attestation CA, a fresh TLS key in the TPM (or the
 same key again with `renew`), TPM2_Certify of it by the AK over SHA-256(keyAuthorization),
 the CBOR attObj as the challenge answer, finalize with a CSR the key signs, and the
-certificate chain written next to the key file (atomically, only after success).
+certificate chain written next to the key file (atomically, only after success), with its
+renewal record (renewal.py): a renewal refreshes every installed copy.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .._files import check_writable, write_paths
-from ..errors import TpmtlsError
+from .._files import backup, check_writable, write_paths
+from ..errors import TpmtlsError, UsageError
 from ..pki.csr import build_csr
 from ..tpm import attest
 from ..tpm.device import Tpm
@@ -35,6 +37,7 @@ from ..tpm.keys import AnyTpmKey
 from .acme_attobj import encode_att_obj
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
 from .attestation import AkCredential, obtain_ak_certificate, pcr_quote, tls_problem
+from .renewal import RenewalRecord, record_path
 
 PERMANENT_IDENTIFIER = messages.IdentifierType("permanent-identifier")
 DEADLINE = 90.0
@@ -201,9 +204,24 @@ class Enroller:
         if not o.renew:
             files[o.key_out] = (key.to_pem(), 0o600)
         write_paths(files, keep=[o.key_out] if o.overwrite else [])
-        installed = self._install(key, chain_pem) if o.install else None
+        installed = self._record_and_install()
         self.timings["total"] = time.perf_counter() - total
         return EnrollResult(key, certs[0], o.key_out, o.cert_out, identifier, installed, self.timings)
+
+    def _record_and_install(self) -> Path | None:
+        """The renewal record beside the certificate (how to renew it, where it is installed), `--install`
+        into tpmtls's certs.d, and every earlier copy brought up to date: none is left to expire."""
+        o = self.o
+        record = RenewalRecord.for_files(o.cert_out, o.key_out)
+        record.source = {"kind": "acme", "directory": o.directory_url, "identifier": o.identifier, "ek": o.ek,
+                         "cafile": str(Path(o.cafile).absolute()) if o.cafile else None,
+                         "attestation_ca": o.attestation_ca}
+        record.save()
+        installed = None
+        if o.install:
+            installed = record.install("certs.d", self._certs_d(o.install))
+        record.refresh()
+        return installed
 
     def _acme(self, cred: AkCredential, key: AnyTpmKey, identifier: str) -> str:
         url = self.o.directory_url
@@ -253,16 +271,6 @@ class Enroller:
         if not same:
             raise EnrollError(f"{path} is not the certificate of {self.o.key_out}; renew each key with its own")
 
-    def _install(self, key: AnyTpmKey, chain_pem: str) -> Path:
-        """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
-        client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
-        client.key it cannot parse (docs/formats.md, "certs.d")."""
-        from ..docker.files import CLIENT_CERT, CLIENT_KEY, write_cert_dir
-
-        host = self._install_target()
-        return write_cert_dir(host, {CLIENT_KEY: (key.to_pem(), 0o600), CLIENT_CERT: (chain_pem.encode(), 0o644)},
-                              self.o.certs_root, force=self.o.overwrite or self.o.renew)
-
     def _install_target(self) -> str:
         """--install's HOST[:PORT], checked with the certs.d root it goes into."""
         from .._files import check_directory
@@ -279,10 +287,38 @@ class Enroller:
                               "(the old one is kept as client.key.bak)")
         return host
 
+    def _certs_d(self, host: str) -> Path:
+        """tpmtls's certs.d directory for HOST[:PORT] (Docker's file names: client.key, the TPM key file, and
+        client.cert). Not Docker's own certs.d: stock dockerd fails every pull from a host whose client.key it
+        cannot parse (docs/formats.md, "certs.d"). A key replaced there (--force) is kept as client.key.bak."""
+        from ..docker.files import CLIENT_KEY, check_root
+
+        target = check_root(self.o.certs_root) / host
+        if self.o.overwrite and not self.o.renew:
+            backup(target / CLIENT_KEY)
+        return target
+
 
 def enroll(tpm: Tpm, options: EnrollOptions) -> EnrollResult:
     """Enroll this TPM against an ACME server with device-attest-01 and write key + certificate."""
     return Enroller(tpm, options).run()
 
 
-__all__ = ["DeviceAttest01", "DeviceAttest01Response", "EnrollOptions", "EnrollResult", "Enroller", "enroll"]
+def renew(cert: str | os.PathLike[str], tpm: Tpm) -> x509.Certificate:
+    """Renew an ACME-enrolled certificate as its record says: the same key re-attested (the server checks
+    the TPM and its PCRs again, and may refuse), the certificate and every copy replaced."""
+    record = RenewalRecord.load(cert)
+    if record is None:
+        raise UsageError(f"{cert}: no renewal record ({record_path(Path(cert)).name}) beside it: renew with "
+                         f"tpmtls enroll --acme URL --renew --key-out KEY --cert-out {cert}")
+    src = record.source
+    if src.get("kind") != "acme":
+        raise UsageError(f"{cert}: installed by tpmtls, not enrolled by it: renew it where it came from, then install "
+                         "it again ('tpmtls certs install')")
+    options = EnrollOptions(directory_url=src["directory"], identifier=src.get("identifier") or "ek",
+                            cafile=src.get("cafile"), attestation_ca=src.get("attestation_ca"), key_out=record.key,
+                            cert_out=record.cert, renew=True, ek=src.get("ek") or "rsa")
+    return enroll(tpm, options).certificate
+
+
+__all__ = ["DeviceAttest01", "DeviceAttest01Response", "EnrollOptions", "EnrollResult", "Enroller", "enroll", "renew"]

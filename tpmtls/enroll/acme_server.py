@@ -13,7 +13,6 @@ docs/enrollment-server.md describes the whole.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 import json
 import secrets
@@ -28,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from .._files import read_input, write_atomic
+from .._files import read_input
 from ..pki.ca import FileCA
 from .acme_attobj import verify_att_obj
 from .acme_jws import ALGORITHMS, JOSE, parse_jws, signature_verifies
@@ -39,6 +38,7 @@ from .attest_policy import PcrPolicy
 from .attest_verify import load_der_csr, load_pem_bundle
 from .ek_hygiene import EkCrls, EkDenyList, check_not_roca
 from .ratelimit import Buckets
+from .revocations import CaRevocations
 from .serve import EnrollServer, Request, Response
 from .state import Account, CertRecord, EnrollStore, Order
 from .state_sql import open_store
@@ -86,7 +86,7 @@ class EnrollApp:
         self._lock = threading.Lock()
         self._new_accounts = Buckets(self.settings.new_accounts, "new accounts")
         self._attestations = Buckets(self.settings.attestations, "attestations")
-        self.issued_dir = Path(ca_dir) / "issued"
+        self.revocations = CaRevocations(ca_dir, self.store)
 
     @property
     def nonce_ttl(self) -> float:
@@ -116,7 +116,7 @@ class EnrollApp:
 
     def directory(self) -> dict[str, Any]:
         b = self.acme
-        # No revokeCert/keyChange: short-lived certificates, throw-away account keys.
+        # No revokeCert/keyChange: revocation is the CA owner's (`tpmtls ca revoke`), account keys are throw-away.
         return {"newNonce": b + "/new-nonce", "newAccount": b + "/new-account", "newOrder": b + "/new-order",
                 "meta": {"externalAccountRequired": False}}
 
@@ -293,6 +293,7 @@ class EnrollApp:
             if self.ek_deny is not None:
                 self.ek_deny.check(attested.identifiers, "the EK")
             check_not_roca(attested.public_key, "the attested key")
+            self.revocations.check_key(attested.spki)  # a renewal of a revoked certificate's key ends here
         except Exception as e:  # noqa: BLE001 - a refusal, or a bug: either way this single-use challenge is spent
             problem = e if isinstance(e, Refusal) else Refusal("serverInternal", f"{type(e).__name__}: {e}", 500)
             self.store.update_order(order.id, {}, authz_status="invalid", status="invalid", error=problem.problem())
@@ -328,11 +329,7 @@ class EnrollApp:
             if cns and cns != [order.identifier]:
                 raise Refusal("badCSR", f"CSR Subject Common Name {cns[0]!r} does not match the order's "
                                         f"permanent identifier {order.identifier!r}")
-            key_hash = hashlib.sha256(spki).hexdigest()
-            revoked = self.store.revoked_for_key(key_hash)
-            if revoked is not None:
-                raise Refusal("unauthorized", f"this key's certificate {revoked.serial} was revoked "
-                                              f"({revoked.reason or 'unspecified'}): enroll a new key")
+            key_hash = self.revocations.check_key(spki)  # revoked since the challenge: still refused
             cert = self.ca.issue_for(csr.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, order.identifier)]),
                                      lifetime=datetime.timedelta(hours=self.settings.cert_hours))
         except Exception:  # a refusal or a bug: the order is spent either way (never left "processing")
@@ -340,7 +337,7 @@ class EnrollApp:
             raise
         pem = cert.public_bytes(serialization.Encoding.PEM) + self.ca.cert.public_bytes(serialization.Encoding.PEM)
         serial = f"{cert.serial_number:x}"
-        self._record(cert)
+        self.ca.record(cert)  # DIR/issued/<serial>.pem: the audit trail, and what `ca revoke --serial` finds
         self.store.add_certificate(CertRecord(serial, order.id, account.id, order.identifier, order.ek, key_hash,
                                               cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp(),
                                               pem, self.clock()))
@@ -349,11 +346,6 @@ class EnrollApp:
         with self._lock:
             self.stats.issued += 1
         return self._doc(200, self._order_doc(order), loc)
-
-    def _record(self, cert: x509.Certificate) -> None:
-        """Keep each issued certificate in DIR/issued/<serial>.pem: the audit trail of what was given out."""
-        self.issued_dir.mkdir(exist_ok=True)
-        write_atomic(self.issued_dir / f"{cert.serial_number:x}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
     def certificate(self, req: Request, serial: str) -> Response:
         _, _, account = self.verify_jws(req.body, self.base_url + req.path)
@@ -366,6 +358,7 @@ class EnrollApp:
     def housekeeping(self) -> dict[str, int]:
         """Forget what is spent or idle (run every minute by the server)."""
         s = self.settings
+        self.revocations.sync()
         return self.store.purge(self.clock(), s.account_idle, s.keep_orders)
 
     # -- HTTP -----------------------------------------------------------------------------

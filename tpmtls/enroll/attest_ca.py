@@ -45,9 +45,9 @@ from .attest_verify import (
     tpm_public_key,
     unmarshal,
     verify_ak_creation,
-    verify_chain,
 )
-from .ek_hygiene import EkCrls, EkDenyList, check_not_roca
+from .ek_hygiene import EkCrls, EkDenyList
+from .ek_verify import verify_ek
 from .state import AttestSession, EnrollStore
 
 SESSION_TTL = 120.0  # seconds a credential/nonce may wait for its answer
@@ -140,19 +140,7 @@ class AttestationCA:
         ek_cert = ek_certificate_from_nv(b64field({"c": certs[0]}, "c", "ekCerts[0]"), "ekCerts[0]")
         more = [load_der_certificate(b64field({"c": c}, "c", f"ekCerts[{i + 1}]"), f"ekCerts[{i + 1}]")
                 for i, c in enumerate(certs[1:8])]
-        path = verify_chain(ek_cert, more, self.ek_roots, "the EK certificate")
-        for i, extra in enumerate(more):
-            if extra not in path:
-                raise refuse(f"ekCerts[{i + 1}] is not part of the EK certificate's chain")
-        try:
-            ek_key = ek_cert.public_key()
-        except Exception:  # noqa: BLE001
-            raise refuse("the EK certificate's public key is unusable") from None
-        check_not_roca(ek_key, "the EK")
-        if self.ek_crls is not None:
-            self.ek_crls.check(path, "the EK certificate")
-        if self.ek_deny is not None:
-            self.ek_deny.check([ek_urn(ek_key)], "the EK")
+        claimed = None
         if "ek" in body:  # optional (smallstep: omitempty), but if sent it must be the certificate's key
             try:
                 claimed = serialization.load_der_public_key(b64field(body, "ek"))
@@ -160,8 +148,8 @@ class AttestationCA:
                 raise
             except Exception:  # noqa: BLE001
                 raise refuse("ek is not a DER SubjectPublicKeyInfo") from None
-            if _spki(claimed) != _spki(ek_key):
-                raise refuse("ek is not the key of the EK certificate")
+        ek_key = verify_ek(ek_cert, more, self.ek_roots, claimed=claimed, crls=self.ek_crls,
+                           deny=self.ek_deny).public_key
         params = body.get("params")
         if not isinstance(params, dict):
             raise refuse("params is missing")
@@ -231,10 +219,6 @@ class AttestationCA:
         with self._lock:
             self.issued += 1
         return cert
-
-
-def _spki(key: Any) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _load_or_create(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

@@ -22,6 +22,7 @@ import http.server
 import ipaddress
 import json
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -45,6 +46,8 @@ from .store import key_fingerprint
 ENROLL_PATH = "/tpmtls/v1/enroll"
 SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 _MAX_BODY = 64 * 1024
+_MAX_CONNECTIONS = 16  # handled at once; more wait in the listening socket's backlog
+_POLL = 0.25  # seconds between looks at "enrolled yet?" while waiting for a connection or a slot
 _CONN_TIMEOUT = 15.0  # per read
 # per connection: handshake, request and answer ($TPMTLS_ENROLL_DEADLINE seconds if set)
 _CONN_DEADLINE = float(os.environ.get("TPMTLS_ENROLL_DEADLINE") or 30.0)
@@ -209,12 +212,20 @@ def listening_socket(listen: str | None) -> tuple[socket.socket, int]:
 
 @dataclass
 class PairingAgent:
-    """One pairing: serve until a valid certificate is POSTed, store it, return."""
+    """One pairing: serve until a valid certificate is POSTed, store it, return.
+
+    Connections are handled concurrently, up to `max_connections` at once, each with its own
+    deadline, so idle or trickling peers cannot keep a legitimate client from its handshake.
+    Only what follows the handshake of a client of --ca is one at a time, and no connection is
+    accepted while it runs: those made meanwhile wait in the backlog, and once the daemon is
+    enrolled they are dockerd's.
+    """
 
     ca_path: Path
     state: AgentState
     sans: list[str] = field(default_factory=list)
     enrolled: bool = False
+    max_connections: int = _MAX_CONNECTIONS
 
     def __post_init__(self) -> None:
         self.ca = _load_ca(self.ca_path)
@@ -227,49 +238,98 @@ class PairingAgent:
         ctx.verify_mode = ssl.CERT_REQUIRED  # only clients of --ca may even speak to us
         ctx.sni_callback = self._remember_sni
         self.context = ctx
-        self._sni: str | None = None
+        self._sni: dict[int, str] = {}  # per handshake in progress, by id of its SSL socket
+        self._sni_lock = threading.Lock()
+        self._enroll_lock = threading.Lock()  # one enrollment at a time: check, store, answer
+        self._session = threading.Lock()  # held by an authenticated client's request, and by each accept
+        self._answered = threading.Event()  # the enrolling client has its 201: time to hand over
 
     def _remember_sni(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
-        self._sni = name
+        if name:
+            with self._sni_lock:
+                self._sni[id(sslobj)] = name
 
     def say(self, text: str) -> None:
         print(f"enroll-agent: {text}", file=sys.stderr, flush=True)
 
     def serve(self, sock: socket.socket) -> None:
-        """Accept and answer connections one at a time until enrolled; the socket stays open."""
-        while not self.enrolled:
-            conn, addr = sock.accept()
-            try:
-                self._serve_one(conn, addr)
-            finally:
-                conn.close()
+        """Accept until enrolled, each connection in a thread of its own (at most `max_connections`); return
+        once the enrolling client has its answer. The listening socket stays open, blocking, for dockerd."""
+        slots = threading.BoundedSemaphore(self.max_connections)
+        sock.setblocking(False)  # accept only what select() found, so a vanished peer cannot block us
+        try:
+            while not self.enrolled:
+                if not slots.acquire(timeout=_POLL):
+                    continue  # every slot busy: new connections wait in the backlog, each slot ends by its deadline
+                try:
+                    ready, _, _ = select.select([sock], [], [], _POLL)
+                    if not ready or not self._session.acquire(timeout=_POLL):
+                        raise BlockingIOError  # nothing, or a client is enrolling: new ones wait in the backlog
+                    try:
+                        if self.enrolled:
+                            slots.release()
+                            break  # what is still in the backlog is dockerd's
+                        conn, addr = sock.accept()
+                    finally:
+                        self._session.release()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    slots.release()
+                    continue
+                conn.setblocking(True)
+                threading.Thread(target=self._serve_one, args=(conn, addr, slots), daemon=True,
+                                 name=f"enroll-agent {addr[0]}:{addr[1]}").start()
+            self._answered.wait(_CONN_DEADLINE)  # bounded: the 201 is written, or its deadline passed
+        finally:
+            sock.setblocking(True)  # dockerd inherits the file description as it was handed to us
 
-    def _serve_one(self, conn: socket.socket, addr: tuple[str, int]) -> None:
-        # Connections are served one at a time (before the client is authenticated, too):
-        # each gets a read timeout and a deadline for the whole exchange, so a peer that
-        # trickles a byte at a time cannot hold the port and block pairing.
+    def _serve_one(self, conn: socket.socket, addr: tuple[str, int], slots: threading.BoundedSemaphore) -> None:
+        # Each connection has a read timeout and a deadline for the whole exchange, so a peer
+        # that trickles a byte at a time holds one slot for at most that long.
         deadline = threading.Timer(_CONN_DEADLINE, _shut, args=(conn,))
         deadline.daemon = True
         deadline.start()
+        enrolled_here = False
         try:
-            self._serve_one_bounded(conn, addr)
+            enrolled_here = self._serve_one_bounded(conn, addr)
+        except Exception as e:  # noqa: BLE001 - one connection's bug must not end pairing for the others
+            self.say(f"{addr[0]}:{addr[1]}: {type(e).__name__}: {e}")
         finally:
             deadline.cancel()
+            conn.close()
+            slots.release()
+            if enrolled_here:
+                self._answered.set()
 
-    def _serve_one_bounded(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+    def _serve_one_bounded(self, conn: socket.socket, addr: tuple[str, int]) -> bool:
+        """Handshake, then one request; True if this connection enrolled the daemon."""
         conn.settimeout(_CONN_TIMEOUT)
-        self._sni = None
         peer = f"{addr[0]}:{addr[1]}"
         try:
-            tls = self.context.wrap_socket(conn, server_side=True)
+            tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         except (ssl.SSLError, OSError) as e:
             self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})")
-            return
-        names = [str(n.value) for n in parse_san(self.sans)] if self.sans else [self._sni or tls.getsockname()[0]]
+            return False
         try:
-            _Handler(tls, (addr[0], addr[1]), self, names)
+            try:
+                tls.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})")
+                return False
+            finally:
+                with self._sni_lock:
+                    sni = self._sni.pop(id(tls), None)
+            names = [str(n.value) for n in parse_san(self.sans)] if self.sans else [sni or tls.getsockname()[0]]
+            # An authenticated client (its certificate is from --ca) has the agent to itself: no new connection
+            # is accepted meanwhile, so those made while it enrolls wait in the backlog and are dockerd's.
+            if not self._session.acquire(timeout=_CONN_DEADLINE):
+                return False
+            try:
+                return _Handler(tls, (addr[0], addr[1]), self, names).enrolled
+            finally:
+                self._session.release()
         except (ssl.SSLError, OSError) as e:
             self.say(f"{peer}: connection failed ({e})")
+            return False
         finally:
             try:
                 tls.close()
@@ -277,12 +337,16 @@ class PairingAgent:
                 pass
 
     def accept_certificate(self, pem: bytes, names: list[str], peer: str) -> None:
-        """Check and store the POSTed certificate (raises Refusal; writes nothing then)."""
-        if self.enrolled:
-            raise Refusal(409, "already enrolled")
-        check_certificate(pem, self.ca, self.key, names)
-        write_atomic(self.state.server_cert, pem, 0o644)
-        self.enrolled = True
+        """Check and store the POSTed certificate (raises Refusal; writes nothing then).
+
+        What is stored is the certificate that was checked, re-encoded: not the body as sent,
+        which may carry more than one PEM block or bytes around it."""
+        with self._enroll_lock:
+            if self.enrolled:
+                raise Refusal(409, "already enrolled")
+            cert = check_certificate(pem, self.ca, self.key, names)
+            write_atomic(self.state.server_cert, cert.public_bytes(PEM), 0o644)
+            self.enrolled = True
         self.say(f"enrolled by {peer}: stored {self.state.server_cert}")
 
 
@@ -296,6 +360,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                  names: list[str]) -> None:
         self.agent, self.names = agent, names
         super().__init__(request, client_address, None)  # type: ignore[arg-type]
+
+    enrolled = False  # set when this request enrolled the daemon (its 201 is written)
 
     def setup(self) -> None:
         super().setup()
@@ -345,7 +411,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (ValueError, TypeError) as e:  # a malformed extension cryptography cannot parse
             r = Refusal(400, f"cannot read the certificate ({str(e)[:120]})")
         else:
-            self._reply(201, "enrolled: dockerd starts on this socket now")
+            try:
+                self._reply(201, "enrolled: dockerd starts on this socket now")
+            finally:
+                self.enrolled = True
             return
         self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)")
         self._reply(r.status, f"certificate refused: {r}")

@@ -1,10 +1,11 @@
 """`tpmtls enroll HOST[:PORT]` and `tpmtls.ensure_server_enrolled(store, host)` (docs/pairing.md).
 
 The client authenticates with its TPM key (certified by the store's CA) and trusts the
-agent's key by its fingerprint: given out of band (`--expect-fingerprint`), or recorded
-on first use in the store and said so plainly. The pin is checked right after the TLS
-handshake, before a single byte of HTTP is sent; only then is a server certificate for
-exactly that key issued and POSTed, and the HTTP status checked. docker-easyenroll
+agent's key by its fingerprint, given out of band (`--expect-fingerprint`); trust on first
+use only when asked for by name (`--trust-on-first-use`), and without either nothing is
+sent. The pin is checked right after the TLS handshake, before a single byte of HTTP is
+sent; only then is a server certificate for exactly that key issued and POSTed, and the
+HTTP status checked; the agent's key is recorded in the store only once that succeeded. docker-easyenroll
 connected with CERT_NONE and POSTed with verify=False: a man in the middle on first
 contact got a CA-signed certificate for the address (docs/facts-docker.md, "docker-easyenroll,
 read in its source").
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from ..errors import EnrollmentError, HandshakeError
 from ..tls.diagnosis import Cause, certificate_dates, diagnose
 from .pairing_agent import ENROLL_PATH
+from .renewal import renewal_command
 from .store import CertificateStore, StoreLike, as_store, key_fingerprint, normalize_fingerprint, split_host
 
 _TIMEOUT = 30.0
@@ -38,7 +40,7 @@ class Enrollment:
     port: int
     cert_path: Path
     fingerprint: str
-    trust: str  # "expected" (given out of band), "pinned" (recorded earlier) or "first-use"
+    trust: str  # "expected" (given out of band), "first-use" (asked for), or "pinned" (enrolled earlier)
     changed: bool
 
     @property
@@ -124,15 +126,17 @@ def post_certificate(tls: ssl.SSLSocket, host: str, port: int, pem: bytes, *, cl
 
 
 def ensure_server_enrolled(store: StoreLike, host: str, *, port: int | None = None,
-                           expect_fingerprint: str | None = None, tcti: str | None = None,
-                           on_first_use: Callable[[str], None] | None = None,
+                           expect_fingerprint: str | None = None, trust_on_first_use: bool = False,
+                           tcti: str | None = None, on_first_use: Callable[[str], None] | None = None,
                            timeout: float = _TIMEOUT) -> Enrollment:
     """Pair with the enroll-agent at `host` (HOST[:PORT], default port 2376) unless already done.
 
-    Idempotent: an enrolled host returns at once without connecting. Otherwise the
-    agent's key must match `expect_fingerprint`, or a fingerprint recorded earlier, or
-    is trusted on first use (recorded in the store; `on_first_use` is told). Returns the
-    host's DOCKER_CERT_PATH directory, for `tpmtls.docker_client` and `daemon-proxy`.
+    Idempotent: an enrolled host returns at once without connecting. Otherwise the agent's
+    key must match `expect_fingerprint` (given out of band: what the agent printed), or
+    `trust_on_first_use=True` says to take whatever key answers (`on_first_use` is told it).
+    With neither, nothing is sent and nothing connects: `EnrollmentError`. The agent's key is
+    recorded only once the enrollment succeeded. Returns the host's DOCKER_CERT_PATH
+    directory, for `tpmtls.docker_client` and `daemon-proxy`.
     """
     st = as_store(store)
     name, p = split_host(host)
@@ -142,13 +146,12 @@ def ensure_server_enrolled(store: StoreLike, host: str, *, port: int | None = No
     if st.is_enrolled(name, p):
         pinned = st.pinned(name, p) or ""
         return Enrollment(name, p, cert_path, pinned, "pinned", changed=False)
-    recorded = st.pinned(name, p)
     expected = normalize_fingerprint(expect_fingerprint) if expect_fingerprint else None
-    if expected and recorded and expected != recorded:
-        raise HandshakeError(f"{name}:{p}: --expect-fingerprint {expected} differs from the key recorded in "
-                             f"{cert_path}/pinned-key.sha256 ({recorded}); remove that file if the host was reinstalled")
-    pin = expected or recorded
-    trust = "expected" if expected else "pinned" if recorded else "first-use"
+    if expected is None and not trust_on_first_use:
+        raise EnrollmentError(f"{name}:{p}: whose key to trust? Give the fingerprint enroll-agent printed "
+                              "(--expect-fingerprint SHA256; expect_fingerprint=…), or accept whatever key answers "
+                              "(--trust-on-first-use; trust_on_first_use=True): nothing was sent")
+    trust = "expected" if expected else "first-use"
     st.check()
     raw = dial(name, p, timeout)  # an agent that is not there costs no TPM key and leaves no store
     try:
@@ -156,17 +159,15 @@ def ensure_server_enrolled(store: StoreLike, host: str, *, port: int | None = No
     except BaseException:
         raw.close()
         raise
-    tls, seen, public = connect_pinned(ctx, name, p, pin, timeout, raw, client_cert=st.client_cert)
+    tls, seen, public = connect_pinned(ctx, name, p, expected, timeout, raw, client_cert=st.client_cert)
     try:
-        if trust == "first-use":
-            st.record_pin(name, p, seen, "trusted-on-first-use")
-            if on_first_use is not None:
-                on_first_use(seen)
+        if trust == "first-use" and on_first_use is not None:
+            on_first_use(seen)
         server_cert = st.issue_server(public, name)
         post_certificate(tls, name, p, server_cert.public_bytes(serialization.Encoding.PEM), client_cert=st.client_cert)
     finally:
         tls.close()
-    how = {"expected": "expected-out-of-band", "pinned": "trusted-on-first-use", "first-use": "trusted-on-first-use"}
+    how = {"expected": "expected-out-of-band", "first-use": "trusted-on-first-use"}
     path = st.record_server(name, p, server_cert, seen, how[trust])
     return Enrollment(name, p, path, seen, trust, changed=True)
 
@@ -179,9 +180,9 @@ def _tls_failure(where: str, e: OSError, client_cert: Path | None, *, handshake_
     refused = found.refused or (found.cause is Cause.CLOSED and handshake_done)
     dates = (found.dates or (certificate_dates(client_cert) if client_cert else None)) if refused else None
     if dates or (found.cause is Cause.EXPIRED and found.ours):
+        renew = f"; renew it: {renewal_command(client_cert)}" if client_cert else ""
         return HandshakeError(f"{where}: the agent refused our client certificate as expired or not yet valid "
-                              f"({dates or found.reason}); remove the store's client.crt to have a new key and "
-                              "certificate made")
+                              f"({dates or found.reason}){renew}")
     if refused:
         return HandshakeError(f"{where}: the agent refused our client certificate (is its --ca the CA in the "
                               f"store, ca/ca.crt?): {found.reason}")

@@ -2,6 +2,7 @@
 
 Layout (DIR):
     ca/ca.crt, ca/ca.key        the CA this client manages (`tpmtls ca init`; ca.key 0600)
+    policy.json                 optional: how long the certificates it issues live (`StorePolicy`)
     client.key, client.crt      the client's key in the TPM (TSS2 PRIVATE KEY) and its certificate
     servers/HOST:PORT/          one enrolled daemon, usable as DOCKER_CERT_PATH as it is:
         ca.pem cert.pem key.pem   Docker's names (CA, client certificate, client TPM key file)
@@ -15,27 +16,29 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from .._files import check_directory, write_atomic
 from ..docker.files import CertPath
 from ..errors import UsageError
 from ..pki.ca import FileCA
 from ..pki.csr import build_csr
+from .server_cert import san_for
 
 PEM = serialization.Encoding.PEM
 DEFAULT_PORT = 2376
-_SERVER_DAYS = 825
 
 StoreLike = Union["CertificateStore", str, "os.PathLike[str]"]
 
@@ -93,11 +96,37 @@ def _port(text: str, host: str) -> int:
     return int(text)
 
 
-def san_for(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host.lower())
+@dataclass(frozen=True)
+class StorePolicy:
+    """How long the certificates a store's CA issues live (DIR/policy.json; every key optional).
+
+    Short by default: dockerd checks no CRL, so a certificate's end is the only revocation a
+    paired daemon knows. The client's own certificate is renewed by the store itself
+    (`renew_client`, the renewal timer); a daemon's needs the daemon host to pair again,
+    so it lives longer (docs/pairing.md, "Lifetimes").
+    """
+
+    server_days: float = 365.0
+    client_days: float = 30.0
+
+    @classmethod
+    def load(cls, path: Path) -> "StorePolicy":
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path}: not a store policy (JSON like {{\"server_days\": 365, \"client_days\": 30}}): "
+                             f"{e}") from None
+        known = {"server_days", "client_days"}
+        if not isinstance(doc, dict) or set(doc) - known:
+            raise UsageError(f"{path}: a store policy holds only {', '.join(sorted(known))}")
+        values = {}
+        for name, value in doc.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 825:
+                raise UsageError(f"{path}: {name} must be a number of days above 0 and at most 825")
+            values[name] = float(value)
+        return cls(**values)
 
 
 class CertificateStore:
@@ -118,6 +147,10 @@ class CertificateStore:
     def client_cert(self) -> Path:
         return self.root / "client.crt"
 
+    @property
+    def policy(self) -> StorePolicy:
+        return StorePolicy.load(self.root / "policy.json")
+
     def server_dir(self, host: str, port: int) -> Path:
         name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return self.root / "servers" / name
@@ -126,7 +159,7 @@ class CertificateStore:
         return (self.server_dir(host, port) / "server.crt").is_file()
 
     def pinned(self, host: str, port: int) -> str | None:
-        """A fingerprint recorded by an earlier trust-on-first-use attempt, if any."""
+        """The fingerprint recorded when this host was enrolled, if any."""
         path = self.server_dir(host, port) / "pinned-key.sha256"
         try:
             return normalize_fingerprint(path.read_text().split()[0])
@@ -168,7 +201,7 @@ class CertificateStore:
             ca = staged.ca() if new else self.ca()
             key = connect(tcti).create_key("ecc-p256", stage / "client.key")
             csr = build_csr(key, f"CN=tpmtls-enroll@{socket.gethostname()}")
-            write_atomic(stage / "client.crt", ca.issue(csr).public_bytes(PEM), 0o644)
+            write_atomic(stage / "client.crt", ca.issue(csr, days=self.policy.client_days).public_bytes(PEM), 0o644)
             if new:
                 stage.chmod(0o700)
                 if self.root.exists():
@@ -186,29 +219,30 @@ class CertificateStore:
             raise
         return self.client_cert, self.client_key
 
-    def issue_server(self, public_key: object, host: str) -> x509.Certificate:
-        """A serverAuth certificate from the store's CA for the daemon's key, naming `host`."""
+    def renew_client(self) -> x509.Certificate:
+        """A new certificate for the same TPM key (the store's CA signs; no TPM, no network), written to
+        client.crt and every enrolled server's cert.pem, each file replaced atomically."""
+        try:
+            current = x509.load_pem_x509_certificate(self.client_cert.read_bytes())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{self.client_cert}: no client certificate to renew ({e}); pair once first") from None
         ca = self.ca()
-        now = datetime.datetime.now(datetime.timezone.utc)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(ca.cert.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=_SERVER_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([san_for(host)]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
-            .sign(ca.key, hashes.SHA256())
-        )
+        cert = ca.issue_for(current.public_key(), current.subject, lifetime=datetime.timedelta(days=self.policy.client_days))
+        ca.record(cert)
+        pem = cert.public_bytes(PEM)
+        write_atomic(self.client_cert, pem, 0o644)
+        for server in sorted((self.root / "servers").glob("*/cert.pem")):
+            write_atomic(server, pem, 0o644)
+        return cert
 
-    def record_pin(self, host: str, port: int, fingerprint: str, how: str) -> None:
-        d = self.server_dir(host, port)
-        d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / "pinned-key.sha256", f"{fingerprint} {how}\n".encode(), 0o644)
+    def issue_server(self, public_key: object, host: str) -> x509.Certificate:
+        """A serverAuth certificate from the store's CA for the daemon's key, naming `host`, living as
+        long as the store's policy says."""
+        ca = self.ca()
+        cert = ca.issue_for(public_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]), server=True,
+                            sans=[san_for(host)], lifetime=datetime.timedelta(days=self.policy.server_days))
+        ca.record(cert)
+        return cert
 
     def record_server(self, host: str, port: int, server_cert: x509.Certificate, fingerprint: str, how: str) -> Path:
         """Lay out servers/HOST:PORT/ in a temp dir and rename it into place: all of it or nothing."""
@@ -225,7 +259,7 @@ class CertificateStore:
             (tmp / "server.crt").write_bytes(server_cert.public_bytes(PEM))
             os.chmod(tmp, 0o755)
             if final.exists():
-                shutil.rmtree(final)  # only a pin from an earlier, unfinished attempt
+                shutil.rmtree(final)  # a pin an older tpmtls recorded before its enrollment had succeeded
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

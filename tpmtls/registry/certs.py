@@ -54,6 +54,15 @@ def trust_hint(certs: CertDir, where: str) -> str:
     return f"no CA (*.crt) in {where}, only the system's were tried: put the registry's CA there as ca.crt"
 
 
+def check_own_certificate(cert: "str | os.PathLike[str] | None", registry: str) -> None:
+    """Our client certificate in date, or one line saying when it ended and how to renew it."""
+    from ..tls.diagnosis import own_certificate_problem
+
+    problem = own_certificate_problem(cert)
+    if problem is not None:
+        raise RegistryError(f"{registry}: our client certificate {problem}")
+
+
 def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" = None,
                     certs_root: "str | os.PathLike[str] | None" = None, resolve: dict[str, str] | None = None,
                     jobs: int = 4, credentials: "Credentials | None" = None, tcti: str | None = None,
@@ -70,6 +79,7 @@ def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" 
     else:
         certs = lookup(registry, Path(certs_root) if certs_root else None)
     client = certs.client
+    check_own_certificate(client[0] if client else None, registry)  # before a peer is blamed for it
     where = searched(registry, cert_dir, certs_root)
     return RegistryClient(registry, ssl_context_for(certs, tcti, key_password), resolve=resolve, connections=max(1, jobs),
                           credentials=credentials, client_cert=str(client[0]) if client else None,

@@ -123,7 +123,8 @@ class RegistryProxy:
                  key_password: KeyPassword | None = None, head_timeout: float = HEAD_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
         from ..docker.files import lookup, read_cert_dir
-        from .certs import searched, ssl_context_for, trust_hint
+        from ..tls.renewed import Renewable
+        from .certs import check_own_certificate, searched, ssl_context_for, trust_hint
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
@@ -136,18 +137,31 @@ class RegistryProxy:
             raise UsageError(f"{where}: no client certificate (client.cert + client.key); "
                              f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
-        self.context = ssl_context_for(certs, tcti, key_password)
-        self.transport = Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
-                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert), certs_where=where,
-                                   trust=trust_hint(certs, where))
+        check_own_certificate(self.client_cert, self.upstream)  # before the registry is blamed for refusing it
         self.log = log or (lambda line: None)
         self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
+
+        def connect() -> Transport:
+            self.context = ssl_context_for(certs, tcti, key_password)
+            return Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
+                             read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert), certs_where=where,
+                             trust=trust_hint(certs, where))
+
+        def renewed(old: Transport) -> None:  # requests under way finish on the old one
+            self.log(f"{self.client_cert} changed on disk (renewed): new upstream connections use it")
+
+        self._upstream = Renewable(certs.client, connect, renewed)
         self.counters = ProxyCounters()
         self._realms: set[str] = set()  # token-server host:port the upstream named in a challenge
         self._lock = threading.Lock()
         self._server: _Server | None = None
 
     # ---- upstream ------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> Transport:
+        """The upstream transport, over the client certificate as it is on disk now."""
+        return self._upstream.get()
 
     def allow_realm(self, hostport: str) -> None:
         with self._lock:

@@ -28,7 +28,7 @@ from urllib3.exceptions import EmptyPoolError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ..errors import RegistryError
-from ..tls.diagnosis import Cause, Diagnosis, diagnose, diagnose_response
+from ..tls.diagnosis import Cause, Diagnosis, diagnose, diagnose_response, own_certificate_problem
 
 if TYPE_CHECKING:
     from .credentials import Credentials
@@ -236,6 +236,9 @@ class Transport:
         if self.client_cert is None:
             return (f"{self.registry}: the registry requires a client certificate and none is configured for it "
                     f"(client.cert + client.key in {self.certs_where}; {detail})")
+        renew = own_certificate_problem(self.client_cert)
+        if renew is not None:  # it expired while we ran: say so, and how to renew it
+            return f"{self.registry}: the registry refused our client certificate {renew}"
         return f"{self.registry}: the registry refused our client certificate {self.client_cert} ({detail})"
 
     def refusal(self, method: str, url: str, resp: Any, credentials: Credentials | None = None) -> str:

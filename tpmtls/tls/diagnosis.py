@@ -169,6 +169,19 @@ def certificate_dates(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def own_certificate_problem(path: str | os.PathLike[str] | None) -> str | None:
+    """Our certificate outside its dates, said before any peer is blamed: "<file> expired on …; renew it: <the
+    command that applies>" (from its renewal record: docs/renewal.md), or None when it is in date."""
+    if path is None:
+        return None
+    dates = certificate_dates(path)
+    if dates is None:
+        return None
+    from ..enroll.renewal import renewal_command  # the record beside it, or a copy's pointer to one
+
+    return f"{dates}; renew it: {renewal_command(path)}"
+
+
 # --- rules ----------------------------------------------------------------------------------
 
 
@@ -299,4 +312,5 @@ def _names(reason: str) -> str:
     return listed.group(1).replace("'", "").strip() if listed else ""
 
 
-__all__ = ["Cause", "Diagnosis", "causes", "certificate_dates", "diagnose", "diagnose_response", "diagnose_text"]
+__all__ = ["Cause", "Diagnosis", "causes", "certificate_dates", "diagnose", "diagnose_response", "diagnose_text",
+           "own_certificate_problem"]

@@ -1,6 +1,7 @@
 """Key transfer to one TPM: wrap a software key to a TPM's EK; only that TPM can import it.
 
-Owner side (no TPM): `wrap_key` duplicates the key to the EK's public area with
+Owner side (no TPM): `wrap_key` duplicates the key to the public area of an EK the owner
+trusts (its certificate checked by `ek_file.ek_target`) with
 tpm2-pytss `utils.wrap` (the TPM's duplication format: seed encrypted to the EK,
 AES-CFB + HMAC outer wrapper). Machine side: `import_wrapped` re-wraps that outer layer
 from the EK to the SRK *inside* the TPM (TPM2_Rewrap, TPM 2.0 Part 3 §13.2, authorized
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
 from tpm2_pytss.types import (
     TPM2B_DATA,
@@ -30,23 +30,20 @@ from tpm2_pytss.types import (
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
     TPML_PCR_SELECTION,
-    TPMT_PUBLIC,
     TPMT_SYM_DEF,
     TPMT_SYM_DEF_OBJECT,
 )
-from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template, wrap
+from tpm2_pytss.utils import NVReadEK, create_ek_template, wrap
 
 from .._files import check_writable, write_atomic
 from ..errors import KeyFileError
 from .context import TpmContext
 from .device import Tpm, importable_objects
+from .ek_file import EK_TYPES, EkTarget
 from .keyfile import OWNER, KeyBlob, _unarmor
 from .keys import AnyTpmKey, make_key
 
 WRAPPED_LABEL = "TPMTLS WRAPPED KEY"
-# The TCG EK Credential Profile's low-range templates (L-1, L-2): the EKs whose
-# certificates TPM makers provision and `tpm2_createek` makes by default.
-EK_TYPES = {"rsa": "EK-RSA2048", "ecc": "EK-ECC256"}
 _VERSION = 1
 
 
@@ -84,10 +81,6 @@ class EndorsementKey:
         return out
 
 
-def _no_nv(index: int) -> bytes:
-    raise NoSuchIndex(index)
-
-
 def _create_ek(ctx: TpmContext, ek_type: str) -> tuple[ESYS_TR, TPM2B_PUBLIC, bytes | None]:
     """CreatePrimary of the EK from the template in NV (or the profile's default)."""
     cert, template = create_ek_template(ek_type, NVReadEK(ctx.esapi))
@@ -109,47 +102,21 @@ def read_ek(tpm: Tpm, kind: str = "rsa") -> EndorsementKey:
     return tpm.pool.run("read the endorsement key", fn)
 
 
-def ek_public_from_pem(data: bytes, source: str = "<EK>") -> tuple[str, TPM2B_PUBLIC]:
-    """The EK's TPM public area rebuilt from its PEM public key and the standard EK template."""
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        try:  # an EK certificate alone is fine too
-            key = x509.load_pem_x509_certificate(data).public_key()
-        except ValueError:
-            raise KeyFileError(f"{source}: no PEM public key or certificate; make it with 'tpmtls key ek --out EK.pem'") from None
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048 and key.public_numbers().e == 65537:
-        ek_type = EK_TYPES["rsa"]
-    elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        ek_type = EK_TYPES["ecc"]
-    else:
-        raise KeyFileError(f"{source}: not an EK public key (RSA-2048 or ECC P-256 expected)")
-    _, template = create_ek_template(ek_type, _no_nv)
-    area: TPMT_PUBLIC = template.publicArea
-    if isinstance(key, rsa.RSAPublicKey):
-        area.unique.rsa = key.public_numbers().n.to_bytes(256, "big")
-    else:
-        numbers = key.public_numbers()
-        area.unique.ecc.x = numbers.x.to_bytes(32, "big")
-        area.unique.ecc.y = numbers.y.to_bytes(32, "big")
-    return ek_type, TPM2B_PUBLIC(publicArea=area)
-
-
-def wrap_key(pem: bytes, ek_pem: bytes, *, pem_password: bytes | None = None,
-             source: str = "<pem>", ek_source: str = "<EK>") -> bytes:
+def wrap_key(pem: bytes, ek: EkTarget, *, pem_password: bytes | None = None, source: str = "<pem>") -> bytes:
     """Wrap a software RSA/EC private key so that only the TPM holding this EK can import it.
 
-    Returns the blob (PEM 'TPMTLS WRAPPED KEY'): the key's public area and its private
-    part encrypted to the EK, nothing readable without that TPM.
+    `ek` comes from `ek_file.ek_target`: an EK whose certificate chains to the owner's
+    roots (or one taken unverified on purpose). Returns the blob (PEM 'TPMTLS WRAPPED KEY'):
+    the key's public area and its private part encrypted to the EK, nothing readable
+    without that TPM.
     """
-    ek_type, ek_public = ek_public_from_pem(ek_pem, ek_source)
     # the checks and attributes of `tpmtls key import`; passwordless, so noDA
     public, sensitive = importable_objects(pem, pem_password, source)
-    _, duplicate, seed = wrap(ek_public.publicArea, public, sensitive)
+    _, duplicate, seed = wrap(ek.public.publicArea, public, sensitive)
     der = asn1.encode_der(_WrappedDer(
         version=_VERSION,
-        ek_type=ek_type.encode(),
-        ek_name=bytes(ek_public.get_name()),
+        ek_type=ek.ek_type.encode(),
+        ek_name=bytes(ek.public.get_name()),
         public=public.marshal(),
         duplicate=duplicate.marshal(),
         seed=seed.marshal(),
