@@ -37,7 +37,8 @@ def test_certs_env_keeps_a_cert_path_that_is_there(cli, client, pki, tmp_path):
     assert (docker / "key.pem").read_text() == "the user's own key\n"
     out = cli(*args, "--force").stdout
     assert f"DOCKER_CERT_PATH={docker}" in out
-    assert sorted(p.name for p in docker.iterdir()) == ["ca.pem", "cert.pem", "config.json", "key.pem", "key.pem.bak"]
+    assert sorted(p.name for p in docker.iterdir()) == [".tpmtls-renewal", "ca.pem", "cert.pem", "config.json", "key.pem",
+                                                        "key.pem.bak"]  # the pointer: certs env notes the copy
     assert (docker / "key.pem.bak").read_text() == "the user's own key\n"
     assert (docker / "key.pem.bak").stat().st_mode & 0o777 == 0o600
     assert (docker / "key.pem").read_bytes() == key.read_bytes()

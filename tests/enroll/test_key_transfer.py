@@ -127,7 +127,7 @@ def test_wrap_bad_inputs(cli, tmp_path: Path):
     line = cli.fails("key", "wrap", "k.pem", "--ek", "notek.pem", "--ek-unverified", "--out", "b")
     assert line == "tpmtls: notek.pem: not an EK public key (RSA-2048 or ECC P-256 expected)"
     line = cli.fails("key", "wrap", "k.pem", "--ek", "missing.pem", "--ek-unverified", "--out", "b")
-    assert line.startswith("tpmtls: missing.pem: cannot read EK certificate")
+    assert line.startswith("tpmtls: missing.pem: no such EK certificate file")
     cli("key", "ek", "--out", "EK.pem")
     line = cli.fails("key", "wrap", "EK.pem", "--ek", "EK.pem", "--ek-unverified", "--out", "b")
     assert line.startswith("tpmtls: EK.pem: not a PEM private key"), line

@@ -134,9 +134,10 @@ def test_daemon_renews_at_two_thirds_without_a_dropped_push(world, registry, pki
 
     def keep_pushing() -> None:
         n = 0
-        while not stop.is_set() and n < 200:  # bounded
+        while not stop.is_set() and n < 400:  # bounded: a warm push takes ~0.2 s, the test ~2 min
             n += 1
             results.append(_push(machine, small_image, registry, certs_d, tmp_path, f"p{n}").returncode)
+            stop.wait(0.5)
 
     pusher = threading.Thread(target=keep_pushing, daemon=True)
     pusher.start()

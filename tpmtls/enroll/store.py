@@ -168,12 +168,13 @@ class CertificateStore:
 
     def check(self) -> "CertificateStore":
         """Before anything is made: the store is a directory, or can become one (not a file, a
-        missing parent, a read-only disk)."""
+        missing parent, a read-only disk), and its policy.json, if any, is one."""
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"{self.root}: exists and is not a directory; --store names the store's directory")
         if not self.root.exists() and not self.root.parent.is_dir():
             raise UsageError(f"{self.root}: directory {self.root.parent} does not exist")
         check_directory(self.root)
+        StorePolicy.load(self.root / "policy.json")
         return self
 
     def ca(self) -> FileCA:
