@@ -16,7 +16,7 @@ setup:
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard tpmtls/provider/*.c tpmtls/provider/*.h)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
 quickstart: setup
