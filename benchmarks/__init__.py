@@ -1,1 +1,1 @@
-"""tpmtls benchmarks: `python -m benchmarks {handshakes,pool,push}` (see README "Performance")."""
+"""tpmtls benchmarks: `python -m benchmarks {handshakes,pool,push}` (see docs/performance.md)."""

@@ -1,4 +1,4 @@
-"""The benchmarks run and report what they promise (no timing assertions: numbers go in the README)."""
+"""The benchmarks run and report what they promise (no timing assertions: numbers go in docs/performance.md)."""
 
 from __future__ import annotations
 

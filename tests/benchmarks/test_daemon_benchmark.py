@@ -1,4 +1,4 @@
-"""`python -m benchmarks daemon` runs and reports what it promises (numbers go in the README)."""
+"""`python -m benchmarks daemon` runs and reports what it promises (numbers go in docs/daemon.md)."""
 
 from __future__ import annotations
 

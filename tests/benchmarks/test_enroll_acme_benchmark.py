@@ -1,4 +1,4 @@
-"""`python -m benchmarks enroll` runs and reports what it promises (numbers go in the README, not asserts)."""
+"""`python -m benchmarks enroll` runs and reports what it promises (numbers go in docs/enrollment.md, not asserts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m benchmarks proxy` runs and reports what it promises (numbers go in the README)."""
+"""`python -m benchmarks proxy` runs and reports what it promises (numbers go in docs/proxy.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 10, items 10-12: output paths, outputs that are inputs, import edge cases, CA checks.
+"""Output paths, outputs that are inputs, import edge cases, CA checks.
 
 Every failure is one line, exit 1, and leaves the TPM and the files as they were.
 `/sys` stands in for a read-only directory: even root cannot create files there."""

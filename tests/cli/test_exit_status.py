@@ -1,4 +1,4 @@
-"""Every README example and TLS entry point, run as its own process: it exits with its own status.
+"""Every README and docs example and TLS entry point, run as its own process: it exits with its own status.
 
 A crash at interpreter exit (OpenSSL freeing a TPM key in the final garbage collection)
 or a stray "Exception ignored" never shows in an in-process test, so each script here
@@ -129,7 +129,7 @@ def s_server_www(pki):
 @pytest.fixture
 def example_env(test_tpm) -> dict[str, str]:
     # docker-py's TLSConfig is overridden by REQUESTS_CA_BUNDLE (this machine sets one;
-    # FINDINGS); here only the exit behaviour is under test, so leave the user's CA alone.
+    # docs/facts-openssl.md); here only the exit behaviour is under test, so leave the user's CA alone.
     env = clean_env(test_tpm.env)
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env.pop(name, None)
@@ -146,25 +146,49 @@ def test_entry_point_exits_with_its_own_status(entry, ending, tpm_client, pki, s
     assert "handshake ok" in proc.stdout
 
 
-def _readme_python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+
+
+def _docs_python_blocks() -> list[tuple[str, str]]:
+    """(page, block) for every ```python block in docs/ that needs no Docker daemon.
+
+    Blocks calling docker_client need a TLS dockerd: tests/docker/test_daemon_client.py runs them.
+    """
+    return [(page.name, block) for page in sorted((ROOT / "docs").glob("*.md"))
+            for block in _python_blocks(page) if "docker_client" not in block]
+
+
+def _certify(tpm, pki, directory: Path) -> None:
+    """client.crt and ca.crt beside the client.key a block made: the TLS examples name them."""
+    key = tpm.load_key(directory / "client.key")
+    (directory / "client.crt").write_bytes(pki.issue(key.public_key(), "readme-client", "readme.crt").read_bytes())
+    (directory / "ca.crt").write_bytes(pki.ca_file.read_bytes())
 
 
 def test_readme_examples_run_verbatim(tpm, pki, tmp_path, example_env):
-    """Each ```python block of the README, unchanged, in order, in one directory.
-
-    The docker-py block needs a TLS dockerd: tests/test_daemon_client.py runs it against one.
-    """
-    blocks = [b for b in _readme_python_blocks() if "docker_client" not in b]
-    assert len(blocks) >= 3
+    """Each ```python block of the README, unchanged, in order, in one directory."""
+    blocks = _python_blocks(ROOT / "README.md")
+    assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         if i == 1:  # the TLS block names client.crt and ca.crt next to the key the first block made
-            key = tpm.load_key(tmp_path / "client.key")
-            (tmp_path / "client.crt").write_bytes(pki.issue(key.public_key(), "readme-client", "readme.crt").read_bytes())
-            (tmp_path / "ca.crt").write_bytes(pki.ca_file.read_bytes())
+            _certify(tpm, pki, tmp_path)
         proc = _run(block, tmp_path, example_env)
         assert proc.returncode == 0, f"README block {i + 1} exited {proc.returncode}: {proc.stderr[-2000:]}"
         assert proc.stderr == "", f"README block {i + 1}: {proc.stderr[-2000:]}"
+
+
+def test_docs_examples_run_verbatim(tpm, pki, tmp_path, example_env):
+    """Each ```python block of docs/*.md, unchanged, in a directory holding the README's
+    client.key, client.crt and ca.crt (what a reader following on from the README has)."""
+    blocks = _docs_python_blocks()
+    assert blocks, "no ```python block in docs/: tests/cli/test_docs.py expects at least docs/testing.md's"
+    tpm.create_key("ecc-p256", path=tmp_path / "client.key")
+    _certify(tpm, pki, tmp_path)
+    for page, block in blocks:
+        proc = _run(block, tmp_path, example_env)
+        assert proc.returncode == 0, f"docs/{page} block exited {proc.returncode}: {proc.stderr[-2000:]}"
+        assert proc.stderr == "", f"docs/{page}: {proc.stderr[-2000:]}"
 
 
 def test_context_freed_while_an_exception_propagates(tpm_client, pki, tmp_path, example_env):

@@ -49,7 +49,7 @@ def test_ca_and_certs_install_commands(cli, tmp_path):
 
 
 def test_quickstart_keeps_software_keys_private(tmp_path):
-    """Issue 10 item 13: software private keys it writes are 0600; its output is on stdout, failures on stderr."""
+    """Software private keys it writes are 0600; its output is on stdout, failures on stderr."""
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("OPENSSL_CONF", "TPMTLS_TCTI")}

@@ -1,4 +1,4 @@
-"""Issue 10, items 5 and 6: `tpmtls certs install` validates and writes tpmtls's certs.d, never
+"""`tpmtls certs install` validates and writes tpmtls's certs.d, never
 Docker's; tpmtls-push/pull read tpmtls's root first, then Docker's; stock docker keeps working."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Seed 001 done with tpmtls: certificates for their purpose, daemon.json + drop-in from
+"""A TLS-protected daemon done with tpmtls (docs/daemon.md): certificates for their purpose, daemon.json + drop-in from
 `tpmtls certs daemon-config`, DOCKER_* from `tpmtls certs env`, a real dockerd started
 from that daemon.json, and the stock docker CLI with software certificates."""
 

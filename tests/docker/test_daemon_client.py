@@ -186,13 +186,13 @@ def test_inject_into_ssl_lets_docker_py_itself_use_the_tpm_key(dpki, tls_daemon,
     assert a == b and a.startswith("1.")
 
 
-def test_readme_docker_py_example_runs_verbatim(dpki, tls_daemon, archive, tmp_path):
-    """The README's docker-py block, unchanged, as its own process, against the TLS daemon."""
+def test_docs_docker_py_example_runs_verbatim(dpki, tls_daemon, archive, tmp_path):
+    """docs/daemon.md's docker-py block, unchanged, as its own process, against the TLS daemon."""
     import re
 
     daemon, port = tls_daemon
-    readme = (ROOT / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "docker_client" in b)
+    page = (ROOT / "docs" / "daemon.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "docker_client" in b)
     local = {**dpki.env, **daemon.local_env}
     for argv in (["docker", "load", "-i", str(archive)], ["docker", "tag", IMAGE, "alpine"]):
         proc = run(argv, env=local, timeout=120)

@@ -1,4 +1,4 @@
-"""Seed 004 without socat: NGINX from `tpmtls certs nginx-front` terminating mTLS in front of a
+"""An NGINX front for docker.sock without socat: NGINX from `tpmtls certs nginx-front` terminating mTLS in front of a
 real dockerd's socket; docker-py with the TPM key and the stock CLI via daemon-proxy through it."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ IMAGE = "busybox-tpmtls:1"
 
 
 def _dockerd_args(root: Path, run_dir: Path) -> list[str]:
-    """What tests/daemon_env.TlsDockerd passes, as --dockerd-arg values (private roots, no networking)."""
+    """What support.daemon.TlsDockerd passes, as --dockerd-arg values (private roots, no networking)."""
     (root / "empty.json").write_text("{}\n")
     args = [f"--config-file={root / 'empty.json'}", "--iptables=false", "--ip6tables=false", "--bridge=none",
             "--storage-driver=vfs", f"--data-root={root / 'data'}", f"--exec-root={run_dir / 'exec'}",

@@ -28,7 +28,7 @@ def test_gzip_source(kind, tmp_path):
 
 
 def test_isal_is_the_compressor_and_stable_across_runs(tmp_path):
-    """The chosen compressor (README, "Layer compression") and its determinism on a real-ish file mix."""
+    """The chosen compressor (docs/performance.md, "Layer compression") and its determinism on a real-ish file mix."""
     import sys
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Issue 10, items 9, 10, 13: clear refusals and clean failures, pulling and pushing."""
+"""Clear refusals and clean failures, pulling and pushing."""
 
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def test_certs_d_rules(registry, pki, small_image, test_tpm, tmp_path):
 
 
 def test_flat_layout_with_untagged_manifests(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
-    """Issue 10 item 14: several untagged manifests in index.json: choose by digest or --platform."""
+    """Several untagged manifests in index.json: choose by digest or --platform."""
     layout = tmp_path / "flat"
     _oci_multiplatform(layout)
     index = json.loads((layout / "index.json").read_text())

@@ -105,7 +105,7 @@ def test_no_credentials_is_one_line(auth_registry, tpm_certs, small_image, test_
     assert host in line
 
 
-# ---- issue 10, items 1, 7, 8: auth as docker does it, nothing in clear -----------------------------
+# ---- auth as docker does it, nothing in clear (docs/trust.md, "Registry credentials") ----------------
 
 
 def test_identity_token_uses_the_refresh_grant(token_registry, tpm_certs, small_image, test_tpm, tmp_path):

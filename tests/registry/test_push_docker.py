@@ -1,4 +1,4 @@
-"""The mission's spelling with a real dockerd: push a daemon image to server.domain.com:PORT/alpine."""
+"""The main job's spelling with a real dockerd: push a daemon image to server.domain.com:PORT/alpine."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_unknown_daemon_image(dockerd, registry, tpm_certs, test_tpm, tmp_path):
 
 
 def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_tpm, tmp_path):
-    """Issue 10 item 15: a registry that refuses us is found out before `docker save` runs."""
+    """A registry that refuses us is found out before `docker save` runs."""
     import time
 
     from support.peers import Pki

@@ -1,4 +1,4 @@
-"""Issue 10, items 2-4: layers verified against the config, true resume, references checked first."""
+"""Layers verified against the config, true resume, references checked first."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """NGINX terminating mTLS in front of docker-registry: push and pull with TPM keys (ECC, RSA;
-TLS 1.2 and 1.3), and its after-the-handshake refusals reported as what they are (issue 10, item 9)."""
+TLS 1.2 and 1.3), and its after-the-handshake refusals reported as what they are."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13 items 1-2: `tpmtls proxy` lets a stock dockerd push and pull through the TPM key."""
+"""`tpmtls proxy` lets a stock dockerd push and pull through the TPM key."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13: `docker login` through `tpmtls proxy` to a token-auth registry behind mTLS, then push
+"""`docker login` through `tpmtls proxy` to a token-auth registry behind mTLS, then push
 and pull; the token realm (another host) is reached through the proxy, credentials pass through."""
 
 from __future__ import annotations

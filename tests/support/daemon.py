@@ -59,7 +59,7 @@ def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class DaemonPki:
-    """What seed 001 makes with openssl, made with tpmtls: a CA, the daemon's server
+    """What Docker's guide to a TLS-protected daemon makes with openssl, made with tpmtls: a CA, the daemon's server
     certificate (a file key: dockerd cannot use a TPM), a TPM client in DOCKER_CERT_PATH
     layout, a software client for the stock CLI, and a client of a foreign CA."""
 

@@ -1,4 +1,4 @@
-"""NGINX as the mTLS terminator in front of docker-registry (seed 000 deployed Envoy so).
+"""NGINX as the mTLS terminator in front of docker-registry (as an Envoy front is usually deployed).
 
 NGINX verifies the client certificate and judges it *after* the handshake (HTTP 400 "No
 required SSL certificate was sent" / "The SSL certificate error"); the registry behind it

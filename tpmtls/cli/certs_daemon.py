@@ -1,4 +1,4 @@
-"""`tpmtls certs daemon-config|env|nginx-front`: TLS for a Docker daemon and its clients (seeds 001, 004)."""
+"""`tpmtls certs daemon-config|env|nginx-front`: TLS for a Docker daemon and its clients (docs/daemon.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`tpmtls enroll-agent` and `tpmtls enroll HOST[:PORT] --store DIR` (pairing, seed 002).
+"""`tpmtls enroll-agent` and `tpmtls enroll HOST[:PORT] --store DIR` (docs/pairing.md).
 
 `tpmtls enroll --acme URL` is the attested scheme: it is handed to
 `tpmtls.cli.enroll_acme.run_acme(args)` when that module is installed, and that module's
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_tcti(p)
     p.set_defaults(func=run_enroll)
     acme = _acme_cli()
-    if acme is not None:  # the attested scheme's options on the same command (DESIGN §6: one `enroll`)
+    if acme is not None:  # the attested scheme's options on the same command (docs/cli.md: one `enroll`)
         acme.add_acme_options(p)  # type: ignore[attr-defined]
         acme.add_policy_options(p)  # type: ignore[attr-defined]
     else:
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _acme_cli() -> object | None:
-    """tpmtls.cli.enroll_acme when this tpmtls has it (the attested scheme, DESIGN §10)."""
+    """tpmtls.cli.enroll_acme when this tpmtls has it (the attested scheme, docs/enrollment.md)."""
     if importlib.util.find_spec("tpmtls.cli.enroll_acme") is None:
         return None
     return importlib.import_module("tpmtls.cli.enroll_acme")

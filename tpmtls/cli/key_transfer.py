@@ -1,4 +1,4 @@
-"""`tpmtls key wrap|import-wrapped|ek`: move a key to exactly one TPM (DESIGN §10, key transfer)."""
+"""`tpmtls key wrap|import-wrapped|ek`: move a key to exactly one TPM (docs/key-transfer.md)."""
 
 from __future__ import annotations
 

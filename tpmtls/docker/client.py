@@ -3,7 +3,8 @@
 It reads DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH (default ~/.docker, with
 Docker's ca.pem / cert.pem / key.pem) the way `docker.from_env()` does, with two
 differences on purpose: the daemon is verified against ca.pem and nothing else (docker-py
-lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace it, see FINDINGS), and verification is
+lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace it: docs/facts-openssl.md, "requests,
+docker-py and CA bundles from the environment"), and verification is
 never off: TLS without DOCKER_TLS_VERIFY still verifies, and a tcp:// daemon is only
 spoken to in the clear on loopback (a daemon-proxy socket).
 """

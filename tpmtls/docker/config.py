@@ -156,7 +156,8 @@ def daemon_config(cert: str, key: str, ca: str, hosts: list[str], socket: str | 
     """`daemon.json` with tls/tlsverify/tlscacert/tlscert/tlskey/hosts, and the systemd drop-in.
 
     The drop-in clears ExecStart: Debian's docker.service starts `dockerd -H fd://`, and
-    dockerd refuses to start when `hosts` is both a flag and in daemon.json (seed 001).
+    dockerd refuses to start when `hosts` is both a flag and in daemon.json (docs/daemon.md,
+    "A TLS-protected daemon").
     """
     server_cert = check_server(cert, key, ca)
     all_hosts = [f"unix://{socket}"] if socket else []

@@ -1,4 +1,4 @@
-"""The NGINX front of seed 004 without socat: mTLS terminated by NGINX, proxied straight
+"""An NGINX front for docker.sock, without socat: mTLS terminated by NGINX, proxied straight
 to dockerd's unix socket with what the Docker API needs through a proxy.
 
 Rendered from the template beside this module (`tpmtls certs nginx-front`); the same

@@ -1,1 +1,2 @@
-"""Enrollment: how a machine gets a certificate for its TPM key without hand-copying keys (DESIGN §10)."""
+"""Enrollment: how a machine gets a certificate for its TPM key without hand-copying keys
+(docs/pairing.md, docs/key-transfer.md, docs/enrollment.md)."""

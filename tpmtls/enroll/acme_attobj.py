@@ -2,7 +2,8 @@
 
 Port of smallstep/certificates acme/challenge.go `deviceAttest01Validate` (payload,
 CBOR) and `doTPMAttestationFormat` (AK chain, AK profile, certInfo, extraData binding),
-plus the key-attribute check FINDINGS asks for (an imported or restricted key cannot pass).
+plus step-ca's key-attribute check (an imported or restricted key cannot pass; docs/facts-docker.md,
+"ACME device-attest-01 as step-ca checks it").
 """
 
 from __future__ import annotations

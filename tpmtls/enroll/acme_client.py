@@ -247,7 +247,7 @@ class Enroller:
     def _install(self, key: AnyTpmKey, chain_pem: str) -> Path:
         """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
         client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
-        client.key it cannot parse (DESIGN §2)."""
+        client.key it cannot parse (docs/formats.md, "certs.d")."""
         from ..pki.install import DEFAULT_ROOT, check_hostport
 
         root = self.o.certs_root or Path(os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)

@@ -1,4 +1,4 @@
-"""`tpmtls enroll-agent`: pair on first connect (seed 002), then become dockerd on the same socket.
+"""`tpmtls enroll-agent`: pair on first connect (docs/pairing.md), then become dockerd on the same socket.
 
 Before dockerd runs, the agent owns the daemon's TLS port (a systemd socket, LISTEN_FDS).
 It makes the server key, serves a self-signed pairing certificate whose public-key

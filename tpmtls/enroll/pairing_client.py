@@ -1,4 +1,4 @@
-"""`tpmtls enroll HOST[:PORT]` and `tpmtls.ensure_server_enrolled(store, host)` (seed 002's name).
+"""`tpmtls enroll HOST[:PORT]` and `tpmtls.ensure_server_enrolled(store, host)` (docs/pairing.md).
 
 The client authenticates with its TPM key (certified by the store's CA) and trusts the
 agent's key by its fingerprint: given out of band (`--expect-fingerprint`), or recorded
@@ -6,7 +6,8 @@ on first use in the store and said so plainly. The pin is checked right after th
 handshake, before a single byte of HTTP is sent; only then is a server certificate for
 exactly that key issued and POSTed, and the HTTP status checked. docker-easyenroll
 connected with CERT_NONE and POSTed with verify=False: a man in the middle on first
-contact got a CA-signed certificate for the address (FINDINGS).
+contact got a CA-signed certificate for the address (docs/facts-docker.md, "docker-easyenroll,
+read in its source").
 """
 
 from __future__ import annotations

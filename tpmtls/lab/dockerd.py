@@ -17,7 +17,8 @@ class Dockerd(Component):
     """A private `dockerd` (Debian's docker.io) on a unix socket in a temp dir.
 
     vfs storage, no iptables or bridge: images can be imported, saved, loaded, tagged,
-    pushed and pulled; containers are not run (FINDINGS). Clients use `host`/`env`.
+    pushed and pulled; containers are not run (docs/facts-docker.md, "dockerd on this machine
+    kind"). Clients use `host`/`env`.
     """
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:

@@ -9,8 +9,8 @@ lets swtpm execute it, and holds the response until the command's modelled durat
 passed. Commands are executed one at a time, as a TPM does. The control channel
 (power, locality) is passed through untouched.
 
-Default durations follow published figures for discrete TPMs (wolfTPM's README, also in
-FINDINGS): ECDSA P-256 signing at 14.5–23.6/s (≈ 42–69 ms; default 50 ms), RSA-2048
+Default durations follow published figures for discrete TPMs (wolfTPM's README; see
+docs/facts-tpm.md, "Hardware TPMs"): ECDSA P-256 signing at 14.5–23.6/s (≈ 42–69 ms; default 50 ms), RSA-2048
 private operations at 4–8.5/s (≈ 120–250 ms; RSA_Decrypt 120 ms). Key creation under a
 primary is slow on every TPM (ECC key generation ≈ 150 ms; RSA takes seconds and is not
 modelled per algorithm: the command code alone does not say which); other commands a few

@@ -3,7 +3,7 @@
 DIR holds `ca.crt` and `ca.key`: a software ECDSA P-256 key (mode 0600), or with
 `tpm=` a P-256 key created inside the registry owner's TPM (`ca.key` is then a TSS2 key
 file: the CA key cannot be copied off that machine, and it signs through the pool).
-Fleets plug in an external CA instead (DESIGN §10).
+Fleets plug in an external CA instead (docs/enrollment.md, "Fleets: point the same client at step-ca").
 """
 
 from __future__ import annotations

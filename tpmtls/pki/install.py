@@ -2,7 +2,7 @@
 
 The directory is `<root>/<host[:port]>/` with Docker's names (`ca.crt`, `client.cert`,
 `client.key`), root `/etc/tpmtls/certs.d` — not Docker's own certs.d, where a TPM key
-makes stock dockerd fail every pull and push to that host (DESIGN §2). Everything is
+makes stock dockerd fail every pull and push to that host (docs/formats.md, "certs.d"). Everything is
 validated before anything is written, and a new directory appears whole (rename).
 """
 

@@ -5,7 +5,8 @@ are not exposed: it can only be given a provider through `OPENSSL_CONF`, read on
 when cryptography is first imported. So `import tpmtls` calls `bootstrap()` before it
 imports anything that imports cryptography; it writes a config listing the shim, sets
 `OPENSSL_CONF` just around that import, and puts the environment back so no child
-process inherits it (FINDINGS: a leaked provider config killed swtpm). The system
+process inherits it (a leaked provider config killed swtpm: docs/facts-openssl.md,
+"OPENSSL_CONF leaks into child processes"). The system
 OpenSSL (stdlib `ssl`) exposes `OSSL_PROVIDER_*`, so the shim is loaded there on demand.
 One private module per OpenSSL core: `_cryptography`, `_system`.
 

@@ -1,7 +1,8 @@
 """cryptography's own OpenSSL (4.x, behind pyOpenSSL): the shim goes in through OPENSSL_CONF.
 
 Its provider functions are not exposed, so the only way in is a config file read once,
-when cryptography is first imported (FINDINGS). The variable is set just around that
+when cryptography is first imported (docs/facts-openssl.md, "Two OpenSSLs in one Python
+process"). The variable is set just around that
 import and put back, so no child process inherits it (a leaked provider config killed
 swtpm).
 """

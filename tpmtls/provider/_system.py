@@ -1,7 +1,8 @@
 """The system OpenSSL (3.0.x, behind the stdlib ssl module): the shim is loaded on demand.
 
 Its symbols are public, so `OSSL_PROVIDER_add_builtin` + `OSSL_PROVIDER_load` through
-ctypes work at any time, even after `import ssl` (FINDINGS).
+ctypes work at any time, even after `import ssl` (docs/facts-openssl.md, "Two OpenSSLs in
+one Python process").
 """
 
 from __future__ import annotations

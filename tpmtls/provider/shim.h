@@ -5,7 +5,7 @@
  * tpmtls_set_callbacks through ctypes), which sign through the tpmtls pool.
  * The same image is loaded into two OpenSSL cores (cryptography's 4.x and the
  * system 3.0.x), so this code uses only the core dispatch table and the stable
- * OSSL_PARAM layout: never a libcrypto symbol (DESIGN.md section 4).
+ * OSSL_PARAM layout: never a libcrypto symbol (docs/architecture.md, "The shim provider").
  */
 #ifndef TPMTLS_SHIM_H
 #define TPMTLS_SHIM_H

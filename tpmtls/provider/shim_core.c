@@ -23,7 +23,7 @@ struct shim_callbacks shim_cb;
  * callbacks; an atexit hook calls tpmtls_shutdown() before the interpreter tears
  * down its modules, because OpenSSL frees keys (and may even sign, from a daemon
  * thread) during the final garbage collection, when a ctypes callback would crash
- * the process (FINDINGS "Process exit").
+ * the process (docs/facts-openssl.md, "A TPM key freed at interpreter exit").
  */
 static int python_alive;
 

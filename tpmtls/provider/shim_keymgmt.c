@@ -3,7 +3,8 @@
  *
  * export gives public parts only and REFUSES any selection that includes the
  * private key: otherwise OpenSSL exports the key to the default provider, picks
- * the default signature there and fails with "missing private key" (FINDINGS).
+ * the default signature there and fails with "missing private key" (docs/facts-openssl.md,
+ * "A key provider's export must refuse the private half").
  * There is no import: a software key must never land here, or OpenSSL would
  * hand its private operations to us.
  */

@@ -4,7 +4,7 @@ Two roots, each `<root>/<host[:port]>/` with Docker's rules (every `*.crt` is a 
 to the system roots, every `X.cert` needs its `X.key` and vice versa): tpmtls's own
 (`$TPMTLS_CERTS_D` or /etc/tpmtls/certs.d, where TPM keys live) first, then Docker's
 (`$DOCKER_CERTS_D` or /etc/docker/certs.d: its CAs and software pairs). A `X.key` whose
-PEM label is `TSS2 PRIVATE KEY` (or the handle form) lives in the TPM (DESIGN §2, §7); one
+PEM label is `TSS2 PRIVATE KEY` (or the handle form) lives in the TPM (docs/formats.md, "certs.d"); one
 found in Docker's root still works, with a warning, since it breaks stock docker there.
 """
 

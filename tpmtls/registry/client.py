@@ -110,7 +110,7 @@ class RegistryClient:
 
     def _target(self, url: str, what: str = "a request") -> tuple[Any, str, bool]:
         """(pool, request target, is it the registry itself?). Only https leaves this process:
-        credentials and layer data never travel in clear (DESIGN §7)."""
+        credentials and layer data never travel in clear (docs/trust.md, "Registry credentials")."""
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not parts.scheme and not parts.netloc:

@@ -1,7 +1,7 @@
 """`tpmtls proxy`: the registry API on loopback for a stock docker, forwarded over TPM-backed mTLS.
 
 dockerd treats a registry whose name resolves into 127.0.0.0/8 as insecure (plain HTTP,
-certs.d ignored; FINDINGS "dockerd and loopback"), so an unmodified `docker push/pull
+certs.d ignored; docs/facts-docker.md, "dockerd and loopback registries"), so an unmodified `docker push/pull
 127.0.0.1:PORT/…` reaches this proxy, which sends each request on to the real registry over
 one pool of TLS connections holding the TPM client key. Bodies stream both ways in 64 KiB
 pieces; `Location`, `Link` and the token realm of `WWW-Authenticate` are rewritten so docker

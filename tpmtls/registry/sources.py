@@ -27,7 +27,7 @@ READ = 1 << 20
 SAMPLE = 1 << 20  # how much of a layer decides whether it is worth compressing
 
 _deflate: types.ModuleType
-try:  # ISA-L (python-isal): ~13x zlib-6's speed per core for ~13 % more bytes; see README "Performance"
+try:  # ISA-L (python-isal): ~13x zlib-6's speed per core for ~13 % more bytes; docs/performance.md
     from isal import isal_zlib as _deflate
 
     GZIP_LEVEL = 2  # ISA-L's levels are 0-3; 2 runs ~1.6x level 3's speed for ~1.6 % more bytes
@@ -98,7 +98,7 @@ class GzipSource(Source):
     """A plain tar, gzip-compressed while it is read (deterministic output).
 
     Compressed with ISA-L (`isal_zlib`, level 2): ~380 MB/s per core on real files where
-    zlib level 6 does ~30, for ~13 % more bytes than it (README, "Layer compression").
+    zlib level 6 does ~30, for ~13 % more bytes than it (docs/performance.md, "Layer compression").
     Data with nothing to find (layers of already-compressed files) is not searched: the
     layer's first MiB is tried at level 1, and if it does not shrink by 5 % the layer is
     stored in gzip framing (zlib level 0, ~350 MB/s). The choice and the bytes depend only

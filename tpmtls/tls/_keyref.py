@@ -15,7 +15,8 @@ from .. import provider
 from ..errors import KeyFileError, TlsSetupError, TpmtlsError
 from ..tpm.keys import AnyTpmKey, TpmKey
 
-#: What a `key=` argument accepts (DESIGN §2): a TPM key file path, "handle:0x81…", or a key object.
+#: What a `key=` argument accepts (docs/formats.md, "Key references"): a TPM key file path, "handle:0x81…",
+#: or a key object.
 KeyRef = Union[str, "os.PathLike[str]", TpmKey]
 
 

@@ -1,6 +1,7 @@
 """Key references: `TSS2 PRIVATE KEY` files, persistent handles and their small PEM form.
 
-A key reference is what a user passes wherever a private key is expected (DESIGN §2).
+A key reference is what a user passes wherever a private key is expected (docs/formats.md,
+"Key references").
 This module only parses and writes them; nothing here talks to the TPM.
 """
 

@@ -1,10 +1,11 @@
 """The session pool: open TPM contexts with keys kept loaded, shared by every thread.
 
 Opening a context, creating the SRK and loading a key cost tens of milliseconds on
-swtpm and seconds on hardware (FINDINGS); a signature costs one TPM2_Sign. So each
+swtpm and seconds on hardware (docs/facts-tpm.md, "What TPM operations cost"); a signature
+costs one TPM2_Sign. So each
 context keeps its SRK and every key it has used loaded, and callers borrow a context
 for one operation. A context that loses its transport, or finds the TPM reset under
-it, is rebuilt and the operation retried once (DESIGN §3).
+it, is rebuilt and the operation retried once (docs/architecture.md, "The pool").
 """
 
 from __future__ import annotations
@@ -287,7 +288,8 @@ class Pool:
         # mssim …) cannot, so their operations run in a worker thread with a bounded join.
         self._own_transport = transport.handles(self.tcti)
         # Sign RSA-PSS with raw RSA over software padding, even when the TPM's own PSS
-        # would do: the fallback for TPMs that use the maximum salt (DESIGN §4), forced
+        # would do: the fallback for TPMs that use the maximum salt (docs/facts-tpm.md,
+        # "RSA-PSS salt"), forced
         # here so tests can exercise it on swtpm.
         self.force_raw_pss = os.environ.get("TPMTLS_FORCE_RAW_PSS", "") not in ("", "0")
         self.pss_digest_salt: bool | None = None  # learnt from the first PSS signature

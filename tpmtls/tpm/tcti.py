@@ -7,7 +7,8 @@ import os
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 
 # TCTIs that talk to a TPM with no resource manager in between: one connection at a
-# time and only three transient object slots (FINDINGS: swtpm), so a pool of one.
+# time and only three transient object slots (docs/facts-tpm.md, "A software TPM and a
+# resource manager"), so a pool of one.
 # (tpm2-tss also takes a TCTI module's file name in place of its short name.)
 _DIRECT = ("swtpm", "mssim", "device:/dev/tpm0", "libtss2-tcti-swtpm", "libtss2-tcti-mssim")
 

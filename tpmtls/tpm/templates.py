@@ -42,7 +42,7 @@ def key_attributes(alg: str, has_password: bool) -> TPMA_OBJECT:
     software PSS padding is the fallback for TPMs whose PSS salt TLS 1.3 rejects (as
     tpm2-pkcs11 does). Passwordless keys are `noDA`: without a password there is nothing
     to guess, and a DA-protected key earns lockout strikes every time the TPM is
-    stopped uncleanly while it is loaded (FINDINGS).
+    stopped uncleanly while it is loaded (docs/facts-tpm.md, "Dictionary-attack lockout").
     """
     attrs = _BASE
     if alg in _RSA_BITS:
