@@ -18,11 +18,11 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tpmtls.testing import TpmTiming
 
-from .lab import Lab, environment
+from .lab import Lab, environment, per_signature
 
 MODES = ("software", "tpmtls", "open-per-sign", "tpm2-openssl")
 
@@ -31,15 +31,28 @@ def _csv(text: str) -> list[str]:
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
 
-def _worker(lab: Lab, cfg: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks._worker", json.dumps(cfg)], capture_output=True,
-                          text=True, env=lab.worker_env(), timeout=cfg["seconds"] * 4 + 120,
-                          cwd=Path(__file__).resolve().parent.parent)
+def _worker(lab: Lab, cfg: dict[str, Any], on_warm: Callable[[], None] | None = None) -> dict[str, Any]:
+    """One point in a fresh process. `on_warm`: the worker warms up first (a handshake per thread:
+    contexts open, SRK made, key loaded), then `on_warm()` runs (snapshot the TPM's counters), then the timed part."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks._worker", json.dumps({**cfg, "warm_up": bool(on_warm)})],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=lab.worker_env(), cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        if on_warm is not None and proc.stdout.readline().strip() == "warm":
+            on_warm()
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        out, err = proc.communicate(timeout=cfg["seconds"] * 4 + 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = (err.strip().splitlines() or ["no output"])[-1]
         return {"count": 0, "per_s": 0.0, "p50_ms": None, "p99_ms": None, "errors": -1,
                 "error_samples": [f"worker failed: {tail[:200]}"]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
@@ -53,61 +66,95 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
 
 def handshakes(args: argparse.Namespace) -> int:
     algs, versions, paths = _csv(args.alg), _csv(args.tls), _csv(args.path)
-    threads, modes = [int(t) for t in _csv(args.threads)], _csv(args.modes)
+    threads, modes, tpm_paths = [int(t) for t in _csv(args.threads)], _csv(args.modes), _csv(args.tpm)
     results: list[dict[str, Any]] = []
     raw: dict[str, dict[str, float]] = {}
     timing = TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None
     with ExitStack() as stack:
-        lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack, timing)
-        port = lab.s_server()
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
+        # one lab per TPM path, the same CA and server for all: the first path's modes are named
+        # plainly, the others' TPM modes "<mode>@<path>" (the software key needs no TPM)
+        labs = [Lab(work / tpm_path, stack, timing, tpm_path, count=True) for tpm_path in tpm_paths]
+        port = labs[0].s_server()
+        for lab in labs[1:]:
+            lab.ca, lab.server_cert, lab.server_key = labs[0].ca, labs[0].server_cert, labs[0].server_key
         if timing:
             print(f"TPM at a hardware pace: TPM2_Sign {args.tpm_latency:g} ms", flush=True)
         for alg in algs:
-            tpm_cert, tpm_key = lab.client(alg, "tpm")
-            soft_cert, soft_key = lab.client(alg, "software")
             raw[alg] = {}
-            for n in sorted({1, max(threads)}):
-                r = _worker(lab, {"mode": "raw-sign", "key": str(tpm_key), "tcti": lab.tpm.tcti, "threads": n,
-                                  "seconds": args.seconds})
-                raw[alg][str(n)] = r["per_s"]
-                print(f"raw-sign {alg} threads={n}: {r['per_s']:.0f} TPM signatures/s (p50 {r['p50_ms']} ms)",
-                      flush=True)
-            for version in versions:
-                for path in paths:
-                    for n in threads:
-                        for mode in modes + (["software+resume", "tpmtls+resume"] if args.resume else []):
-                            base = mode.removesuffix("+resume")
-                            cert, key = (soft_cert, soft_key) if base == "software" else (tpm_cert, tpm_key)
-                            cfg = {"mode": base, "path": path, "tls": version, "threads": n, "seconds": args.seconds,
-                                   "port": port, "cert": str(cert), "key": str(key), "ca": str(lab.ca.cert_path),
-                                   "tcti": lab.tpm.tcti, "resume": mode.endswith("+resume")}
-                            tpm_signs = lab.tpm.latency.signatures() if lab.tpm.latency else None
-                            r = _worker(lab, cfg)
-                            if lab.tpm.latency is not None and tpm_signs is not None:  # counted at the TPM itself
-                                r["tpm_signatures"] = lab.tpm.latency.signatures() - tpm_signs
-                            row = {"mode": mode, "alg": alg, "tls": version, "path": path, "threads": n,
-                                   "handshakes_per_s": r["per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                                   "errors": r["errors"], "count": r["count"]}
-                            if "tpm_signatures" in r:
-                                row["tpm_signatures"] = r["tpm_signatures"]
-                            if r.get("error_samples"):
-                                row["error_samples"] = r["error_samples"]
-                            results.append(row)
-                            print(f"  {alg} TLS{version} {path:9} threads={n:<2} {mode:14} "
-                                  f"{r['per_s']:8.1f}/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
-                                  f"errors {r['errors']}  TPM signatures {r.get('tpm_signatures', '-')}", flush=True)
+            for lab in labs:
+                tpm_cert, tpm_key = lab.client(alg, "tpm")
+                soft_cert, soft_key = labs[0].client(alg, "software")
+                suffix = "" if lab is labs[0] else f"@{lab.tpm_path}"
+                for n in sorted({1, max(threads)}):
+                    r = _worker(lab, {"mode": "raw-sign", "key": str(tpm_key), "tcti": lab.tpm.tcti, "threads": n,
+                                      "seconds": args.seconds})
+                    raw[alg][f"{n}{suffix}"] = r["per_s"]
+                    print(f"raw-sign{suffix} {alg} threads={n}: {r['per_s']:.0f} TPM signatures/s "
+                          f"(p50 {r['p50_ms']} ms)", flush=True)
+                lab_modes = modes if not suffix else [m for m in modes if m != "software"]
+                for version in versions:
+                    for path in paths:
+                        for n in threads:
+                            for mode in lab_modes + (["software+resume", "tpmtls+resume"] if args.resume else []):
+                                if suffix and mode == "software+resume":
+                                    continue
+                                base = mode.removesuffix("+resume")
+                                cert, key = (soft_cert, soft_key) if base == "software" else (tpm_cert, tpm_key)
+                                cfg = {"mode": base, "path": path, "tls": version, "threads": n,
+                                       "seconds": args.seconds, "port": port, "cert": str(cert), "key": str(key),
+                                       "ca": str(lab.ca.cert_path), "tcti": lab.tpm.tcti,
+                                       "resume": mode.endswith("+resume")}
+                                row = _handshake_point(lab, cfg, {"mode": mode + suffix, "alg": alg, "tls": version,
+                                                                  "path": path, "threads": n, "tpm": lab.tpm_path})
+                                results.append(row)
     print()
-    print(handshake_table(results, modes, args.resume))
+    print(handshake_table(results, modes, args.resume, [f"@{p}" for p in tpm_paths[1:]], tpm_paths[0]))
     _write_json(args.json, {"env": environment(), "tpm_latency_ms": args.tpm_latency, "results": results,
                             "raw_sign_per_s": raw})
     return 0
 
 
-def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: bool) -> str:
-    """One line per point: handshakes/s per mode, then tpmtls's ratios to the others."""
-    cols = list(modes) + (["software+resume", "tpmtls+resume"] if resume else [])
+def _handshake_point(lab: Lab, cfg: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """One worker run; the TPM's signatures, commands and time of the timed part counted at the TPM itself."""
+    snapshot: dict[str, Any] = {}
+
+    def warm() -> None:
+        snapshot.update(signatures=lab.tpm.latency.signatures() if lab.tpm.latency else None,
+                        commands=lab.tpm_commands(), busy=lab.tpm_busy())
+
+    r = _worker(lab, cfg, warm)
+    tpm_signs, commands, busy = snapshot.get("signatures"), snapshot.get("commands", {}), snapshot.get("busy", 0.0)
+    if lab.tpm.latency is not None and tpm_signs is not None:
+        r["tpm_signatures"] = lab.tpm.latency.signatures() - tpm_signs
+    row.update({"handshakes_per_s": r["per_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "errors": r["errors"], "count": r["count"]})
+    if "tpm_signatures" in r:
+        row["tpm_signatures"] = r["tpm_signatures"]
+        row.update(per_signature(lab, commands, busy, r["tpm_signatures"]))
+    if r.get("error_samples"):
+        row["error_samples"] = r["error_samples"]
+    per_sig = row.get("tpm_commands_per_signature")
+    print(f"  {row['alg']} TLS{row['tls']} {row['path']:9} threads={row['threads']:<2} {row['mode']:20} "
+          f"{r['per_s']:8.1f}/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}  "
+          f"TPM signatures {r.get('tpm_signatures', '-')}"
+          + (f"  TPM commands/signature {per_sig}  TPM ms/signature {row['tpm_ms_per_signature']}" if per_sig else ""),
+          flush=True)
+    return row
+
+
+def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: bool, others: list[str] | None = None,
+                    first: str = "tabrmd") -> str:
+    """One line per point: handshakes/s per mode, then tpmtls's ratios to the others.
+
+    `others`: suffixes of further TPM paths ("@device"): their tpmtls column, its ratio to
+    the first path's, and TPM commands per signature of each path's tpmtls.
+    """
+    others = others or []
+    cols = list(modes) + (["software+resume", "tpmtls+resume"] if resume else []) + [f"tpmtls{o}" for o in others]
     head = f"{'alg':9} {'TLS':4} {'path':9} {'thr':>3} | " + " | ".join(f"{c:>13}" for c in cols)
     head += " | tpmtls/sw  /tpm2-ossl  /open-per-sign" + ("  resumed/sw-resumed" if resume else "")
+    head += "".join(f"  {o[1:]}/{first}  cmds/sig" for o in others)
     lines = [head, "-" * len(head)]
     keys = sorted({(r["alg"], r["tls"], r["path"], r["threads"]) for r in results},
                   key=lambda k: (k[0], k[1], k[2], k[3]))
@@ -130,9 +177,18 @@ def handshake_table(results: list[dict[str, Any]], modes: list[str], resume: boo
         lines.append(f"{key[0]:9} {key[1]:4} {key[2]:9} {key[3]:>3} | " + " | ".join(cell(c) for c in cols)
                      + f" | {ratio('tpmtls', 'software'):>9} {ratio('tpmtls', 'tpm2-openssl'):>10} "
                        f"{ratio('tpmtls', 'open-per-sign'):>14}"
-                     + (f" {ratio('tpmtls+resume', 'software+resume'):>19}" if resume else ""))
-    lines.append("(handshakes/s; !N = N failed handshakes in that run)")
+                     + (f" {ratio('tpmtls+resume', 'software+resume'):>19}" if resume else "")
+                     + "".join(f" {ratio('tpmtls' + o, 'tpmtls'):>13} {commands(o, by):>9}" for o in others))
+    lines.append("(handshakes/s; !N = N failed handshakes in that run"
+                 + (f"; cmds/sig: TPM commands per signature, {first} / other path)" if others else ")"))
     return "\n".join(lines)
+
+
+def commands(suffix: str, by: dict[str, Any]) -> str:
+    """TPM commands per signature of tpmtls on the first path and on the other one ('a/b')."""
+    first, other = by.get("tpmtls", {}), by.get("tpmtls" + suffix, {})
+    a, b = first.get("tpm_commands_per_signature"), other.get("tpm_commands_per_signature")
+    return f"{a if a is not None else '-'}/{b if b is not None else '-'}"
 
 
 # ---- pool ------------------------------------------------------------------------------
@@ -143,7 +199,6 @@ def pool(args: argparse.Namespace) -> int:
 
     from tpm2_pytss.constants import TPM2_ALG
 
-    import tpmtls
     from tpmtls.tpm.keys import _scheme  # one TPM2_Sign per call, as a handshake makes
 
     sizes, threads = [int(s) for s in _csv(args.sizes)], [int(t) for t in _csv(args.threads)]
@@ -151,68 +206,93 @@ def pool(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(b"pool benchmark").digest()
     timing = TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None
     with ExitStack() as stack:
-        lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack, timing)
-        _, key_path = lab.client(args.alg, "tpm")
-        alg = TPM2_ALG.ECDSA if args.alg.startswith("ecc") else TPM2_ALG.RSASSA
-        scheme = _scheme(alg, "sha256")
-        for size in sizes:
-            for n in threads:
-                p = tpmtls.Pool(lab.tpm.tcti, size=size)
-                key = tpmtls.connect(pool=p).load_key(key_path)
-                for _ in range(size * 2):  # warm every context: open, SRK, key loaded
-                    key._sign_with(scheme, digest)
-                before = p.stats()
-                busy0 = lab.tpm.latency.busy if lab.tpm.latency else 0.0
-                end = time.monotonic() + args.seconds
-                count = [0] * n
-
-                def run(i: int, key: Any = key, end: float = end, count: list[int] = count) -> None:
-                    while time.monotonic() < end:
-                        key._sign_with(scheme, digest)
-                        count[i] += 1
-
-                ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-                t0 = time.monotonic()
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-                elapsed = time.monotonic() - t0
-                after = p.stats()
-                p.close()
-                signs = after.signatures - before.signatures
-                waits = after.waits - before.waits
-                row = {"alg": args.alg, "pool_size": size, "threads": n, "signatures_per_s": round(signs / elapsed, 1),
-                       "waits": waits,
-                       "mean_wait_ms": round((after.wait_seconds - before.wait_seconds) / waits * 1000, 2) if waits else 0,
-                       "max_wait_ms": round(after.max_wait_seconds * 1000, 2),
-                       "mean_sign_ms": round((after.sign_seconds - before.sign_seconds) / signs * 1000, 2) if signs else None,
-                       "errors": after.errors - before.errors, "rebuilds": after.rebuilds - before.rebuilds,
-                       # fairness: the least and most signatures one thread got in the same time
-                       "per_thread_min": min(count), "per_thread_max": max(count)}
-                if lab.tpm.latency is not None:  # share of the run the TPM was executing commands
-                    row["tpm_busy"] = round((lab.tpm.latency.busy - busy0) / elapsed, 2)
-                results.append(row)
-                print(f"  size={size} threads={n:<2} {row['signatures_per_s']:8.1f} signatures/s  "
-                      f"mean sign {row['mean_sign_ms']} ms  waits {waits} (mean {row['mean_wait_ms']} ms, max "
-                      f"{row['max_wait_ms']} ms)  per thread {min(count)}..{max(count)}"
-                      + (f"  TPM busy {row['tpm_busy']:.0%}" if timing else ""), flush=True)
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
+        for tpm_path in _csv(args.tpm):
+            lab = Lab(work / tpm_path, stack, timing, tpm_path, count=True)
+            _, key_path = lab.client(args.alg, "tpm")
+            alg = TPM2_ALG.ECDSA if args.alg.startswith("ecc") else TPM2_ALG.RSASSA
+            scheme = _scheme(alg, "sha256")
+            for size in sizes:
+                for n in threads:
+                    row = _pool_point(lab, key_path, scheme, digest, size, n, args.seconds)
+                    row["alg"] = args.alg
+                    results.append(row)
     print()
     print(pool_table(results, sizes, threads))
     _write_json(args.json, {"env": environment(), "results": results})
     return 0
 
 
+def _pool_point(lab: Lab, key_path: Path, scheme: Any, digest: bytes, size: int, n: int, seconds: float) -> dict[str, Any]:
+    """`n` threads signing through a pool of `size` contexts for `seconds`, after warming every context."""
+    import tpmtls
+
+    p = tpmtls.Pool(lab.tpm.tcti, size=size)
+    key = tpmtls.connect(pool=p).load_key(key_path)
+    # warm every context (open, SRK made, key loaded): `size` operations held at once get a context each
+    barrier = threading.Barrier(size)
+    warmers = [threading.Thread(target=p.run, args=("warm", lambda ctx: (ctx.key(key.blob), barrier.wait(30))))
+               for _ in range(size)]
+    for t in warmers:
+        t.start()
+    for t in warmers:
+        t.join()
+    key._sign_with(scheme, digest)
+    before = p.stats()
+    busy0, commands0 = lab.tpm_busy(), lab.tpm_commands()
+    end = time.monotonic() + seconds
+    count = [0] * n
+
+    def run(i: int) -> None:
+        while time.monotonic() < end:
+            key._sign_with(scheme, digest)
+            count[i] += 1
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    t0 = time.monotonic()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    elapsed = time.monotonic() - t0
+    after = p.stats()
+    p.close()
+    signs = after.signatures - before.signatures
+    waits = after.waits - before.waits
+    row = {"tpm": lab.tpm_path, "pool_size": size, "threads": n, "signatures_per_s": round(signs / elapsed, 1),
+           "waits": waits,
+           "mean_wait_ms": round((after.wait_seconds - before.wait_seconds) / waits * 1000, 2) if waits else 0,
+           "max_wait_ms": round(after.max_wait_seconds * 1000, 2),
+           "mean_sign_ms": round((after.sign_seconds - before.sign_seconds) / signs * 1000, 2) if signs else None,
+           "errors": after.errors - before.errors, "rebuilds": after.rebuilds - before.rebuilds,
+           # fairness: the least and most signatures one thread got in the same time
+           "per_thread_min": min(count), "per_thread_max": max(count)}
+    row.update(per_signature(lab, commands0, busy0, signs))
+    if lab.timing_modelled:  # share of the run the TPM was executing commands
+        row["tpm_busy"] = round((lab.tpm_busy() - busy0) / elapsed, 2)
+    print(f"  {lab.tpm_path:6} size={size} threads={n:<2} {row['signatures_per_s']:8.1f} signatures/s  "
+          f"mean sign {row['mean_sign_ms']} ms  waits {waits} (mean {row['mean_wait_ms']} ms, max "
+          f"{row['max_wait_ms']} ms)  per thread {min(count)}..{max(count)}  "
+          f"TPM commands/signature {row['tpm_commands_per_signature']}"
+          + (f"  TPM busy {row['tpm_busy']:.0%}" if "tpm_busy" in row else ""), flush=True)
+    return row
+
+
 def pool_table(results: list[dict[str, Any]], sizes: list[int], threads: list[int]) -> str:
-    head = f"{'threads':>7} | " + " | ".join(f"{'size ' + str(s):>10}" for s in sizes)
+    head = f"{'TPM':6} {'threads':>7} | " + " | ".join(f"{'size ' + str(s):>10}" for s in sizes) + " | cmds/sig"
     lines = [head, "-" * len(head)]
-    for n in threads:
-        cells = []
-        for s in sizes:
-            r = next((r for r in results if r["pool_size"] == s and r["threads"] == n), None)
-            cells.append(f"{r['signatures_per_s']:>10.1f}" if r else f"{'-':>10}")
-        lines.append(f"{n:>7} | " + " | ".join(cells))
-    lines.append("(TPM signatures/s through the pool)")
+    for tpm_path in dict.fromkeys(r.get("tpm", "tabrmd") for r in results):
+        for n in threads:
+            cells, per_sig = [], []
+            for s in sizes:
+                r = next((r for r in results if r["pool_size"] == s and r["threads"] == n
+                          and r.get("tpm", "tabrmd") == tpm_path), None)
+                cells.append(f"{r['signatures_per_s']:>10.1f}" if r else f"{'-':>10}")
+                if r and r.get("tpm_commands_per_signature") is not None:
+                    per_sig.append(r["tpm_commands_per_signature"])
+            lines.append(f"{tpm_path:6} {n:>7} | " + " | ".join(cells)
+                         + f" | {min(per_sig) if per_sig else '-'}..{max(per_sig) if per_sig else '-'}")
+    lines.append("(TPM signatures/s through the pool; cmds/sig: TPM commands per signature, lowest..highest size)")
     return "\n".join(lines)
 
 
@@ -346,12 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alg", default="ecc-p256,rsa2048")
     p.add_argument("--path", default="pyopenssl,stdlib")
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--tpm", default="tabrmd", help="TPM paths: tabrmd, device (the /dev/tpmrm0 stand-in), or both")
     p.add_argument("--resume", action="store_true", help="also tpmtls with TLS session resumption")
     p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
                    help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=handshakes)
     p = sub.add_parser("pool", help="pool size x threads: where the TPM saturates")
+    p.add_argument("--tpm", default="tabrmd", help="TPM paths: tabrmd, device (the /dev/tpmrm0 stand-in), or both")
     p.add_argument("--sizes", default="1,2,4,8")
     p.add_argument("--threads", default="1,2,4,8,16,32")
     p.add_argument("--seconds", type=float, default=2.0)

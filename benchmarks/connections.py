@@ -9,9 +9,10 @@ required, a new connection per request):
   `resume=False`;
 - fan-out: `--threads` threads sharing one `ssl_context`, each opening connections
   round-robin to `--servers` servers.
-The TPM is swtpm behind tpm2-abrmd; `--tpm-latency MS` puts the hardware-paced forwarder
-(tpmtls.testing.TpmTiming) in between, so TPM2_Sign takes MS milliseconds. TPM
-signatures are counted at the TPM (the forwarder) or the pool.
+The TPM is swtpm behind tpm2-abrmd, or with `--tpm device` behind the lab's /dev/tpmrm0
+stand-in; `--tpm-latency MS` puts the hardware-paced forwarder (tpmtls.testing.TpmTiming)
+in between, so TPM2_Sign takes MS milliseconds. TPM signatures and all TPM commands are
+counted at the TPM (the forwarder).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import tpmtls
 from tpmtls.testing import TpmTiming
 from tpmtls.tpm.pool import default_pool
 
-from .lab import Lab, environment
+from .lab import Lab, environment, per_signature
 
 
 def _signatures(lab: Lab) -> int:
@@ -94,24 +95,29 @@ def run(args: argparse.Namespace) -> int:
     sequential: list[dict[str, Any]] = []
     with ExitStack() as stack:
         lab = Lab(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-"))), stack,
-                  timing=timing)
+                  timing=timing, tpm_path=args.tpm, count=True)
         ports = [lab.s_server() for _ in range(max(1, args.servers))]
         tpm_cert, tpm_key = lab.client("ecc-p256", "tpm")
         soft_cert, soft_key = lab.client("ecc-p256", "software")
         print(f"new HTTPS connections, {pace}", flush=True)
         for mode, cert, key, resume in (("software", soft_cert, soft_key, True), ("tpmtls", tpm_cert, tpm_key, True),
                                         ("tpmtls, resume=False", tpm_cert, tpm_key, False)):
+            commands, busy = lab.tpm_commands(), lab.tpm_busy()
             row = {"mode": mode, **_sequential(lab, ports[0], cert, key, resume, args.count)}
+            row.update(per_signature(lab, commands, busy, row["tpm_signatures"]))
             sequential.append(row)
             print(f"  sequential {mode:22} {row['per_s']:8.1f}/s  TPM signatures {row['tpm_signatures']:4}  "
-                  f"errors {row['errors']}", flush=True)
+                  f"TPM commands/signature {row['tpm_commands_per_signature']}  errors {row['errors']}", flush=True)
+        commands, busy = lab.tpm_commands(), lab.tpm_busy()
         fan = _fan_out(lab, ports, tpm_cert, tpm_key, args.threads, args.per_thread)
+        fan.update(per_signature(lab, commands, busy, fan["tpm_signatures"]))
         print(f"  fan-out {fan['threads']} threads x {fan['servers']} servers: {fan['per_s']:.1f}/s  TPM signatures "
               f"{fan['tpm_signatures']} (servers x pool contexts = {fan['servers'] * fan['pool_contexts']})  "
               f"errors {fan['errors']}", flush=True)
     print()
-    print(table(sequential, fan, pace, args.count))
-    data = {"env": environment(), "tpm_latency_ms": args.tpm_latency, "sequential": sequential, "fan_out": fan}
+    print(table(sequential, fan, f"{pace}, TPM via {args.tpm}", args.count))
+    data = {"env": environment(), "tpm": args.tpm, "tpm_latency_ms": args.tpm_latency, "sequential": sequential,
+            "fan_out": fan}
     if args.json:
         Path(args.json).write_text(__import__("json").dumps(data, indent=2) + "\n")
         print(f"\nwrote {args.json}")
@@ -122,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
 def table(sequential: list[dict[str, Any]], fan: dict[str, Any], pace: str, count: int) -> str:
     soft = next(r for r in sequential if r["mode"] == "software")["per_s"] or 1
     lines = [f"{count} sequential new connections through requests_session ({pace})",
-             f"{'mode':24} {'conn/s':>8} {'x software':>10} {'TPM signatures':>15} {'errors':>7}"]
+             f"{'mode':24} {'conn/s':>8} {'x software':>10} {'TPM signatures':>15} {'TPM cmds/sig':>13} {'errors':>7}"]
     for r in sequential:
+        per_sig = r.get("tpm_commands_per_signature")
         lines.append(f"{r['mode']:24} {r['per_s']:>8.1f} {r['per_s'] / soft:>10.2f} {r['tpm_signatures']:>15} "
-                     f"{r['errors']:>7}")
+                     f"{per_sig if per_sig is not None else '-':>13} {r['errors']:>7}")
     lines.append(f"fan-out: {fan['threads']} threads x {fan['servers']} servers, {fan['connections']} connections: "
                  f"{fan['per_s']:.1f}/s, {fan['tpm_signatures']} TPM signatures (bound: servers x pool contexts = "
                  f"{fan['servers'] * fan['pool_contexts']}), {fan['errors']} errors")
@@ -164,6 +171,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("connections", help="new HTTPS connections with session resumption, at a real TPM's pace")
     p.add_argument("--tpm-latency", type=float, default=0, metavar="MS",
                    help="TPM2_Sign takes MS milliseconds (hardware-paced forwarder); 0: swtpm speed")
+    p.add_argument("--tpm", default="tabrmd", choices=("tabrmd", "device"),
+                   help="tpm2-abrmd, or the /dev/tpmrm0 stand-in (tpmtls's default TCTI kind)")
     p.add_argument("--count", type=int, default=200, help="sequential connections per mode")
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--servers", type=int, default=4)

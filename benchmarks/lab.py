@@ -1,5 +1,6 @@
 """What every benchmark needs, started here and stopped by PID: a software TPM behind
-tpm2-abrmd, a CA, TPM and software client keys with certificates, an `openssl s_server`."""
+tpm2-abrmd or the /dev/tpmrm0 stand-in, a CA, TPM and software client keys with
+certificates, an `openssl s_server`."""
 
 from __future__ import annotations
 
@@ -21,13 +22,27 @@ from tpmtls.pki.csr import build_csr
 from tpmtls.testing import TestTpm, TpmTiming, free_port
 
 ALGS = ("ecc-p256", "ecc-p384", "rsa2048", "rsa3072")
+TPM_PATHS = ("tabrmd", "device")  # tpm2-abrmd, or /dev/tpmrm0 (the lab's stand-in for the kernel's resource manager)
+COUNT_ONLY = TpmTiming(durations={}, other=0.0)  # a forwarder that counts TPM commands and delays none
 
 
 class Lab:
-    def __init__(self, work: Path, stack: ExitStack, timing: TpmTiming | None = None) -> None:
-        """`timing`: a hardware TPM's pace (a forwarder between abrmd and swtpm; see tpmtls.testing)."""
+    def __init__(self, work: Path, stack: ExitStack, timing: TpmTiming | None = None, tpm_path: str = "tabrmd",
+                 count: bool = False) -> None:
+        """`timing`: a hardware TPM's pace (a forwarder in front of swtpm; see tpmtls.testing).
+
+        `tpm_path`: "tabrmd" or "device". `count`: count TPM commands even at swtpm speed.
+        """
         self.work = work
-        self.tpm = stack.enter_context(TestTpm(work / "tpm", timing=timing))
+        self.tpm_path = tpm_path
+        self.timing_modelled = timing is not None  # a hardware pace, not just counting
+        timing = timing or (COUNT_ONLY if count else None)
+        if tpm_path == "device":
+            from tpmtls.lab.tpmrm import DeviceTpm
+
+            self.tpm: Any = stack.enter_context(DeviceTpm(work / "tpm", timing=timing))
+        else:
+            self.tpm = stack.enter_context(TestTpm(work / "tpm", timing=timing))
         self.ca = FileCA.init(work / "ca", "tpmtls benchmark CA")
         server_key = ec.generate_private_key(ec.SECP256R1())
         self.server_key = self._write_key("server.key", server_key)
@@ -89,9 +104,32 @@ class Lab:
                     proc.kill()
                     proc.wait(5)
 
+    def tpm_commands(self) -> dict[str, int]:
+        """TPM commands so far by name (counted at the forwarder); empty without one."""
+        return dict(self.tpm.latency.counts) if self.tpm.latency is not None else {}
+
+    def tpm_busy(self) -> float:
+        """Seconds the TPM spent on commands so far (modelled durations included)."""
+        return self.tpm.latency.busy if self.tpm.latency is not None else 0.0
+
     def worker_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
         return {**env, **self.tpm.env}
+
+
+def per_signature(lab: Lab, commands_before: dict[str, int], busy_before: float, signatures: int) -> dict[str, Any]:
+    """TPM commands and TPM time per signature since a snapshot (None without a counting forwarder)."""
+    if lab.tpm.latency is None or not signatures:
+        return {"tpm_commands_per_signature": None, "tpm_ms_per_signature": None}
+    spent = {k: v - commands_before.get(k, 0) for k, v in lab.tpm_commands().items() if v - commands_before.get(k, 0)}
+    return {"tpm_commands": spent, "tpm_commands_per_signature": round(sum(spent.values()) / signatures, 2),
+            "tpm_ms_per_signature": round((lab.tpm_busy() - busy_before) / signatures * 1000, 1)}
+
+
+def tpm_description(tpm_path: str) -> str:
+    if tpm_path == "device":
+        return "swtpm behind the /dev/tpmrm0 stand-in (FUSE, the kernel's resource manager modelled)"
+    return "swtpm behind tpm2-abrmd (private D-Bus)"
 
 
 def environment() -> dict[str, Any]:
@@ -103,6 +141,6 @@ def environment() -> dict[str, Any]:
     return {
         "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "system_openssl": ssl.OPENSSL_VERSION, "cryptography_openssl": backend.openssl_version_text(),
-        "tpm": "swtpm behind tpm2-abrmd (private D-Bus)", "server": "openssl s_server -www (separate process)",
+        "tpm": {path: tpm_description(path) for path in TPM_PATHS}, "server": "openssl s_server -www (separate process)",
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv[1:],
     }

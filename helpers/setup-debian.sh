@@ -21,10 +21,11 @@ install_stack=(build-essential pkg-config libssl-dev libtss2-dev python3-venv py
 quickstart_stack=(swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus docker-registry)
 # The suite's peers: EK certificates (swtpm_setup/localca), TPM tools, tpm2-openssl (interop
 # and benchmark baseline), skopeo, NGINX (mTLS front), a static busybox (the tiny image the
-# daemon tests run), openssl/curl, htpasswd (bcrypt for Basic auth), systemd-analyze (unit
-# checks), debootstrap (a scratch root for the setup test).
+# daemon tests run), openssl/curl, htpasswd (bcrypt for Basic auth), libfuse3 (the lab's
+# /dev/tpmrm0 stand-in is a FUSE file), systemd-analyze (unit checks), debootstrap (a scratch
+# root for the setup test).
 test_stack=(swtpm-tools tpm2-tools tpm2-openssl skopeo nginx-light busybox-static openssl curl
-            apache2-utils systemd debootstrap)
+            apache2-utils fuse3 systemd debootstrap)
 # The suite's Docker daemon, unless one is installed already (docker-ce, a static dockerd …).
 test_docker=(docker.io)
 

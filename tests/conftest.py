@@ -108,3 +108,66 @@ def dockerd(tmp_path_factory):
 
     with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
         yield d
+
+
+# ---- TPM paths: tpm2-abrmd and the /dev/tpmrm0 stand-in (docs/tpm-device.md) ------------------
+# The core of the suite runs on both: `any_tpm` / `any_fresh_tpm` / `path_client` take the
+# param "tabrmd" (TestTpm) or "device" (DeviceTpm: swtpm behind a FUSE file that behaves
+# like the kernel's /dev/tpmrm0, tpmtls's default TCTI). Both have .tcti, .env, .swtpm.
+TPM_PATHS = ("tabrmd", "device")
+
+
+@pytest.fixture(scope="session")
+def device_tpm(tmp_path_factory: pytest.TempPathFactory):
+    """One software TPM behind the /dev/tpmrm0 stand-in for the whole session."""
+    from support.device import require_device
+
+    require_device()
+    from tpmtls.lab.tpmrm import DeviceTpm
+
+    with DeviceTpm(tmp_path_factory.mktemp("device")) as t:
+        yield t
+
+
+@pytest.fixture
+def fresh_device_tpm(tmp_path: Path):
+    """A /dev/tpmrm0 stand-in and TPM of the test's own, for tests that stop, kill or reset it."""
+    from support.device import require_device
+
+    require_device()
+    from tpmtls.lab.tpmrm import DeviceTpm
+
+    with DeviceTpm(tmp_path / "device") as t:
+        yield t
+
+
+@pytest.fixture(params=TPM_PATHS)
+def any_tpm(request: pytest.FixtureRequest):
+    """The session TPM through each path: tpm2-abrmd, then /dev/tpmrm0."""
+    return request.getfixturevalue("test_tpm" if request.param == "tabrmd" else "device_tpm")
+
+
+@pytest.fixture(params=TPM_PATHS)
+def any_fresh_tpm(request: pytest.FixtureRequest):
+    """A TPM of the test's own through each path."""
+    return request.getfixturevalue("fresh_tpm" if request.param == "tabrmd" else "fresh_device_tpm")
+
+
+@pytest.fixture(scope="session")
+def _path_clients() -> dict[str, dict[str, tuple[Path, Path]]]:
+    return {}
+
+
+@pytest.fixture
+def path_client(any_tpm, pki, _path_clients) -> dict[str, tuple[Path, Path]]:
+    """ECC P-256 and RSA-2048 client keys made on `any_tpm`'s TPM, with certificates: {alg: (cert, key)}."""
+    made = _path_clients.get(any_tpm.tcti)
+    if made is None:
+        made, n = {}, len(_path_clients)
+        tpm = tpmtls.connect(any_tpm.tcti)
+        for alg in ("ecc-p256", "rsa2048"):
+            key = tpm.create_key(alg, pki.dir / f"path{n}-{alg}.key")
+            made[alg] = (pki.issue(key.public_key(), f"tpm-client-{alg}", f"path{n}-{alg}.crt"), pki.dir / f"path{n}-{alg}.key")
+        _path_clients[any_tpm.tcti] = made
+    return made
+# ---- end of TPM paths ----------------------------------------------------------------------

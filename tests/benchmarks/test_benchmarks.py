@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from support.bench import bench
 from support.commands import require
+from support.device import require_device
 
 
 def test_handshakes_benchmark_runs_every_mode(tmp_path):
@@ -22,10 +25,28 @@ def test_handshakes_benchmark_runs_every_mode(tmp_path):
     assert {"machine", "cpus", "system_openssl", "cryptography_openssl"} <= set(data["env"])
 
 
-def test_pool_benchmark(tmp_path):
-    data = bench("pool", "--sizes", "1,2", "--threads", "1,4", "--seconds", "0.3", tmp_path=tmp_path)
+def test_handshakes_benchmark_on_both_tpm_paths(tmp_path):
+    """`--tpm tabrmd,device`: tpmtls through tpm2-abrmd and through /dev/tpmrm0, TPM commands per signature counted."""
+    require("openssl", "swtpm", "tpm2-abrmd")
+    require_device()
+    data = bench("handshakes", "--tpm", "tabrmd,device", "--modes", "tpmtls", "--seconds", "0.5", "--threads", "1",
+                 "--alg", "ecc-p256", "--path", "stdlib", tmp_path=tmp_path)
+    by = {r["mode"]: r for r in data["results"]}
+    assert set(by) == {"tpmtls", "tpmtls@device"} and by["tpmtls@device"]["tpm"] == "device"
+    for r in by.values():
+        assert r["errors"] == 0 and r["tpm_signatures"] == r["count"] > 0
+        # the floor through a resource manager: ContextLoad, Sign, ContextSave, FlushContext of the key
+        assert r["tpm_commands_per_signature"] <= 4.4, r["tpm_commands"]
+
+
+@pytest.mark.parametrize("tpm_path", ["tabrmd", "device"])
+def test_pool_benchmark(tpm_path, tmp_path):
+    if tpm_path == "device":
+        require_device()
+    data = bench("pool", "--tpm", tpm_path, "--sizes", "1,2", "--threads", "1,4", "--seconds", "0.3", tmp_path=tmp_path)
     assert len(data["results"]) == 4
-    assert all(r["errors"] == 0 and r["signatures_per_s"] > 0 for r in data["results"])
+    assert all(r["errors"] == 0 and r["signatures_per_s"] > 0 and r["tpm"] == tpm_path for r in data["results"])
+    assert all(r["tpm_commands_per_signature"] <= 4.4 for r in data["results"]), data["results"]
 
 
 def test_push_benchmark_random_archive(tmp_path):
@@ -47,11 +68,14 @@ def test_push_benchmark_real_files_from_the_daemon(tmp_path):
     assert all(r["ok"] and r["content"] == "real" and r["mb"] > 5 for r in runs.values()), runs
 
 
-def test_connections_benchmark_at_tpm_latency(tmp_path):
+@pytest.mark.parametrize("tpm_path", ["tabrmd", "device"])
+def test_connections_benchmark_at_tpm_latency(tpm_path, tmp_path):
     """`connections --tpm-latency`: resumption keeps signatures at one per server; a chart is written."""
     require("openssl", "swtpm", "tpm2-abrmd")
-    data = bench("connections", "--tpm-latency", "20", "--count", "6", "--threads", "4", "--servers", "2",
-                 "--per-thread", "3", tmp_path=tmp_path)
+    if tpm_path == "device":
+        require_device()
+    data = bench("connections", "--tpm", tpm_path, "--tpm-latency", "20", "--count", "6", "--threads", "4",
+                 "--servers", "2", "--per-thread", "3", tmp_path=tmp_path)
     by = {r["mode"]: r for r in data["sequential"]}
     assert all(r["errors"] == 0 for r in by.values())
     assert by["software"]["tpm_signatures"] == 0

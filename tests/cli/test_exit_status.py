@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import tpmtls
 from support import ROOT
 from support.peers import OpenSSLServer, clean_env
 
@@ -164,6 +165,21 @@ def _certify(tpm, pki, directory: Path) -> None:
     key = tpm.load_key(directory / "client.key")
     (directory / "client.crt").write_bytes(pki.issue(key.public_key(), "readme-client", "readme.crt").read_bytes())
     (directory / "ca.crt").write_bytes(pki.ca_file.read_bytes())
+
+
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, pki, s_server_www, tmp_path):
+    """The default TCTI's path (/dev/tpmrm0, the lab's stand-in): the same exit, the same clean stderr."""
+    key = tmp_path / "device.key"
+    made = tpmtls.connect(device_tpm.tcti).create_key("ecc-p256", key)
+    cert = pki.issue(made.public_key(), "tpm-client-device", "device-client.crt")
+    env = clean_env(device_tpm.env)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        env.pop(name, None)
+    code, expected = ENDINGS["sys.exit(3)"]
+    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server_www.port), tmp_path, env)
+    _assert_clean_stderr(proc, expected, "sys.exit(3)")
+    assert "handshake ok" in proc.stdout
 
 
 def test_readme_examples_run_verbatim(tpm, pki, tmp_path, example_env):

@@ -48,6 +48,20 @@ def test_client_auth(alg, version, path, tpm_client, pki, s_server, test_tpm):
         assert scheme.startswith("ecdsa_")
 
 
+@pytest.mark.parametrize("path", ["stdlib", "pyopenssl"])
+@pytest.mark.parametrize("alg", ["ecc-p256", "rsa2048"])
+def test_client_auth_on_each_tpm_path(alg, path, path_client, any_tpm, pki, s_server):
+    """Both OpenSSLs' handshakes through tpm2-abrmd and through /dev/tpmrm0, one TPM signature each."""
+    cert, key = path_client[alg]
+    pool = default_pool(any_tpm.tcti)
+    before = pool.stats()
+    ctx = make_context(path, cert, key, pki.ca_file, any_tpm.tcti, "1.3")
+    page = (stdlib_get if path == "stdlib" else pyopenssl_get)(ctx, s_server.port)
+    assert client_subject(page) == f"CN=tpm-client-{alg}"
+    after = pool.stats()
+    assert after.signatures == before.signatures + 1 and after.errors == before.errors
+
+
 def test_software_keys_unaffected(pki, s_server):
     """The shim never takes over software keys, digests or ECDHE groups in either OpenSSL."""
     cert, key = pki.software_client()
@@ -141,13 +155,10 @@ def test_tls13_rsa_with_raw_pss_fallback(path, tpm_client, pki, s_server, test_t
     """The fallback for TPMs whose PSS salt TLS 1.3 rejects: software PSS + raw RSA in the TPM."""
     cert, key = tpm_client["rsa2048"]
     pool = default_pool(test_tpm.tcti)
-    pool.force_raw_pss = True
-    try:
+    with pool.pss.forcing_raw():
         before = pool.stats()
         ctx = make_context(path, cert, key, pki.ca_file, test_tpm.tcti, "1.3")
         page = (stdlib_get if path == "stdlib" else pyopenssl_get)(ctx, s_server.port)
         assert client_subject(page) == "CN=tpm-client-rsa2048"
         after = pool.stats()
         assert (after.decryptions - before.decryptions, after.signatures - before.signatures) == (1, 0)
-    finally:
-        pool.force_raw_pss = False

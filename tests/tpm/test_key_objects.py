@@ -50,7 +50,7 @@ def test_rsa_pss_with_tls13_salt_uses_tpm_pss(rsa_key):
     pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
     sig = rsa_key.sign(b"tls13", pss, hashes.SHA256())
     rsa_key.public_key().verify(sig, b"tls13", pss, hashes.SHA256())
-    assert rsa_key.pool.pss_digest_salt is True
+    assert rsa_key.pool.pss.digest_salt is True
 
 
 def test_forced_raw_pss_fallback(test_tpm, monkeypatch):
@@ -129,3 +129,19 @@ def test_self_signed_certificate(tpm, alg):
     )
     cert.verify_directly_issued_by(cert)
     assert cert.public_key() == key.public_key()
+
+
+@pytest.mark.parametrize("alg", ["ecc-p256", "ecc-p384", "rsa2048"])
+def test_create_load_sign_on_each_path(alg, any_tpm, tmp_path):
+    """The core on tpm2-abrmd and on /dev/tpmrm0: create to a file, load it in another pool, sign, verify."""
+    with tpmtls.Pool(any_tpm.tcti, size=2) as pool:
+        made = tpmtls.connect(pool=pool).create_key(alg, tmp_path / "k.key")
+    with tpmtls.Pool(any_tpm.tcti, size=2) as pool:
+        key = tpmtls.connect(pool=pool).load_key(tmp_path / "k.key")
+        assert key.public_key() == made.public_key()
+        if isinstance(key, rsa.RSAPrivateKey):
+            for pad in (padding.PKCS1v15(), padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)):
+                key.public_key().verify(key.sign(b"data", pad, hashes.SHA256()), b"data", pad, hashes.SHA256())
+        else:
+            key.public_key().verify(key.sign(b"data", ec.ECDSA(hashes.SHA256())), b"data", ec.ECDSA(hashes.SHA256()))
+        assert pool.stats().errors == 0 and pool.stats().rebuilds == 0

@@ -14,8 +14,9 @@ import tpmtls
 THREADS, PER_THREAD = 16, 100
 
 
-def test_16_threads_x_100_signatures_through_abrmd(test_tpm):
-    pool = tpmtls.Pool(test_tpm.tcti, size=4)
+def test_16_threads_x_100_signatures(any_tpm):
+    """Through tpm2-abrmd and through /dev/tpmrm0 (four open files, each its own space)."""
+    pool = tpmtls.Pool(any_tpm.tcti, size=4)
     try:
         key = tpmtls.connect(pool=pool).create_key("ecc-p256")
         created = pool.stats()
@@ -82,7 +83,9 @@ def test_closed_pool_refuses(test_tpm):
 
 def test_ephemeral_pool_opens_and_closes_per_operation(test_tpm):
     """The naive signer (the benchmarks' open-per-sign baseline): connect, SRK, load, sign, close."""
-    pool = tpmtls.Pool(test_tpm.tcti, size=1, ephemeral=True)
+    from tpmtls.lab.open_per_sign import OpenPerSignPool
+
+    pool = OpenPerSignPool(test_tpm.tcti, size=1)
     try:
         key = tpmtls.connect(pool=pool).create_key("ecc-p256")
         before = pool.stats()

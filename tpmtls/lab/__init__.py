@@ -17,6 +17,11 @@ directory, stopped by PID (`process`):
   swtpm connection (TCTI ``tabrmd:bus_name=...,bus_type=session``).
 * `stack.TestTpm` -- the three together in one temporary directory; with a
   `latency.TpmTiming` a forwarder gives swtpm a hardware TPM's pace.
+* `tpmrm.DeviceTpm` -- swtpm behind a FUSE file that behaves like the kernel's
+  /dev/tpmrm0 (`tpmrm_fuse`, with the kernel's resource manager modelled in
+  `tpmrm_space`): tpmtls's default TCTI kind, for tests and benchmarks. Needs /dev/fuse,
+  Debian's fuse3 and mfusepy (the test extra); see docs/tpm-device.md.
+* `open_per_sign.OpenPerSignPool` -- the naive signer, the benchmarks' baseline.
 * `registry.Registry`, `dockerd.Dockerd`, `images.build_docker_archive`,
   `ekca.EkCa` (a stand-in TPM maker's EK CA).
 

@@ -21,7 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 #: Bounded wait for any component to come up.
 START_TIMEOUT = 10.0
@@ -199,6 +199,18 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT, kill
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:  # pragma: no cover - unkillable process
         pass
+
+
+def stop_each(steps: list[Callable[[], None]]) -> None:
+    """Run every stop step in order, even when one fails; then raise the first failure."""
+    errors: list[BaseException] = []
+    for step in steps:
+        try:
+            step()
+        except BaseException as e:  # noqa: BLE001 - keep stopping the rest
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def tail(path: Path | None, lines: int = 15) -> list[str]:

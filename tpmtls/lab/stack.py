@@ -9,7 +9,7 @@ from .abrmd import Abrmd
 from .dbus import DBusSession, shared_bus
 from .latency import LatencyForwarder, TpmTiming
 from .ports import HOST, free_port
-from .process import Component, make_workdir, register, tail, unregister
+from .process import Component, make_workdir, register, stop_each, tail, unregister
 from .swtpm import SwTpm
 
 
@@ -106,20 +106,13 @@ class TestTpm(Component):
         return self
 
     def _stop_components(self) -> None:
-        errors: list[BaseException] = []
         steps: list[Callable[[], None]] = []
         if self._abrmd is not None:
             steps.append(self._abrmd.stop)
         steps.append(lambda: self.swtpm.stop(clean=True))
         if self.latency is not None:
             steps.append(self.latency.stop)
-        for step in steps:
-            try:
-                step()
-            except BaseException as e:  # noqa: BLE001 - keep stopping the rest
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        stop_each(steps)
 
     def stop(self) -> None:
         """Stop abrmd, then swtpm (clean TPM2_Shutdown). The shared bus stays. Idempotent."""

@@ -10,8 +10,8 @@ process inherits it (a leaked provider config killed swtpm: docs/facts-openssl.m
 OpenSSL (stdlib `ssl`) exposes `OSSL_PROVIDER_*`, so the shim is loaded there on demand.
 One private module per OpenSSL core: `_cryptography`, `_system`.
 
-Python is called only while the interpreter runs: an atexit hook tells the shim to stop
-(OpenSSL frees keys during the final garbage collection), and freed keys are queued in C
+Python is called only while the interpreter runs: an exit step (tpmtls/_lifecycle.py)
+tells the shim to stop (OpenSSL frees keys during the final garbage collection), and freed keys are queued in C
 rather than reported by a callback, so a free can never crash at exit, deadlock on a
 lock, or disturb a pending exception.
 
@@ -20,9 +20,7 @@ This module must not import cryptography at module level.
 
 from __future__ import annotations
 
-import atexit
 import ctypes
-import os
 import re
 import sys
 import threading
@@ -30,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import _lifecycle
 from . import _cryptography
 from ._system import SystemOpenSSL
 
@@ -98,7 +97,7 @@ def _new_locks_in_child() -> None:
     _system_lock, _keys_lock = threading.Lock(), threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_locks_in_child)
+_lifecycle.in_forked_child("provider locks", _new_locks_in_child)
 _keys: dict[int, Any] = {}
 _next_id = iter(range(1, 2**62))
 
@@ -335,9 +334,9 @@ def bootstrap() -> None:
     callbacks = (_LOAD(_load), _PEM2DER(_pem2der), _SIGN(_sign), _ERROR(_error))
     lib.tpmtls_set_callbacks(*callbacks)
     state.path, state.lib, state.callbacks = path, lib, callbacks  # keep the thunks alive
-    # Registered now, so it runs after the atexit hooks of anything imported later
-    # (their TLS clean-up may still sign), and before the interpreter frees modules.
-    atexit.register(lib.tpmtls_shutdown)
+    # First of the exit steps: after the atexit hooks of anything imported later (their
+    # TLS clean-up may still sign), before the pools close and the interpreter frees modules.
+    _lifecycle.at_exit("shim", lib.tpmtls_shutdown)
     if "cryptography.hazmat.bindings._rust" in sys.modules:
         state.cryptography_first = True
         return

@@ -18,7 +18,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Union
 
-from .. import provider
+from .. import _lifecycle, provider
 from ._errors import KeyLoadError
 from ._handshake import TpmSSLObject, TpmSSLSocket
 
@@ -41,7 +41,7 @@ def _new_lock_in_child() -> None:
     _lock = threading.Lock()  # one held by another thread at fork() would never be released here
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+_lifecycle.in_forked_child("injection lock", _new_lock_in_child)
 
 
 def _sync() -> None:

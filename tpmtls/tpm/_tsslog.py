@@ -14,6 +14,7 @@ TSS2_LOG, tpmtls leaves logging alone.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss._libtpm2_pytss import ffi, lib
 from tpm2_pytss.constants import TPM2_RC
 from tpm2_pytss.TCTI import PyTCTI
+
+from .. import _lifecycle
 
 _QUIET = "all+NONE"
 _lock = threading.RLock()
@@ -99,8 +102,11 @@ def while_loading(tcti: str) -> Iterator[None]:
     """Around loading a tpm2-tss TCTI module: its files read $TSS2_LOG at their first log.
 
     Only the first load of each TCTI kind sets the variable (for that moment, under the
-    lock): later loads find the level cached, and the environment, which other threads
-    and any child process see, is touched as little as possible.
+    lock), and the module is then pinned in memory: tpm2-tss unloads a TCTI module when
+    its context is finalised, and a reloaded module starts with its levels unread, so
+    after a context rebuild it would log at the default level. Pinned, later loads find
+    the level cached, and the environment, which other threads and any child process
+    see, is touched as little as possible.
     """
     kind = tcti.partition(":")[0]
     with _lock:
@@ -109,7 +115,22 @@ def while_loading(tcti: str) -> Iterator[None]:
             return
         with _quiet_env():
             yield
-        _loaded.add(kind)
+        if _pin(kind):  # one that failed to load was unloaded: quiet its next load too
+            _loaded.add(kind)
+
+
+_pinned: list[ctypes.CDLL] = []
+
+
+def _pin(kind: str) -> bool:
+    """Hold a reference on the loaded TCTI module (the names tpm2-tss's loader tries) so it is never unloaded."""
+    for name in (f"libtss2-tcti-{kind}.so.0", f"libtss2-tcti-{kind}.so", kind):
+        try:
+            _pinned.append(ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY))  # only if already loaded
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _new_lock_in_child() -> None:
@@ -117,4 +138,4 @@ def _new_lock_in_child() -> None:
     _lock = threading.RLock()  # another thread may have held it at fork time
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+_lifecycle.in_forked_child("tss-log lock", _new_lock_in_child)

@@ -35,10 +35,10 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
 from ..errors import TpmError, UsageError
+from .context import TpmContext
 from .device import Tpm
 from .keyfile import OWNER, KeyBlob
 from .keys import TpmKey
-from .pool import TpmContext
 from .templates import same_template
 
 # EK templates tried in order, low range first (TCG EK Credential Profile 2.0, 2.2.1.4 and B.4).
@@ -125,7 +125,7 @@ def _ek_primary(ctx: TpmContext, kind: str) -> tuple[ESYS_TR, TPM2B_PUBLIC, byte
     assert found is not None  # the low-range templates never raise
     cert, template, name = found
     persistent = _EK_PERSISTENT.get(name)
-    if persistent is not None and ctx.pool._handle_present(esapi, persistent):
+    if persistent is not None and ctx.has_handle(persistent):
         handle = esapi.tr_from_tpmpublic(persistent)
         public, _, _ = esapi.read_public(handle)
         if same_template(public.publicArea, template.publicArea):

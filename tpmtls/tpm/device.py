@@ -23,9 +23,10 @@ from tpm2_pytss.utils import wrap
 
 from .._files import check_writable, write_atomic
 from ..errors import KeyAuthError, KeyFileError, UsageError
+from .context import TpmContext
 from .keyfile import OWNER, KeyBlob, read_key_reference
 from .keys import AnyTpmKey, TpmKey, make_key
-from .pool import Pool, TpmContext, default_pool
+from .pool import Pool, default_pool
 from .templates import ALGORITHMS, key_template
 
 _AES128_CFB = TPMT_SYM_DEF_OBJECT(

@@ -17,8 +17,9 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_OBJECT
 from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_RSA_DECRYPT, TPMT_SIG_SCHEME
 
 from ..errors import KeyNotExportable, TpmError, UsageError
+from .context import TpmContext
 from .keyfile import KeyBlob, parse_handle
-from .pool import Pool, TpmContext
+from .pool import Pool
 from .templates import algorithm_name
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -100,7 +101,7 @@ class TpmKey:
         value = parse_handle(handle if isinstance(handle, str) else hex(handle), owner_range=True)
 
         def fn(ctx: TpmContext) -> bytes:
-            if ctx.pool._handle_present(ctx.esapi, value):
+            if ctx.has_handle(value):
                 raise UsageError(
                     f"persistent handle 0x{value:08x} is already in use; pick another or free it "
                     f"with 'tpm2_evictcontrol -c 0x{value:08x}'"
@@ -159,29 +160,23 @@ class TpmRSAPrivateKey(TpmKey, rsa.RSAPrivateKey):
     def _sign_pss(self, digest: bytes, alg: hashes.HashAlgorithm, pad: padding.PSS) -> bytes:
         mgf_alg = pad.mgf._algorithm  # type: ignore[attr-defined]
         salt_len = _salt_length(pad, alg, self.key_size)
-        pool = self._pool
+        pss = self._pool.pss
         # The TPM's own PSS uses MGF1 with the signing hash and (on most TPMs) a salt of
         # the digest length — what TLS 1.3 requires (RFC 8446, 4.2.3). Use it when it
         # fits; check once per TPM that it really does, else fall back to raw RSA.
-        native = (
-            not pool.force_raw_pss
-            and pool.pss_digest_salt is not False
-            and mgf_alg.name == alg.name
-            and salt_len == alg.digest_size
-        )
-        if native:
+        if pss.native_fits(alg.name, mgf_alg.name, salt_len, alg.digest_size):
             tpm_sig = self._sign_with(_scheme(TPM2_ALG.RSAPSS, alg.name), digest)
             sig = bytes(tpm_sig.signature.rsapss.sig)
-            if pool.pss_digest_salt:
+            if not pss.needs_check():
                 return sig
             try:
                 self.public_key().verify(
                     sig, digest, _PSS(mgf=_MGF1(alg), salt_length=alg.digest_size), utils.Prehashed(alg)
                 )
-                pool.pss_digest_salt = True
+                pss.learn(digest_salt=True)
                 return sig
             except InvalidSignature:
-                pool.pss_digest_salt = False  # this TPM salts otherwise (e.g. maximum)
+                pss.learn(digest_salt=False)  # this TPM salts otherwise (e.g. maximum)
         return self._sign_raw_pss(digest, alg, mgf_alg, salt_len)
 
     def _sign_raw_pss(

@@ -2,57 +2,38 @@
 
 Opening a context, creating the SRK and loading a key cost tens of milliseconds on
 swtpm and seconds on hardware (docs/facts-tpm.md, "What TPM operations cost"); a signature
-costs one TPM2_Sign. So each
-context keeps its SRK and every key it has used loaded, and callers borrow a context
-for one operation. A context that loses its transport, or finds the TPM reset under
-it, is rebuilt and the operation retried once (docs/architecture.md, "The pool").
+costs one TPM2_Sign. So contexts stay open with their keys loaded (`context.py`: within
+three objects, docs/tpm-device.md), and callers borrow a context for one operation. A
+context that loses its transport, or finds the TPM reset under it, is rebuilt and the
+operation retried once (docs/architecture.md, "The pool").
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, TypeVar
 
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_CAP
-from tpm2_pytss.types import (
-    TPM2B_DATA,
-    TPM2B_DIGEST,
-    TPM2B_PUBLIC,
-    TPM2B_PUBLIC_KEY_RSA,
-    TPM2B_SENSITIVE_CREATE,
-    TPML_PCR_SELECTION,
-    TPMT_SIG_SCHEME,
-    TPMT_SIGNATURE,
-)
+from tpm2_pytss.types import TPM2B_DATA, TPM2B_DIGEST, TPM2B_PUBLIC_KEY_RSA, TPMT_SIG_SCHEME, TPMT_SIGNATURE
 
-from ..errors import (
-    KeyAuthError,
-    KeyFileError,
-    TpmBusy,
-    TpmError,
-    TpmLockout,
-    TpmtlsError,
-    TpmUnavailable,
-    UsageError,
-)
+from .. import _lifecycle
+from ..errors import TpmBusy, TpmtlsError, TpmUnavailable, UsageError
 from . import rc, transport
 from ._tsslog import quiet_tss_logs, while_loading
-from .keyfile import OWNER, KeyBlob
-from .tcti import default_pool_size, is_direct, resolve_tcti
-from .templates import SRK_ECC, SRK_RSA, same_template
+from .context import MAX_OBJECTS, SWAPPED_OBJECTS, TpmContext, flush_orphans
+from .keyfile import KeyBlob
+from .pss import PssQuirk
+from .rc_errors import to_error
+from .tcti import default_pool_size, is_direct, resolve_tcti, swaps_every_object
 
 T = TypeVar("T")
 
-SRK_PERSISTENT = 0x81000001  # TCG Provisioning Guidance: the SRK's persistent handle
-_SRK_TEMPLATES = {"ecc": SRK_ECC, "rsa": SRK_RSA}
 _RETRY_ATTEMPTS = 6  # RETRY/YIELDED/TESTING: 5 ms … 80 ms, 155 ms in all
 DEFAULT_TIMEOUT = 60.0
 """Seconds one TPM command (or one connect) may take before the pool gives up on it.
@@ -87,157 +68,6 @@ class PoolStats:
         return asdict(self)
 
 
-class TpmContext:
-    """One open ESAPI context and what it keeps loaded; used by one thread at a time."""
-
-    def __init__(self, pool: Pool, index: int) -> None:
-        self.pool = pool
-        self.index = index
-        self._esapi: ESAPI | None = None
-        self._transport: transport.StreamTcti | None = None
-        self._srks: dict[str, tuple[ESYS_TR, TPM2B_PUBLIC]] = {}
-        self._persistent_srk: bool | None = None
-        self._keys: OrderedDict[str, ESYS_TR] = OrderedDict()
-        self.after_loss = False  # the next connect follows a lost one: wait for the TPM to return
-        self.abandoned = False  # a command on it missed its deadline: never use it again
-
-    @property
-    def esapi(self) -> ESAPI:
-        if self._esapi is None:
-            self._esapi, self._transport = self.pool._open_esapi(self.after_loss)
-        return self._esapi
-
-    @property
-    def timed_out(self) -> transport.TransportTimeout | None:
-        """The deadline a command of this context missed, if any."""
-        return self._transport.timed_out if self._transport is not None else None
-
-    def close(self, flush: bool = False) -> None:
-        """Drop the ESAPI context; a dead transport may make finalising fail, which is fine.
-
-        `flush` first unloads our transient objects: needed on a direct TPM, where
-        nothing else would ever free its three object slots.
-        """
-        esapi, self._esapi = self._esapi, None
-        tcti, self._transport = self._transport, None
-        transient = list(self._keys.values()) + [h for h, _ in self._srks.values()]
-        self._srks.clear()
-        self._keys.clear()
-        self._persistent_srk = None
-        if esapi is None:
-            return
-        try:
-            if flush and (tcti is None or tcti.timed_out is None):
-                for handle in transient:
-                    if esapi.tr_get_tpm_handle(handle) >> 24 == 0x80:  # transient, not persistent
-                        esapi.flush_context(handle)
-        except Exception:  # noqa: BLE001 - best effort: the TPM may be gone
-            pass
-        try:
-            esapi.close()
-        except Exception:  # noqa: BLE001 - the context is being thrown away
-            pass
-        if tcti is not None:
-            tcti.close()
-
-    def srk(self, kind: str = "ecc") -> tuple[ESYS_TR, TPM2B_PUBLIC]:
-        """The owner-hierarchy SRK for `kind` ('ecc' or 'rsa'), loaded once per context.
-
-        A persistent key at 0x81000001 made from the same template is the same key
-        (same template, same seed), so it is used instead of CreatePrimary when present.
-        """
-        if kind in self._srks:
-            return self._srks[kind]
-        template = _SRK_TEMPLATES[kind]
-        esapi = self.esapi
-        if self._persistent_srk is None:
-            more, data = esapi.get_capability(TPM2_CAP.HANDLES, SRK_PERSISTENT, 1)
-            handles = data.data.handles
-            self._persistent_srk = handles.count > 0 and int(handles.handle[0]) == SRK_PERSISTENT
-        if self._persistent_srk:
-            handle = esapi.tr_from_tpmpublic(SRK_PERSISTENT)
-            public, _, _ = esapi.read_public(handle)
-            if same_template(public.publicArea, template):
-                self._srks[kind] = (handle, public)
-                return self._srks[kind]
-            esapi.tr_close(handle)
-        handle, public, _, _, _ = esapi.create_primary(
-            TPM2B_SENSITIVE_CREATE(),
-            TPM2B_PUBLIC(publicArea=template),
-            ESYS_TR.RH_OWNER,
-            TPM2B_DATA(),
-            TPML_PCR_SELECTION(),
-        )
-        self.pool._count(primaries=1)
-        self._srks[kind] = (handle, public)
-        return self._srks[kind]
-
-    def key(self, blob: KeyBlob, auth: bytes | None = None) -> ESYS_TR:
-        """The ESYS handle of `blob`, loading it on first use in this context."""
-        handle = self._keys.get(blob.key_id)
-        if handle is None:
-            handle = self._load(blob)
-            self._keys[blob.key_id] = handle
-            self.pool._count(key_loads=1)
-        else:
-            self._keys.move_to_end(blob.key_id)
-        # Local to ESYS (no TPM command): set every time so a retry with another
-        # password, or a second key object for the same key, uses its own.
-        self.esapi.tr_set_auth(handle, auth or b"")
-        return handle
-
-    def _load(self, blob: KeyBlob) -> ESYS_TR:
-        esapi = self.esapi
-        if blob.is_persistent:
-            assert blob.handle is not None
-            if not self.pool._handle_present(esapi, blob.handle):
-                raise KeyFileError(f"{blob.source}: no key at persistent handle 0x{blob.handle:08x} on this TPM")
-            handle = esapi.tr_from_tpmpublic(blob.handle)
-            if blob.name and bytes(esapi.tr_get_name(handle)) != blob.name:
-                raise KeyFileError(
-                    f"{blob.source}: the key at 0x{blob.handle:08x} is not the one this file was made for "
-                    "(TPM name differs); re-run 'tpmtls key persist'"
-                )
-            return handle
-        if blob.parent != OWNER:
-            parent = esapi.tr_from_tpmpublic(blob.parent)
-            return self._load_under(parent, blob)
-        last: TSS2_Exception | None = None
-        for kind in self.pool._srk_order(blob.key_id):
-            try:
-                parent, _ = self.srk(kind)
-                handle = self._load_under(parent, blob)
-            except TSS2_Exception as e:
-                # Full object slots (a direct TPM has about three) are not "another TPM's
-                # key": let the caller evict a key and load again.
-                if rc.is_context_lost(e) or rc.is_retry(e) or rc.is_object_memory(e):
-                    raise
-                last = e
-                continue
-            self.pool._srk_kind[blob.key_id] = kind
-            return handle
-        raise KeyFileError(
-            f"{blob.source}: this TPM's owner-hierarchy SRK (parent 0x{OWNER:08x}) cannot load the key: "
-            f"it was made for a different TPM or parent ({rc.describe(last) if last else 'no SRK'})"
-        )
-
-    def _load_under(self, parent: ESYS_TR, blob: KeyBlob) -> ESYS_TR:
-        return self.esapi.load(parent, blob.private, blob.public)
-
-    def evict_key(self) -> bool:
-        """Flush the least recently used key this context keeps (never its SRKs).
-
-        Direct TPMs have about three object slots: SRK, a key or two, and whatever a
-        command needs for itself (TPM2_Create, TPM2_Load). Keys reload on next use.
-        False when there was no key to flush.
-        """
-        if not self._keys:
-            return False
-        _, handle = self._keys.popitem(last=False)
-        self.esapi.flush_context(handle)
-        return True
-
-
 class _Waiter:
     """A thread waiting for a context: the pool hands one over and sets `ready`."""
 
@@ -267,12 +97,8 @@ class Pool:
         wait_timeout: float = 30.0,
         reconnect_timeout: float = 5.0,
         timeout: float | None = None,
-        ephemeral: bool = False,
     ) -> None:
         self.tcti = resolve_tcti(tcti)
-        # ephemeral: open a context for each operation and close it after (connect, SRK,
-        # load, sign, close) — what a naive signer does; kept as the benchmarks' baseline.
-        self.ephemeral = ephemeral
         if size is not None and size < 1:
             raise UsageError(f"pool size must be at least 1, not {size}")
         if size is not None and size > 1 and is_direct(self.tcti):
@@ -284,15 +110,10 @@ class Pool:
         self.wait_timeout = wait_timeout
         self.reconnect_timeout = reconnect_timeout
         self.timeout = _command_timeout(timeout)
-        # tabrmd and swtpm: our own transports bound each command; other TCTIs (device,
-        # mssim …) cannot, so their operations run in a worker thread with a bounded join.
+        # devices, tabrmd and swtpm: our own transports bound each command; other TCTIs
+        # (mssim …) cannot, so their operations run in a worker thread with a bounded join.
         self._own_transport = transport.handles(self.tcti)
-        # Sign RSA-PSS with raw RSA over software padding, even when the TPM's own PSS
-        # would do: the fallback for TPMs that use the maximum salt (docs/facts-tpm.md,
-        # "RSA-PSS salt"), forced
-        # here so tests can exercise it on swtpm.
-        self.force_raw_pss = os.environ.get("TPMTLS_FORCE_RAW_PSS", "") not in ("", "0")
-        self.pss_digest_salt: bool | None = None  # learnt from the first PSS signature
+        self.pss = PssQuirk()  # how this TPM salts RSA-PSS, learnt from the first PSS signature
         self._srk_kind: dict[str, str] = {}
         self._closed = False
         self._forked_child = False
@@ -343,26 +164,27 @@ class Pool:
         """
         self._check_process()
         with self._borrow() as ctx:
-            self._count(operations=1)
+            self.count(operations=1)
             for attempt in (0, 1):
                 try:
                     return self._bounded(fn, ctx, op)
                 except TSS2_Exception as e:
                     if ctx.timed_out is not None:
-                        self._count(errors=1)
+                        self.count(errors=1)
                         ctx.close()
                         raise self._timeout_error(op) from None
                     if attempt == 0 and rc.is_context_lost(e):
-                        self._count(rebuilds=1)
+                        self.count(rebuilds=1)
                         ctx.close()
                         ctx.after_loss = True
                         continue
-                    self._count(errors=1)
+                    self.count(errors=1)
+                    problem = ctx.problem
                     if rc.is_context_lost(e):
                         ctx.close()
-                    raise self._translate(e, op, blob) from None
+                    raise to_error(e, op, blob, self.tcti, problem) from None
                 except TpmtlsError:
-                    self._count(errors=1)
+                    self.count(errors=1)
                     raise
                 finally:
                     if attempt == 1:
@@ -376,7 +198,7 @@ class Pool:
             handle = ctx.key(blob, auth)
             t0 = time.perf_counter()
             signature = ctx.esapi.sign(handle, TPM2B_DIGEST(digest), scheme)
-            self._count(signatures=1, sign_seconds=time.perf_counter() - t0)
+            self.count(signatures=1, sign_seconds=time.perf_counter() - t0)
             return signature
 
         return self.run("sign", fn, blob)
@@ -387,7 +209,7 @@ class Pool:
         def fn(ctx: TpmContext) -> bytes:
             handle = ctx.key(blob, auth)
             out = ctx.esapi.rsa_decrypt(handle, TPM2B_PUBLIC_KEY_RSA(data), scheme, TPM2B_DATA())
-            self._count(decryptions=1)
+            self.count(decryptions=1)
             return bytes(out)
 
         return self.run("decrypt", fn, blob)
@@ -397,7 +219,7 @@ class Pool:
         with self._stats_lock:
             counters, times = dict(self._counters), dict(self._times)
         with self._cond:
-            open_contexts = sum(1 for c in self._contexts if c._esapi is not None)
+            open_contexts = sum(1 for c in self._contexts if c.is_open)
         return PoolStats(tcti=self.tcti, size=self.size, contexts_open=open_contexts, **counters, **times)  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -468,8 +290,7 @@ class Pool:
                     if self._waiters and not self._closed:
                         self._hand_over(self._new_context())
             else:
-                if self.ephemeral:
-                    ctx.close(flush=True)
+                self._returning(ctx)
                 with self._cond:
                     if self._closed:
                         ctx.close()
@@ -478,8 +299,11 @@ class Pool:
                     else:
                         self._idle.append(ctx)
 
+    def _returning(self, ctx: TpmContext) -> None:
+        """Called with each context an operation is done with, before it is lent again."""
+
     def _new_context(self) -> TpmContext:
-        ctx = TpmContext(self, len(self._contexts))
+        ctx = TpmContext(self, len(self._contexts), SWAPPED_OBJECTS if swaps_every_object(self.tcti) else MAX_OBJECTS)
         self._contexts.append(ctx)
         return ctx
 
@@ -500,46 +324,52 @@ class Pool:
                     continue
                 if not rc.is_retry(e):
                     raise
-                self._count(retries=1)
+                self.count(retries=1)
                 time.sleep(0.005 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _bounded(self, fn: Callable[[TpmContext], T], ctx: TpmContext, op: str) -> T:
-        """`fn` with every TPM command bounded by `timeout`.
+        """`fn` with every TPM command bounded by `timeout`; then the SRK leaves its slot.
 
-        Our own transports bound each command themselves. For tpm2-tss's TCTIs the
-        operation runs in a worker thread joined for at most `timeout` per command the
-        operation may send; one that does not come back leaves its context abandoned.
+        Our own transports (devices, tpm2-abrmd, swtpm) bound each command themselves.
+        A TCTI only tpm2-tss speaks (mssim, a module named by file …) cannot be bounded
+        per command: the operation runs in a worker thread joined for `timeout`, and one
+        that does not come back leaves its context abandoned.
         """
+
+        def operation(ctx: TpmContext) -> T:
+            result = fn(ctx)
+            ctx.release_srks()
+            return result
+
         if self._own_transport:
-            return self._with_backoff(fn, ctx)
+            return self._with_backoff(operation, ctx)
         results: list[T] = []
         failures: list[BaseException] = []
 
         def work() -> None:
             try:
-                results.append(self._with_backoff(fn, ctx))
+                results.append(self._with_backoff(operation, ctx))
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                 failures.append(e)
 
-        bound = self.timeout * _COMMANDS_PER_OPERATION
         worker = threading.Thread(target=work, name=f"tpmtls-{op}", daemon=True)
         worker.start()
-        worker.join(bound)
+        worker.join(self.timeout)
         if results:
             return results[0]
         if failures:
             raise failures[0]
         ctx.abandoned = True
-        raise self._timeout_error(op, bound)
+        raise self._timeout_error(op)
 
-    def _timeout_error(self, op: str, seconds: float | None = None) -> TpmUnavailable:
+    def _timeout_error(self, op: str) -> TpmUnavailable:
         return TpmUnavailable(
-            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {seconds or self.timeout:g} s; "
+            f"{op}: the TPM at TCTI {self.tcti!r} did not answer within {self.timeout:g} s; "
             "is it stopped or hung? (the bound is timeout= or $TPMTLS_TPM_TIMEOUT)"
         )
 
-    def _open_esapi(self, after_loss: bool = False) -> tuple[ESAPI, transport.StreamTcti | None]:
+    def open_esapi(self, after_loss: bool = False) -> tuple[ESAPI, transport.StreamTcti | None]:
         """Connect to the TPM; after a loss, keep trying for `reconnect_timeout` seconds."""
         deadline = time.monotonic() + (self.reconnect_timeout if after_loss else 0)
         delay = 0.05
@@ -555,7 +385,7 @@ class Pool:
                         esapi = ESAPI(self.tcti)
                 if is_direct(self.tcti) and not self._forked_child:
                     # (in a forked child the objects present may be the parent's)
-                    _flush_orphans(esapi)
+                    flush_orphans(esapi)
                 return esapi, tcti
             except transport.TransportTimeout:
                 if tcti is not None:
@@ -576,16 +406,14 @@ class Pool:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _handle_present(self, esapi: ESAPI, handle: int) -> bool:
-        _, data = esapi.get_capability(TPM2_CAP.HANDLES, handle, 1)
-        handles = data.data.handles
-        return handles.count > 0 and int(handles.handle[0]) == handle
-
-    def _srk_order(self, key_id: str) -> tuple[str, ...]:
+    def srk_order(self, key_id: str) -> tuple[str, ...]:
         known = self._srk_kind.get(key_id)
         if known == "rsa":
             return ("rsa", "ecc")
         return ("ecc", "rsa")
+
+    def remember_srk(self, key_id: str, kind: str) -> None:
+        self._srk_kind[key_id] = kind
 
     def _count_wait(self, seconds: float) -> None:
         with self._stats_lock:
@@ -593,38 +421,13 @@ class Pool:
             self._times["wait_seconds"] += seconds
             self._times["max_wait_seconds"] = max(self._times["max_wait_seconds"], seconds)
 
-    def _count(self, **amounts: float) -> None:
+    def count(self, **amounts: float) -> None:
         with self._stats_lock:
             for name, amount in amounts.items():
                 if name in self._counters:
                     self._counters[name] += int(amount)
                 else:
                     self._times[name] += amount
-
-    def _translate(self, e: TSS2_Exception, op: str, blob: KeyBlob | None) -> TpmtlsError:
-        what = f"{op} with {blob.source}" if blob else op
-        if rc.is_auth(e):
-            return KeyAuthError(f"{blob.source if blob else 'TPM'}: wrong password for this key ({rc.describe(e)})", int(e.rc))
-        if rc.is_lockout(e):
-            return TpmLockout(
-                f"{what}: the TPM is in dictionary-attack lockout ({rc.describe(e)}); wait for its recovery "
-                "time or clear it with 'tpm2_dictionarylockout --clear-lockout'",
-                int(e.rc),
-            )
-        if rc.is_context_lost(e):
-            return TpmUnavailable(f"{what}: lost the TPM at {self.tcti!r} and could not get it back: {rc.describe(e)}")
-        return TpmError(f"{what}: the TPM refused it: {rc.describe(e)}", int(e.rc))
-
-
-def _flush_orphans(esapi: ESAPI) -> None:
-    """Flush every transient object on a direct TPM (like `tpm2_flushcontext -t`).
-
-    Without a resource manager the TPM takes one client at a time, so objects present
-    when we connect were left by a client that is gone, and they fill its few slots.
-    """
-    _, data = esapi.get_capability(TPM2_CAP.HANDLES, 0x80000000, 64)
-    for handle in list(data.data.handles)[: data.data.handles.count]:
-        esapi.flush_context(esapi.tr_from_tpmpublic(int(handle)))
 
 
 def _command_timeout(timeout: float | None) -> float:
@@ -640,10 +443,6 @@ def _command_timeout(timeout: float | None) -> float:
         raise UsageError(f"the TPM command timeout must be a positive number of seconds, not {timeout}")
     return float(timeout)
 
-
-# An operation sends a few TPM commands (SRK, load, sign; connect on tpm2-tss TCTIs):
-# the worker-thread bound for those TCTIs allows that many command timeouts.
-_COMMANDS_PER_OPERATION = 4
 
 _default_pools: dict[str, Pool] = {}
 _default_lock = threading.Lock()
@@ -678,5 +477,5 @@ def _close_default_pools() -> None:
         pool.close()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_default_pools)
+_lifecycle.in_forked_child("pools", _after_fork_in_child)
+_lifecycle.at_exit("pools", _close_default_pools)

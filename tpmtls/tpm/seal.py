@@ -30,8 +30,8 @@ from tpm2_pytss.types import (
 
 from ..errors import KeyFileError, UsageError
 from . import rc
+from .context import TpmContext
 from .device import Tpm
-from .pool import TpmContext
 
 MAX_SEALED = 128  # TPM 2.0 Part 2, 10.4.3 TPM2B_SENSITIVE_DATA: MAX_SYM_DATA bytes
 _SESSION_SYM = TPMT_SYM_DEF(

@@ -39,10 +39,10 @@ from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template, wrap
 
 from .._files import check_writable, write_atomic
 from ..errors import KeyFileError
+from .context import TpmContext
 from .device import Tpm, importable_objects
 from .keyfile import OWNER, KeyBlob, _unarmor
 from .keys import AnyTpmKey, make_key
-from .pool import TpmContext
 
 WRAPPED_LABEL = "TPMTLS WRAPPED KEY"
 # The TCG EK Credential Profile's low-range templates (L-1, L-2): the EKs whose

@@ -1,30 +1,35 @@
-"""TPM transports with a deadline on every command: tpm2-abrmd and swtpm, in Python.
+"""TPM transports with a deadline on every command: TPM devices, tpm2-abrmd and swtpm, in Python.
 
 tpm2-tss's TCTIs cannot bound a command: ESYS's synchronous calls loop on
 TSS2_BASE_RC_TRY_AGAIN, so `Esys_SetTimeout` only turns a hang into a busy wait, and
 the swtpm/mssim TCTIs ignore the timeout altogether ("The underlying IPC mechanism
 does not support asynchronous I/O"). A SIGSTOPped swtpm therefore hung `tpmtls key
 create` for ever. The tabrmd TCTI is not fork-safe either (see `_dbus`). So for these
-two TCTI kinds tpmtls speaks the (small) wire protocols itself through tpm2-pytss's
-`PyTCTI`: every connect, write and read has a deadline, and a command that misses it
-fails with TSS2_TCTI_RC_IO_ERROR on a context that is then never used again (its late
-response must not be read as the answer to the next command). Other TCTIs (device,
-mssim, libtpms …) go through tpm2-tss's loader unchanged.
+TCTI kinds, and for TPM devices (`device:`, /dev/tpmrmN and /dev/tpmN), tpmtls speaks
+the (small) wire protocols itself through tpm2-pytss's `PyTCTI`: every connect, write
+and read has a deadline, and a command that misses it fails with TSS2_TCTI_RC_IO_ERROR
+on a context that is then never used again (its late response must not be read as
+the answer to the next command). Other TCTIs (mssim, libtpms, a TCTI module named by
+file …) go through tpm2-tss's loader unchanged.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import socket
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 
 from tpm2_pytss import TSS2_Exception
-from tpm2_pytss.constants import TSS2_RC
+from tpm2_pytss.constants import TPM2_RC, TSS2_RC
 from tpm2_pytss.TCTI import PyTCTI
 
 from . import _dbus
+from .tcti import device_path, is_direct
 
 _HEADER = 10  # TPM 2.0 Part 1, 18.2: tag (2), size (4), code (4)
 _MAX_RESPONSE = 4096  # TPM2_MAX_COMMAND_SIZE in tpm2-tss
@@ -57,12 +62,14 @@ def _conf(tcti: str) -> tuple[str, dict[str, str]]:
 def handles(tcti: str) -> bool:
     """True when tpmtls speaks this TCTI's protocol itself (bounded, fork-safe)."""
     name, _ = _conf(tcti)
-    return name in ("tabrmd", "swtpm")
+    return name in ("tabrmd", "swtpm", "device")
 
 
 def open_transport(tcti: str, timeout: float) -> StreamTcti:
-    """Connect to the TPM behind a 'tabrmd:…' or 'swtpm:…' TCTI within `timeout` seconds."""
+    """Connect to the TPM behind a 'tabrmd:…', 'swtpm:…' or 'device:…' TCTI within `timeout` seconds."""
     name, conf = _conf(tcti)
+    if name == "device":
+        return DeviceTcti(device_path(tcti), timeout, direct=is_direct(tcti))
     if name == "tabrmd":
         return TabrmdTcti(conf, timeout)
     if name == "swtpm":
@@ -265,3 +272,115 @@ class SwtpmTcti(StreamTcti):
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+# What to do about a TPM device that cannot be opened, by errno (one line each).
+_UDEV_RULE = 'KERNEL=="tpmrm[0-9]*", GROUP="tss", MODE="0660"'
+
+
+def _open_failure(path: str, e: OSError, direct: bool) -> str:
+    if e.errno == errno.ENOENT:
+        return (f"{path}: no such device: this machine has no TPM, or its driver is not loaded "
+                "(see 'ls /dev/tpm*'; 'modprobe tpm_crb' or 'tpm_tis')")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"{path}: permission denied: add the user to the tss group ('sudo usermod -aG tss $USER', then log "
+                f"in again) or give the device a udev rule ({_UDEV_RULE})")
+    if e.errno == errno.EBUSY and direct:
+        return (f"{path}: another process holds it (a /dev/tpmN serves one user at a time): stop that process "
+                f"(see 'fuser -v {path}') or use the resource manager /dev/tpmrmN")
+    return f"{path}: {os.strerror(e.errno or errno.EIO)}"
+
+
+class DeviceTcti(StreamTcti):
+    """A TPM character device (/dev/tpmrmN, /dev/tpmN): open, write a command, poll, read the response.
+
+    The kernel's contract (drivers/char/tpm/tpm-dev-common.c): opened O_NONBLOCK, one
+    whole command per write() runs in the background; poll() reports POLLIN once its
+    response (or error) waits; read() returns it. So the deadline is a poll timeout, and
+    no thread waits on a TPM. A file whose command missed its deadline is closed in the
+    background: the kernel's release waits for that command to finish.
+    """
+
+    def __init__(self, path: str, timeout: float, direct: bool = False) -> None:
+        super().__init__(timeout)
+        self.path = path
+        self._pending = False
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                self._fd: int | None = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                break
+            except OSError as e:
+                # Busy (another user of a /dev/tpmN, a device being reset): try again within the bound.
+                if e.errno in (errno.EBUSY, errno.EAGAIN, errno.EINTR) and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+                    continue
+                raise TransportUnavailable(_open_failure(path, e, direct)) from None
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+
+    def do_set_locality(self, locality: int) -> None:
+        if locality != 0:  # the kernel's device files offer locality 0 only
+            raise TSS2_Exception(TSS2_RC.TCTI_RC_NOT_IMPLEMENTED)
+
+    def _fail(self, what: str, e: OSError) -> TransportUnavailable:
+        return TransportUnavailable(f"{self.path}: {what} failed: {os.strerror(e.errno or errno.EIO)}")
+
+    def _send(self, command: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, command)
+        except OSError as e:
+            raise self._fail("write", e) from None
+        if written != len(command):
+            raise TransportUnavailable(f"{self.path}: took {written} of a {len(command)}-byte command")
+        self._pending = True
+
+    def _receive(self) -> bytes:
+        assert self._fd is not None
+        response = b""
+        for _ in range(64):  # bounded: a response arrives in one read, or a few parts
+            if not self._poll.poll(max(1, int(self._remaining() * 1000))):
+                self._remaining()  # raises the timeout once the deadline has passed
+                continue
+            try:
+                chunk = os.read(self._fd, _MAX_RESPONSE - len(response))
+            except OSError as e:
+                self._pending = False
+                if e.errno == errno.ENOMEM:
+                    # The kernel's per-file space is full (three objects): answer as the TPM
+                    # would, so the pool frees a slot and tries again instead of reconnecting.
+                    return struct.pack(">HII", 0x8001, _HEADER, int(TPM2_RC.OBJECT_MEMORY))
+                raise self._fail("read", e) from None
+            if not chunk:
+                raise TransportUnavailable(f"{self.path}: the device returned no response")
+            response += chunk
+            if len(response) >= _HEADER:
+                size = struct.unpack(">I", response[2:6])[0]
+                if not _HEADER <= size <= _MAX_RESPONSE:
+                    raise TSS2_Exception(TSS2_RC.TCTI_RC_MALFORMED_RESPONSE)
+                if len(response) >= size:
+                    self._pending = False
+                    return response[:size]
+        raise TSS2_Exception(TSS2_RC.TCTI_RC_MALFORMED_RESPONSE)
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._pending:
+            # close() would wait for the command the kernel is still running (a hung TPM):
+            # let a daemon thread wait for it, never the caller.
+            threading.Thread(target=_close_quietly, args=(fd,), name="tpmtls-device-close", daemon=True).start()
+        else:
+            _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a device file; a device that went away (ENODEV, ENOTCONN, EIO) has nothing left to close."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
