@@ -21,8 +21,8 @@ USER_NAME=tpmtls
 COMMANDS=(tpmtls tpmtls-push tpmtls-pull docker-credential-tpmtls)
 # every unit in helpers/ (docs/services.md, "Conventions for new units")
 UNITS=()
-for u in helpers/tpmtls-*.service helpers/tpmtls-*.socket helpers/tpmtls-*.timer; do
-  [ -e "$u" ] && UNITS+=("$(basename "$u")")
+for u in helpers/tpmtls-*; do
+  case "$u" in *.service|*.socket|*.timer) UNITS+=("$(basename "$u")") ;; esac
 done
 
 fail() { echo "install: $*" >&2; exit 1; }
