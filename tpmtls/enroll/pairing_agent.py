@@ -38,12 +38,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._files import write_atomic
+from .._systemd import SD_LISTEN_FDS_START, passed_fds
 from ..errors import TlsSetupError, UsageError
 from ..pki.csr import parse_san
 from .store import key_fingerprint
 
 ENROLL_PATH = "/tpmtls/v1/enroll"
-SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
 _MAX_BODY = 64 * 1024
 _CONN_TIMEOUT = 15.0  # per read
 # per connection: handshake, request and answer ($TPMTLS_ENROLL_DEADLINE seconds if set)
@@ -177,21 +177,19 @@ def listening_socket(listen: str | None) -> tuple[socket.socket, int]:
     socket in TLS when --tlsverify is on (moby listeners.Init), so a local unix socket
     belongs in --dockerd-arg=--host=unix://… rather than in the socket unit.
     """
-    fds, pid = os.environ.get("LISTEN_FDS"), os.environ.get("LISTEN_PID")
-    if fds and pid == str(os.getpid()):
-        if not fds.isdigit() or not 0 < int(fds) < 64:
-            raise UsageError(f"LISTEN_FDS={fds!r}: not a socket count systemd would pass")
+    passed = passed_fds()
+    if passed:
         tcp = []
-        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(fds)):
+        for fd in passed:
             s = socket.socket(fileno=fd)
             if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6):
                 tcp.append(s)
             else:
                 s.detach()  # leave it open for dockerd
         if len(tcp) != 1:
-            raise UsageError(f"systemd passed {len(tcp)} TCP sockets (LISTEN_FDS={fds}); enroll-agent needs "
+            raise UsageError(f"systemd passed {len(tcp)} TCP sockets (LISTEN_FDS={len(passed)}); enroll-agent needs "
                              "exactly one: the daemon's TLS port (ListenStream=2376)")
-        return tcp[0], int(fds)
+        return tcp[0], len(passed)
     if not listen:
         raise UsageError("no listening socket: run under systemd socket activation "
                          "(helpers/tpmtls-enroll-agent.socket) or pass --listen ADDRESS:PORT")
