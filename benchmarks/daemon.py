@@ -131,7 +131,7 @@ def _ms(values: list[float], pct: int) -> float | None:
 
 def _proxy_latency(lab: Lab, port: int, cert_path: Path, resume: bool, connections: int) -> dict[str, Any]:
     """New connections through daemon-proxy: connect, GET /_ping, read to the close."""
-    from tpmtls.docker.config import CertPath
+    from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
     proxy = DaemonProxy(f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:0", CertPath(cert_path), tcti=lab.tpm.tcti,

@@ -16,16 +16,18 @@ set -euo pipefail
 
 # Building tpmtls: the shim provider compiles against OpenSSL 3's headers; tpm2-pytss (no
 # wheel on PyPI) against the TSS2 libraries. tpm-udev: the tss group and /dev/tpmrm0's mode.
-install_stack=(build-essential pkg-config libssl-dev libtss2-dev python3-venv python3-dev tpm-udev)
+# libpq5: psycopg's libpq, for enroll-server --db postgresql://.
+install_stack=(build-essential pkg-config libssl-dev libtss2-dev python3-venv python3-dev tpm-udev libpq5)
 # tpmtls quickstart: swtpm behind tpm2-abrmd on a private D-Bus, and a docker-registry.
 quickstart_stack=(swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus docker-registry)
 # The suite's peers: EK certificates (swtpm_setup/localca), TPM tools, tpm2-openssl (interop
 # and benchmark baseline), skopeo, NGINX (mTLS front), a static busybox (the tiny image the
 # daemon tests run), openssl/curl, htpasswd (bcrypt for Basic auth), libfuse3 (the lab's
 # /dev/tpmrm0 stand-in is a FUSE file), systemd-analyze (unit checks), debootstrap (a scratch
-# root for the setup test).
+# root for the setup test); for enroll-server, a PostgreSQL the tests start themselves (initdb in
+# a temp dir), lego (a second ACME client), iproute2 (a network namespace for the public-name test).
 test_stack=(swtpm-tools tpm2-tools tpm2-openssl skopeo nginx-light busybox-static openssl curl
-            apache2-utils fuse3 systemd debootstrap)
+            apache2-utils fuse3 systemd debootstrap postgresql lego iproute2)
 # The suite's Docker daemon, unless one is installed already (docker-ce, a static dockerd …).
 test_docker=(docker.io)
 

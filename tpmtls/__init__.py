@@ -15,6 +15,7 @@ from .provider import bootstrap as _bootstrap
 _bootstrap()
 
 from ._files import OutputError  # noqa: E402
+from ._version import __version__ as __version__  # noqa: E402
 from .errors import (  # noqa: E402
     DaemonError,
     EnrollmentError,
@@ -37,8 +38,6 @@ from .tls import extract_from_ssl, inject_into_ssl, pyopenssl_context, requests_
 from .tls._errors import KeyLoadError, TpmHandshakeError  # noqa: E402
 from .tpm import Pool, Tpm, connect  # noqa: E402
 from .tpm.keys import AnyTpmKey, TpmECPrivateKey, TpmKey, TpmRSAPrivateKey  # noqa: E402
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .docker.client import docker_client

@@ -1,4 +1,5 @@
-"""Atomic file output: readers see the old file or the complete new one, never half of it.
+"""Atomic file output: readers see the old file or the complete new one, never half of it;
+and input files read with a one-line error naming them.
 
 Output problems (a directory, a read-only or full file system, an output that is one of
 the command's own inputs) are found before any work is done where possible, and are one
@@ -49,6 +50,18 @@ def check_writable(path: str | os.PathLike[str], overwrite: bool = False,
     except OSError as e:
         raise OutputError(f"{p}: cannot write in {p.parent}: {e.strerror or e}") from None
     return p
+
+
+def read_input(path: str | os.PathLike[str], what: str) -> bytes:
+    """A file's bytes, or a one-line UsageError naming it and `what` it should have been."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such {what} file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a {what} file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> Path:

@@ -21,15 +21,15 @@ from typing import Callable, TextIO
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import connect
 from ._files import write_atomic
+from .docker.files import install
 from .errors import RegistryError, TpmtlsError
 from .pki.ca import FileCA
 from .pki.csr import build_csr
-from .pki.install import install
 from .registry.progress import Progress
 from .registry.pull import pull
 from .registry.push import BlobCache, push
+from .tpm import connect
 
 STEPS = 9
 HOST = "server.domain.com"

@@ -18,7 +18,9 @@ def test_enroll_benchmark_reports_tpm_and_server_time(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "per min" in proc.stdout and "TPM ms" in proc.stdout and "server ms" in proc.stdout
     data = json.loads(out.read_text())
-    assert [r["machines"] for r in data["results"]] == [1, 2]
+    assert [(r["db"], r["machines"]) for r in data["results"]] == [("sqlite", 1), ("postgresql", 1), ("sqlite", 2),
+                                                                   ("postgresql", 2)]
+    assert "PostgreSQL at " in proc.stdout and "x SQLite's enrollments/min" in proc.stdout
     for r in data["results"]:
         assert r["errors"] == 0 and r["enrollments"] == r["issued"] == 2 * r["machines"], r
         assert r["per_minute"] > 0 and r["tpm_ms"] > 0 and r["server_ms"] > 0

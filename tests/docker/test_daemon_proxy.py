@@ -189,7 +189,7 @@ def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(dpki, tls_dae
     """If the daemon stops accepting our certificate while the proxy runs, the CLI says why."""
     import threading
 
-    from tpmtls.docker.config import CertPath
+    from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
     _daemon, port = tls_daemon

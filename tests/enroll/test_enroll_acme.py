@@ -6,13 +6,8 @@ A itself with `tpmtls enroll policy`; the registry accepts client certs of the f
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -20,34 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from support.attest import EkCa, ek_machine
 from support.commands import Cli, require
+from support.enroll_server import ServerProcess
 from support.registry import env_for, run_cli
-
-
-class ServerProcess:
-    """`tpmtls enroll-server … --listen 127.0.0.1:0`, its URL read from its first stdout line; stopped by PID."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
-        self.log = cwd / "enroll-server.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "tpmtls", "enroll-server", *args, "--listen", "127.0.0.1:0"],
-                                     cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                     stderr=open(self.log, "wb"), text=True, start_new_session=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # bounded: the process prints it or exits
-        m = re.search(r"ACME directory (https://\S+/acme/directory);", line)
-        if m is None:
-            self.stop()
-            raise AssertionError(f"enroll-server did not start: {line!r} {self.log.read_text()}")
-        self.directory = m.group(1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")

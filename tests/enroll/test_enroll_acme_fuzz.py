@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from support.attest import enroll_world
 from support.commands import require
-from tpmtls.enroll.acme_attobj import verify_att_obj
+from tpmtls.enroll.acme_attobj import QUOTE_KEY, verify_att_obj
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
 from tpmtls.enroll.attest_errors import Refusal
 from tpmtls.enroll.attestation import attest_request
@@ -85,15 +85,21 @@ def world(tmp_path_factory):
 def test_attobj_and_each_structure_inside_it(world):
     _, _, app, _ = world
     att, key_auth = Recorder.seen["att"], Recorder.seen["key_auth"]
-    verify_att_obj(att, key_auth, app.ak_roots)  # the genuine one passes
-    total = all_refused("attObj", att, lambda m: verify_att_obj(m, key_auth, app.ak_roots))
+    verify_att_obj(att, key_auth, app.ak_roots, app.policy)  # the genuine one passes
+    total = all_refused("attObj", att, lambda m: verify_att_obj(m, key_auth, app.ak_roots, app.policy))
     stmt = cbor2.loads(att)["attStmt"]
-    for field in ("x5c[0]", "pubArea", "certInfo", "sig"):
-        original = stmt["x5c"][0] if field == "x5c[0]" else stmt[field]
+    quote = stmt[QUOTE_KEY]
+    for field in ("x5c[0]", "pubArea", "certInfo", "sig", "quote.quoted", "quote.sig"):
+        original = stmt["x5c"][0] if field == "x5c[0]" else quote[field[6:]] if field.startswith("quote.") else stmt[field]
 
         def check(m: bytes, field: str = field) -> object:
-            changed = dict(stmt, x5c=[m, *stmt["x5c"][1:]]) if field == "x5c[0]" else dict(stmt, **{field: m})
-            return verify_att_obj(cbor2.dumps({"fmt": "tpm", "attStmt": changed}), key_auth, app.ak_roots)
+            if field == "x5c[0]":
+                changed = dict(stmt, x5c=[m, *stmt["x5c"][1:]])
+            elif field.startswith("quote."):
+                changed = dict(stmt, **{QUOTE_KEY: dict(quote, **{field[6:]: m})})
+            else:
+                changed = dict(stmt, **{field: m})
+            return verify_att_obj(cbor2.dumps({"fmt": "tpm", "attStmt": changed}), key_auth, app.ak_roots, app.policy)
 
         total += all_refused(field, original, check)
     assert total > 100

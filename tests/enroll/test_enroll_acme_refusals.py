@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import josepy as jose
@@ -22,7 +21,7 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
 
 import tpmtls
-from support.attest import EkCa, ek_machine, enroll_files
+from support.attest import Clock, EkCa, busy_limits, busy_settings, ek_machine, enroll_files
 from support.commands import require
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
 from tpmtls.enroll.acme_server import NONCE_TTL, EnrollApp, EnrollServer
@@ -31,16 +30,6 @@ from tpmtls.enroll.attest_errors import EnrollError
 from tpmtls.enroll.attestation import attest_request, post_json, secret_request
 from tpmtls.tpm import attest
 from tpmtls.tpm.keys import make_key
-
-
-class Clock:
-    """The server's clock, moved forward by tests instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +42,11 @@ def world(tmp_path_factory):
     tpms = {k: tpmtls.connect(pool=p) for k, p in pools.items()}
     ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpms["A"])
     clock = Clock()
-    app = EnrollApp(ca_dir, roots, policy, clock=clock)
-    server = EnrollServer(app).start()
+    app = EnrollApp(ca_dir, roots, policy, clock=clock, settings=busy_settings())
+    server = EnrollServer(app, limits=busy_limits()).start()
     yield tmp, tpms, app, server, clock
     server.stop()
+    app.close()
     for p in pools.values():
         p.close()
     for m in machines.values():

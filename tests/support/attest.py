@@ -10,7 +10,70 @@ from typing import Any, Iterator
 import tpmtls
 from tpmtls.lab.ekca import EkCa, ek_machine
 
-__all__ = ["EkCa", "EnrollWorld", "ek_machine", "enroll_files", "enroll_world"]
+__all__ = ["Clock", "EkCa", "EnrollMachine", "EnrollWorld", "busy_limits", "busy_settings", "ek_machine", "enroll_files",
+           "enroll_machine", "enroll_world"]
+
+
+class Clock:
+    """A server's clock, moved forward by tests instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        import time
+
+        return time.time() + self.offset
+
+
+@dataclass
+class EnrollMachine:
+    """Machine A (EK certificates of a private EK CA) and the server files trusting it; no server."""
+
+    machine: Any
+    tpm: Any
+    ca_dir: Path
+    roots: Path
+    policy: Path
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        return self.ca_dir, self.roots, self.policy
+
+    @property
+    def server_args(self) -> list[str]:
+        return ["--ca", str(self.ca_dir), "--ek-roots", str(self.roots), "--policy", str(self.policy)]
+
+
+@contextmanager
+def enroll_machine(tmp: Path) -> Iterator[EnrollMachine]:
+    """Start machine A and write the server files (CA, EK roots, policy from A); stop A afterwards."""
+    ek_ca = EkCa(tmp / "ekca")
+    machine = ek_machine(tmp / "a", ek_ca)
+    pool = tpmtls.Pool(machine.tcti)
+    try:
+        tpm = tpmtls.connect(pool=pool)
+        yield EnrollMachine(machine, tpm, *enroll_files(tmp / "server", ek_ca, tpm))
+    finally:
+        pool.close()
+        machine.stop()
+
+
+def busy_settings(**changes: Any) -> Any:
+    """Server settings for a suite whose every client is 127.0.0.1: per-client rates a fleet spreads over
+    many addresses, raised so that only the tests about limits meet them."""
+    from tpmtls.enroll.acme_server import Settings
+    from tpmtls.enroll.ratelimit import Rate
+
+    return Settings(**{"new_accounts": Rate(1000.0, 10000), "attestations": Rate(1000.0, 10000), **changes})
+
+
+def busy_limits(**changes: Any) -> Any:
+    """Front limits likewise raised for one loopback client (see busy_settings)."""
+    from tpmtls.enroll.ratelimit import Rate
+    from tpmtls.enroll.serve import Limits
+
+    return Limits(**{"requests": Rate(1000.0, 10000), **changes})
 
 
 @dataclass
@@ -35,12 +98,13 @@ def enroll_world(tmp: Path) -> Iterator[EnrollWorld]:
     try:
         tpm = tpmtls.connect(pool=pool)
         ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpm)
-        app = EnrollApp(ca_dir, roots, policy)
-        server = EnrollServer(app).start()
+        app = EnrollApp(ca_dir, roots, policy, settings=busy_settings())
+        server = EnrollServer(app, limits=busy_limits()).start()
         try:
             yield EnrollWorld(tmp, tpm, app, server, ca_dir)
         finally:
             server.stop()
+            app.close()
     finally:
         pool.close()
         machine.stop()

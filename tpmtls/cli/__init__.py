@@ -1,25 +1,34 @@
-"""The `tpmtls` command: thin argument parsing over the library; one line per error."""
+"""The `tpmtls` command: thin argument parsing over the library; one line per error.
+
+One module per top-level command, each adding its own parser (and its subcommands) with
+`add_parser(sub)`; `_common` and `_registry_args` are what several share. The other
+console scripts are `push` (tpmtls-push), `pull` (tpmtls-pull) and `credential_helper`
+(docker-credential-tpmtls).
+"""
 
 from __future__ import annotations
 
 import sys
 
-from .. import __version__
+from .._version import __version__
 from . import (
     ca,
-    certs_daemon,
+    certs,
     connect,
     csr,
     daemon_proxy,
     doctor,
-    enroll_acme,
-    enroll_pairing,
+    enroll,
+    enroll_agent,
+    enroll_server,
     key,
-    key_transfer,
     proxy,
     quickstart,
 )
 from ._common import Parser, add_tcti, run_main
+
+#: In the order `tpmtls --help` lists them.
+COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, enroll_agent, enroll_server, quickstart)
 
 
 def build_parser() -> Parser:
@@ -27,18 +36,8 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"tpmtls {__version__}")
     add_tcti(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    doctor.register(sub)
-    key.register(sub)
-    key_transfer.register(sub.choices["key"])
-    csr.register(sub)
-    connect.register(sub)
-    ca.register(sub)
-    certs_daemon.register(sub.choices["certs"])
-    daemon_proxy.register(sub)
-    proxy.register(sub)
-    enroll_pairing.register(sub)
-    quickstart.register(sub)
-    enroll_acme.register(sub)  # after any other `enroll`: it adds its own only if none exists
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 

@@ -79,6 +79,14 @@ def key_password(key: str, password_file: str | None) -> bytes | None:
     return secret.encode()
 
 
+def split_target(target: str) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT) → (host, port), or a one-line usage error."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"{target!r}: write the target as HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
 def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 

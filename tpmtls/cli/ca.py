@@ -1,23 +1,24 @@
-"""`tpmtls ca init|issue` and `tpmtls certs install`: a file CA and Docker's certs.d."""
+"""`tpmtls ca init|issue`: a small file CA (for one machine, tests and the quickstart)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .._files import check_writable, write_atomic
+from .._files import check_writable, read_input, write_atomic
 from ..errors import UsageError
 from ..pki.ca import FileCA
+from ..pki.csr import load_pem_csr
 from ..tpm import connect
 from ._common import add_tcti, say
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`tpmtls ca` and its subcommands."""
     ca = sub.add_parser("ca", help="a small file CA (for one machine, tests and the quickstart)")
-    csub = ca.add_subparsers(dest="ca_command", required=True, metavar="{init,issue}")
+    csub = ca.add_subparsers(dest="ca_command", required=True)
     p = csub.add_parser("init", help="create ca.crt and ca.key (0600) in DIR")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--name", required=True, help="the CA's common name")
@@ -37,18 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_tcti(p)
     p.set_defaults(func=issue)
 
-    certs = sub.add_parser("certs", help="Docker's certs.d")
-    ssub = certs.add_subparsers(dest="certs_command", required=True, metavar="{install}")
-    p = ssub.add_parser("install", help="check and put ca.crt, client.cert, client.key in tpmtls's certs.d for HOST[:PORT]")
-    p.add_argument("hostport", metavar="HOST[:PORT]")
-    p.add_argument("--cert", required=True, metavar="C")
-    p.add_argument("--key", required=True, metavar="K", help="the TPM key file (TSS2 PRIVATE KEY) or handle form")
-    p.add_argument("--ca", required=True, metavar="CA")
-    p.add_argument("--root", default=None, metavar="DIR",
-                   help="tpmtls's certs.d (default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; never Docker's: a TPM "
-                   "key there breaks stock docker for that registry)")
-    p.set_defaults(func=install)
-
 
 def init(args: argparse.Namespace) -> int:
     if not args.name.strip():
@@ -64,13 +53,7 @@ def issue(args: argparse.Namespace) -> int:
     out = check_writable(args.out, args.force, inputs=(args.csr, *ca_files))
     ca = FileCA.open(args.dir, args.tcti)
     try:
-        csr = x509.load_pem_x509_csr(Path(args.csr).read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"{args.csr}: no such CSR file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{args.csr}: is a directory, not a CSR file") from None
-    except OSError as e:
-        raise UsageError(f"{args.csr}: cannot read: {e.strerror}") from None
+        csr = load_pem_csr(read_input(args.csr, "CSR"))
     except ValueError as e:
         raise UsageError(f"{args.csr}: not a PEM CSR ({e})") from None
     try:
@@ -82,13 +65,4 @@ def issue(args: argparse.Namespace) -> int:
     return 0
 
 
-def install(args: argparse.Namespace) -> int:
-    from ..pki.install import install as install_certs
-
-    target = install_certs(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
-    say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
-        "/etc/docker/certs.d untouched)")
-    return 0
-
-
-__all__ = ["register"]
+__all__ = ["add_parser"]

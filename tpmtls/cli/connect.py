@@ -7,13 +7,13 @@ import socket
 import ssl
 from typing import Any
 
-from .. import provider
-from ..errors import HandshakeError, UsageError
+from ..errors import HandshakeError
+from ..provider import last_signature_scheme
 from ..tls import TpmHandshakeError, ssl_context
-from ._common import add_password_file, add_tcti, key_password, say
+from ._common import add_password_file, add_tcti, key_password, say, split_target
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("connect", help="TLS handshake with client authentication, like s_client")
     p.add_argument("target", metavar="HOST:PORT")
     p.add_argument("--cert", required=True, metavar="C", help="client certificate (chain) PEM")
@@ -28,13 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          "the terminal (like ssh does), and with no terminal the command fails")
     add_tcti(p)
     p.set_defaults(func=run)
-
-
-def split_target(target: str) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise UsageError(f"{target!r}: write the target as HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +67,7 @@ def _client_key_line(key: str, tls: ssl.SSLSocket) -> str:
         read_key_reference(key)
     except KeyFileError:
         return f"client key: {key}, a software key (not in the TPM)"
-    scheme = provider.last_signature_scheme()
+    scheme = last_signature_scheme()
     if tls.session_reused:
         return "client signature: none (session resumed)"
     if scheme is None:

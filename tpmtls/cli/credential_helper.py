@@ -28,7 +28,7 @@ def _usage() -> str:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return f"{NAME} (tpmtls) {__version__}"
 

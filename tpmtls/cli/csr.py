@@ -6,13 +6,13 @@ import argparse
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .. import connect
 from .._files import check_writable, write_atomic
 from ..pki import build_csr
+from ..tpm import connect
 from ._common import add_password_file, add_tcti, read_secret_file, say
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("csr", help="write a CSR signed by a TPM key")
     p.add_argument("--key", required=True, metavar="KEY", help="key file or handle:0x81…")
     p.add_argument("--subject", required=True, help="e.g. 'CN=client,O=Acme' or '/O=Acme/CN=client'")

@@ -10,7 +10,7 @@ from ._common import add_password_file, add_tcti, read_secret_file, serve_until_
 DEFAULT_LISTEN = "unix:///run/tpmtls/docker.sock"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("daemon-proxy", help="a local Docker API socket for the stock docker CLI, "
                                             "forwarded over TPM-backed mTLS to a TLS dockerd")
     p.add_argument("--upstream", metavar="tcp://HOST:2376",
@@ -28,7 +28,7 @@ _log = service_log("daemon-proxy")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..docker.config import default_cert_path
+    from ..docker.files import default_cert_path
     from ..docker.proxy import DaemonProxy
     from ..errors import UsageError
 
@@ -53,4 +53,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register"]
+__all__ = ["add_parser"]

@@ -12,14 +12,17 @@ from cryptography.hazmat.backends.openssl import backend
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .. import __version__, connect, provider
+from .._version import __version__
 from ..errors import TpmtlsError
+from ..provider import in_cryptography, load_into_system_ssl
+from ..provider import state as provider_state
+from ..tpm import connect
 from ..tpm.keys import TpmECPrivateKey
 from ..tpm.tcti import tcti_source
 from ._common import add_tcti, say
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("doctor", help="check the TPM, the pool and library versions")
     add_tcti(p)
     p.set_defaults(func=run)
@@ -34,23 +37,23 @@ def _version(dist: str) -> str:
 
 def _report_provider() -> bool:
     """One line per OpenSSL: does it have the shim? True when something is wrong."""
-    state = provider.state
+    state = provider_state
     if state.problem:
         say(f"provider: FAILED: {state.problem}")
         return True
     say(f"provider: {state.path}")
-    if provider.in_cryptography():
+    if in_cryptography():
         say(f"provider in cryptography's {backend.openssl_version_text()}: loaded (pyOpenSSL can use TPM keys)")
     else:
         why = "cryptography was imported before tpmtls" if state.cryptography_first else "not loaded"
         say(f"provider in cryptography's {backend.openssl_version_text()}: NO: {why}")
     try:
-        provider.load_into_system_ssl()
+        load_into_system_ssl()
         say(f"provider in system {ssl.OPENSSL_VERSION}: loaded (stdlib ssl, requests, docker-py can use TPM keys)")
     except TpmtlsError as e:
         say(f"provider in system {ssl.OPENSSL_VERSION}: FAILED: {e}")
         return True
-    return not provider.in_cryptography()
+    return not in_cryptography()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_tcti, serve_until_signal, service_log
-from .registry_args import add_certs_args
+from ._registry_args import add_certs_args
 
 DEFAULT_LISTEN = "127.0.0.1:5000"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("proxy", help="the registry API on loopback for a stock docker, forwarded over "
                                      "TPM-backed mTLS to the real registry")
     p.add_argument("--upstream", required=True, metavar="HOST[:PORT]", help="the registry (https; port 443 by default)")
@@ -46,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register"]
+__all__ = ["add_parser"]

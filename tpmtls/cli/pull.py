@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ._common import Parser, add_tcti, run_main
-from .registry_args import add_registry_args, registry_options
+from ._registry_args import add_registry_args, registry_options
 
 
 def build_parser() -> Parser:

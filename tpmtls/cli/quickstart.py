@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("quickstart", help="push to a local mTLS registry with a key in a software TPM, end to end")
     p.add_argument("--workdir", metavar="DIR", help="keep the files here (default: a temp dir, removed at the end)")
     p.set_defaults(func=run)

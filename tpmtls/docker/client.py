@@ -23,7 +23,8 @@ from requests.adapters import HTTPAdapter
 
 from ..errors import HandshakeError, TpmtlsError, UsageError
 from . import DaemonError
-from .config import CertPath, default_cert_path, parse_host
+from .config import parse_host
+from .files import CertPath, default_cert_path
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 

@@ -4,8 +4,8 @@ TPM-backed mutual TLS to a `dockerd --tlsverify` (or the NGINX front of one).
 Bytes are forwarded as they are, so hijacked connections (attach, exec, `run -it`) work,
 including half-closes: the CLI's end of stdin becomes a TLS close_notify upstream while
 output keeps flowing back. Each connection runs in its own thread on one TLS object over
-memory BIOs, so reads and writes never race inside OpenSSL. Upstream TLS sessions are
-resumed: after the first handshake a new CLI call costs no TPM signature.
+memory BIOs (`_stream.py`), so reads and writes never race inside OpenSSL. Upstream TLS
+sessions are resumed: after the first handshake a new CLI call costs no TPM signature.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import selectors
 import socket
 import ssl
 import stat
@@ -26,17 +25,16 @@ from urllib.parse import urlsplit
 
 from .._callers import foreign_caller
 from ..errors import TpmtlsError, UsageError
+from ._stream import CHUNK, TlsStream, pump
 from .client import DaemonError, explain_tls_failure
-from .config import CertPath, parse_host
+from .config import parse_host
+from .files import CertPath
 
 CONNECT_TIMEOUT = 10.0
-#: Bytes buffered per direction before we stop reading from the faster side.
-BUFFER_LIMIT = 1 << 20
 #: Concurrent connections served; more wait in the listen backlog.
 MAX_CONNECTIONS = 64
 HEAD_TIMEOUT = 10.0  # for the first request's head on a TCP listen (checked before forwarding)
 MAX_HEAD = 16384
-_CHUNK = 65536
 
 
 def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
@@ -153,7 +151,7 @@ class DaemonProxy:
 
         return default_pool(self.tcti).stats().signatures
 
-    def _open_upstream(self) -> "_Tls":
+    def _open_upstream(self) -> "TlsStream":
         try:
             raw = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT)
             # Small records (a resumed handshake's Finished, then the request) must not wait for
@@ -165,7 +163,7 @@ class DaemonProxy:
                               "listening there?") from None
         with self._session_lock:
             session = self._session if self.resume else None
-        tls = _Tls(raw, self.context, self.host, session)
+        tls = TlsStream(raw, self.context, self.host, session)
         try:
             tls.handshake()
         except (ssl.SSLError, OSError) as e:
@@ -174,7 +172,7 @@ class DaemonProxy:
         self.stats.add(resumed=int(tls.obj.session_reused), full_handshakes=int(not tls.obj.session_reused))
         return tls
 
-    def _remember(self, tls: "_Tls") -> None:
+    def _remember(self, tls: "TlsStream") -> None:
         session = tls.obj.session
         if self.resume and session is not None and (session.has_ticket or tls.obj.version() != "TLSv1.3"):
             with self._session_lock:
@@ -295,7 +293,7 @@ class DaemonProxy:
                 return
             how = "resumed" if tls.obj.session_reused else "full handshake"
             try:
-                up, down, error = _pump(client, tls, self._stop, lambda: self._remember(tls), self.half_close)
+                up, down, error = pump(client, tls, self._stop, lambda: self._remember(tls), self.half_close)
             finally:
                 tls.close()
             self._remember(tls)
@@ -349,193 +347,11 @@ def _refuse(client: socket.socket, message: str, status: bytes = b"502 Bad Gatew
         client.settimeout(2)
         if read_head:
             try:
-                client.recv(_CHUNK)
+                client.recv(CHUNK)
             except OSError:
                 pass
         client.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    except OSError:
-        pass
-
-
-class _Tls:
-    """An SSLObject over memory BIOs and its raw socket: blocking handshake, then non-blocking I/O."""
-
-    def __init__(self, raw: socket.socket, context: ssl.SSLContext, host: str, session: ssl.SSLSession | None) -> None:
-        self.raw = raw
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname=host, session=session)
-
-    def flush(self) -> None:
-        data = self.outgoing.read()
-        if data:
-            self.raw.sendall(data)
-
-    def _feed(self) -> None:
-        data = self.raw.recv(_CHUNK)
-        if not data:
-            raise ConnectionResetError("the server closed the connection during the TLS handshake")
-        self.incoming.write(data)
-
-    def handshake(self) -> None:
-        for _ in range(1000):  # a handshake is a handful of flights; bounded all the same
-            try:
-                self.obj.do_handshake()
-                self.flush()
-                return
-            except ssl.SSLWantReadError:
-                self.flush()
-                self._feed()
-        raise ssl.SSLError("TLS handshake did not finish")
-
-    def request(self, data: bytes) -> bytes:
-        """Send `data`, read until the server closes (probe only; blocking with the socket's timeout)."""
-        self.obj.write(data)
-        self.flush()
-        reply = bytearray()
-        while len(reply) < BUFFER_LIMIT:
-            try:
-                chunk = self.obj.read(_CHUNK)
-                if not chunk:
-                    break
-                reply += chunk
-                if b"\r\n\r\n" in reply and _complete(bytes(reply)):
-                    break
-            except ssl.SSLWantReadError:
-                self.flush()
-                data = self.raw.recv(_CHUNK)
-                if not data:
-                    break
-                self.incoming.write(data)
-            except ssl.SSLZeroReturnError:
-                break
-        return bytes(reply)
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except OSError:
-            pass
-
-
-def _complete(reply: bytes) -> bool:
-    head, _, body = reply.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            return len(body) >= int(value.strip())
-    return False
-
-
-def _pump(client: socket.socket, tls: _Tls, stop: threading.Event, on_first_reply: Callable[[], None],
-          half_close: bool = True) -> tuple[int, int, BaseException | None]:
-    """Forward both ways until both directions are closed; returns (bytes up, bytes down, error).
-
-    Without `half_close` the client's end of input is not forwarded: on a hijacked
-    stream we wait for the server to finish, otherwise the client is done.
-    """
-    raw = tls.raw
-    client.setblocking(False)
-    raw.setblocking(False)
-    to_upstream = bytearray()  # ciphertext for the server
-    to_client = bytearray()  # plaintext for the CLI
-    client_reading = upstream_reading = True
-    client_write_open = True
-    up = down = 0
-    hijacked = False
-    error: BaseException | None = None
-    sel = selectors.DefaultSelector()
-    try:
-        while not stop.is_set():
-            if not upstream_reading and not to_client:
-                if client_write_open:
-                    _shutdown_write(client)  # the server is done: the CLI sees the end of the stream
-                    client_write_open = False
-                if not client_reading:
-                    break
-            cev = (selectors.EVENT_READ if client_reading and len(to_upstream) < BUFFER_LIMIT else 0) | \
-                  (selectors.EVENT_WRITE if to_client else 0)
-            uev = (selectors.EVENT_READ if upstream_reading and len(to_client) < BUFFER_LIMIT else 0) | \
-                  (selectors.EVENT_WRITE if to_upstream else 0)
-            for sock, ev in ((client, cev), (raw, uev)):
-                try:
-                    sel.unregister(sock)
-                except KeyError:
-                    pass
-                if ev:
-                    sel.register(sock, ev)
-            if not cev and not uev:
-                break
-            for key, mask in sel.select(timeout=0.5):
-                if key.fileobj is client:
-                    if mask & selectors.EVENT_READ:
-                        data = client.recv(_CHUNK)
-                        if data:
-                            up += len(data)
-                            hijacked = hijacked or b"upgrade: tcp" in data.lower()
-                            tls.obj.write(data)
-                        else:
-                            client_reading = False
-                            if half_close:
-                                _close_notify(tls)  # the CLI closed stdin: a TLS half-close upstream
-                            elif not hijacked:
-                                break  # a plain API connection the CLI is done with
-                        to_upstream += tls.outgoing.read()
-                    if mask & selectors.EVENT_WRITE and to_client:
-                        sent = client.send(to_client)
-                        del to_client[:sent]
-                else:
-                    if mask & selectors.EVENT_READ:
-                        data = raw.recv(_CHUNK)
-                        if not data:
-                            upstream_reading = False
-                        else:
-                            tls.incoming.write(data)
-                            first = down == 0
-                            got, upstream_reading = _drain(tls)
-                            to_client += got
-                            down += len(got)
-                            if first and got:
-                                on_first_reply()  # a TLS 1.3 ticket has arrived by now
-                        to_upstream += tls.outgoing.read()
-                    if mask & selectors.EVENT_WRITE and to_upstream:
-                        sent = raw.send(to_upstream)
-                        del to_upstream[:sent]
-    except (ssl.SSLError, OSError) as e:
-        error = e
-    finally:
-        sel.close()
-    return up, down, error
-
-
-def _drain(tls: _Tls) -> tuple[bytes, bool]:
-    """All plaintext the fed records hold; False once the server's close_notify is read."""
-    out = bytearray()
-    for _ in range(BUFFER_LIMIT // 1024):
-        try:
-            chunk = tls.obj.read(_CHUNK)
-        except ssl.SSLWantReadError:
-            return bytes(out), True
-        except ssl.SSLZeroReturnError:
-            return bytes(out), False
-        if not chunk:
-            return bytes(out), False
-        out += chunk
-    return bytes(out), True
-
-
-def _close_notify(tls: _Tls) -> None:
-    # With memory BIOs nothing is read here: every record fed so far has been drained, so
-    # OpenSSL only queues our close_notify and keeps accepting the server's data after it.
-    try:
-        tls.obj.unwrap()
-    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        pass
-
-
-def _shutdown_write(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
 

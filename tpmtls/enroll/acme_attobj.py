@@ -3,7 +3,10 @@
 Port of smallstep/certificates acme/challenge.go `deviceAttest01Validate` (payload,
 CBOR) and `doTPMAttestationFormat` (AK chain, AK profile, certInfo, extraData binding),
 plus step-ca's key-attribute check (an imported or restricted key cannot pass; docs/facts-docker.md,
-"ACME device-attest-01 as step-ca checks it").
+"ACME device-attest-01 as step-ca checks it") and ours: a PCR quote by the same AK over the
+same challenge (`attStmt.tpmtlsPcrQuote`), so the PCR policy is checked for every certificate,
+not once per AK (docs/enrollment-server.md, "Continuous attestation"). step-ca ignores attStmt
+keys it does not know, so the same attObj serves both.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from tpm2_pytss.constants import TPM2_ST
 from tpm2_pytss.types import TPMT_PUBLIC
 
+from .attest_policy import PcrPolicy
 from .attest_verify import (
     check_tls_key_attributes,
     load_der_certificate,
@@ -37,6 +41,7 @@ from .attest_verify import (
 # COSE algorithm identifiers step-ca accepts for `alg` (RS1, RS256, ES256).
 COSE_ALGS = {-65535: "sha1", -257: "sha256", -7: "sha256"}
 MAX_ATTOBJ = 64 * 1024
+QUOTE_KEY = "tpmtlsPcrQuote"  # attStmt extension: {quoted, sig, pcrs: {bank: {"N": hex}}}
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,12 @@ def decode_att_obj(att_obj: bytes) -> dict[str, Any]:
     return obj
 
 
-def verify_att_obj(att_obj: bytes, key_authorization: str, roots: Sequence[x509.Certificate]) -> AttestedKey:
-    """Every check of doTPMAttestationFormat; a Refusal (badAttestationStatement) names the first failure."""
+def verify_att_obj(att_obj: bytes, key_authorization: str, roots: Sequence[x509.Certificate],
+                   policy: PcrPolicy | None = None) -> AttestedKey:
+    """Every check of doTPMAttestationFormat; with `policy`, also the PCR quote over this challenge.
+
+    A Refusal (badAttestationStatement) names the first failure.
+    """
     obj = decode_att_obj(att_obj)
     fmt = obj.get("fmt")
     if fmt != "tpm":
@@ -121,15 +130,31 @@ def verify_att_obj(att_obj: bytes, key_authorization: str, roots: Sequence[x509.
         raise refuse("key authorization invalid (certInfo.extraData is not SHA-256 of this challenge's "
                      "keyAuthorization: replayed or made for another account)")
     check_tls_key_attributes(public)
+    if policy is not None:
+        _check_quote(stmt.get(QUOTE_KEY), ak_key, expected, policy)
     key = tpm_public_key(public, "pubArea")
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return AttestedKey(key, spki, identifiers, ak_cert)
 
 
-def encode_att_obj(ak_chain: Sequence[bytes], pub_area: bytes, cert_info: bytes, sig: bytes) -> bytes:
-    """The client's attObj: {fmt: "tpm", attStmt: {ver, alg: ES256, x5c, sig, certInfo, pubArea}}."""
-    return cbor2.dumps({"fmt": "tpm", "attStmt": {"ver": "2.0", "alg": -7, "x5c": list(ak_chain), "sig": sig,
-                                                  "certInfo": cert_info, "pubArea": pub_area}})
+def _check_quote(quote: object, ak_key: Any, nonce: bytes, policy: PcrPolicy) -> None:
+    """The AK quoted the policy's PCRs over SHA-256(keyAuthorization), and every value is allowed."""
+    if quote is None:
+        raise refuse(f"attStmt carries no PCR quote ({QUOTE_KEY}): this server checks the PCR policy for every "
+                     "certificate; enroll with a tpmtls client that sends one")
+    if not isinstance(quote, dict) or not isinstance(quote.get("quoted"), bytes) or not isinstance(quote.get("sig"), bytes):
+        raise refuse(f"{QUOTE_KEY} is not a map with quoted and sig byte strings")
+    policy.check_quote(ak_key, quote["quoted"], quote["sig"], quote.get("pcrs"), nonce)
 
 
-__all__ = ["AttestedKey", "decode_att_obj", "encode_att_obj", "verify_att_obj"]
+def encode_att_obj(ak_chain: Sequence[bytes], pub_area: bytes, cert_info: bytes, sig: bytes,
+                   quote: dict[str, Any] | None = None) -> bytes:
+    """The client's attObj: {fmt: "tpm", attStmt: {ver, alg: ES256, x5c, sig, certInfo, pubArea[, tpmtlsPcrQuote]}}."""
+    stmt: dict[str, Any] = {"ver": "2.0", "alg": -7, "x5c": list(ak_chain), "sig": sig, "certInfo": cert_info,
+                            "pubArea": pub_area}
+    if quote is not None:
+        stmt[QUOTE_KEY] = quote
+    return cbor2.dumps({"fmt": "tpm", "attStmt": stmt})
+
+
+__all__ = ["QUOTE_KEY", "AttestedKey", "decode_att_obj", "encode_att_obj", "verify_att_obj"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..tpm.device import Tpm
 from ..tpm.keys import AnyTpmKey
 from .acme_attobj import encode_att_obj
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
-from .attestation import AkCredential, obtain_ak_certificate
+from .attestation import AkCredential, obtain_ak_certificate, pcr_quote
 
 PERMANENT_IDENTIFIER = messages.IdentifierType("permanent-identifier")
 DEADLINE = 90.0
@@ -151,10 +150,16 @@ class Enroller:
         return key
 
     def att_obj(self, cred: AkCredential, key: AnyTpmKey, key_authorization: str) -> bytes:
+        """TPM2_Certify of the key and, when the Attestation CA names PCRs, a quote of them, both over
+        SHA-256(keyAuthorization): the server checks the PCR policy for this very certificate."""
         certified = self.attested_key(key)
-        cert_info, sig = self._tpm(attest.certify, self.tpm, cred.ak.blob, certified,
-                                   hashlib.sha256(key_authorization.encode()).digest())
-        return encode_att_obj(cred.chain, certified.tpm_public.publicArea.marshal(), cert_info, sig)
+        nonce = hashlib.sha256(key_authorization.encode()).digest()
+        cert_info, sig = self._tpm(attest.certify, self.tpm, cred.ak.blob, certified, nonce)
+        quote = None
+        if cred.pcrs:
+            quoted, quote_sig, values = pcr_quote(self.tpm, cred.ak, nonce, cred.pcrs, self._tpm)
+            quote = {"quoted": quoted, "sig": quote_sig, "pcrs": values}
+        return encode_att_obj(cred.chain, certified.tpm_public.publicArea.marshal(), cert_info, sig, quote)
 
     def csr(self, key: AnyTpmKey, identifier: str) -> x509.CertificateSigningRequest:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identifier)])
@@ -248,22 +253,15 @@ class Enroller:
         """tpmtls's certs.d for HOST[:PORT] (Docker's file names): client.key (the TPM key file) and
         client.cert. Not Docker's own certs.d: stock dockerd fails every pull from a host whose
         client.key it cannot parse (docs/formats.md, "certs.d")."""
-        from ..pki.install import DEFAULT_ROOT, check_hostport
+        from ..docker.files import CLIENT_CERT, CLIENT_KEY, check_hostport, write_cert_dir
 
-        root = self.o.certs_root or Path(os.environ.get("TPMTLS_CERTS_D") or DEFAULT_ROOT)
         host = self.o.install or ""
         try:
             check_hostport(host)
         except TpmtlsError:
             raise EnrollError(f"--install {host!r}: give a registry as HOST or HOST:PORT") from None
-        d = root / host
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EnrollError(f"{d}: cannot create certs.d directory: {e.strerror}") from None
-        write_atomic(d / "client.key", key.to_pem(), 0o600)
-        write_atomic(d / "client.cert", chain_pem.encode(), 0o644)
-        return d
+        return write_cert_dir(host, {CLIENT_KEY: (key.to_pem(), 0o600), CLIENT_CERT: (chain_pem.encode(), 0o644)},
+                              self.o.certs_root)
 
 
 def enroll(tpm: Tpm, options: EnrollOptions) -> EnrollResult:

@@ -47,10 +47,13 @@ from .attest_verify import (
     verify_ak_creation,
     verify_chain,
 )
+from .ek_hygiene import EkCrls, EkDenyList, check_not_roca
+from .state import AttestSession, EnrollStore
 
 SESSION_TTL = 120.0  # seconds a credential/nonce may wait for its answer
-MAX_PENDING = 10000  # bound on open sessions: a flood of /attest cannot grow memory without end
-AK_CERT_DAYS = 7
+# The client makes a new AK for every enrollment and the PCRs are quoted again for every
+# certificate (docs/enrollment-server.md), so an AK certificate need not outlive one enrollment.
+AK_CERT_HOURS = 1
 
 
 def b64field(body: Any, key: str, what: str | None = None) -> bytes:
@@ -104,24 +107,21 @@ def ek_tpm_public(key: Any) -> TPMT_PUBLIC:
 
 
 @dataclass
-class _Session:
-    ak_public: TPMT_PUBLIC
-    identifier: str
-    details: dict[str, str]
-    nonce: bytes
-    expires: float
-
-
-@dataclass
 class AttestationCA:
-    """Keeps its own CA key (`attestation-ca.crt/.key` in the CA directory) for AK certificates."""
+    """Keeps its own CA key (`attestation-ca.crt/.key` in the CA directory) for AK certificates.
+
+    Pending sessions live in the `store` (one per EK: a new `/attest` for an EK replaces its
+    unanswered one), so `/attest` and `/secret` may reach different server processes.
+    """
 
     directory: Path
     ek_roots: list[x509.Certificate]
     policy: PcrPolicy
+    store: EnrollStore
     clock: Callable[[], float] = time.time
     ttl: float = SESSION_TTL
-    _sessions: dict[bytes, _Session] = field(default_factory=dict)
+    ek_deny: EkDenyList | None = None
+    ek_crls: EkCrls | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     issued: int = 0
 
@@ -148,6 +148,11 @@ class AttestationCA:
             ek_key = ek_cert.public_key()
         except Exception:  # noqa: BLE001
             raise refuse("the EK certificate's public key is unusable") from None
+        check_not_roca(ek_key, "the EK")
+        if self.ek_crls is not None:
+            self.ek_crls.check(path, "the EK certificate")
+        if self.ek_deny is not None:
+            self.ek_deny.check([ek_urn(ek_key)], "the EK")
         if "ek" in body:  # optional (smallstep: omitempty), but if sent it must be the certificate's key
             try:
                 claimed = serialization.load_der_public_key(b64field(body, "ek"))
@@ -174,22 +179,15 @@ class AttestationCA:
             details.setdefault(key, "unknown")
         secret, nonce = os.urandom(32), os.urandom(32)
         credential, encrypted = make_credential(ek_tpm_public(ek_key), secret, tpm_name(ak_public, "params.public"))
-        now = self.clock()
-        with self._lock:
-            for k in [k for k, s in self._sessions.items() if s.expires < now]:
-                del self._sessions[k]
-            if len(self._sessions) >= MAX_PENDING:
-                raise Refusal("rateLimited", "too many attestations in progress; retry in a minute", 429)
-            self._sessions[hashlib.sha256(secret).digest()] = _Session(
-                ak_public, ek_urn(ek_key), details, nonce, now + self.ttl)
+        self.store.put_session(AttestSession(hashlib.sha256(secret).digest(), ek_urn(ek_key), ak_public.marshal(), details,
+                                             nonce, self.clock() + self.ttl))
         return {"credential": b64(credential.marshal()), "secret": b64(encrypted.marshal()),
                 "nonce": b64(nonce), "pcrs": self.policy.selection}
 
     def secret(self, body: Any) -> dict[str, Any]:
         """`POST /secret`: the activated secret (single use) and a PCR quote → the AK certificate chain."""
         secret = b64field(body, "secret")
-        with self._lock:
-            session = self._sessions.pop(hashlib.sha256(secret).digest(), None)
+        session = self.store.take_session(hashlib.sha256(secret).digest())
         if session is None:
             raise Refusal("unauthorized", "unknown or already used secret: run the attestation again")
         if session.expires < self.clock():
@@ -197,15 +195,15 @@ class AttestationCA:
         quote = body.get("quote")
         if not isinstance(quote, dict):
             raise refuse("quote is missing: this Attestation CA demands a PCR quote over its nonce")
-        ak_key = tpm_public_key(session.ak_public, "params.public")
+        ak_key = tpm_public_key(unmarshal(TPMT_PUBLIC, session.ak_public, "params.public"), "params.public")
         self.policy.check_quote(ak_key, b64field(quote, "quoted", "quote.quoted"),
                                 b64field(quote, "signature", "quote.signature"), quote.get("pcrs"), session.nonce)
         cert = self._issue_ak_cert(ak_key, session)
         return {"chain": [b64(cert.public_bytes(serialization.Encoding.DER)),
                           b64(self.cert.public_bytes(serialization.Encoding.DER))],
-                "permanentIdentifier": session.identifier}
+                "permanentIdentifier": session.ek}
 
-    def _issue_ak_cert(self, ak_key: Any, session: _Session) -> x509.Certificate:
+    def _issue_ak_cert(self, ak_key: Any, session: AttestSession) -> x509.Certificate:
         """The AK certificate profile step-ca checks (WebAuthn TPM attestation): empty subject, critical SAN
         with the TPM's manufacturer/model/version and the EK's permanent identifier, EKU tcg-kp-AIKCertificate."""
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -214,13 +212,13 @@ class AttestationCA:
                         x509.NameAttribute(OID_TPM_VERSION, session.details["version"])])
         san = x509.SubjectAlternativeName([
             x509.DirectoryName(hw),
-            x509.OtherName(OID_PERMANENT_IDENTIFIER, encode_permanent_identifier(session.identifier)),
-            x509.UniformResourceIdentifier(session.identifier),
+            x509.OtherName(OID_PERMANENT_IDENTIFIER, encode_permanent_identifier(session.ek)),
+            x509.UniformResourceIdentifier(session.ek),
         ])
         cert = (
             x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
             .public_key(ak_key).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=AK_CERT_DAYS))
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=AK_CERT_HOURS))
             .add_extension(san, critical=True)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
@@ -271,4 +269,4 @@ def _load_or_create(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.C
     return key, cert
 
 
-__all__ = ["AttestationCA", "b64", "b64field", "ek_tpm_public"]
+__all__ = ["AK_CERT_HOURS", "AttestationCA", "b64", "b64field", "ek_tpm_public"]

@@ -35,6 +35,7 @@ class AkCredential:
     ak: attest.Ak
     chain: list[bytes]  # DER: AK certificate first
     identifier: str  # the permanent identifier the AK certificate carries
+    pcrs: dict[str, list[int]] | None = None  # the PCR selection the CA quotes; the ACME challenge quotes it again
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -98,6 +99,28 @@ def attest_request(tpm: Tpm, ek: attest.Ek, ak: attest.Ak) -> dict[str, Any]:
     }
 
 
+def pcr_selection(answer: dict[str, Any], url: str) -> dict[str, list[int]] | None:
+    """The PCR selection an Attestation CA asks to be quoted (`pcrs`), or None if it asks for none."""
+    selection = answer.get("pcrs")
+    if not selection:
+        return None
+    try:
+        sel = {str(bank): [int(p) for p in pcrs] for bank, pcrs in selection.items()}
+        if any(bank not in attest.PCR_BANKS or any(not 0 <= p <= 23 for p in pcrs) for bank, pcrs in sel.items()):
+            raise ValueError
+    except (AttributeError, TypeError, ValueError):
+        raise EnrollError(f"{url}: answer names no usable PCR selection") from None
+    return sel
+
+
+def pcr_quote(tpm: Tpm, ak: attest.Ak, nonce: bytes, selection: dict[str, list[int]],
+              call: TpmCall = _direct) -> tuple[bytes, bytes, dict[str, dict[str, str]]]:
+    """TPM2_Quote by the AK over `nonce`, and the PCR values it covers: (quoted, signature, {bank: {"N": hex}})."""
+    quoted, signature = call(attest.quote, tpm, ak.blob, nonce, selection)
+    values = call(attest.read_pcrs, tpm, selection)
+    return quoted, signature, {bank: {str(p): v.hex() for p, v in vals.items()} for bank, vals in values.items()}
+
+
 def secret_request(tpm: Tpm, ak: attest.Ak, answer: dict[str, Any], url: str, ek_kind: str,
                    call: TpmCall = _direct) -> dict[str, Any]:
     """Activate the credential in the TPM and quote the PCRs the CA asks for over its nonce.
@@ -107,18 +130,10 @@ def secret_request(tpm: Tpm, ak: attest.Ak, answer: dict[str, Any], url: str, ek
     secret = call(attest.activate_credential, tpm, ak.blob, ek_kind, _unb64(answer, "credential", url),
                   _unb64(answer, "secret", url))
     body: dict[str, Any] = {"secret": _b64(secret)}
-    selection = answer.get("pcrs")
-    if selection:
-        try:
-            sel = {str(bank): [int(p) for p in pcrs] for bank, pcrs in selection.items()}
-            if any(bank not in attest.PCR_BANKS or any(not 0 <= p <= 23 for p in pcrs) for bank, pcrs in sel.items()):
-                raise ValueError
-        except (AttributeError, TypeError, ValueError):
-            raise EnrollError(f"{url}: answer names no usable PCR selection") from None
-        quoted, signature = call(attest.quote, tpm, ak.blob, _unb64(answer, "nonce", url), sel)
-        values = call(attest.read_pcrs, tpm, sel)
-        body["quote"] = {"quoted": _b64(quoted), "signature": _b64(signature),
-                         "pcrs": {bank: {str(p): v.hex() for p, v in vals.items()} for bank, vals in values.items()}}
+    sel = pcr_selection(answer, url)
+    if sel:
+        quoted, signature, pcrs = pcr_quote(tpm, ak, _unb64(answer, "nonce", url), sel, call)
+        body["quote"] = {"quoted": _b64(quoted), "signature": _b64(signature), "pcrs": pcrs}
     return body
 
 
@@ -130,6 +145,12 @@ def obtain_ak_certificate(tpm: Tpm, base_url: str, session: requests.Session, *,
     ak = call(attest.create_ak, tpm)
     answer = post_json(session, base + "/attest", call(attest_request, tpm, ek, ak))
     reply = post_json(session, base + "/secret", secret_request(tpm, ak, answer, base + "/attest", ek_kind, call))
+    return credential_from_reply(ak, reply, base, pcr_selection(answer, base + "/attest"))
+
+
+def credential_from_reply(ak: attest.Ak, reply: dict[str, Any], base: str,
+                          pcrs: dict[str, list[int]] | None) -> AkCredential:
+    """The AK credential from a `/secret` answer."""
     chain = reply.get("chain")
     if not isinstance(chain, list) or not chain:
         raise EnrollError(f"{base}/secret: answer has no certificate chain")
@@ -139,7 +160,8 @@ def obtain_ak_certificate(tpm: Tpm, base_url: str, session: requests.Session, *,
     except (TypeError, ValueError):
         raise EnrollError(f"{base}/secret: the certificate chain is not base64 DER") from None
     ident = reply.get("permanentIdentifier")
-    return AkCredential(ak, ders, ident if isinstance(ident, str) else "")
+    return AkCredential(ak, ders, ident if isinstance(ident, str) else "", pcrs)
 
 
-__all__ = ["AkCredential", "attest_request", "obtain_ak_certificate", "post_json", "secret_request"]
+__all__ = ["AkCredential", "attest_request", "credential_from_reply", "obtain_ak_certificate", "pcr_quote", "pcr_selection",
+           "post_json", "secret_request"]

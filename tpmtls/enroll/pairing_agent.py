@@ -383,7 +383,7 @@ def exec_dockerd(argv: list[str], sock: socket.socket, passed: int) -> NoReturn:
 
 def check_enrolled(state: AgentState, ca_path: Path) -> None:
     """An existing server.crt must still fit: from --ca, for server.key; else say how to re-pair."""
-    from ..docker.config import check_server
+    from ..docker.certcheck import check_server
 
     try:
         check_server(str(state.server_cert), str(state.key), str(ca_path))

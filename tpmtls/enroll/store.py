@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._files import write_atomic
+from ..docker.files import CertPath
 from ..errors import UsageError
 from ..pki.ca import FileCA
 from ..pki.csr import build_csr
@@ -176,10 +177,11 @@ class CertificateStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
-            shutil.copyfile(self.ca_dir / "ca.crt", tmp / "ca.pem")
-            shutil.copyfile(self.client_cert, tmp / "cert.pem")
-            shutil.copyfile(self.client_key, tmp / "key.pem")
-            os.chmod(tmp / "key.pem", 0o600)
+            docker = CertPath(tmp)  # usable as DOCKER_CERT_PATH as it is
+            shutil.copyfile(self.ca_dir / "ca.crt", docker.ca)
+            shutil.copyfile(self.client_cert, docker.cert)
+            shutil.copyfile(self.client_key, docker.key)
+            os.chmod(docker.key, 0o600)
             (tmp / "pinned-key.sha256").write_text(f"{fingerprint} {how}\n")
             (tmp / "server.crt").write_bytes(server_cert.public_bytes(PEM))
             os.chmod(tmp, 0o755)

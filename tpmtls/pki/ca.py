@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._files import write_atomic
 from ..errors import UsageError
+from ..tpm.keyfile import is_tpm_key
 from .csr import parse_san
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class FileCA:
             key_pem = (d / "ca.key").read_bytes()
             cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
             key: object
-            if b"-----BEGIN TSS2 PRIVATE KEY-----" in key_pem or b"-----BEGIN TPMTLS KEY HANDLE-----" in key_pem:
+            if is_tpm_key(key_pem):
                 from ..tpm import connect
 
                 key = connect(tcti).load_key(d / "ca.key")
@@ -111,11 +112,17 @@ class FileCA:
         """Sign `csr` for a client (clientAuth) or a server (serverAuth, with SANs)."""
         if not csr.is_signature_valid:
             raise UsageError("the CSR's signature does not verify: it was not signed by its key")
+        return self.issue_for(csr.public_key(), csr.subject, server=server, sans=sans,
+                              lifetime=datetime.timedelta(days=days))
+
+    def issue_for(self, public_key: Any, subject: x509.Name, *, lifetime: datetime.timedelta, server: bool = False,
+                  sans: Sequence[str] = ()) -> x509.Certificate:
+        """A certificate whose every field comes from the caller's policy, none from a request."""
         now = datetime.datetime.now(datetime.timezone.utc)
         b = (
-            x509.CertificateBuilder().subject_name(csr.subject).issuer_name(self.cert.subject)
-            .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from typing import Iterable
 
@@ -84,3 +85,65 @@ def build_csr(
         is_p384 = isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384
         algorithm = hashes.SHA384() if is_p384 else hashes.SHA256()
     return builder.sign(key, algorithm)  # type: ignore[arg-type]
+
+
+# ecdsa-with-SHA224/256/384/512 (RFC 5758 3.2: their AlgorithmIdentifier has no parameters).
+_ECDSA_SIG_OID_PREFIX = bytes.fromhex("06082a8648ce3d0403")
+_NULL = b"\x05\x00"
+
+
+def load_pem_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """A PEM CSR; also one whose ECDSA signature AlgorithmIdentifier carries NULL parameters.
+
+    tpm2-openssl writes ecdsa-with-SHA256 with NULL parameters, which RFC 5758 omits and
+    cryptography refuses to parse; OpenSSL accepts it (`openssl req -verify`). The signature
+    covers only certificationRequestInfo, so dropping the NULL changes nothing signed.
+    Raises ValueError for anything that is not such a CSR.
+    """
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError as first:
+        try:
+            der = base64.b64decode(b"".join(data.split(b"-----BEGIN CERTIFICATE REQUEST-----", 1)[1]
+                                            .split(b"-----END CERTIFICATE REQUEST-----", 1)[0].split()), validate=True)
+        except (IndexError, ValueError):
+            raise first from None
+        fixed = _without_null_ecdsa_params(der)
+        if fixed is None:
+            raise first from None
+        return x509.load_der_x509_csr(fixed)
+
+
+def _tlv(der: bytes, off: int) -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the DER element at `off`."""
+    tag, first = der[off], der[off + 1]
+    if first < 0x80:
+        return tag, off + 2, off + 2 + first
+    n = first & 0x7F
+    if not 1 <= n <= 3:
+        raise ValueError("bad DER length")
+    length = int.from_bytes(der[off + 2:off + 2 + n], "big")
+    return tag, off + 2 + n, off + 2 + n + length
+
+
+def _der(tag: int, value: bytes) -> bytes:
+    n, size = len(value), (len(value).bit_length() + 7) // 8
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | size]) + n.to_bytes(size, "big")
+    return bytes([tag]) + length + value
+
+
+def _without_null_ecdsa_params(der: bytes) -> bytes | None:
+    """The CSR re-encoded with `SEQUENCE { ecdsa-with-SHAx }` for `SEQUENCE { ecdsa-with-SHAx, NULL }`, else None."""
+    try:
+        tag, start, end = _tlv(der, 0)
+        if tag != 0x30 or end != len(der):
+            return None
+        _, _, info_end = _tlv(der, start)
+        alg_tag, alg_start, alg_end = _tlv(der, info_end)
+        _, oid_start, oid_end = _tlv(der, alg_start)
+        oid = der[alg_start:oid_end]
+        if alg_tag != 0x30 or not oid.startswith(_ECDSA_SIG_OID_PREFIX) or der[oid_end:alg_end] != _NULL:
+            return None
+        return _der(0x30, der[start:info_end] + _der(0x30, oid) + der[alg_end:end])
+    except IndexError:
+        return None

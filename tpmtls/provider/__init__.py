@@ -21,14 +21,13 @@ This module must not import cryptography at module level.
 from __future__ import annotations
 
 import ctypes
-import re
 import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import _lifecycle
+from .._lifecycle import at_exit, in_forked_child
 from . import _cryptography
 from ._system import SystemOpenSSL
 
@@ -97,7 +96,7 @@ def _new_locks_in_child() -> None:
     _system_lock, _keys_lock = threading.Lock(), threading.Lock()
 
 
-_lifecycle.in_forked_child("provider locks", _new_locks_in_child)
+in_forked_child("provider locks", _new_locks_in_child)
 _keys: dict[int, Any] = {}
 _next_id = iter(range(1, 2**62))
 
@@ -280,24 +279,28 @@ def last_signature_scheme() -> str | None:
     return getattr(_local, "last_scheme", None)
 
 
-_PEM = re.compile(rb"-----BEGIN (TSS2 PRIVATE KEY|TPMTLS KEY HANDLE)-----\r?\n(.*?)-----END \1-----", re.S)
-
-
 def _pem2der(pem_p: int, pem_len: int, out_p: int, out_size: int) -> int:
-    import base64
-    import binascii
-
-    m = _PEM.search(ctypes.string_at(pem_p, pem_len))
-    if not m:
-        return 0
+    """The PEM decoder's callback: the DER of a TPM key PEM (0: not one, or damaged: not ours)."""
     try:
-        der = base64.b64decode(re.sub(rb"\s+", b"", m.group(2)), validate=True)
-    except (binascii.Error, ValueError):
-        return 0
-    if not der or len(der) > out_size:
+        from ..errors import KeyFileError
+        from ..tpm.keyfile import tpm_key_der
+
+        pem = ctypes.string_at(pem_p, pem_len)
+        if b"-----BEGIN " not in pem:
+            return 0  # DER goes to the DER decoders as it is
+        try:
+            der = tpm_key_der(pem)
+        except KeyFileError:
+            return 0
+        if not der:
+            return 0
+        if len(der) > out_size:
+            return -1
+        ctypes.memmove(out_p, der, len(der))
+        return len(der)
+    except Exception as e:  # noqa: BLE001 - never let an exception cross into C
+        _set_error(f"tpmtls: internal error decoding a key: {type(e).__name__}: {e}")
         return -1
-    ctypes.memmove(out_p, der, len(der))
-    return len(der)
 
 
 def _error(buf_p: int, size: int) -> int:
@@ -336,7 +339,7 @@ def bootstrap() -> None:
     state.path, state.lib, state.callbacks = path, lib, callbacks  # keep the thunks alive
     # First of the exit steps: after the atexit hooks of anything imported later (their
     # TLS clean-up may still sign), before the pools close and the interpreter frees modules.
-    _lifecycle.at_exit("shim", lib.tpmtls_shutdown)
+    at_exit("shim", lib.tpmtls_shutdown)
     if "cryptography.hazmat.bindings._rust" in sys.modules:
         state.cryptography_first = True
         return

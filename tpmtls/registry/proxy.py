@@ -112,7 +112,8 @@ class RegistryProxy:
     def __init__(self, upstream: str, listen: str = "127.0.0.1:5000", *, cert_dir: str | Path | None = None,
                  certs_root: str | Path | None = None, resolve: dict[str, str] | None = None,
                  tcti: str | None = None, log: Callable[[str], None] | None = None) -> None:
-        from .certs import lookup, read_cert_dir, ssl_context_for
+        from ..docker.files import lookup, read_cert_dir
+        from .certs import ssl_context_for
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import ssl
 
-from .. import provider
 from ..errors import HandshakeError, TlsSetupError
+from ..provider import clear_error
 
 
 def clear_tpm_error() -> None:
     """Forget this thread's recorded TPM failure, so a stale one is never blamed for a handshake."""
-    provider.clear_error()
+    clear_error()
 
 
 class _SSLErrorText(ssl.SSLError):

@@ -19,7 +19,7 @@ import ssl
 from contextlib import contextmanager
 from typing import Any, Callable, Hashable, Iterator
 
-from .. import provider
+from ..provider import last_error, signatures_on_this_thread
 from ._errors import TpmHandshakeError, clear_tpm_error
 from ._resume import SessionCache
 
@@ -33,7 +33,7 @@ def _tpm_reason() -> Iterator[None]:
     except (ssl.SSLWantReadError, ssl.SSLWantWriteError, TpmHandshakeError):
         raise
     except ssl.SSLError as e:
-        reason = provider.last_error()  # the sign callback ran on this thread, in this handshake
+        reason = last_error()  # the sign callback ran on this thread, in this handshake
         if not reason:
             raise
         err = TpmHandshakeError(f"TLS handshake failed: {reason}", e.library, e.reason)
@@ -46,7 +46,7 @@ class _Resumption:
 
     def __init__(self, cache: SessionCache, server: Hashable) -> None:
         self.cache, self.server = cache, server
-        self.signatures = provider.signatures_on_this_thread()
+        self.signatures = signatures_on_this_thread()
         self.pending = True  # the new session is not stored yet
 
     @staticmethod
@@ -78,7 +78,7 @@ class _Resumption:
             self.cache.settled(self.server)
 
     def done(self, conn: Any) -> None:
-        self.cache.count(conn.session_reused, provider.signatures_on_this_thread() - self.signatures)
+        self.cache.count(conn.session_reused, signatures_on_this_thread() - self.signatures)
         self.cache.shaken(self.server)
         self.keep(conn)
 

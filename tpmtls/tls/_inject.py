@@ -18,7 +18,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Union
 
-from .. import _lifecycle, provider
+from .._lifecycle import in_forked_child
+from ..provider import last_error, load_into_system_ssl, loading, unload_from_system_ssl
 from ._errors import KeyLoadError
 from ._handshake import TpmSSLObject, TpmSSLSocket
 
@@ -41,15 +42,15 @@ def _new_lock_in_child() -> None:
     _lock = threading.Lock()  # one held by another thread at fork() would never be released here
 
 
-_lifecycle.in_forked_child("injection lock", _new_lock_in_child)
+in_forked_child("injection lock", _new_lock_in_child)
 
 
 def _sync() -> None:
     """Load or unload the shim so it is in the system OpenSSL iff someone needs it (lock held)."""
     if _state.injected or _state.users:
-        provider.load_into_system_ssl()
+        load_into_system_ssl()
     else:
-        provider.unload_from_system_ssl()
+        unload_from_system_ssl()
 
 
 @contextmanager
@@ -102,13 +103,13 @@ def _load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None, p
         key_password = answer() or None
         if problems:
             raise problems[0]
-    with provider.loading(name, _state.tcti, key_password):
+    with loading(name, _state.tcti, key_password):
         try:
             plain_load_cert_chain(self, certfile, keyfile, answer)
         except (ssl.SSLError, OSError) as e:
             if problems:
                 raise problems[0] from None
-            reason = provider.last_error()
+            reason = last_error()
             if reason:
                 raise KeyLoadError(reason) from None
             if asked and password is None:

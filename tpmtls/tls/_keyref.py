@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Union
 
-from .. import provider
 from ..errors import KeyFileError, TlsSetupError, TpmtlsError
+from ..provider import last_error
+from ..tpm.keyfile import is_tpm_key, parse_key_bytes, tpm_key_der
 from ..tpm.keys import AnyTpmKey, TpmKey
 
 #: What a `key=` argument accepts (docs/formats.md, "Key references"): a TPM key file path, "handle:0x81…",
 #: or a key object.
 KeyRef = Union[str, "os.PathLike[str]", TpmKey]
-
-
-_TPM_PEM = re.compile(rb"-----BEGIN (TSS2 PRIVATE KEY|TPMTLS KEY HANDLE)-----(.*?)-----END \1-----", re.S)
 
 
 @contextmanager
@@ -29,7 +24,8 @@ def key_file(key: KeyRef, *, der: bool = False) -> Iterator[str]:
 
     The temp file holds only what a key file holds (a TPM-wrapped blob or a handle):
     never private key material. `der`: a TPM key as DER, which OpenSSL decodes without
-    a passphrase callback (for PEM it would prompt on the terminal when none is set).
+    a passphrase callback (for PEM it would prompt on the terminal when none is set);
+    otherwise PEM, the only form the stdlib's load_cert_chain reads.
     """
     data: bytes
     if isinstance(key, TpmKey):
@@ -42,16 +38,15 @@ def key_file(key: KeyRef, *, der: bool = False) -> Iterator[str]:
         path = Path(key)
         if not path.is_file():
             raise KeyFileError(f"{path}: no such key file")
-        data = path.read_bytes() if der else b""
-        if not (der and _TPM_PEM.search(data)):
-            yield str(path)  # a software key, or PEM wanted: OpenSSL reads the file itself
+        data = path.read_bytes()
+        pem = b"-----BEGIN " in data
+        if not is_tpm_key(data) or (pem and not der):
+            yield str(path)  # a software key, or the PEM wanted: OpenSSL reads the file itself
             return
+        if not pem and not der:
+            data = parse_key_bytes(data, str(path)).to_pem()
     if der:
-        m = _TPM_PEM.search(data)
-        try:
-            data = base64.b64decode(re.sub(rb"\s+", b"", m.group(2)), validate=True) if m else data
-        except (binascii.Error, ValueError):
-            raise KeyFileError(f"{source(key)}: damaged PEM: the base64 body does not decode") from None
+        data = tpm_key_der(data, source(key)) or data
     with tempfile.TemporaryDirectory(prefix="tpmtls-key-") as tmp:
         path = Path(tmp) / ("key.der" if der else "key.pem")
         path.write_bytes(data)
@@ -74,7 +69,7 @@ def explain(e: Exception, cert: str | os.PathLike[str], key: KeyRef, tcti: str |
     Python's load_cert_chain reports any failure as OSError when errno happens to be
     set, so the exception says little; the certificate and key are checked here.
     """
-    reason = provider.last_error()
+    reason = last_error()
     if reason:
         return TlsSetupError(reason)
     from cryptography import x509

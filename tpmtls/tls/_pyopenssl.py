@@ -16,8 +16,8 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import provider
 from ..errors import HandshakeError, TlsSetupError, UsageError
+from ..provider import loading, require_cryptography, signatures_on_this_thread
 from ..tpm.pool import Pool
 from ._errors import clear_tpm_error
 from ._keyref import KeyRef, as_bytes, explain, key_file, source
@@ -99,14 +99,14 @@ class _ClientSessions:
             session = self.cache.get(server)
             if session is not None:
                 conn.set_session(session)
-            self._state[conn] = (server, session is not None, provider.signatures_on_this_thread())
+            self._state[conn] = (server, session is not None, signatures_on_this_thread())
             return
         state = self._state.get(conn)
         if state is None:
             return
         server, offered, signatures = state
         if where & _CB_HANDSHAKE_DONE and signatures >= 0:
-            signed = provider.signatures_on_this_thread() - signatures
+            signed = signatures_on_this_thread() - signatures
             self.cache.count(offered and signed == 0, signed)
             self._state[conn] = (server, offered, -1)
         session = conn.get_session()
@@ -160,7 +160,7 @@ def pyopenssl_context(
     in `ctx.tpmtls_sessions.stats()`); shut connections down cleanly (`conn.shutdown()`)
     so TLS 1.3 tickets are kept.
     """
-    provider.require_cryptography()
+    require_cryptography()
     from OpenSSL import SSL, crypto
 
     if not server and not hostname:
@@ -197,7 +197,7 @@ def pyopenssl_context(
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
-        with key_file(key, der=True) as key_path, provider.loading(source(key), tcti, as_bytes(password), pool):
+        with key_file(key, der=True) as key_path, loading(source(key), tcti, as_bytes(password), pool):
             try:
                 ctx.use_certificate_chain_file(os.fspath(cert))
             except SSL.Error as e:

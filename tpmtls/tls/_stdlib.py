@@ -12,8 +12,8 @@ import os
 import ssl
 from pathlib import Path
 
-from .. import provider
 from ..errors import TlsSetupError, UsageError
+from ..provider import loading
 from ..tpm.pool import Pool
 from ._handshake import TpmSSLContext
 from ._inject import plain_load_cert_chain, system_provider
@@ -73,7 +73,7 @@ def _make(cert: str | os.PathLike[str] | None, key: KeyRef | None, cafile: str |
     if cert is not None:
         if key is None:
             raise UsageError(f"{cert}: a certificate needs its key (key=...)")
-        with key_file(key) as key_path, provider.loading(source(key), tcti, as_bytes(password), pool):
+        with key_file(key) as key_path, loading(source(key), tcti, as_bytes(password), pool):
             if not Path(cert).is_file():
                 raise TlsSetupError(f"{cert}: no such certificate file")
             try:

@@ -25,7 +25,7 @@ from tpm2_pytss._libtpm2_pytss import ffi, lib
 from tpm2_pytss.constants import TPM2_RC
 from tpm2_pytss.TCTI import PyTCTI
 
-from .. import _lifecycle
+from .._lifecycle import in_forked_child
 
 _QUIET = "all+NONE"
 _lock = threading.RLock()
@@ -138,4 +138,4 @@ def _new_lock_in_child() -> None:
     _lock = threading.RLock()  # another thread may have held it at fork time
 
 
-_lifecycle.in_forked_child("tss-log lock", _new_lock_in_child)
+in_forked_child("tss-log lock", _new_lock_in_child)

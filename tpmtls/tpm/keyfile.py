@@ -29,8 +29,13 @@ HANDLE_LABEL = "TPMTLS KEY HANDLE"
 OWNER = 0x40000001
 PERSISTENT_MIN, PERSISTENT_MAX = 0x81000000, 0x81FFFFFF
 OWNER_PERSISTENT_MAX = 0x817FFFFF  # 0x818…: platform range (TPM 2.0 Part 2, 7.5)
+#: Key files are well under 4 KiB; the provider's decoder reads at most this much too.
+MAX_KEY_FILE = 64 * 1024
 
+# A PEM block: its label, its body, and no END line when the file was cut short.
 _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)(?:-----END \1-----|\Z)", re.S)
+# The first block labelled as a TPM key, wherever it is (a certificate may come first).
+_TPM_PEM = re.compile(_PEM.pattern.replace(b"[A-Z0-9 ]+", f"{TSS2_LABEL}|{HANDLE_LABEL}".encode(), 1), re.S)
 
 
 @asn1.sequence
@@ -116,12 +121,49 @@ def read_key_reference(ref: str | os.PathLike[str]) -> KeyBlob:
     return parse_key_bytes(data, str(path))
 
 
+def is_tpm_key(data: bytes) -> bool:
+    """Do these key-file bytes hold a TPM key: a TSS2 PRIVATE KEY or the handle form, PEM or DER?
+
+    The one test for "only tpmtls can use this key" (Docker's files, the CA, the TLS key
+    loader). PEM is judged by its label, so a damaged body still counts and the parser
+    names the damage; DER has no label, so it must decode as one of the two structures.
+    """
+    if _TPM_PEM.search(data):
+        return True
+    if data[:1] != b"\x30":
+        return False
+    try:
+        parse_key_bytes(data)
+    except KeyFileError:
+        return False
+    return True
+
+
+def is_tpm_key_file(path: str | os.PathLike[str]) -> bool:
+    """`is_tpm_key` of a file's contents; False when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return is_tpm_key(f.read(MAX_KEY_FILE))
+    except OSError:
+        return False
+
+
+def tpm_key_der(data: bytes, source: str = "<key>") -> bytes | None:
+    """The DER of a TPM key file (a PEM one unarmored, a DER one as it is); None for any other key.
+
+    Raises KeyFileError naming `source` when a TPM-labelled PEM block is damaged.
+    """
+    if _TPM_PEM.search(data):
+        return _unarmor(data, source, _TPM_PEM)[1]
+    return data if is_tpm_key(data) else None
+
+
 def parse_key_bytes(data: bytes, source: str = "<key>") -> KeyBlob:
     """Decode TSS2 PRIVATE KEY or handle-form bytes, PEM or DER, naming what is wrong."""
     if not data.strip():
         raise KeyFileError(f"{source}: file is empty; expected a {TSS2_LABEL} PEM (make one with 'tpmtls key create')")
     if b"-----BEGIN " in data:
-        label, der = _unarmor(data, source)
+        label, der = _unarmor(data, source, _TPM_PEM if _TPM_PEM.search(data) else _PEM)
     elif data[:1] == b"\x30":
         label, der = None, data
     else:
@@ -150,8 +192,8 @@ def parse_key_bytes(data: bytes, source: str = "<key>") -> KeyBlob:
     raise KeyFileError(f"{source}: PEM label '{label}' is not a key; expected {TSS2_LABEL}")
 
 
-def _unarmor(data: bytes, source: str) -> tuple[str, bytes]:
-    m = _PEM.search(data)
+def _unarmor(data: bytes, source: str, pattern: re.Pattern[bytes] = _PEM) -> tuple[str, bytes]:
+    m = pattern.search(data)
     if not m:
         raise KeyFileError(f"{source}: malformed PEM header")
     label = m.group(1).decode()

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.types import TPM2B_DATA, TPM2B_DIGEST, TPM2B_PUBLIC_KEY_RSA, TPMT_SIG_SCHEME, TPMT_SIGNATURE
 
-from .. import _lifecycle
+from .._lifecycle import at_exit, in_forked_child
 from ..errors import TpmBusy, TpmtlsError, TpmUnavailable, UsageError
 from . import rc, transport
 from ._tsslog import quiet_tss_logs, while_loading
@@ -477,5 +477,5 @@ def _close_default_pools() -> None:
         pool.close()
 
 
-_lifecycle.in_forked_child("pools", _after_fork_in_child)
-_lifecycle.at_exit("pools", _close_default_pools)
+in_forked_child("pools", _after_fork_in_child)
+at_exit("pools", _close_default_pools)

@@ -1,4 +1,6 @@
-"""`tpmtls certs daemon-config|env|nginx-front`: TLS for a Docker daemon and its clients (docs/daemon.md)."""
+"""`tpmtls certs install|daemon-config|env|nginx-front`: Docker's files for a registry client
+(certs.d) and for a TLS daemon and its clients (daemon.json, DOCKER_CERT_PATH, an NGINX front);
+docs/formats.md and docs/daemon.md."""
 
 from __future__ import annotations
 
@@ -7,32 +9,29 @@ import shlex
 from pathlib import Path
 
 from .._files import write_atomic
-from ..docker.config import (
-    DEFAULT_SOCKET,
-    DEFAULT_TCP_HOST,
-    CertPath,
-    check_chain,
-    check_names,
-    check_server,
-    daemon_config,
-    is_tpm_key_file,
-    parse_host,
-)
-from ..errors import TlsSetupError, UsageError
-from ._common import add_password_file, add_tcti, read_secret_file, say
+from ..docker.certcheck import check_names, check_server, check_tpm_client
+from ..docker.config import DEFAULT_SOCKET, DEFAULT_TCP_HOST, daemon_config, parse_host
+from ..docker.files import CertPath, install
+from ..errors import UsageError
+from ._common import add_password_file, add_tcti, read_secret_file, say, split_target
 
 
-def _subparsers(certs: argparse.ArgumentParser) -> "argparse._SubParsersAction[argparse.ArgumentParser]":
-    for action in certs._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("the certs command has no subcommands")  # pragma: no cover - a wiring bug
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """`tpmtls certs` and its subcommands."""
+    certs = sub.add_parser("certs", help="Docker's certs.d, daemon.json, DOCKER_CERT_PATH and an NGINX front")
+    ssub = certs.add_subparsers(dest="certs_command", required=True)
 
+    p = ssub.add_parser("install", help="check and put ca.crt, client.cert, client.key in tpmtls's certs.d for HOST[:PORT]")
+    p.add_argument("hostport", metavar="HOST[:PORT]")
+    p.add_argument("--cert", required=True, metavar="C")
+    p.add_argument("--key", required=True, metavar="K", help="the TPM key file (TSS2 PRIVATE KEY) or handle form")
+    p.add_argument("--ca", required=True, metavar="CA")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="tpmtls's certs.d (default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; never Docker's: a TPM "
+                   "key there breaks stock docker for that registry)")
+    add_tcti(p)
+    p.set_defaults(func=run_install)
 
-def register(certs: argparse.ArgumentParser) -> None:
-    """Add the daemon-side subcommands to the existing `tpmtls certs` group."""
-    ssub = _subparsers(certs)
-    ssub.metavar = "{install,daemon-config,env,nginx-front}"
     p = ssub.add_parser("daemon-config", help="daemon.json TLS block and the systemd drop-in for dockerd")
     p.add_argument("--cert", required=True, metavar="C", help="the daemon's server certificate")
     p.add_argument("--key", required=True, metavar="K", help="the daemon's key (a file key: dockerd cannot use a TPM)")
@@ -65,6 +64,13 @@ def register(certs: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_nginx_front)
 
 
+def run_install(args: argparse.Namespace) -> int:
+    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
+    say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
+        "/etc/docker/certs.d untouched)")
+    return 0
+
+
 def _out_dir(path: str) -> Path:
     d = Path(path)
     if not d.is_dir():
@@ -92,8 +98,6 @@ def run_daemon_config(args: argparse.Namespace) -> int:
 
 
 def run_env(args: argparse.Namespace) -> int:
-    from ..cli.connect import split_target
-
     host, port = split_target(args.hostport)
     given = {"cert": args.cert, "key": args.key, "ca": args.ca}
     directory = Path(args.cert_path)
@@ -105,30 +109,17 @@ def run_env(args: argparse.Namespace) -> int:
         for f in given.values():
             if not Path(f).is_file():
                 raise UsageError(f"{f}: no such file")
-        _check_client(args.cert, args.key, args.ca, args)
-        directory.mkdir(parents=True, exist_ok=True)
-        for src, dst, mode in ((args.ca, paths.ca, 0o644), (args.cert, paths.cert, 0o644), (args.key, paths.key, 0o600)):
-            write_atomic(dst, Path(src).read_bytes(), mode)
+        check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
+        paths.lay_out(args.ca, args.cert, args.key)
     else:
         paths.check_files()
-        _check_client(str(paths.cert), str(paths.key), str(paths.ca), args)
+        check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,
+                         password=read_secret_file(args.password_file))
     docker_host = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
     say(f"export DOCKER_HOST={shlex.quote(docker_host)}")
     say("export DOCKER_TLS_VERIFY=1")
     say(f"export DOCKER_CERT_PATH={shlex.quote(str(directory.resolve()))}")
     return 0
-
-
-def _check_client(cert: str, key: str, ca: str, args: argparse.Namespace) -> None:
-    """The certificate is a client certificate from the CA, and belongs to the TPM key."""
-    if not is_tpm_key_file(key):
-        raise UsageError(f"{key}: not a TPM key file (TSS2 PRIVATE KEY); a software key needs no tpmtls")
-    certificate = check_chain(cert, ca, server=False)
-    from .. import connect
-
-    tpm_key = connect(args.tcti).load_key(key, read_secret_file(args.password_file))
-    if tpm_key.public_key() != certificate.public_key():
-        raise TlsSetupError(f"{cert}: this certificate does not belong to the key {key}")
 
 
 def run_nginx_front(args: argparse.Namespace) -> int:
@@ -153,4 +144,4 @@ def run_nginx_front(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register"]
+__all__ = ["add_parser"]
