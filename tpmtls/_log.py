@@ -5,7 +5,8 @@ library leaves handlers to its application). The commands call `setup()` once: l
 -v/-q, and a format that suits where stderr goes. Under journald (systemd sets
 $JOURNAL_STREAM to stderr's device:inode, systemd.exec(5)) a line carries no timestamp —
 the journal stamps it — and starts with its syslog priority, `<3>` for an error, which
-journald reads (sd-daemon(3)); on a terminal or in a file it starts with the time.
+journald reads (sd-daemon(3)); elsewhere it starts with the command's name, and for
+long-running commands (the proxies, the enrollment agent and server) with the time before it.
 """
 
 from __future__ import annotations
@@ -47,23 +48,24 @@ class JournalFormatter(logging.Formatter):
 
 
 class TerminalFormatter(logging.Formatter):
-    """`HH:MM:SS prog: [warning: ]message`: what the proxies have always printed, plus the level."""
+    """`[HH:MM:SS ]prog: [warning: ]message`: the time for long-running commands, whose lines are
+    read later; the level unless it is info."""
 
-    def __init__(self, prog: str) -> None:
+    def __init__(self, prog: str, timestamps: bool) -> None:
         super().__init__()
-        self.prog = prog
+        self.prog, self.timestamps = prog, timestamps
 
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        return f"{stamp} {self.prog}: {level}{super().format(record)}"
+        stamp = time.strftime("%H:%M:%S ", time.localtime(record.created)) if self.timestamps else ""
+        return f"{stamp}{self.prog}: {level}{super().format(record)}"
 
 
-def setup(prog: str, verbosity: int = 0, stream: TextIO | None = None) -> logging.Logger:
+def setup(prog: str, verbosity: int = 0, stream: TextIO | None = None, *, timestamps: bool = True) -> logging.Logger:
     """Configure the "tpmtls" logger for one command and return it (idempotent)."""
     out = stream if stream is not None else sys.stderr
     handler = logging.StreamHandler(out)
-    handler.setFormatter(JournalFormatter() if to_journal(out) else TerminalFormatter(prog))
+    handler.setFormatter(JournalFormatter() if to_journal(out) else TerminalFormatter(prog, timestamps))
     logger = logging.getLogger("tpmtls")
     for old in list(logger.handlers):
         logger.removeHandler(old)

@@ -65,3 +65,28 @@ def passed_socket(what: str) -> socket.socket:
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)  # no child of ours takes it for its own
     return sock
+
+
+LISTEN_FD = "fd://"  # --listen fd://: the socket systemd passes, as dockerd -H fd:// spells it
+
+
+def passed_local_socket(what: str, *, allow_unix: bool) -> socket.socket:
+    """The socket systemd passed, refused unless only this machine can reach it: a loopback TCP
+    address, or a unix socket when `allow_unix` (the proxies' rule for --listen, applied to the
+    .socket unit's ListenStream= too)."""
+    import ipaddress
+
+    sock = passed_socket(what)
+    if sock.family == socket.AF_UNIX and allow_unix:
+        return sock
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = str(sock.getsockname()[0]).split("%")[0]
+        if ipaddress.ip_address(host).is_loopback:
+            return sock
+        where = f"{host}:{sock.getsockname()[1]}"
+    else:
+        where = "a unix socket" if sock.family == socket.AF_UNIX else f"address family {sock.family.name}"
+    sock.close()
+    allowed = "a unix socket or a loopback address" if allow_unix else "a loopback address (127.0.0.1:PORT, [::1]:PORT)"
+    raise UsageError(f"{what}: refusing the socket systemd passed, {where}: anyone reaching it would act with "
+                     f"this machine's TPM identity; set ListenStream= to {allowed}")

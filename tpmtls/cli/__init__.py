@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 
-from .._version import __version__
 from . import (
     ca,
     certs,
@@ -33,7 +32,7 @@ COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, e
 
 def build_parser() -> Parser:
     parser = Parser(prog="tpmtls", description="Mutual TLS with a private key that never leaves the TPM.")
-    parser.add_argument("--version", action="version", version=f"tpmtls {__version__}")
+    parser.set_defaults(verbose=0, quiet=0)
     add_tcti(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:

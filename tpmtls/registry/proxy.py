@@ -31,6 +31,7 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .._callers import foreign_caller
+from .._systemd import LISTEN_FD, passed_local_socket
 from ..errors import RegistryError, UsageError
 
 CHUNK = 65536
@@ -117,7 +118,8 @@ class RegistryProxy:
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
-        self.listen_host, self.listen_port = parse_listen(listen)
+        # fd://: systemd's socket (socket activation); its address is known at bind()
+        self.listen_host, self.listen_port = ("", 0) if listen == LISTEN_FD else parse_listen(listen)
         self.listen = listen
         name = self.host if self.port == 443 else self.upstream  # Docker's certs.d names 443 without a port
         certs = read_cert_dir(Path(cert_dir)) if cert_dir else lookup(name, Path(certs_root) if certs_root else None)
@@ -211,6 +213,11 @@ class RegistryProxy:
     # ---- serving -------------------------------------------------------------------------
 
     def bind(self) -> None:
+        if self.listen == LISTEN_FD:
+            sock = passed_local_socket("tpmtls proxy --listen fd://", allow_unix=False)
+            self.listen_host, self.listen_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+            self._server = _Server((self.listen_host, self.listen_port), _Handler, self, sock.family, sock)
+            return
         family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
         try:
             self._server = _Server((self.listen_host, self.listen_port), _Handler, self, family)
@@ -247,10 +254,14 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], proxy: RegistryProxy,
-                 family: socket.AddressFamily) -> None:
+                 family: socket.AddressFamily, listening: socket.socket | None = None) -> None:
         self.address_family = family
         self.proxy = proxy
-        super().__init__(address, handler)
+        super().__init__(address, handler, bind_and_activate=listening is None)
+        if listening is not None:  # already bound and listening (systemd's): serve it as it is
+            self.socket.close()
+            self.socket = listening
+            self.server_address = listening.getsockname()[:2]
 
 
 class _ClientGone(Exception):
