@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -221,11 +220,6 @@ def _ensure(client: RegistryClient, ref: Reference, blob: Blob, cache: BlobCache
     digest, size = client.upload(repo, blob.source, blob.digest, task.advance, location, cancel)
     task.done("Pushed")
     return digest, size, "uploaded"
-
-
-def print_progress_default() -> Progress:
-    """Bars on a terminal, plain lines otherwise."""
-    return Progress(sys.stderr if sys.stderr.isatty() else None, plain=sys.stdout)
 
 
 __all__ = ["BlobCache", "PushResult", "push"]
