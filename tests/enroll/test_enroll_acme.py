@@ -17,6 +17,7 @@ from support.attest import EkCa, ek_machine
 from support.commands import Cli, require
 from support.enroll_server import ServerProcess
 from support.registry import env_for, run_cli
+from support.schemas import validated
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +86,12 @@ def test_renew_re_attests_the_same_key(world, tmp_path):
     cli("enroll", *args)
     key_before = (tmp_path / "k").read_bytes()
     first = x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())[0]
-    proc = cli("enroll", *args, "--renew")
-    assert proc.stdout.startswith("renewed ")
+    proc = cli("enroll", *args, "--renew", "--format", "json")
+    renewed = validated(proc.stdout, "enroll")
     second = x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())[0]
+    assert (renewed["scheme"], renewed["renewed"], renewed["key"], renewed["certificate"], renewed["installed"]) == (
+        "acme", True, str(tmp_path / "k"), str(tmp_path / "c"), None)
+    assert int(renewed["serial"], 16) == second.serial_number and renewed["identifier"].startswith("urn:ek:sha256:")
     assert (tmp_path / "k").read_bytes() == key_before
     assert second.serial_number != first.serial_number
     assert second.public_key() == first.public_key()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .._files import check_writable, read_input, write_atomic
@@ -12,7 +13,7 @@ from ..errors import UsageError
 from ..pki.ca import FileCA
 from ..pki.csr import load_pem_csr
 from ..tpm import connect
-from ._common import add_tcti, say
+from ._common import add_format, add_tcti, emit, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", required=True, metavar="CERT")
     p.add_argument("--force", action="store_true", help="replace CERT if it exists")
     add_tcti(p)
+    add_format(p)
     p.set_defaults(func=issue)
 
 
@@ -61,8 +63,25 @@ def issue(args: argparse.Namespace) -> int:
     except UsageError as e:
         raise UsageError(f"{args.csr}: {e}") from None
     write_atomic(out, cert.public_bytes(Encoding.PEM), 0o644)
-    say(f"issued {'server' if args.server else 'client'} certificate for {cert.subject.rfc4514_string()} to {out}")
+    role = "server" if args.server else "client"
+    emit(args, _certificate_data(cert, out, role),
+         [f"issued {role} certificate for {cert.subject.rfc4514_string()} to {out}"])
     return 0
+
+
+def _certificate_data(cert: x509.Certificate, out: Path, role: str) -> dict[str, object]:
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)] + \
+                [f"IP:{a}" for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    return {"out": str(out), "role": role, "subject": cert.subject.rfc4514_string(),
+            "issuer": cert.issuer.rfc4514_string(), "serial": format(cert.serial_number, "x"), "san": names,
+            "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
+            "sha256": cert.fingerprint(hashes.SHA256()).hex()}
 
 
 __all__ = ["add_parser"]
