@@ -13,6 +13,7 @@ import sys
 from . import (
     ca,
     certs,
+    completion,
     connect,
     csr,
     daemon_proxy,
@@ -27,7 +28,8 @@ from . import (
 from ._common import Parser, add_tcti, run_main
 
 #: In the order `tpmtls --help` lists them.
-COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, enroll_agent, enroll_server, quickstart)
+COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, enroll_agent, enroll_server, quickstart,
+            completion)
 
 
 def build_parser() -> Parser:
