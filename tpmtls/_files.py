@@ -64,12 +64,15 @@ def read_input(path: str | os.PathLike[str], what: str) -> bytes:
         raise UsageError(f"{path}: cannot read {what}: {e.strerror}") from None
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> Path:
-    """Write `data` to a temp file beside `path`, fsync, then rename it into place."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, group: int | None = None) -> Path:
+    """Write `data` to a temp file beside `path`, fsync, then rename it into place; `group`
+    (a gid) owns it from the start, so the file is never readable by anyone it should not be."""
     p = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        if group is not None:
+            os.fchown(fd, -1, group)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -26,6 +26,7 @@ from . import (
     quickstart,
 )
 from ._common import Parser, add_tcti, run_main
+from ._help import finish as finish_help
 
 #: In the order `tpmtls --help` lists them.
 COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, enroll_agent, enroll_server, quickstart,
@@ -39,6 +40,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
         command.add_parser(sub)
+    finish_help(parser)
     return parser
 
 

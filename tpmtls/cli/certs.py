@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--root", default=None, metavar="DIR",
                    help="tpmtls's certs.d (default $TPMTLS_CERTS_D or /etc/tpmtls/certs.d; never Docker's: a TPM "
                    "key there breaks stock docker for that registry)")
+    p.add_argument("--group", metavar="GROUP", help="give the files to GROUP, the key readable by it (0640): "
+                   "--group tpmtls for the proxy services (docs/services.md)")
     add_tcti(p)
     p.set_defaults(func=run_install)
 
@@ -49,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--cert", metavar="C", help="lay out DIR first: copy C to DIR/cert.pem")
     p.add_argument("--key", metavar="K", help="… and the TPM key file K to DIR/key.pem")
     p.add_argument("--ca", metavar="CA", help="… and the CA certificate to DIR/ca.pem")
+    p.add_argument("--group", metavar="GROUP", help="laying out DIR: give the files to GROUP, key.pem readable by "
+                   "it (0640): --group tpmtls for the daemon-proxy service (docs/services.md)")
     add_password_file(p)
     add_tcti(p)
     p.set_defaults(func=run_env)
@@ -64,8 +68,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run_nginx_front)
 
 
+def _group(name: str | None) -> int | None:
+    """--group NAME → its gid, or a one-line error."""
+    if name is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise UsageError(f"--group {name}: no such group (make install creates tpmtls; or groupadd {name})") from None
+
+
 def run_install(args: argparse.Namespace) -> int:
-    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti)
+    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti, group=_group(args.group))
     say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
         "/etc/docker/certs.d untouched)")
     return 0
@@ -110,7 +126,7 @@ def run_env(args: argparse.Namespace) -> int:
             if not Path(f).is_file():
                 raise UsageError(f"{f}: no such file")
         check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
-        paths.lay_out(args.ca, args.cert, args.key)
+        paths.lay_out(args.ca, args.cert, args.key, _group(args.group))
     else:
         paths.check_files()
         check_tpm_client(str(paths.cert), str(paths.key), str(paths.ca), tcti=args.tcti,

@@ -7,6 +7,7 @@ import sys
 import threading
 
 from ._common import Parser, add_format, add_tcti, emit, run_main
+from ._help import finish as finish_help
 from ._registry_args import add_output_args, add_registry_args, progress_for, registry_options, write_digest
 
 
@@ -23,6 +24,7 @@ def build_parser() -> Parser:
     add_format(p)
     add_tcti(p, top=True)
     p.set_defaults(verbose=0, quiet=0)
+    finish_help(p, "tpmtls-push")
     return p
 
 

@@ -110,9 +110,10 @@ def lookup(hostport: str, ours: Path | None = None, docker: Path | None = None) 
 
 
 def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
-                   root: str | os.PathLike[str] | None = None) -> Path:
+                   root: str | os.PathLike[str] | None = None, group: int | None = None) -> Path:
     """Write {name: (data, mode)} into tpmtls's `<root>/<hostport>/`: a new directory appears
-    whole (staged, then renamed); in an existing one each file is replaced atomically."""
+    whole (staged, then renamed); in an existing one each file is replaced atomically. With
+    `group` (a gid) the files belong to that group."""
     base = tpmtls_root(root)
     target = base / check_hostport(hostport)
     try:
@@ -121,7 +122,7 @@ def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
             stage = Path(tempfile.mkdtemp(prefix=f".{hostport}.", dir=base))
             try:
                 for name, (data, mode) in files.items():
-                    write_atomic(stage / name, data, mode)
+                    write_atomic(stage / name, data, mode, group)
                 stage.chmod(0o755)
                 os.rename(stage, target)  # the directory appears complete or not at all
             except BaseException:
@@ -131,16 +132,17 @@ def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
             if not target.is_dir():
                 raise UsageError(f"{target}: exists and is not a directory")
             for name, (data, mode) in files.items():
-                write_atomic(target / name, data, mode)
+                write_atomic(target / name, data, mode, group)
     except OSError as e:
         raise UsageError(f"{target}: cannot write: {e.strerror or e}") from None
     return target
 
 
 def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike[str] | None = None,
-            tcti: str | None = None) -> Path:
+            tcti: str | None = None, group: int | None = None) -> Path:
     """`tpmtls certs install`: check the TPM key, its certificate and the CA, then write
-    ca.crt, client.cert and client.key (0600) into tpmtls's `<root>/<hostport>/`."""
+    ca.crt, client.cert and client.key (0600; 0640 for `group`, e.g. the services' tpmtls
+    group: docs/services.md) into tpmtls's `<root>/<hostport>/`."""
     from cryptography.hazmat.primitives import serialization
 
     from ..tpm.keyfile import read_key_reference
@@ -157,8 +159,9 @@ def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike
     check_client_cert(cert, public_key)
     check_ca(ca)
     files = {CA_CRT: (read_input(ca, "CA certificate"), 0o644), CLIENT_CERT: (read_input(cert, "certificate"), 0o644),
-             CLIENT_KEY: (read_input(key, "key") if blob.public is not None else blob.to_pem(), 0o600)}
-    return write_cert_dir(hostport, files, root)
+             CLIENT_KEY: (read_input(key, "key") if blob.public is not None else blob.to_pem(),
+                          0o600 if group is None else 0o640)}
+    return write_cert_dir(hostport, files, root, group)
 
 
 # ---- DOCKER_CERT_PATH ----
@@ -196,11 +199,14 @@ class CertPath:
                 raise UsageError(f"{path}: missing; DOCKER_CERT_PATH needs {path.name} ({what})")
         return self
 
-    def lay_out(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> "CertPath":
-        """Copy the CA, the client certificate and the key file in under Docker's names (key.pem 0600)."""
+    def lay_out(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str],
+                group: int | None = None) -> "CertPath":
+        """Copy the CA, the client certificate and the key file in under Docker's names (key.pem
+        0600; 0640 and the group's with `group`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for src, dst, mode in ((ca, self.ca, 0o644), (cert, self.cert, 0o644), (key, self.key, 0o600)):
-            write_atomic(dst, Path(src).read_bytes(), mode)
+        key_mode = 0o600 if group is None else 0o640
+        for src, dst, mode in ((ca, self.ca, 0o644), (cert, self.cert, 0o644), (key, self.key, key_mode)):
+            write_atomic(dst, Path(src).read_bytes(), mode, group)
         return self
 
 
