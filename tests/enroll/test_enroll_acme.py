@@ -133,4 +133,6 @@ def test_refusal_is_one_line_on_both_sides(world, tmp_path):
                            "permanent identifier does not match"), line
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
     logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
-    assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged
+    # a warning line of the long-running server: the time, then the command (docs/services.md, "Logs")
+    assert len(logged) == 1 and re.match(r"\d\d:\d\d:\d\d tpmtls enroll-server: warning: refused POST /acme/chall/",
+                                         logged[0]), logged

@@ -16,9 +16,9 @@ Whether a key file holds a TPM key is `tpm.keyfile.is_tpm_key`'s call, one rule 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +103,9 @@ def lookup(hostport: str, ours: Path | None = None, docker: Path | None = None) 
     if mine.client is None and theirs.client is not None and theirs.is_tpm_key():
         cert, key = theirs.client
         dest = (ours or tpmtls_root()) / hostport
-        print(f"tpmtls: warning: {key} is a TPM key in Docker's certs.d, where it makes stock docker fail for "
-              f"{hostport}; move it: mkdir -p {dest} && mv {cert} {key} {dest}/", file=sys.stderr)
+        logging.getLogger("tpmtls.docker").warning(
+            f"{key} is a TPM key in Docker's certs.d, where it makes stock docker fail for {hostport}; "
+            f"move it: mkdir -p {dest} && mv {cert} {key} {dest}/")
     directory = mine.directory if mine.client is not None or theirs.directory is None else theirs.directory
     return CertDir(directory, mine.cas + theirs.cas, mine.pairs + theirs.pairs)
 

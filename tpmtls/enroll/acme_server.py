@@ -16,8 +16,8 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import secrets
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +49,8 @@ JOSE = "application/jose+json"
 ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 NONCE_TTL = 300.0
 MAX_ORDERS_LISTED = 100
+
+_log = logging.getLogger("tpmtls.enroll_server")
 
 
 def _id() -> str:
@@ -508,7 +510,7 @@ class EnrollApp:
                 self.stats.refused += 1
                 if len(self.stats.reasons) < 1000:
                     self.stats.reasons.append(str(e))
-            print(f"tpmtls enroll-server: refused {req.method} {req.path[:100]}: {e}", file=sys.stderr, flush=True)
+            _log.warning(f"refused {req.method} {req.path[:100]}: {e}")
         return Response(e.status, json.dumps(e.problem()).encode(), "application/problem+json", dict(e.headers))
 
 

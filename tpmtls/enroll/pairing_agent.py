@@ -21,6 +21,7 @@ import datetime
 import http.server
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import socket
@@ -44,6 +45,7 @@ from ..pki.csr import parse_san
 from .store import key_fingerprint
 
 ENROLL_PATH = "/tpmtls/v1/enroll"
+_log = logging.getLogger("tpmtls.enroll_agent")
 _MAX_BODY = 64 * 1024
 _CONN_TIMEOUT = 15.0  # per read
 # per connection: handshake, request and answer ($TPMTLS_ENROLL_DEADLINE seconds if set)
@@ -230,8 +232,9 @@ class PairingAgent:
     def _remember_sni(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
         self._sni = name
 
-    def say(self, text: str) -> None:
-        print(f"enroll-agent: {text}", file=sys.stderr, flush=True)
+    def say(self, text: str, level: int = logging.INFO) -> None:
+        """An event for the log (stderr; the journal under systemd, refusals as warnings)."""
+        _log.log(level, text)
 
     def serve(self, sock: socket.socket) -> None:
         """Accept and answer connections one at a time until enrolled; the socket stays open."""
@@ -261,13 +264,13 @@ class PairingAgent:
         try:
             tls = self.context.wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError) as e:
-            self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})")
+            self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})", logging.WARNING)
             return
         names = [str(n.value) for n in parse_san(self.sans)] if self.sans else [self._sni or tls.getsockname()[0]]
         try:
             _Handler(tls, (addr[0], addr[1]), self, names)
         except (ssl.SSLError, OSError) as e:
-            self.say(f"{peer}: connection failed ({e})")
+            self.say(f"{peer}: connection failed ({e})", logging.WARNING)
         finally:
             try:
                 tls.close()
@@ -345,7 +348,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._reply(201, "enrolled: dockerd starts on this socket now")
             return
-        self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)")
+        self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)", logging.WARNING)
         self._reply(r.status, f"certificate refused: {r}")
 
     def do_PUT(self) -> None:
