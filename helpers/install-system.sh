@@ -28,7 +28,13 @@ done
 fail() { echo "install: $*" >&2; exit 1; }
 need_root() { [ "$(id -u)" -eq 0 ] || fail "run as root (it writes $PREFIX, $BINDIR and $UNITDIR)"; }
 umask 022  # the service user must read the venv whatever root's umask is
-systemd_running() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+# systemd is the running init (sd_booted(3)), and answers (not a chroot with a stale /run)
+systemd_running() {
+  [ -d /run/systemd/system ] && command -v systemctl >/dev/null || return 1
+  local state
+  state=$(systemctl is-system-running 2>/dev/null || true)
+  [ -n "$state" ] && [ "$state" != offline ]
+}
 
 ours() {  # is $1 absent, or a link into $PREFIX?
   [ ! -e "$1" ] && [ ! -L "$1" ] && return 0

@@ -23,12 +23,12 @@ quickstart_stack=(swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus docker-registry)
 # The suite's peers: EK certificates (swtpm_setup/localca), TPM tools, tpm2-openssl (interop
 # and benchmark baseline), skopeo, NGINX (mTLS front), a static busybox (the tiny image the
 # daemon tests run), openssl/curl, htpasswd (bcrypt for Basic auth), libfuse3 (the lab's
-# /dev/tpmrm0 stand-in is a FUSE file), systemd-analyze (unit checks), debootstrap (a scratch
-# root for the setup test), zsh (completion scripts); for enroll-server, a PostgreSQL the tests
-# start themselves (initdb in a temp dir), lego (a second ACME client), iproute2 (a network
-# namespace for the public-name test).
+# /dev/tpmrm0 stand-in is a FUSE file), systemd-analyze (unit checks), debootstrap and
+# systemd-nspawn (a fresh Debian root for the install tests, booted to run the units), zsh
+# (completion scripts); for enroll-server, a PostgreSQL the tests start themselves (initdb in a
+# temp dir), lego (a second ACME client), iproute2 (a network namespace for the public-name test).
 test_stack=(swtpm-tools tpm2-tools tpm2-openssl skopeo nginx-light busybox-static openssl curl
-            apache2-utils fuse3 systemd debootstrap zsh postgresql lego iproute2)
+            apache2-utils fuse3 systemd systemd-container debootstrap zsh postgresql lego iproute2)
 # The suite's Docker daemon, unless one is installed already (docker-ce, a static dockerd …).
 test_docker=(docker.io)
 

@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("tpmtls",)
+COMMANDS = ("tpmtls", "tpmtls-push", "tpmtls-pull", "docker-credential-tpmtls")
 
 # One test module per layer and per dependency: the TPM and key objects (tpm2-pytss,
 # cryptography), the shim in both OpenSSLs (pyOpenSSL, stdlib ssl), name checks

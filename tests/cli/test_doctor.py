@@ -116,6 +116,12 @@ def test_device_only_its_owner_may_use_is_a_warning_and_says_how(cli, env, tmp_p
     assert status == "failed" and "permission denied: add the user to the tss group" in message
 
 
+def test_device_every_user_may_use_is_a_warning(cli, env, tmp_path):
+    report = _device_report(cli, env, tmp_path, mode=0o666, owner=(0, 0))
+    (status, message), = findings(report, "device")
+    assert status == "warning" and "every user may use the TPM; give it to the tss group only" in message
+
+
 def test_missing_device_fails(cli, env, tmp_path):
     report = doctor(cli, {**env, "TPMTLS_TCTI": f"device:{tmp_path}/tpmrm0"}, code=1)
     (status, message), = findings(report, "device")

@@ -1,14 +1,19 @@
 """The README's commands on a fresh Debian 12: a scratch root made by debootstrap, entered with
 chroot in a mount namespace of its own (nothing of the host is changed). `make install` installs
-the runtime stack only and a working system-wide tpmtls; `make quickstart` runs green without
-docker.io, nginx or skopeo; the test stack leaves a Docker CE the machine has alone.
-(docs/install.md, "What each command installs".)"""
+the runtime stack only and a working system-wide tpmtls; the proxy unit it installs runs under a
+real systemd (the root booted with systemd-nspawn, its own network): socket-activated, READY
+after the upstream check, as user tpmtls, confined; doctor there speaks for real users and
+groups; `make quickstart` runs green without docker.io, nginx or skopeo; the test stack leaves a
+Docker CE the machine has alone. (docs/install.md, "What each command installs"; docs/services.md.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,12 +50,20 @@ class ScratchRoot:
 
     def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """`command` (sh) inside the root. /proc is mounted in a private mount namespace, gone when
-        it exits; the host's pip wheel cache is lent so tpm2-pytss is not compiled again."""
+        it exits; the host's pip wheel cache is lent so tpm2-pytss is not compiled again, and the
+        host's downloaded .debs are seen through an overlay (apt's writes land beside the root)
+        so the packages `make test` fetched for the host are not fetched again."""
         cache = Path.home() / ".cache" / "pip"
         cache.mkdir(parents=True, exist_ok=True)
         (self.path / "root/.cache/pip").mkdir(parents=True, exist_ok=True)
+        debs = self.path.parent / "apt-overlay"
+        for d in ("upper", "work"):
+            (debs / d).mkdir(parents=True, exist_ok=True)
+        archives = self.path / "var/cache/apt/archives"
+        overlay = (f"mount -t overlay overlay -o lowerdir=/var/cache/apt/archives,upperdir={debs}/upper,"
+                   f"workdir={debs}/work {archives} && " if Path("/var/cache/apt/archives").is_dir() else "")
         setup = (f"mount -t proc proc {self.path}/proc && "
-                 f"mount --bind {cache} {self.path}/root/.cache/pip && "
+                 f"mount --bind {cache} {self.path}/root/.cache/pip && {overlay}"
                  f'exec chroot {self.path} /bin/sh -c "$0"')
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "LANG": "C.UTF-8", "PIP_CERT": "/root/host-ca.crt",
@@ -77,7 +90,9 @@ def _copy_checkout(dest: Path) -> None:
 def fresh_debian(tmp_path_factory) -> ScratchRoot:
     require("debootstrap", "unshare", "chroot")
     path = tmp_path_factory.mktemp("debian") / "root"
-    proc = subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(path), _mirror()],
+    # minbase and systemd, dbus: what a Debian machine has, and what lets the root boot
+    proc = subprocess.run(["debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus", SUITE, str(path),
+                           _mirror()],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shutil.copy2("/etc/resolv.conf", path / "etc/resolv.conf")
@@ -89,9 +104,14 @@ def fresh_debian(tmp_path_factory) -> ScratchRoot:
     return root
 
 
-def test_make_install_installs_the_runtime_stack_and_a_working_tpmtls(fresh_debian):
-    out = fresh_debian.ok("make -C /src install")
-    assert "units in /usr/local/lib/systemd/system (none enabled)" in out
+@pytest.fixture(scope="module")
+def installed(fresh_debian) -> str:
+    """`make install` in the fresh root, once; its output."""
+    return fresh_debian.ok("make -C /src install")
+
+
+def test_make_install_installs_the_runtime_stack_and_a_working_tpmtls(fresh_debian, installed):
+    assert "units in /usr/local/lib/systemd/system (none enabled)" in installed
     assert not fresh_debian.installed(*TEST_ONLY, "swtpm", "tpm2-abrmd", "docker-registry")
     assert fresh_debian.installed("libtss2-dev", "libssl-dev", "tpm-udev") == {"libtss2-dev", "libssl-dev", "tpm-udev"}
     for command in COMMANDS:
@@ -113,6 +133,189 @@ def test_make_quickstart_needs_no_docker_nginx_or_skopeo(fresh_debian):
     assert fresh_debian.installed(*TEST_ONLY) == set()
     assert fresh_debian.installed("swtpm", "tpm2-abrmd", "docker-registry") == {"swtpm", "tpm2-abrmd", "docker-registry"}
 
+
+# ---- the installed units under a real systemd ----------------------------------------------------
+
+# Run in the booted root's network namespace, with this checkout's Python: a software TPM and an
+# mTLS registry there, a TPM key and its certificate; prints what it made, serves until stdin closes.
+PEERS = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from support.peers import Pki
+from tpmtls.lab import Registry
+from tpmtls.lab.swtpm import SwTpm
+from tpmtls.tpm import connect
+work = Path(sys.argv[1])
+pki = Pki(work / "pki")
+swtpm = SwTpm(work / "swtpm").start()
+key = connect(swtpm.tcti).create_key("ecc-p256", work / "client.key")
+cert = pki.issue(key.public_key(), "installed-proxy", "client.crt")
+registry = Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "registry").start()
+print(json.dumps({"tcti": swtpm.tcti, "registry": registry.port, "ca": str(pki.ca_file), "cert": str(cert),
+                  "key": str(work / "client.key")}), flush=True)
+sys.stdin.read()
+registry.stop()
+swtpm.stop()
+"""
+
+
+class Booted:
+    """The root booted by systemd-nspawn with a network of its own; commands entered with nsenter."""
+
+    def __init__(self, root: ScratchRoot, log: Path) -> None:
+        require("systemd-nspawn", "nsenter")
+        self.root = root
+        self._log = open(log, "wb")  # noqa: SIM115 - the container's console, for failures
+        self.proc = subprocess.Popen(["systemd-nspawn", "-q", "-D", str(root.path), "--register=no", "--keep-unit",
+                                      "--private-network", "-b", "--pipe"], stdout=self._log, stderr=self._log,
+                                     stdin=subprocess.DEVNULL)
+        self.init = 0
+        try:
+            for _ in range(1200):  # bounded: nspawn's child becomes the container's systemd
+                children = subprocess.run(["ps", "--ppid", str(self.proc.pid), "-o", "pid=,comm="], capture_output=True,
+                                          text=True, timeout=30).stdout.split()
+                if children[1:2] == ["systemd"]:
+                    self.init = int(children[0])
+                    break
+                assert self.proc.poll() is None, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.1)
+            assert self.init, "systemd-nspawn started no systemd"
+            state = ""
+            for _ in range(120):  # bounded: until its D-Bus answers, then until the boot is done
+                state = self.run("systemctl", "is-system-running", "--wait", timeout=300).stdout.strip()
+                if state in ("running", "degraded"):
+                    break
+                time.sleep(0.5)
+            assert state in ("running", "degraded"), f"{state!r}: {log.read_text(errors='replace')[-3000:]}"
+        except BaseException:
+            self.stop()
+            raise
+
+    def run(self, *argv: str, timeout: float = 120, net_only: bool = False) -> subprocess.CompletedProcess[str]:
+        enter = ["nsenter", f"--net=/proc/{self.init}/ns/net"] if net_only else ["nsenter", "-t", str(self.init), "-a"]
+        return subprocess.run([*enter, *argv], capture_output=True, text=True, timeout=timeout)
+
+    def ok(self, *argv: str) -> str:
+        proc = self.run(*argv)
+        assert proc.returncode == 0, f"{argv}: {proc.stdout}{proc.stderr}"
+        return proc.stdout
+
+    def stop(self) -> None:
+        """Power the container off; failing that, stop nspawn; failing that, kill both (by PID)."""
+        if self.proc.poll() is None and self.init:
+            self.run("systemctl", "poweroff", "--no-block", timeout=60)
+        for stop in (lambda: None, self.proc.terminate, self.proc.kill):
+            if self.proc.poll() is not None:
+                break
+            stop()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                continue
+        if self.init:
+            try:
+                os.kill(self.init, 9)  # an init nspawn left behind (gone already, normally)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@pytest.fixture(scope="class")
+def booted(fresh_debian, installed, tmp_path_factory):
+    system = Booted(fresh_debian, tmp_path_factory.mktemp("nspawn") / "console.log")
+    work = tmp_path_factory.mktemp("peers")
+    peers = subprocess.Popen(["nsenter", f"--net=/proc/{system.init}/ns/net", sys.executable, "-c", PEERS, str(work),
+                              str(ROOT / "tests")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert peers.stdout is not None
+        made = json.loads(peers.stdout.readline())
+        creds = fresh_debian.path / "root" / "creds"
+        creds.mkdir(exist_ok=True)
+        for name in ("ca", "cert", "key"):
+            shutil.copy2(made[name], creds / Path(made[name]).name)
+        yield system, made
+    finally:
+        if peers.stdin is not None:
+            peers.stdin.close()
+        peers.wait(timeout=120)
+        system.stop()
+
+
+def _drop_in(root: ScratchRoot, unit: str, text: str) -> None:
+    d = root.path / "etc/systemd/system" / f"{unit}.d"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "test.conf").write_text(text)
+
+
+class TestUnderSystemd:
+    """The root booted once for these tests (and halted after them, before the test stack goes in)."""
+
+    def test_the_installed_proxy_unit(self, fresh_debian, booted):
+        system, made = booted
+        instance = f"127.0.0.1:{made['registry']}"
+        system.ok("/usr/local/bin/tpmtls", "certs", "install", instance, "--cert", "/root/creds/client.crt",
+                  "--key", "/root/creds/client.key", "--ca", "/root/creds/ca.crt", "--group", "tpmtls")
+        # the documented overrides: another loopback port, and the TPM to use
+        _drop_in(fresh_debian, f"tpmtls-proxy@{instance}.socket", "[Socket]\nListenStream=\nListenStream=127.0.0.1:5999\n")
+        _drop_in(fresh_debian, f"tpmtls-proxy@{instance}.service", f"[Service]\nEnvironment=TPMTLS_TCTI={made['tcti']}\n")
+        system.ok("systemctl", "daemon-reload")
+        system.ok("systemctl", "start", f"tpmtls-proxy@{instance}.socket")
+        service = f"tpmtls-proxy@{instance}.service"
+        assert system.ok("systemctl", "show", "-p", "ActiveState", "--value", service).strip() == "inactive"
+
+        # the first connection starts the service; it answers once the upstream was checked
+        got = system.run("curl", "-s", "-m", "60", "http://127.0.0.1:5999/v2/", net_only=True)
+        assert (got.returncode, got.stdout) == (0, "{}"), got.stderr
+        shown = dict(line.split("=", 1) for line in system.ok(
+            "systemctl", "show", "-p", "ActiveState,SubState,Type,StatusText,MainPID", service).splitlines())
+        assert (shown["ActiveState"], shown["SubState"], shown["Type"]) == ("active", "running", "notify")
+        assert shown["StatusText"] == f"serving http://127.0.0.1:5999 for https://{instance}; upstream answered"
+        status = system.ok("cat", f"/proc/{shown['MainPID']}/status")
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        uid = system.ok("id", "-u", "tpmtls").strip()
+        tss = system.ok("getent", "group", "tss").split(":")[2]
+        assert fields["Uid"].split()[0] == uid and tss in fields["Groups"].split()
+        assert fields["CapEff"].strip() == "0000000000000000" and fields["NoNewPrivs"].strip() == "1"
+
+        # its lines in the journal, with their priorities; nothing at warning or worse
+        journal = [json.loads(line) for line in system.ok("journalctl", "-u", service, "-o", "json", "--no-pager").splitlines()]
+        ours = [(e["PRIORITY"], e["MESSAGE"]) for e in journal if e.get("SYSLOG_IDENTIFIER") == "tpmtls"]
+        assert ours[0][0] == "6" and ours[0][1].startswith("listening on http://127.0.0.1:5999")
+        assert ("6", "GET /v2/ 200") in [(p, m.split(" up=")[0]) for p, m in ours]
+        assert all(p == "6" for p, _ in ours)
+
+        # the score with everything systemd knows at run time, then a clean stop
+        score = system.ok("systemd-analyze", "security", "--no-pager", service).splitlines()[-1]
+        assert float(score.split(": ")[1].split()[0]) <= 2.5, score
+        system.ok("systemctl", "stop", service)
+        assert system.ok("systemctl", "show", "-p", "Result", "--value", service).strip() == "success"
+
+
+    def test_doctor_for_the_service_user_and_a_user_outside_tss(self, fresh_debian, booted):
+        """On the booted system: the service user is in tss and may use a tss device; `nobody` is told
+        how to get in. (A file stands in for the device: who may open it is what is checked.)"""
+        system, made = booted
+        system.ok("sh", "-c", "install -m 0660 -g tss /dev/null /run/tpmrm-standin")
+        said = {}
+        for user in ("tpmtls", "nobody"):
+            proc = system.run("runuser", "-u", user, "--", "/usr/local/bin/tpmtls", "doctor", "--format", "json",
+                              "--tcti", "device:/run/tpmrm-standin")
+            assert proc.returncode == 1  # the stand-in is no TPM
+            said[user] = [(f["subject"], f["status"], f["message"]) for f in json.loads(proc.stdout)["findings"]
+                          if f["check"] == "group"]
+        service = ("tpmtls", "ok", "the service user tpmtls is in tss")
+        assert said["tpmtls"] == [("tpmtls", "ok", "tpmtls may use /run/tpmrm-standin (owner or member of tss)"), service]
+        assert said["nobody"] == [("nobody", "failed", "nobody is not in the tss group, so cannot use /run/tpmrm-standin: "
+                                                       "sudo usermod -aG tss nobody, then log in again"), service]
+        proc = system.run("runuser", "-u", "tpmtls", "--", "/usr/local/bin/tpmtls", "doctor", "--format", "json",
+                          "--tcti", made["tcti"])
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 0, report
+        assert [f["status"] for f in report["findings"] if f["check"] in ("tpm", "keys")] == ["ok", "ok"]
+
+
+# ---- last: the whole test stack (its packages' services would start at the next boot) ----------
 
 def test_the_test_stack_leaves_docker_ce_in_place(fresh_debian, tmp_path):
     """With Docker CE's CLI installed (a stand-in package of that name), Debian's docker.io, which

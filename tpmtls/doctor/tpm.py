@@ -94,7 +94,11 @@ def check_device(path: str, rules_dirs: tuple[Path, ...] = UDEV_RULES_DIRS) -> l
     mode, owner, group = stat.S_IMODE(st.st_mode), _user_name(st.st_uid), _group_name(st.st_gid)
     shown = f"{stat.filemode(st.st_mode)} {owner}:{group}"
     found = []
-    if group == TSS_GROUP and mode & 0o060 == 0o060:
+    if mode & 0o006:
+        found.append(Finding("device", WARNING, path,
+                             f"{path} is {shown}: every user may use the TPM; give it to the {TSS_GROUP} group only "
+                             f'(udev: KERNEL=="tpmrm[0-9]*", GROUP="{TSS_GROUP}", MODE="0660"; Debian: tpm-udev)'))
+    elif group == TSS_GROUP and mode & 0o060 == 0o060:
         found.append(Finding("device", OK, path, f"{path} is {shown}: members of {TSS_GROUP} may use it"))
     else:
         found.append(Finding("device", WARNING, path,
