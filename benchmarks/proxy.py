@@ -1,7 +1,7 @@
-"""`python -m benchmarks proxy`: `docker pull` of a multi-layer image through `tpmtls proxy`
-(TPM key, mTLS registry) vs `docker pull` straight from a plain-HTTP loopback registry (the
-ceiling: the same dockerd with no TLS and no proxy) vs `skopeo copy` with a software key,
-in one run, with the upstream TLS handshakes and TPM signatures each proxied pull cost."""
+"""`python -m benchmarks proxy`: cold pulls of a multi-layer image by docker, containerd's ctr and
+podman, each through `tpmtls proxy` (TPM key, mTLS registry) and straight from a plain-HTTP
+loopback registry (that tool's ceiling: no TLS, no proxy), plus `skopeo copy` with a software
+key, in one run, with the upstream TLS handshakes and TPM signatures each proxied pull cost."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +105,81 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+@dataclass
+class _Client:
+    """One row: how to pull the image cold, and how to make the next pull cold again."""
+
+    name: str
+    tool: str
+    route: str  # "plain" (the tool's ceiling), "proxy" (TPM key via tpmtls proxy) or "direct"
+    pull: Callable[[], float]
+    clean: Callable[[], object]
+    seconds: list[float] = field(default_factory=list)
+
+
+def _clients(work: Path, stack: ExitStack, env: dict[str, str], plain: str, upstream: str, proxy_at: str,
+             software_certs: Path) -> list[_Client]:
+    """docker, ctr and podman pulls, each from the plain registry and through the proxy, and skopeo direct.
+
+    ctr and podman keep the registry's own name: containerd through hosts.toml, podman through a
+    registries.conf.d drop-in, both written by tpmtls.docker.oci_clients as the commands write them.
+    """
+    from tpmtls.docker.oci_clients import containerd_hosts, registries_conf, write_config
+    from tpmtls.lab import Dockerd
+    from tpmtls.lab.containerd import Containerd
+    from tpmtls.lab.containers import ContainersTools
+
+    denv = {**env, **stack.enter_context(Dockerd(work / "dockerd")).env}
+    hosts = work / "certs.d"
+    hosts.mkdir()
+    write_config(containerd_hosts(upstream, proxy_at, hosts))
+    ctd = stack.enter_context(Containerd(hosts, work / "containerd"))
+    tools = stack.enter_context(ContainersTools(work / "containers"))
+    write_config(registries_conf(upstream, proxy_at, tools.dropin_dir / "90-tpmtls.conf"))
+    policy = ["--signature-policy", str(tools.policy)]
+
+    def timed(run: Callable[[], object]) -> Callable[[], float]:
+        def pull() -> float:
+            started = time.monotonic()
+            run()
+            return time.monotonic() - started
+        return pull
+
+    proxied = f"127.0.0.1:{proxy_at.rsplit(':', 1)[1]}/bench:1"
+    dest = work / "skopeo-dir"
+    return [
+        _Client("docker pull, plain registry (ceiling)", "docker", "plain",
+                partial(_run, ["docker", "pull", f"{plain}/bench:1"], denv),
+                partial(_run, ["docker", "rmi", f"{plain}/bench:1"], denv)),
+        _Client("docker pull via tpmtls proxy (TPM key)", "docker", "proxy",
+                partial(_run, ["docker", "pull", proxied], denv), partial(_run, ["docker", "rmi", proxied], denv)),
+        _Client("ctr pull, plain registry", "ctr", "plain",
+                timed(partial(ctd.ctr, "image", "pull", "--snapshotter", "native", "--plain-http", f"{plain}/bench:1")),
+                partial(ctd.ctr, "image", "rm", "--sync", f"{plain}/bench:1")),
+        _Client("ctr pull by name, hosts.toml + tpmtls proxy", "ctr", "proxy",
+                timed(partial(ctd.ctr, "image", "pull", "--snapshotter", "native", "--hosts-dir", str(hosts),
+                              f"{upstream}/bench:1")),
+                partial(ctd.ctr, "image", "rm", "--sync", f"{upstream}/bench:1")),
+        _Client("podman pull, plain registry", "podman", "plain",
+                timed(partial(tools.podman, "pull", "-q", *policy, "--tls-verify=false", f"{plain}/bench:1")),
+                partial(tools.podman, "rmi", f"{plain}/bench:1")),
+        _Client("podman pull by name, registries.conf.d + tpmtls proxy", "podman", "proxy",
+                timed(partial(tools.podman, "pull", "-q", *policy, f"{upstream}/bench:1")),
+                partial(tools.podman, "rmi", f"{upstream}/bench:1")),
+        _Client("skopeo copy to dir: (software key)", "skopeo", "direct",
+                partial(_run, ["skopeo", "copy", "--insecure-policy", "--src-cert-dir", str(software_certs),
+                               f"docker://{upstream}/bench:1", f"dir:{dest}"], env),
+                partial(shutil.rmtree, dest, ignore_errors=True)),
+    ]
+
+
 def proxy(args: Any) -> int:
-    from tpmtls.lab import Dockerd, Registry
+    from tpmtls.lab import Registry
     from tpmtls.testing import TpmTiming
 
     from .content import random_image
 
     timing = TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None
-    rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         import tempfile
 
@@ -133,50 +203,33 @@ def proxy(args: Any) -> int:
               f"docker-archive:{image}", f"docker://{upstream}/bench:1"], env)
         _run(["skopeo", "copy", "--insecure-policy", "--dest-tls-verify=false", f"docker-archive:{image}",
               f"docker://127.0.0.1:{plain.port}/bench:1"], env)
-        daemon = stack.enter_context(Dockerd(work / "dockerd"))
-        denv = {**env, **daemon.env}
-        proxy_env = {**lab.worker_env()}
-        prox = _Proxy(work, proxy_env, upstream, dirs["tpm"], stack)
+        prox = _Proxy(work, {**lab.worker_env()}, upstream, dirs["tpm"], stack)
+        clients = _clients(work, stack, env, f"127.0.0.1:{plain.port}", upstream, f"127.0.0.1:{prox.port}",
+                           dirs["software"])
         print(f"image: {mb:.0f} MB in {args.layers} random layers; {args.rounds} cold pulls each; "
               f"TPM: {'TPM2_Sign %g ms' % args.tpm_latency if timing else 'swtpm speed'}", flush=True)
-        targets = {"docker pull, plain registry (ceiling)": f"127.0.0.1:{plain.port}/bench:1",
-                   "docker pull via tpmtls proxy (TPM key)": f"127.0.0.1:{prox.port}/bench:1"}
-        times: dict[str, list[float]] = {name: [] for name in [*targets, "skopeo copy (software key)"]}
-        per_pull: list[dict[str, int]] = []
-        for r in range(args.rounds):
-            for name, ref in targets.items():
-                before = prox.status() if "proxy" in name else None
-                times[name].append(_run(["docker", "pull", ref], denv))
+        per_pull: list[dict[str, Any]] = []
+        for _ in range(args.rounds):
+            for client in clients:
+                before = prox.status() if client.route == "proxy" else None
+                client.seconds.append(client.pull())
                 if before is not None:
                     after = prox.status()
-                    per_pull.append({k: after[k] - before[k] for k in ("upstream_handshakes", "full_handshakes",
-                                                                        "tpm_signatures", "requests")})
-                _run(["docker", "rmi", ref], denv)  # the next pull is cold again
-            dest = work / f"skopeo-{r}"
-            times["skopeo copy (software key)"].append(_run(
-                ["skopeo", "copy", "--insecure-policy", "--src-cert-dir", str(dirs["software"]),
-                 f"docker://{upstream}/bench:1", f"dir:{dest}"], env))
-            shutil.rmtree(dest, ignore_errors=True)
+                    per_pull.append({"tool": client.tool, **{k: after[k] - before[k] for k in (
+                        "upstream_handshakes", "full_handshakes", "tpm_signatures", "requests")}})
+                client.clean()  # the next pull is cold again
         final = prox.status()
-    for name, values in times.items():
-        median = statistics.median(values)
-        rows.append({"client": name, "seconds": [round(v, 2) for v in values], "median_s": round(median, 2),
-                     "mb_per_s": round(mb / median, 1)})
-    ceiling = rows[0]["median_s"]
-    print()
-    print("| client | median s | MB/s | x ceiling |")
-    print("|---|---:|---:|---:|")
-    for row in rows:
-        row["x_ceiling"] = round(ceiling / row["median_s"], 2)
-        print(f"| {row['client']} | {row['median_s']:.2f} | {row['mb_per_s']:.1f} | {row['x_ceiling']:.2f} |")
+    rows = _table(clients, mb)
     print()
     for i, p in enumerate(per_pull, 1):
-        print(f"proxied pull {i}: {p['requests']} requests, {p['upstream_handshakes']} upstream connections opened "
-              f"({p['full_handshakes']} full handshakes), {p['tpm_signatures']} TPM signatures")
+        print(f"proxied pull {i} ({p['tool']}): {p['requests']} requests, {p['upstream_handshakes']} upstream "
+              f"connections opened ({p['full_handshakes']} full handshakes), {p['tpm_signatures']} TPM signatures")
     print(f"proxy total: {final['requests']} requests, {final['upstream_handshakes']} upstream connections, "
           f"{final['tpm_signatures']} TPM signatures (incl. its start-up check)")
-    ratio = rows[1]["x_ceiling"]
-    print(f"\nproxy / ceiling: {ratio:.2f} x the throughput (target >= 0.8)")
+    for row in rows:
+        if row["route"] == "proxy":
+            print(f"{row['tool']} via proxy / {row['tool']} from the plain registry: {row['x_ceiling']:.2f} x the "
+                  "throughput (target >= 0.8)")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": environment(), "mb": round(mb), "layers": args.layers,
                                                "tpm_sign_ms": args.tpm_latency, "results": rows,
@@ -185,8 +238,25 @@ def proxy(args: Any) -> int:
     return 0
 
 
+def _table(clients: list[_Client], mb: float) -> list[dict[str, Any]]:
+    """Rows with medians; `x_ceiling` against the same tool's pull from the plain registry (docker's for skopeo)."""
+    medians = {(c.tool, c.route): statistics.median(c.seconds) for c in clients}
+    rows = []
+    print()
+    print("| client | median s | MB/s | x its plain pull |")
+    print("|---|---:|---:|---:|")
+    for c in clients:
+        median = medians[(c.tool, c.route)]
+        ceiling = medians.get((c.tool, "plain"), medians[("docker", "plain")])
+        row = {"client": c.name, "tool": c.tool, "route": c.route, "seconds": [round(v, 2) for v in c.seconds],
+               "median_s": round(median, 2), "mb_per_s": round(mb / median, 1), "x_ceiling": round(ceiling / median, 2)}
+        rows.append(row)
+        print(f"| {c.name} | {median:.2f} | {row['mb_per_s']:.1f} | {row['x_ceiling']:.2f} |")
+    return rows
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("proxy", help="docker pull through tpmtls proxy vs a plain registry vs skopeo")
+    p = sub.add_parser("proxy", help="docker, ctr and podman pulls through tpmtls proxy vs a plain registry; skopeo")
     p.add_argument("--size-mb", type=int, default=200, help="image size (random, incompressible)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3, help="cold pulls per client")

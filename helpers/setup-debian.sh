@@ -26,9 +26,12 @@ quickstart_stack=(swtpm tpm2-abrmd libtss2-tcti-tabrmd0 dbus docker-registry)
 # /dev/tpmrm0 stand-in is a FUSE file), systemd-analyze (unit checks), debootstrap and
 # systemd-nspawn (a fresh Debian root for the install tests, booted to run the units), zsh
 # (completion scripts); for enroll-server, a PostgreSQL the tests start themselves (initdb in a
-# temp dir), lego (a second ACME client), iproute2 (a network namespace for the public-name test).
+# temp dir), lego (a second ACME client), iproute2 (a network namespace for the public-name test);
+# other OCI clients tried through `tpmtls proxy`: containerd (ctr, the CRI plugin; Docker CE's
+# containerd.io, which conflicts with it, serves as well and is kept), podman, buildah.
 test_stack=(swtpm-tools tpm2-tools tpm2-openssl skopeo nginx-light busybox-static openssl curl
-            apache2-utils fuse3 systemd systemd-container debootstrap zsh postgresql lego iproute2)
+            apache2-utils fuse3 systemd systemd-container debootstrap zsh postgresql lego iproute2
+            containerd podman buildah)
 # The suite's Docker daemon, unless one is installed already (docker-ce, a static dockerd …).
 test_docker=(docker.io)
 

@@ -13,7 +13,8 @@ from tpmtls.cli import build_parser
 
 COMMANDS = {
     "doctor": [], "key": ["create", "import", "show", "persist", "wrap", "import-wrapped", "ek"], "csr": [],
-    "connect": [], "ca": ["init", "issue"], "certs": ["install", "daemon-config", "env", "nginx-front"],
+    "connect": [], "ca": ["init", "issue"],
+    "certs": ["install", "daemon-config", "env", "nginx-front", "containerd-hosts", "registries-conf"],
     "proxy": [], "daemon-proxy": [], "enroll": ["policy"], "enroll-agent": [], "enroll-server": [], "quickstart": [],
     "completion": [],
 }

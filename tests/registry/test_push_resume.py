@@ -41,7 +41,7 @@ def test_cut_between_requests_resumes(registry, tpm_certs, soft_certs, test_tpm,
 
 def test_cut_inside_a_request_still_completes(registry, tpm_certs, soft_certs, test_tpm, tmp_path):
     """distribution 2.8 cancels an upload whose size passed its signed offset (see
-    RegistryClient._resync): the push completes on a fresh upload, costing what was sent."""
+    BlobUploads._resync in tpmtls/registry/upload.py): the push completes on a fresh upload, costing what was sent."""
     sent, size = push_through("inside", registry, tpm_certs, soft_certs, test_tpm, tmp_path)
     assert sent < 2.1 * size
 

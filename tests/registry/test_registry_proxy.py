@@ -86,7 +86,37 @@ def test_untrusted_key_fails_and_the_refusal_is_logged(registry, dockerd, loaded
     refusals = [line for line in lines if "refused our client certificate" in line]
     assert refusals, lines
     assert all(line.count("\n") == 0 and str(foreign / "client.cert") in line for line in refusals)
+    # docker prints the 502's reason phrase: the proxy's line, not a bare "502 Bad Gateway"
+    assert "502 tpmtls proxy: " in pulled.stderr and "refused our client certificate" in pulled.stderr, pulled.stderr
     print(pulled.stderr.strip(), refusals[-1], sep="\n")
+
+
+def test_a_502_carries_the_reason_in_its_status_line_and_error_body(registry, pki, tpm, test_tpm, tmp_path):
+    """What a client that reads no body (Go's, for a 5xx) and one that does both get; the reason phrase is
+    plain ASCII on one line, as HTTP requires."""
+    import http.client
+    import json
+
+    from support.peers import Pki
+    from support.registry import tpm_cert_dir
+
+    foreign = tpm_cert_dir(tmp_path / "fóreign", Pki(tmp_path / "other-ca", "some other CA"), tpm)  # non-ASCII path
+    shutil.copy(pki.ca_file, foreign / "ca.crt")
+    with RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}", "--listen",
+                              "127.0.0.1:0", "--cert-dir", str(foreign)) as p:
+        host, port = p.address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("HEAD", "/v2/demo/manifests/1")  # containerd's first request: no body possible
+        head = conn.getresponse()
+        head.read()
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/v2/demo/manifests/1")
+        got = conn.getresponse()
+        body = json.loads(got.read())
+    assert head.status == got.status == 502
+    assert head.reason.startswith("tpmtls proxy: ") and "refused our client certificate" in head.reason
+    assert head.reason.isascii() and "\\xf3" in head.reason  # the path's "ó", escaped
+    assert body["errors"][0]["code"] == "UNAVAILABLE" and "refused our client certificate" in body["errors"][0]["message"]
 
 
 def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, test_tpm, soft_certs, tmp_path):

@@ -83,6 +83,20 @@ def test_asyncio_error_names_the_tpm(outage):
     assert_names_the_tpm(err.value, tcti)
 
 
+def test_the_diagnosis_says_the_tpm_failed(outage):
+    """tls/diagnosis.py reads the outage as the TPM's failure, inside requests' wrappers too."""
+    from tpmtls.tls.diagnosis import Cause, diagnose
+
+    ctx, session, server, tcti, _ = outage
+    with pytest.raises(ssl.SSLError) as plain:
+        stdlib_get(ctx, server.port)
+    with pytest.raises(requests.exceptions.SSLError) as wrapped:
+        session.get(f"https://localhost:{server.port}/", timeout=20)
+    for error in (plain.value, wrapped.value):
+        found = diagnose(error)
+        assert found.cause is Cause.TPM and tcti in found.reason, found
+
+
 def test_pyopenssl_last_error_names_the_tpm(outage):
     """pyOpenSSL's SSL.Error carries OpenSSL codes only; last_error() on the thread has the reason."""
     from OpenSSL import SSL

@@ -28,8 +28,8 @@ def add_registry_args(p: argparse.ArgumentParser) -> None:
 
 
 def registry_options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..registry.auth import Credentials
-    from ..registry.client import parse_resolve
+    from ..registry.credentials import Credentials
+    from ..registry.transport import parse_resolve
 
     if args.jobs < 1 or args.jobs > 64:
         raise UsageError(f"--jobs {args.jobs}: use 1 to 64")

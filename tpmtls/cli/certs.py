@@ -1,17 +1,29 @@
-"""`tpmtls certs install|daemon-config|env|nginx-front`: Docker's files for a registry client
-(certs.d) and for a TLS daemon and its clients (daemon.json, DOCKER_CERT_PATH, an NGINX front);
-docs/formats.md and docs/daemon.md."""
+"""`tpmtls certs install|daemon-config|env|nginx-front|containerd-hosts|registries-conf`: Docker's files
+for a registry client (certs.d) and for a TLS daemon and its clients (daemon.json, DOCKER_CERT_PATH, an
+NGINX front), and the files that send containerd, podman, buildah and skopeo through `tpmtls proxy`;
+docs/formats.md, docs/daemon.md and docs/oci-clients.md."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 from .._files import write_atomic
 from ..docker.certcheck import check_names, check_server, check_tpm_client
 from ..docker.config import DEFAULT_SOCKET, DEFAULT_TCP_HOST, daemon_config, parse_host
 from ..docker.files import CertPath, install
+from ..docker.oci_clients import (
+    CONTAINERD_CERTS_D,
+    REGISTRIES_CONF_D,
+    ClientConfig,
+    containerd_hosts,
+    proxy_address,
+    registries_conf,
+    remove_config,
+    write_config,
+)
 from ..errors import UsageError
 from ._common import add_password_file, add_tcti, read_secret_file, say, split_target
 
@@ -66,6 +78,68 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--user", metavar="USER", help="NGINX worker user (one that may open the socket)")
     p.add_argument("--out", metavar="FILE", help="write FILE atomically instead of printing")
     p.set_defaults(func=run_nginx_front)
+    _add_client_config_parsers(ssub)
+
+
+def _add_client_config_parsers(ssub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """containerd-hosts and registries-conf: other OCI clients sent through `tpmtls proxy` (docs/oci-clients.md)."""
+    p = ssub.add_parser("containerd-hosts", help="containerd's hosts.toml sending pulls and pushes for REG to tpmtls proxy")
+    p.add_argument("registry", metavar="REG[:PORT]", help="the registry as image names spell it")
+    p.add_argument("--proxy", required=True, metavar="ADDR:PORT", help="where tpmtls proxy listens (loopback)")
+    p.add_argument("--dir", default=str(CONTAINERD_CERTS_D), metavar="DIR",
+                   help=f"containerd's config_path / ctr --hosts-dir (default {CONTAINERD_CERTS_D})")
+    _add_config_modes(p)
+    p.set_defaults(func=run_containerd_hosts)
+
+    p = ssub.add_parser("registries-conf", help="a registries.conf.d drop-in for podman, buildah and skopeo")
+    p.add_argument("registry", metavar="REG[:PORT]", help="the registry as image names spell it")
+    p.add_argument("--proxy", required=True, metavar="ADDR:PORT", help="where tpmtls proxy listens (loopback)")
+    p.add_argument("--out", metavar="FILE",
+                   help=f"the drop-in (default {REGISTRIES_CONF_D}/90-tpmtls-REG[-PORT].conf)")
+    _add_config_modes(p)
+    p.set_defaults(func=run_registries_conf)
+
+
+def _add_config_modes(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--print", action="store_true", help="show the file and where it would go; write nothing")
+    mode.add_argument("--remove", action="store_true", help="delete the file tpmtls wrote (undo)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing file; with --remove, delete one tpmtls did not write")
+
+
+def run_containerd_hosts(args: argparse.Namespace) -> int:
+    config = containerd_hosts(args.registry, args.proxy, args.dir)
+    hint = (f"containerd reads it at the next pull: the CRI plugin (kubelet) when config_path = \"{args.dir}\" in its "
+            f"config.toml; ctr with --hosts-dir {args.dir}")
+    return _apply(config, args, hint)
+
+
+def run_registries_conf(args: argparse.Namespace) -> int:
+    config = registries_conf(args.registry, args.proxy, args.out)
+    via = "{}:{}".format(*proxy_address(args.proxy))  # an IPv4 address: registries_conf refuses IPv6
+    hint = (f"podman, buildah and skopeo pull {args.registry}/… through the proxy from their next run; pushes name "
+            f"the proxy: podman push {args.registry}/IMAGE {via}/IMAGE")
+    return _apply(config, args, hint)
+
+
+def _apply(config: ClientConfig, args: argparse.Namespace, hint: str) -> int:
+    """--print, --remove or write; what happened goes to stderr, so --print's stdout is the file alone."""
+    if args.print:
+        print(f"# {config.path}", file=sys.stderr)
+        print(config.text, end="")
+        return 0
+    if args.remove:
+        done = remove_config(config, force=args.force)
+        print(f"removed {config.path}" if done == "removed" else f"{config.path}: not there, nothing to remove",
+              file=sys.stderr)
+        return 0
+    done = write_config(config, force=args.force)
+    if done == "unchanged":
+        print(f"{config.path}: unchanged (it already says this)", file=sys.stderr)
+    else:
+        print(f"{done} {config.path}; {hint}", file=sys.stderr)
+    return 0
 
 
 def _group(name: str | None) -> int | None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import HandshakeError
 from ..provider import last_signature_scheme
-from ..tls import TpmHandshakeError, ssl_context
+from ..tls import ssl_context
+from ..tls.diagnosis import Cause, diagnose
 from ._common import add_format, add_password_file, add_tcti, emit, key_password, split_target
 
 
@@ -49,14 +50,8 @@ def run(args: argparse.Namespace) -> int:
                         "client_signature": signature, "peer": subject}
                 emit(args, data, [f"connected to {host}:{port} ({name})", f"protocol: {tls.version()}",
                                   f"cipher: {cipher[0] if cipher else '?'}", key_line, f"peer: {subject}"])
-    except ssl.SSLCertVerificationError as e:
-        raise HandshakeError(f"{host}:{port}: server certificate not trusted for {name!r}: {e.verify_message}") from None
-    except TpmHandshakeError as e:
-        raise HandshakeError(f"{host}:{port}: {e}") from None
-    except ssl.SSLError as e:
-        raise HandshakeError(f"{host}:{port}: handshake failed: {_refusal(e, args.cert)}") from None
-    except OSError as e:
-        raise HandshakeError(f"{host}:{port}: cannot connect: {e.strerror or e}") from None
+    except OSError as e:  # ssl.SSLError included
+        raise HandshakeError(f"{host}:{port}: {_failure(e, args.cert, name)}") from None
     return 0
 
 
@@ -88,36 +83,24 @@ def _await_verdict(tls: ssl.SSLSocket, seconds: float = 1.0) -> None:
         pass
 
 
-def _refusal(e: ssl.SSLError, cert: str) -> str:
-    """Why the server ended the handshake: our certificate's own dates first, then its alert."""
-    reason = (e.reason or str(e)).lower().replace("_", " ")
-    dates = _validity_problem(cert)
-    if dates:
-        return f"the server refused our client certificate ({reason}): {dates}"
-    if "unknown ca" in reason:
-        return f"the server refused our client certificate ({reason}): it does not trust the CA that issued it"
-    if "certificate expired" in reason:
-        return f"the server refused our client certificate ({reason}): it considers it expired"
-    if "certificate required" in reason:
-        return f"the server requires a client certificate and did not accept ours ({reason})"
-    if "bad certificate" in reason or "unsupported certificate" in reason or "certificate revoked" in reason:
-        return f"the server refused our client certificate ({reason})"
-    return reason
-
-
-def _validity_problem(cert: str) -> str | None:
-    """'… expired on …' / '… not valid before …' when our certificate is outside its dates now."""
-    import datetime
-
-    from cryptography import x509
-
-    try:
-        certificate = x509.load_pem_x509_certificate(open(cert, "rb").read())
-    except (OSError, ValueError):
-        return None
-    now = datetime.datetime.now(datetime.timezone.utc)
-    if certificate.not_valid_after_utc < now:
-        return f"{cert} expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
-    if certificate.not_valid_before_utc > now:
-        return f"{cert} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
-    return None
+def _failure(e: OSError, cert: str, name: str) -> str:
+    """Our words for why the handshake failed (tls/diagnosis.py decides the cause); a refusal
+    says what the server's alert means, and our certificate's own dates come first."""
+    found = diagnose(e, ours=cert)
+    if found.cause in (Cause.UNTRUSTED, Cause.NAME_MISMATCH) or (found.cause is Cause.EXPIRED and not found.ours):
+        return f"server certificate not trusted for {name!r}: {getattr(e, 'verify_message', None) or found.reason}"
+    if found.cause is Cause.TPM:
+        return found.reason
+    if found.cause in (Cause.UNREACHABLE, Cause.TIMEOUT) and not isinstance(e, ssl.SSLError):
+        return f"cannot connect: {found.reason}"
+    if found.cause is Cause.EXPIRED:
+        return f"handshake failed: the server refused our client certificate ({found.reason}): " \
+               f"{found.dates or 'it considers it expired'}"
+    if found.cause is not Cause.REFUSED:
+        return f"handshake failed: {found.reason}"
+    if found.alert == "unknown ca":
+        return f"handshake failed: the server refused our client certificate ({found.reason}): " \
+               "it does not trust the CA that issued it"
+    if found.alert == "certificate required":
+        return f"handshake failed: the server requires a client certificate and did not accept ours ({found.reason})"
+    return f"handshake failed: the server refused our client certificate ({found.reason})"

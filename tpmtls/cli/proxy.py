@@ -29,8 +29,8 @@ _log = logging.getLogger("tpmtls.proxy")
 def run(args: argparse.Namespace) -> int:
     from .._systemd import notify
     from ..errors import TpmtlsError
-    from ..registry.client import parse_resolve
     from ..registry.proxy import RegistryProxy
+    from ..registry.transport import parse_resolve
 
     proxy = RegistryProxy(args.upstream, args.listen, cert_dir=args.cert_dir, certs_root=args.certs_root,
                           resolve=parse_resolve(args.resolve), tcti=args.tcti, log=_log.info)

@@ -22,6 +22,7 @@ from docker.constants import DEFAULT_MAX_POOL_SIZE, DEFAULT_NUM_POOLS, DEFAULT_T
 from requests.adapters import HTTPAdapter
 
 from ..errors import HandshakeError, TpmtlsError, UsageError
+from ..tls.diagnosis import Cause, causes, diagnose
 from . import DaemonError
 from .config import parse_host
 from .files import CertPath, default_cert_path
@@ -96,55 +97,44 @@ def _env_tls_verify() -> bool:
 
 
 def explain_tls_failure(err: BaseException, where: str, cert_path: CertPath) -> TpmtlsError:
-    """One line for a failed TLS exchange with a daemon (or NGINX in front of one)."""
-    text = str(err)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        if "match" in text or "mismatch" in text or "IP address" in text:
-            return HandshakeError(f"{where}: the daemon's certificate does not name this host ({_reason(text)})")
-        return HandshakeError(f"{where}: the daemon's certificate is not signed by {cert_path.ca} ({_reason(text)})")
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text or "record layer failure" in text \
-            or "packet length too long" in text or "http request" in text.lower():
+    """One line for a failed TLS exchange with a daemon (or NGINX in front of one); the cause
+    is tls/diagnosis.py's, the words are the daemon side's."""
+    found = diagnose(err, ours=cert_path.cert)
+    if found.cause is Cause.NAME_MISMATCH:
+        return HandshakeError(f"{where}: the daemon's certificate does not name this host ({found.reason})")
+    if found.cause is Cause.UNTRUSTED:
+        return HandshakeError(f"{where}: the daemon's certificate is not signed by {cert_path.ca} ({found.reason})")
+    if found.cause is Cause.EXPIRED and not found.ours:
+        return HandshakeError(f"{where}: the daemon's certificate is out of its dates ({found.reason})")
+    if found.cause is Cause.NOT_TLS:
         return HandshakeError(f"{where}: does not speak TLS (a plain-TCP daemon port?); "
                               "point DOCKER_HOST at the daemon's --tlsverify port")
-    if any(s in text for s in ("alert bad certificate", "alert unknown ca", "certificate required",
-                               "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "CERTIFICATE_REQUIRED",
-                               "alert certificate unknown", "No required SSL certificate",
-                               "The SSL certificate error")):
+    if found.cause is Cause.EXPIRED:
+        return HandshakeError(f"{where}: refused our client certificate {cert_path.cert} "
+                              f"({found.dates or 'as expired or not yet valid'})")
+    if found.cause is Cause.REFUSED:
         return HandshakeError(f"{where}: refused our client certificate {cert_path.cert} "
                               "(is it issued by a CA the daemon trusts, and not expired?)")
-    if isinstance(err, (ConnectionResetError, BrokenPipeError)) or "reset by peer" in text or "EOF occurred" in text:
+    if found.cause is Cause.CLOSED:
         # Go's TLS 1.3 server (dockerd) drops the connection after a handshake whose client
         # certificate it does not accept: an EOF right there means exactly that.
         return HandshakeError(f"{where}: refused our client certificate {cert_path.cert} (closed the connection "
                               "during TLS set-up: is it issued by a CA the daemon trusts, and not expired?)")
-    return HandshakeError(f"{where}: TLS failed: {_reason(text)}")
-
-
-def _reason(text: str) -> str:
-    import re
-
-    m = re.search(r"\[SSL: ([A-Z0-9_]+)\] ([^(]*?)(?: \(_ssl|\)|'|$)", text)
-    return m.group(2).strip() if m else text.splitlines()[0][:200]
+    return HandshakeError(f"{where}: TLS failed: {found.reason}")
 
 
 def _explain(err: BaseException, where: str, cert_path: CertPath | None) -> TpmtlsError:
-    chain: list[BaseException] = []
-    e: BaseException | None = err
-    while e is not None and len(chain) < 8:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    text = " | ".join(str(x) for x in chain)
-    if cert_path is not None and any(isinstance(x, (ssl.SSLError, requests.exceptions.SSLError)) for x in chain):
-        return explain_tls_failure(Exception(text), where, cert_path)
-    if "Connection refused" in text or "No such file or directory" in text:
+    found = diagnose(err)
+    if cert_path is not None and (any(isinstance(x, (ssl.SSLError, requests.exceptions.SSLError)) for x in causes(err))
+                                  or found.cause is Cause.CLOSED):
+        return explain_tls_failure(err, where, cert_path)
+    if found.cause is Cause.UNREACHABLE:
+        if "resolution" in found.reason or "not known" in found.reason:
+            return DaemonError(f"{where}: cannot resolve the host name")
         return DaemonError(f"{where}: cannot connect (connection refused): is dockerd (or the proxy) running there?")
-    if "timed out" in text.lower():
+    if found.cause is Cause.TIMEOUT:
         return DaemonError(f"{where}: no answer in time: is the host reachable and the port right?")
-    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
-        return DaemonError(f"{where}: cannot resolve the host name")
-    if cert_path is not None and ("reset by peer" in text or "Connection aborted" in text):
-        return explain_tls_failure(ConnectionResetError(text), where, cert_path)
-    return DaemonError(f"{where}: {_reason(text)}")
+    return DaemonError(f"{where}: {found.reason}")
 
 
 def docker_client(

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from .._callers import foreign_caller
 from .._systemd import LISTEN_FD, passed_local_socket
 from ..errors import TpmtlsError, UsageError
+from ..tls.diagnosis import diagnose_response
 from ._stream import CHUNK, TlsStream, pump
 from .client import DaemonError, explain_tls_failure
 from .config import parse_host
@@ -198,7 +199,7 @@ class DaemonProxy:
         server = next((h.split(":", 1)[1].strip() for h in head[1:] if h.lower().startswith("server:")), "")
         self.half_close = server.startswith("Docker/")
         if " 200 " not in status + " ":
-            if " 400 " in status and (b"SSL certificate" in reply or b"No required SSL" in reply):
+            if " 400 " in status and diagnose_response(400, reply.split(b"\r\n\r\n", 1)[-1]) is not None:
                 raise explain_tls_failure(Exception(reply.decode(errors="replace")), self.upstream, self.cert_path)
             raise DaemonError(f"{self.upstream}: answered {status!r} to /_ping: not a Docker daemon?")
         return status

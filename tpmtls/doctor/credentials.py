@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from ..registry.auth import docker_config_path
+from ..registry.credentials import docker_config_path
 from . import FAILED, INFO, OK, WARNING, Finding
 
 HELPER = "docker-credential-tpmtls"

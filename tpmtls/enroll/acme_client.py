@@ -34,7 +34,7 @@ from ..tpm.device import Tpm
 from ..tpm.keys import AnyTpmKey
 from .acme_attobj import encode_att_obj
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
-from .attestation import AkCredential, obtain_ak_certificate, pcr_quote
+from .attestation import AkCredential, obtain_ak_certificate, pcr_quote, tls_problem
 
 PERMANENT_IDENTIFIER = messages.IdentifierType("permanent-identifier")
 DEADLINE = 90.0
@@ -99,7 +99,7 @@ def _problem(e: Exception, url: str) -> EnrollError:
         details = [str(ch.error.detail) for a in e.failed_authzrs for ch in a.body.challenges if ch.error]
         return EnrollError(f"{url}: challenge failed: {'; '.join(details) or 'no reason given'}")
     if isinstance(e, requests.exceptions.SSLError):
-        return EnrollError(f"{url}: TLS verification failed; pass the server's CA with --cafile")
+        return tls_problem(url, e)
     if isinstance(e, requests.exceptions.RequestException):
         return EnrollError(f"{url}: cannot reach the ACME server ({type(e).__name__})")
     return EnrollError(f"{url}: ACME exchange failed: {e}")

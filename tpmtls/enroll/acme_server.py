@@ -20,12 +20,10 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import josepy as jose
-from acme import jws as acme_jws
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -33,21 +31,20 @@ from cryptography.x509.oid import NameOID
 from .._files import write_atomic
 from ..pki.ca import FileCA
 from .acme_attobj import verify_att_obj
+from .acme_jws import ALGORITHMS, JOSE, parse_jws, signature_verifies
+from .acme_settings import NONCE_TTL, Settings, Stats
 from .attest_ca import AttestationCA
 from .attest_errors import EnrollError, Refusal
 from .attest_policy import PcrPolicy
 from .attest_verify import load_der_csr, load_pem_bundle
 from .ek_hygiene import EkCrls, EkDenyList, check_not_roca
-from .ratelimit import Buckets, Rate
+from .ratelimit import Buckets
 from .serve import EnrollServer, Request, Response
 from .state import Account, CertRecord, EnrollStore, Order
 from .state_sql import open_store
 
 IDENTIFIER_TYPE = "permanent-identifier"
 CHALLENGE_TYPE = "device-attest-01"
-JOSE = "application/jose+json"
-ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-NONCE_TTL = 300.0
 MAX_ORDERS_LISTED = 100
 
 _log = logging.getLogger("tpmtls.enroll_server")
@@ -59,32 +56,6 @@ def _id() -> str:
 
 def _rfc3339(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Settings:
-    """What the operator decides, not the client: certificate lifetime, expiries and per-client limits."""
-
-    cert_hours: float = 24.0  # attested client certificates are short-lived; renewal re-attests
-    nonce_ttl: float = NONCE_TTL
-    nonce_cap: int = 100_000  # outstanding nonces; past it the oldest are forgotten (their clients retry)
-    order_ttl: float = 3600.0
-    open_orders_per_account: int = 10
-    account_idle: float = 7 * 86400.0  # an account unused this long (and without orders) is forgotten
-    keep_orders: float = 86400.0  # orders stay this long past their expiry (their certificates stay for good)
-    new_accounts: Rate = field(default_factory=lambda: Rate(1.0, 30))  # per client address
-    attestations: Rate = field(default_factory=lambda: Rate(1.0, 30))  # /attest per client address
-
-
-@dataclass
-class Stats:
-    """Counters of this process, for tests, logs and the benchmark."""
-
-    issued: int = 0
-    refused: int = 0
-    requests: int = 0
-    seconds: float = 0.0  # time spent handling requests (server CPU + verification + database)
-    reasons: list[str] = field(default_factory=list)
 
 
 class EnrollApp:
@@ -159,25 +130,7 @@ class EnrollApp:
     # -- JWS ------------------------------------------------------------------------------
     def verify_jws(self, body: bytes, url: str, *, new_account: bool = False) -> tuple[bytes, jose.JWK, Account | None]:
         """RFC 8555 6.2-6.4: flattened JWS whose *protected* header holds alg, nonce, url and jwk xor kid."""
-        try:
-            raw = json.loads(body)
-        except ValueError:
-            raise Refusal("malformed", "request is not a flattened JWS") from None
-        if not isinstance(raw, dict) or set(raw) != {"protected", "payload", "signature"}:
-            if isinstance(raw, dict) and "header" in raw:
-                raise Refusal("malformed", "the JWS unprotected header must not be used (RFC 8555 6.2): alg, nonce, "
-                                           "url, jwk and kid belong in the protected header")
-            raise Refusal("malformed", "request is not a flattened JWS (exactly protected, payload, signature)")
-        try:
-            jws = acme_jws.JWS.from_json(raw)
-        except Exception:  # noqa: BLE001 - josepy DeserializationError, bad base64, bad header JSON
-            raise Refusal("malformed", "request is not a flattened JWS") from None
-        header: Any = jws.signature.combined  # no unprotected header (refused above): the protected one alone
-        if header.alg is None or header.alg.name not in ALGORITHMS:
-            raise Refusal("badSignatureAlgorithm", f"unsupported JWS algorithm {getattr(header.alg, 'name', None)}",
-                          extra={"algorithms": list(ALGORITHMS)})
-        if header.url != url:
-            raise Refusal("unauthorized", f"JWS url {header.url!r} is not this resource {url!r}")
+        jws, header = parse_jws(body, url)
         self._use_nonce(header.nonce)
         account = None
         if new_account:
@@ -192,11 +145,7 @@ class EnrollApp:
             if account is None:
                 raise Refusal("accountDoesNotExist", "unknown account")
             key = jose.JWK.from_json(json.loads(account.jwk))
-        try:
-            ok = jws.verify(key)
-        except Exception:  # noqa: BLE001 - key/algorithm mismatch
-            ok = False
-        if not ok:
+        if not signature_verifies(jws, key):
             raise Refusal("unauthorized", "JWS signature does not verify")
         if account is not None:
             if account.status != "valid":
@@ -523,4 +472,4 @@ def _contact(value: object) -> list[str]:
     return list(value)
 
 
-__all__ = ["EnrollApp", "EnrollServer", "Settings", "Stats"]
+__all__ = ["ALGORITHMS", "JOSE", "NONCE_TTL", "EnrollApp", "EnrollServer", "Settings", "Stats"]

@@ -16,6 +16,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..tls.diagnosis import Cause, diagnose
 from ..tpm import attest
 from ..tpm.device import Tpm
 from .attest_errors import ACME_ERROR_PREFIX, EnrollError
@@ -59,9 +60,9 @@ def post_json(session: requests.Session, url: str, body: dict[str, Any]) -> dict
         # verify= per call: an environment REQUESTS_CA_BUNDLE would override session.verify (psf/requests#3829)
         resp = session.post(url, json=body, timeout=TIMEOUT, verify=session.verify)
     except requests.exceptions.SSLError as e:
-        raise EnrollError(f"{url}: TLS verification failed ({_reason(e)}); pass the server's CA with --cafile") from None
+        raise tls_problem(url, e) from None
     except requests.exceptions.RequestException as e:
-        raise EnrollError(f"{url}: cannot reach the Attestation CA ({_reason(e)})") from None
+        raise EnrollError(f"{url}: cannot reach the Attestation CA ({diagnose(e).reason})") from None
     try:
         doc = resp.json()
     except ValueError:
@@ -76,12 +77,20 @@ def post_json(session: requests.Session, url: str, body: dict[str, Any]) -> dict
     return doc
 
 
-def _reason(e: Exception) -> str:
-    text = str(e)
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "Connection refused", "timed out", "Name or service not known"):
-        if marker in text:
-            return marker
-    return text.splitlines()[0][:160] if text else type(e).__name__
+def tls_problem(url: str, e: BaseException) -> EnrollError:
+    """A failed TLS exchange with an enrollment server, in one line (tls/diagnosis.py decides why)."""
+    found = diagnose(e)
+    if found.cause is Cause.UNTRUSTED:
+        return EnrollError(f"{url}: TLS verification failed ({found.reason}); pass the server's CA with --cafile")
+    if found.cause is Cause.NAME_MISMATCH:
+        return EnrollError(f"{url}: TLS verification failed: the server's certificate is for another name "
+                           f"({found.reason})")
+    if found.cause is Cause.EXPIRED and not found.ours:
+        return EnrollError(f"{url}: TLS verification failed: the server's certificate is out of its dates "
+                           f"({found.reason})")
+    if found.cause is Cause.NOT_TLS:
+        return EnrollError(f"{url}: does not speak TLS ({found.reason}): check the URL's port")
+    return EnrollError(f"{url}: TLS failed ({found.reason})")
 
 
 def attest_request(tpm: Tpm, ek: attest.Ek, ak: attest.Ak) -> dict[str, Any]:
@@ -164,4 +173,4 @@ def credential_from_reply(ak: attest.Ak, reply: dict[str, Any], base: str,
 
 
 __all__ = ["AkCredential", "attest_request", "credential_from_reply", "obtain_ak_certificate", "pcr_quote", "pcr_selection",
-           "post_json", "secret_request"]
+           "post_json", "secret_request", "tls_problem"]

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..errors import EnrollmentError, HandshakeError
+from ..tls.diagnosis import Cause, certificate_dates, diagnose
 from .pairing_agent import ENROLL_PATH
 from .store import CertificateStore, StoreLike, as_store, key_fingerprint, normalize_fingerprint, split_host
 
@@ -60,9 +61,10 @@ def pairing_context(store: CertificateStore, tcti: str | None = None) -> ssl.SSL
 
 
 def connect_pinned(ctx: ssl.SSLContext, host: str, port: int, expected: str | None,
-                   timeout: float = _TIMEOUT) -> tuple[ssl.SSLSocket, str, object]:
+                   timeout: float = _TIMEOUT, *, client_cert: Path | None = None) -> tuple[ssl.SSLSocket, str, object]:
     """TLS to the agent; returns (socket, fingerprint, public key). Raises, having sent no
-    application data, when the fingerprint is not `expected`."""
+    application data, when the fingerprint is not `expected`. `client_cert`: the certificate
+    `ctx` presents, whose dates explain a refusal."""
     where = f"{host}:{port}"
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -73,12 +75,7 @@ def connect_pinned(ctx: ssl.SSLContext, host: str, port: int, expected: str | No
         tls = ctx.wrap_socket(raw, server_hostname=server_hostname)
     except (ssl.SSLError, OSError) as e:
         raw.close()
-        text = str(e)
-        lowered = text.lower()
-        if "unknown ca" in lowered or "certificate" in lowered or isinstance(e, (ConnectionResetError, BrokenPipeError)):
-            raise HandshakeError(f"{where}: the agent refused our client certificate (is its --ca the CA in the "
-                                 f"store, ca/ca.crt?): {text[:160]}") from None
-        raise HandshakeError(f"{where}: TLS failed: {text[:200]}") from None
+        raise _tls_failure(where, e, client_cert, handshake_done=False) from None
     der = tls.getpeercert(binary_form=True)
     if not der:
         tls.close()
@@ -92,7 +89,7 @@ def connect_pinned(ctx: ssl.SSLContext, host: str, port: int, expected: str | No
     return tls, seen, public
 
 
-def post_certificate(tls: ssl.SSLSocket, host: str, port: int, pem: bytes) -> None:
+def post_certificate(tls: ssl.SSLSocket, host: str, port: int, pem: bytes, *, client_cert: Path | None = None) -> None:
     """POST the server certificate on the pinned connection; anything but 201 raises."""
     where = f"{host}:{port}"
     try:
@@ -104,12 +101,11 @@ def post_certificate(tls: ssl.SSLSocket, host: str, port: int, pem: bytes) -> No
         response.begin()
         body = response.read(64 * 1024)
     except (OSError, http.client.HTTPException) as e:
-        text = str(e)
-        if isinstance(e, ssl.SSLError) and ("alert" in text.lower() or "EOF" in text):
+        found = diagnose(e)
+        if isinstance(e, ssl.SSLError) and (found.refused or found.cause is Cause.CLOSED):
             # TLS 1.3: the server checks our certificate after the handshake and says so with an alert
-            raise HandshakeError(f"{where}: the agent refused our client certificate (is its --ca the CA in the "
-                                 f"store, ca/ca.crt?): {text[:160]}") from None
-        raise EnrollmentError(f"{where}: no answer to the enrollment request ({text or type(e).__name__})") from None
+            raise _tls_failure(where, e, client_cert, handshake_done=True) from None
+        raise EnrollmentError(f"{where}: no answer to the enrollment request ({str(e) or type(e).__name__})") from None
     if response.status != 201:
         reason = _message(body) or response.reason
         if response.status in (400, 404) and b"certificate refused" not in body:
@@ -144,19 +140,41 @@ def ensure_server_enrolled(store: StoreLike, host: str, *, port: int | None = No
     pin = expected or recorded
     trust = "expected" if expected else "pinned" if recorded else "first-use"
     ctx = pairing_context(st, tcti)
-    tls, seen, public = connect_pinned(ctx, name, p, pin, timeout)
+    tls, seen, public = connect_pinned(ctx, name, p, pin, timeout, client_cert=st.client_cert)
     try:
         if trust == "first-use":
             st.record_pin(name, p, seen, "trusted-on-first-use")
             if on_first_use is not None:
                 on_first_use(seen)
         server_cert = st.issue_server(public, name)
-        post_certificate(tls, name, p, server_cert.public_bytes(serialization.Encoding.PEM))
+        post_certificate(tls, name, p, server_cert.public_bytes(serialization.Encoding.PEM), client_cert=st.client_cert)
     finally:
         tls.close()
     how = {"expected": "expected-out-of-band", "pinned": "trusted-on-first-use", "first-use": "trusted-on-first-use"}
     path = st.record_server(name, p, server_cert, seen, how[trust])
     return Enrollment(name, p, path, seen, trust, changed=True)
+
+
+def _tls_failure(where: str, e: OSError, client_cert: Path | None, *, handshake_done: bool) -> HandshakeError:
+    """Why the TLS exchange with the agent failed, in the pairing's words (tls/diagnosis.py decides)."""
+    found = diagnose(e, ours=client_cert)
+    # TLS 1.3: the server judges our certificate after our side of the handshake is done, and
+    # a hang-up right then is its refusal with the alert lost
+    refused = found.refused or (found.cause is Cause.CLOSED and handshake_done)
+    dates = (found.dates or (certificate_dates(client_cert) if client_cert else None)) if refused else None
+    if dates or (found.cause is Cause.EXPIRED and found.ours):
+        return HandshakeError(f"{where}: the agent refused our client certificate as expired or not yet valid "
+                              f"({dates or found.reason}); remove the store's client.crt to have a new key and "
+                              "certificate made")
+    if refused:
+        return HandshakeError(f"{where}: the agent refused our client certificate (is its --ca the CA in the "
+                              f"store, ca/ca.crt?): {found.reason}")
+    if found.cause is Cause.CLOSED:
+        return HandshakeError(f"{where}: closed the connection during the TLS handshake ({found.reason}): is "
+                              "enroll-agent listening there, with the store's CA (ca/ca.crt) as its --ca?")
+    if found.cause is Cause.NOT_TLS:
+        return HandshakeError(f"{where}: does not speak TLS ({found.reason}): is enroll-agent listening there?")
+    return HandshakeError(f"{where}: TLS failed: {found.reason}")
 
 
 def _is_ip(host: str) -> bool:

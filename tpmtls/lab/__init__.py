@@ -22,7 +22,8 @@ directory, stopped by PID (`process`):
   `tpmrm_space`): tpmtls's default TCTI kind, for tests and benchmarks. Needs /dev/fuse,
   Debian's fuse3 and mfusepy (the test extra); see docs/tpm-device.md.
 * `open_per_sign.OpenPerSignPool` -- the naive signer, the benchmarks' baseline.
-* `registry.Registry`, `dockerd.Dockerd`, `images.build_docker_archive`,
+* `registry.Registry`, `dockerd.Dockerd`, `containerd.Containerd` (ctr and the CRI plugin),
+  `containers.ContainersTools` (podman, buildah, skopeo on private storage), `images.build_docker_archive`,
   `ekca.EkCa` (a stand-in TPM maker's EK CA).
 
 The harness's own TPM commands (readiness probe, dictionary-attack set-up,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from .process import Component, child_env, fail, find_binary, make_workdir, register, spawn, terminate, unregister
+from .process import Daemon, child_env, fail, find_binary, make_workdir, register, spawn
 
 
-class Dockerd(Component):
+class Dockerd(Daemon):
     """A private `dockerd` (Debian's docker.io) on a unix socket in a temp dir.
 
     vfs storage, no iptables or bridge: images can be imported, saved, loaded, tagged,
@@ -63,13 +62,3 @@ class Dockerd(Component):
             time.sleep(0.1)
         self.stop()
         raise fail("dockerd did not answer /_ping within 60 s", self.log_path)
-
-    def _reap(self) -> None:
-        if self._proc is not None:
-            terminate(self._proc, timeout=20)
-            self._proc = None
-            unregister(self)
-
-    def stop(self) -> None:
-        self._reap()
-        shutil.rmtree(self._run, ignore_errors=True)

@@ -280,3 +280,20 @@ class Component(ABC):
         finally:
             if self._owns_workdir:
                 remove_workdir(self.workdir)
+
+
+class Daemon(Component):
+    """A daemon whose sockets live in a short runtime directory of its own (`_run`, in /tmp: unix
+    socket paths are limited to 108 bytes); stopped by PID, the directory removed with it."""
+
+    _run: Path
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            terminate(self._proc, timeout=20)
+            self._proc = None
+            unregister(self)
+
+    def stop(self) -> None:
+        self._reap()
+        shutil.rmtree(self._run, ignore_errors=True)

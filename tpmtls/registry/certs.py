@@ -15,8 +15,8 @@ from ..docker.files import CertDir, lookup, read_cert_dir
 from ..errors import RegistryError
 
 if TYPE_CHECKING:
-    from .auth import Credentials
     from .client import RegistryClient
+    from .credentials import Credentials
 
 
 def ssl_context_for(certs: CertDir, tcti: str | None = None) -> ssl.SSLContext:
@@ -39,8 +39,8 @@ def registry_client(registry: str, *, cert_dir: "str | os.PathLike[str] | None" 
     """A client for `registry` set up the way `docker push/pull` would: certs.d (`cert_dir`,
     or tpmtls's root — `certs_root` if given — then Docker's), credentials from the docker
     config unless given, `--resolve`."""
-    from .auth import find_credentials
     from .client import RegistryClient
+    from .credentials import find_credentials
 
     credentials = credentials or find_credentials(registry)  # config errors before any TLS set-up
     if cert_dir:

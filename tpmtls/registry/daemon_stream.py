@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import ImageError
+from .leftovers import SHARED_TMP_MIN_AGE, sweep_stale
 from .sources import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -115,8 +116,6 @@ def _prepare(blob: Blob, what: str) -> None:
 
 def stream_daemon_image(name: str, image: object, on_layer: Callable[[Blob], None]) -> Image:
     """Save daemon image `name` to a temp file, calling `on_layer` for each layer as it completes."""
-    from .pull import SHARED_TMP_MIN_AGE, sweep_stale
-
     sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-", SHARED_TMP_MIN_AGE)
     fd, tmp_name = tempfile.mkstemp(prefix=f"tpmtls-save-{os.getpid()}-", suffix=".tar")
     tmp = Path(tmp_name)

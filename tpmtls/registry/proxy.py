@@ -33,9 +33,9 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from .._callers import foreign_caller
 from .._systemd import LISTEN_FD, passed_local_socket
 from ..errors import RegistryError, UsageError
+from .transport import ONCE, Retries, Transport, TransportError
 
 CHUNK = 65536
-CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
 #: Upstream connections kept per host; more concurrent requests wait for one to come back.
 POOL_SIZE = 32
@@ -48,8 +48,9 @@ REFUSED_REALM = "/_tpmtls/refused-realm"
 #: Hop-by-hop headers (RFC 9110 7.6.1) and the ones this proxy sets itself.
 _HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
         "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect"}
-_REPLAY = urllib3.Retry(total=2, connect=2, read=2, other=0, status=0, redirect=False, allowed_methods=None,
-                       raise_on_status=False, raise_on_redirect=False, backoff_factor=0)
+#: A pooled connection the registry closed while idle fails on first use: a request whose body
+#: we hold whole is sent again at once on a new one; statuses go back to docker, which retries.
+_REPLAY = Retries(attempts=3, statuses=False, backoff=0.0)
 _HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 _REALM_RE = re.compile(r'realm="([^"]*)"', re.IGNORECASE)
 
@@ -129,28 +130,15 @@ class RegistryProxy:
                              f"install one with 'tpmtls certs install {name} …' or pass --cert-dir")
         self.client_cert = certs.client[0]
         self.context = ssl_context_for(certs, tcti)
-        self.resolve = dict(resolve or {})
+        self.transport = Transport(self.upstream, self.context, resolve=resolve, connections=POOL_SIZE,
+                                   read_timeout=READ_TIMEOUT, client_cert=str(self.client_cert))
         self.log = log or (lambda line: None)
         self.counters = ProxyCounters()
-        self._pools: dict[str, urllib3.HTTPSConnectionPool] = {}
         self._realms: set[str] = set()  # token-server host:port the upstream named in a challenge
         self._lock = threading.Lock()
         self._server: _Server | None = None
 
     # ---- upstream ------------------------------------------------------------------------
-
-    def pool(self, hostport: str) -> urllib3.HTTPSConnectionPool:
-        """The connection pool for an https host:port (the registry, or its token server)."""
-        with self._lock:
-            pool = self._pools.get(hostport)
-            if pool is None:
-                host, _, port = hostport.rpartition(":")
-                address = self.resolve.get(hostport, host)
-                pool = self._pools[hostport] = urllib3.HTTPSConnectionPool(
-                    address, int(port), ssl_context=self.context, server_hostname=host, assert_hostname=host,
-                    maxsize=POOL_SIZE, block=True, retries=False,
-                    timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT))
-            return pool
 
     def allow_realm(self, hostport: str) -> None:
         with self._lock:
@@ -162,37 +150,10 @@ class RegistryProxy:
 
     def check(self) -> str:
         """GET /v2/ upstream: its status line, or a RegistryError saying why not (one line)."""
-        try:
-            resp = self.pool(self.upstream).urlopen("GET", "/v2/", headers={"Host": self.upstream},
-                                                    redirect=False, assert_same_host=False)
-        except Urllib3Error as e:
-            raise RegistryError(self.explain(e)) from None
+        resp = self.transport.send("GET", "/v2/", headers={"Host": self.upstream}, retries=ONCE)
         if resp.status not in (200, 401):
             raise RegistryError(f"{self.upstream}: answered {resp.status} to GET /v2/: not a registry?")
         return f"{resp.status} {resp.reason}"
-
-    def explain(self, e: Exception, where: str | None = None) -> str:
-        """One line for an upstream failure: our certificate refused, the server not trusted, down."""
-        from .client import _closed_after_handshake, _plain_http, _reason
-
-        where = where or self.upstream
-        reason = _reason(e)
-        ssl_reason = re.search(r"\[SSL: [A-Z0-9_]+\] ([^(']+)", reason)
-        if ssl_reason:
-            reason = ssl_reason.group(1).strip()  # "sslv3 alert bad certificate", not three wrappers deep
-        errno_reason = re.search(r"\[Errno -?\d+\] ([^\"')]+)", reason)
-        if errno_reason and not ssl_reason:
-            return f"{where}: cannot connect ({errno_reason.group(1).strip()}): is the registry listening there?"
-        low = reason.lower()
-        if "certificate verify failed" in low or "doesn't match" in low or "hostname mismatch" in low:
-            return f"{where}: its server certificate is not trusted ({reason}); check ca.crt in the certs.d directory"
-        if ("alert" in low and ("certificate" in low or "unknown ca" in low or "handshake" in low)) \
-                or _closed_after_handshake(e):
-            return (f"{where} refused our client certificate {self.client_cert} ({reason}); is it issued by a CA "
-                    "the registry trusts?")
-        if _plain_http(e):
-            return f"{where}: answers in plain HTTP, not TLS (check the port)"
-        return f"{where}: {reason}"
 
     def tls_stats(self) -> dict[str, int]:
         sessions = getattr(self.context, "sessions", None)
@@ -241,8 +202,7 @@ class RegistryProxy:
             self._server.serve_forever(poll_interval=0.2)
         finally:
             self._server.server_close()
-            for pool in list(self._pools.values()):
-                pool.close()
+            self.transport.close()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -328,22 +288,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._refuse(400, "UNSUPPORTED", "bad Content-Length", "bad Content-Length")
         if length is not None:
             headers["Content-Length"] = str(length)
-        # A pooled connection the registry closed while idle fails on first use: a request whose
-        # body we hold whole (none, or empty) is sent again on a new connection; a streamed one not.
-        retries: Any = _REPLAY if not isinstance(body, Iterator) else False
-        try:
-            resp = proxy.pool(target_host).urlopen(
-                self.command, path, body=body, headers=headers, redirect=False, assert_same_host=False,
-                preload_content=False, decode_content=False, chunked=body is not None and length is None,
-                retries=retries, pool_timeout=POOL_WAIT)
+        url = path if target_host == proxy.upstream else f"https://{target_host}{path}"
+        try:  # a request whose body we hold whole (none, or empty) may be replayed; a streamed one not
+            resp = proxy.transport.send(
+                self.command, url, body=body, headers=headers, stream=True, decode_content=False,
+                chunked=body is not None and length is None, retries=_REPLAY, pool_timeout=POOL_WAIT)
         except (_ClientGone, ValueError):
             self.close_connection = True
             return 499, counted.n, 0, "client closed the request or sent a malformed chunked body"
-        except Urllib3Error as e:
-            line = proxy.explain(e, target_host)
+        except TransportError as e:
+            line = str(e)
             proxy.counters.add(failures=1)
             self.close_connection = True
-            status, down = self._send_json(502, _errors("UNAVAILABLE", f"tpmtls proxy: {line}"))
+            status, down = self._send_json(502, _errors("UNAVAILABLE", f"tpmtls proxy: {line}"), f"tpmtls proxy: {line}")
             return status, counted.n, down, f"upstream failed: {line}"
         try:
             return self._respond(proxy, resp, client_host, counted.n)
@@ -413,9 +370,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, down = self._send_json(status, _errors(code, message))
         return status, 0, down, note
 
-    def _send_json(self, status: int, payload: dict[str, Any]) -> tuple[int, int]:
+    def _send_json(self, status: int, payload: dict[str, Any], reason: str | None = None) -> tuple[int, int]:
         body = json.dumps(payload, indent=1).encode() + b"\n"
-        self.send_response_only(status)
+        self.send_response_only(status, _reason_phrase(reason) if reason else None)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
@@ -462,6 +419,14 @@ def _dechunk(rfile: Any) -> Iterator[bytes]:
             return
         yield from _exactly(rfile, size)
         rfile.readline(8)  # the CRLF after the chunk
+
+
+def _reason_phrase(text: str) -> str:
+    """`text` as a reason phrase (RFC 9112 4: visible ASCII, one line, here <= 400 characters). Go clients
+    (containerd, dockerd) print a 5xx's reason phrase, never its body (docs/oci-clients.md, "When the registry
+    refuses the key")."""
+    printable = re.sub(r"[^\x20-\x7e]", "?", text.encode("ascii", "backslashreplace").decode())
+    return printable if len(printable) <= 400 else printable[:399] + "~"
 
 
 def _errors(code: str, message: str) -> dict[str, Any]:

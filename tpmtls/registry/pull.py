@@ -11,20 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import OutputError, check_writable, write_atomic
 from ..errors import ImageError, RegistryError
-from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient
+from .credentials import Credentials
+from .leftovers import SHARED_TMP_MIN_AGE, TMP_PREFIX, sweep_stale
 from .progress import Progress
 from .reference import Reference, parse_reference
 from .sources import INDEX_TYPES
@@ -65,57 +64,6 @@ def _fetch_blob(client: RegistryClient, repo: str, digest: str, target: Path, pr
         Path(tmp).unlink(missing_ok=True)
         raise
     progress.line(f"{digest[7:19]}: Pull complete")
-
-
-TMP_PREFIX = ".tmp-"  # + the pulling process's pid: a later pull removes those of dead pulls
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-SHARED_TMP_MIN_AGE = 3600.0  # seconds: leftovers in the shared temp dir older than this go
-
-
-def sweep_stale(directory: Path, prefix: str = TMP_PREFIX, min_age: float = 0.0) -> int:
-    """Remove temp files (or dirs) `<prefix><pid>-*` left by pulls that were killed; returns how many.
-
-    Only names of that shape whose process is gone, and at least `min_age` seconds old:
-    in a directory shared with other PID namespaces (/tmp and containers) a live process
-    can look dead, so there only old leftovers go.
-    """
-    removed = 0
-    try:
-        entries = list(directory.iterdir())
-    except OSError:
-        return 0
-    now = time.time()
-    for entry in entries:
-        if not entry.name.startswith(prefix):
-            continue
-        pid_text = entry.name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
-            continue
-        try:
-            if min_age and now - entry.lstat().st_mtime < min_age:
-                continue
-        except OSError:
-            continue
-        try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            removed += 1
-        except OSError:
-            pass
-    return removed
 
 
 def _check_destination(kind: str, where: str) -> None:

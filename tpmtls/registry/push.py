@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .._files import write_atomic
 from ..errors import RegistryError
-from .auth import Credentials
 from .certs import registry_client
 from .client import RegistryClient
+from .credentials import Credentials
 from .daemon_stream import stream_daemon_image
 from .progress import Progress
 from .reference import Reference, parse_reference

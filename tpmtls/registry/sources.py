@@ -16,12 +16,13 @@ import tarfile
 import tempfile
 import types
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import ImageError
-from .client import Source
+from .leftovers import SHARED_TMP_MIN_AGE, sweep_stale
 
 READ = 1 << 20
 SAMPLE = 1 << 20  # how much of a layer decides whether it is worth compressing
@@ -43,6 +44,17 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+
+
+class Source(ABC):
+    """A blob's bytes, readable again from the start (an upload resumes by re-reading
+    and hashing up to where the registry's copy ends)."""
+
+    size: int | None  # None when unknown before reading (compressed on the fly)
+
+    @abstractmethod
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes, from the start, in pieces."""
 
 
 class FileRegion(Source):
@@ -393,8 +405,6 @@ def find_daemon_image(name: str) -> object:
 def daemon_image(name: str, image: object | None = None) -> Image:
     """An image of the local daemon, saved to a temp file first (disk, not memory)."""
     image = image if image is not None else find_daemon_image(name)
-    from .pull import SHARED_TMP_MIN_AGE, sweep_stale
-
     sweep_stale(Path(tempfile.gettempdir()), "tpmtls-save-", SHARED_TMP_MIN_AGE)  # left by pushes that were killed
     fd, tmp = tempfile.mkstemp(prefix=f"tpmtls-save-{os.getpid()}-", suffix=".tar")
 

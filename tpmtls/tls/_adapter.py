@@ -17,6 +17,7 @@ from requests.exceptions import SSLError
 
 from ..errors import HandshakeError, UsageError
 from ._errors import TpmHandshakeError
+from .diagnosis import causes
 
 if TYPE_CHECKING:
     from requests.models import PreparedRequest, Response
@@ -69,12 +70,4 @@ class TpmSSLError(SSLError, HandshakeError):
 
 def _tpm_failure(error: BaseException) -> TpmHandshakeError | None:
     """The `TpmHandshakeError` inside requests' and urllib3's wrappers (args, causes), if any."""
-    seen: list[BaseException] = [error]
-    for current in seen:
-        if isinstance(current, TpmHandshakeError):
-            return current
-        if len(seen) > 20:  # wrappers nest a few levels; never walk a cycle for ever
-            break
-        nested = [*current.args, getattr(current, "reason", None), current.__cause__, current.__context__]
-        seen.extend(x for x in nested if isinstance(x, BaseException) and x not in seen)
-    return None
+    return next((e for e in causes(error) if isinstance(e, TpmHandshakeError)), None)
