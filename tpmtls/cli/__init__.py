@@ -35,7 +35,7 @@ COMMANDS = (doctor, key, csr, connect, ca, certs, proxy, daemon_proxy, enroll, e
 
 def build_parser() -> Parser:
     parser = Parser(prog="tpmtls", description="Mutual TLS with a private key that never leaves the TPM.")
-    parser.set_defaults(verbose=0, quiet=0)
+    parser.set_defaults(verbose=0, quiet=0, build_parser=build_parser)  # `completion` generates from it
     add_tcti(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:

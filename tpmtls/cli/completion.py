@@ -31,12 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
-def _parsers() -> dict[str, Parser]:
-    from . import build_parser
+def _parsers(args: argparse.Namespace) -> dict[str, Parser]:
+    """The three commands' parsers; tpmtls's own comes from its builder, which set_defaults handed us
+    (importing it here would make tpmtls.cli and this module import each other)."""
     from .pull import build_parser as pull_parser
     from .push import build_parser as push_parser
 
-    return {"tpmtls": build_parser(), "tpmtls-push": push_parser(), "tpmtls-pull": pull_parser()}
+    return {"tpmtls": args.build_parser(), "tpmtls-push": push_parser(), "tpmtls-pull": pull_parser()}
 
 
 def _mark_paths(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def _mark_paths(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import shtab
 
-    parsers = _parsers()
+    parsers = _parsers(args)
     for name in args.program or PROGRAMS:
         _mark_paths(parsers[name])
         sys.stdout.write(shtab.complete(parsers[name], shell=args.shell))

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from ..docker.files import docker_root, read_cert_dir, tpmtls_root
 from ..errors import TpmtlsError
 from ..tpm.keyfile import is_tpm_key_file, read_key_reference
-from . import FAILED, INFO, OK, WARNING, Finding
+from .findings import FAILED, INFO, OK, WARNING, Finding
 
 RENEW_AT = 1 / 3  # warn when less than this share of a certificate's lifetime is left
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import FAILED, INFO, OK, WARNING, Finding
+from .findings import FAILED, INFO, OK, WARNING, Finding
 
 # tpmtls 0.1.0's release: a clock before it is certainly wrong (a floor that needs no network).
 RELEASED = datetime.datetime(2026, 11, 29, tzinfo=datetime.timezone.utc)

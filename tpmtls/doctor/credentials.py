@@ -6,7 +6,7 @@ import json
 import shutil
 
 from ..registry.credentials import docker_config_path
-from . import FAILED, INFO, OK, WARNING, Finding
+from .findings import FAILED, INFO, OK, WARNING, Finding
 
 HELPER = "docker-credential-tpmtls"
 NAME = "tpmtls"  # what config.json's credsStore / credHelpers say

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import TpmtlsError
-from . import FAILED, INFO, OK, WARNING, Finding
+from .findings import FAILED, INFO, OK, WARNING, Finding
 
 # Where udev rules live (udev(7)); Debian's tpm-udev installs 60-tpm-udev.rules in the second.
 UDEV_RULES_DIRS = (Path("/etc/udev/rules.d"), Path("/lib/udev/rules.d"), Path("/usr/lib/udev/rules.d"))
