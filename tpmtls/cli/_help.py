@@ -72,6 +72,12 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "certs daemon-config": (("tpmtls certs daemon-config --cert server.crt --key server.key --ca ca.crt",), ()),
     "certs env": (("tpmtls certs env docker1.example:2376 --cert-path ~/.docker/docker1 --cert client.crt "
                    "--key client.key --ca ca.pem",), _TPM),
+    "certs containerd-hosts": (("tpmtls certs containerd-hosts registry.example:5000 --proxy 127.0.0.1:5000",
+                                "tpmtls certs containerd-hosts registry.example:5000 --proxy 127.0.0.1:5000 --print"),
+                               ()),
+    "certs registries-conf": (("tpmtls certs registries-conf registry.example:5000 --proxy 127.0.0.1:5000",
+                               "tpmtls certs registries-conf registry.example:5000 --proxy 127.0.0.1:5000 --remove"),
+                              ()),
     "certs nginx-front": (("tpmtls certs nginx-front --cert nginx.crt --key nginx.key --ca ca.crt --out nginx.conf",),
                           ()),
     "proxy": (("tpmtls proxy --upstream registry.example:5000",
