@@ -85,6 +85,17 @@ def test_ek_certificate_found(cli, env, tmp_path):
     assert "ECC P-384 (high range) from CN=swtpm-localca" in message
 
 
+
+def test_nothing_set_up_yet_is_said_not_failed(cli, env):
+    """A new machine: empty certs.d roots, no credential helper anywhere; each said, none failed."""
+    report = doctor(cli, env, code=0)
+    assert findings(report, "certs.d") == [
+        ("info", f"{env['TPMTLS_CERTS_D']}: no registry directories (tpmtls certs install HOST[:PORT] …)"),
+        ("info", f"{env['DOCKER_CERTS_D']}: no registry directories")]
+    (status, message), = findings(report, "credentials")
+    assert status == "info" and "docker-credential-tpmtls is not on the PATH and" in message
+    assert "docs/credential-helper.md" in message
+
 # ---- the device: the /dev/tpmrm0 stand-in with the modes and owners a machine may have ----
 
 def _device_report(cli, env, tmp_path, **device_options) -> dict:
@@ -127,6 +138,48 @@ def test_missing_device_fails(cli, env, tmp_path):
     (status, message), = findings(report, "device")
     assert status == "failed" and "no such device: this machine has no TPM" in message
 
+
+
+def _group_findings_with_service_user(tmp_path: Path, env: dict[str, str], in_tss: bool) -> list[tuple[str, str]]:
+    """Doctor's `group` findings on a machine where `make install` made the service user tpmtls, in
+    tss or not: the accounts are files of the test's own, mounted over /etc/passwd and /etc/group
+    in a private mount namespace (the machine's stay as they are); a file of the tss group stands in
+    for the device (who may open it is what is checked)."""
+    import grp
+    import subprocess
+    import sys
+
+    from support.commands import require
+
+    require("unshare")
+    tss = grp.getgrnam("tss")
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(Path("/etc/passwd").read_text() + "tpmtls:x:64999:64999::/nonexistent:/usr/sbin/nologin\n")
+    members = ",".join([*tss.gr_mem, "tpmtls"] if in_tss else [m for m in tss.gr_mem if m != "tpmtls"])
+    group.write_text("".join(f"tss:x:{tss.gr_gid}:{members}\n" if line.startswith("tss:") else line
+                             for line in Path("/etc/group").read_text().splitlines(keepends=True))
+                     + "tpmtls:x:64999:\n")
+    device = tmp_path / "tpmrm-standin"
+    device.touch(mode=0o660)
+    os.chown(device, 0, tss.gr_gid)
+    mounted = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"'
+    run_env = {k: v for k, v in {**os.environ, **env}.items() if k != "OPENSSL_CONF"}
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", mounted, "sh", str(passwd),
+                           str(group), sys.executable, "-m", "tpmtls", "doctor", "--format", "json", "--tcti",
+                           f"device:{device}"], capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr  # the stand-in is no TPM
+    return findings(validated(proc.stdout, "doctor"), "group")
+
+
+def test_service_user_in_tss_is_ok(env, tmp_path):
+    said = _group_findings_with_service_user(tmp_path, env, in_tss=True)
+    assert said[1:] == [("ok", "the service user tpmtls is in tss")]
+
+
+def test_service_user_outside_tss_fails_and_says_how(env, tmp_path):
+    said = _group_findings_with_service_user(tmp_path, env, in_tss=False)
+    assert said[1:] == [("failed", "the service user tpmtls is not in tss: the proxy units cannot use the TPM; "
+                                   "usermod -aG tss tpmtls")]
 
 def test_udev_rule_found_or_missing(tmp_path):
     from tpmtls.doctor.tpm import _udev_rule
