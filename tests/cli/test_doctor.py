@@ -96,6 +96,31 @@ def test_nothing_set_up_yet_is_said_not_failed(cli, env):
     assert status == "info" and "docker-credential-tpmtls is not on the PATH and" in message
     assert "docs/credential-helper.md" in message
 
+
+def test_ek_certificate_that_does_not_parse_is_a_warning(cli, env, tmp_path):
+    """A TPM of the test's own whose ECC EK certificate index holds bytes that are no certificate."""
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
+    from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+
+    import tpmtls
+    from tpmtls.testing import TestTpm
+
+    garbage = b"not a certificate"
+
+    def write(ctx):  # type: ignore[no-untyped-def]
+        attrs = TPMA_NV.PPWRITE | TPMA_NV.PPREAD | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA | TPMA_NV.PLATFORMCREATE
+        public = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(nvIndex=0x01C0000A, nameAlg=TPM2_ALG.SHA256, attributes=attrs,
+                                                         dataSize=len(garbage)))
+        nv = ctx.esapi.nv_define_space(b"", public, auth_handle=ESYS_TR.RH_PLATFORM)
+        ctx.esapi.nv_write(nv, garbage, 0, auth_handle=ESYS_TR.RH_PLATFORM)
+
+    with TestTpm(tmp_path / "tpm") as own:
+        with tpmtls.Pool(own.tcti) as pool:
+            tpmtls.connect(pool=pool).pool.run("write a broken EK certificate", write)
+        report = doctor(cli, {**env, **own.env}, code=0)
+    (status, message), = findings(report, "ek")
+    assert status == "warning" and message.startswith("the ECC P-256 EK certificate in NV does not parse (")
+
 # ---- the device: the /dev/tpmrm0 stand-in with the modes and owners a machine may have ----
 
 def _device_report(cli, env, tmp_path, **device_options) -> dict:
