@@ -58,6 +58,22 @@ def test_doctor_ok(cli, test_tpm, env):
     assert any(line.startswith("ok       tpm: IBM") for line in text)
 
 
+
+def test_provider_missing_from_cryptographys_openssl_fails_and_says_why(tmp_path):
+    """A program that imported cryptography before tpmtls: the shim is in the system's OpenSSL only."""
+    import subprocess
+    import sys
+
+    code = ("from cryptography.hazmat.backends.openssl import backend\n"
+            "import json\nfrom tpmtls.doctor import tpm\n"
+            "print(json.dumps([[f.status, f.message] for f in tpm.check_provider()]))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120, check=True)
+    (theirs, why), (system, _) = json.loads(proc.stdout)
+    assert (theirs, system) == ("failed", "ok")
+    assert why.endswith(": cryptography was imported before tpmtls: import tpmtls first")
+
 def test_no_tpm_fails_in_one_line(cli, env):
     tcti = f"swtpm:host=127.0.0.1,port={free_port(2)}"
     line = cli.fails("doctor", "--tcti", tcti, env=env)
