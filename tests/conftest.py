@@ -1,4 +1,5 @@
-"""Real components for every test: swtpm + private D-Bus + tpm2-abrmd, started here."""
+"""Real components for every test: swtpm + private D-Bus + tpm2-abrmd, started here; the test
+PKI, openssl s_server, docker-registry and a private dockerd for the layers that share them."""
 
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def tpm(test_tpm: TestTpm) -> tpmtls.Tpm:
 
 @pytest.fixture
 def cli(test_tpm: TestTpm, tmp_path: Path) -> Cli:
+    """`python -m tpmtls …` on the session TPM, in the test's temp dir."""
     return Cli(test_tpm.env, tmp_path)
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory):
+    """The test CA (software key) with a server certificate for localhost/127.0.0.1."""
     from support.peers import Pki
 
     return Pki(tmp_path_factory.mktemp("pki"))
@@ -80,6 +83,7 @@ def registry(pki, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tpm_certs(pki, tpm, tmp_path_factory):
+    """A certs.d directory whose client.key is a TPM key, certified by the test CA."""
     from support.registry import tpm_cert_dir
 
     return tpm_cert_dir(tmp_path_factory.mktemp("tpmcerts") / "tpm", pki, tpm)
@@ -87,6 +91,7 @@ def tpm_certs(pki, tpm, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def soft_certs(pki, tmp_path_factory):
+    """A certs.d directory with a software client key (for skopeo)."""
     from support.registry import software_cert_dir
 
     require("skopeo")
@@ -95,6 +100,7 @@ def soft_certs(pki, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_image(tmp_path_factory):
+    """A three-layer docker-archive (about 2 MB)."""
     from tpmtls.lab import build_docker_archive
 
     return build_docker_archive(tmp_path_factory.mktemp("img") / "img.tar",
@@ -103,6 +109,7 @@ def small_image(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dockerd(tmp_path_factory):
+    """A private dockerd (the lab's) on a unix socket: images in and out, no TLS."""
     require("dockerd", "docker")
     from tpmtls.lab import Dockerd
 
@@ -171,3 +178,15 @@ def path_client(any_tpm, pki, _path_clients) -> dict[str, tuple[Path, Path]]:
         _path_clients[any_tpm.tcti] = made
     return made
 # ---- end of TPM paths ----------------------------------------------------------------------
+
+
+#: Fixtures that start a dockerd. It needs root, writes /etc/docker/key.json on its first start
+#: (dockerd 20.10's trust key) and makes cgroups and mounts for its containers: every test that
+#: uses one is a `machine` test, marked here so that a new test cannot forget it.
+DOCKERD_FIXTURES = frozenset({"dockerd", "tls_dockerd"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DOCKERD_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.machine)

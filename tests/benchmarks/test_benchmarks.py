@@ -59,6 +59,7 @@ def test_push_benchmark_random_archive(tmp_path):
     assert data["compressor"].startswith("isal")
 
 
+@pytest.mark.machine  # the benchmark starts dockerd
 def test_push_benchmark_real_files_from_the_daemon(tmp_path):
     """Real (compressible) files, from a docker-archive and from dockerd, next to skopeo's docker-daemon:."""
     require("skopeo", "docker-registry", "dockerd", "docker")

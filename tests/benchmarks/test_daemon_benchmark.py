@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from support import ROOT
 from support.commands import require
 
 
+@pytest.mark.machine  # the benchmark starts dockerd
 def test_daemon_benchmark_compares_keys_and_resumption(tmp_path):
     require("dockerd", "swtpm", "tpm2-abrmd")
     out = tmp_path / "daemon.json"

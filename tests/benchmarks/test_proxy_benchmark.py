@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from support.bench import bench
 from support.commands import require
 
 
+@pytest.mark.machine  # the benchmark starts dockerd
 def test_proxy_benchmark_reports_each_client_beside_its_plain_pull_and_signatures_per_pull(tmp_path):
     require("skopeo", "docker-registry", "dockerd", "docker", "containerd", "ctr", "podman")
     data = bench("proxy", "--size-mb", "4", "--layers", "2", "--rounds", "2", tmp_path=tmp_path)

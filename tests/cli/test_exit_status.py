@@ -18,7 +18,7 @@ import pytest
 
 import tpmtls
 from support import ROOT
-from support.peers import OpenSSLServer, clean_env
+from tpmtls.lab.process import child_env
 
 # What each entry point does against `openssl s_server -Verify 1 -www` (client certificate
 # required), keeping what it made in module globals and in a reference cycle.
@@ -121,17 +121,11 @@ def _assert_clean_stderr(proc: subprocess.CompletedProcess[str], expected: int, 
         assert proc.stderr == "", proc.stderr
 
 
-@pytest.fixture(scope="module")
-def s_server_www(pki):
-    with OpenSSLServer(pki) as server:
-        yield server
-
-
 @pytest.fixture
 def example_env(test_tpm) -> dict[str, str]:
     # docker-py's TLSConfig is overridden by REQUESTS_CA_BUNDLE (this machine sets one;
     # docs/facts-openssl.md); here only the exit behaviour is under test, so leave the user's CA alone.
-    env = clean_env(test_tpm.env)
+    env = child_env(test_tpm.env)
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env.pop(name, None)
     return env
@@ -139,10 +133,10 @@ def example_env(test_tpm) -> dict[str, str]:
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_entry_point_exits_with_its_own_status(entry, ending, tpm_client, pki, s_server_www, tmp_path, example_env):
+def test_entry_point_exits_with_its_own_status(entry, ending, tpm_client, pki, s_server, tmp_path, example_env):
     cert, key = tpm_client["ecc-p256"]
     code, expected = ENDINGS[ending]
-    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server_www.port), tmp_path, example_env)
+    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server.port), tmp_path, example_env)
     _assert_clean_stderr(proc, expected, ending)
     assert "handshake ok" in proc.stdout
 
@@ -168,16 +162,16 @@ def _certify(tpm, pki, directory: Path) -> None:
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, pki, s_server_www, tmp_path):
+def test_entry_point_on_the_device_exits_with_its_own_status(entry, device_tpm, pki, s_server, tmp_path):
     """The default TCTI's path (/dev/tpmrm0, the lab's stand-in): the same exit, the same clean stderr."""
     key = tmp_path / "device.key"
     made = tpmtls.connect(device_tpm.tcti).create_key("ecc-p256", key)
     cert = pki.issue(made.public_key(), "tpm-client-device", "device-client.crt")
-    env = clean_env(device_tpm.env)
+    env = child_env(device_tpm.env)
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         env.pop(name, None)
     code, expected = ENDINGS["sys.exit(3)"]
-    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server_www.port), tmp_path, env)
+    proc = _run(_script(ENTRY_POINTS[entry], code, cert, key, pki.ca_file, s_server.port), tmp_path, env)
     _assert_clean_stderr(proc, expected, "sys.exit(3)")
     assert "handshake ok" in proc.stdout
 

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from support.commands import require
-from support.peers import clean_env
 from support.registry import env_for, run_cli, software_cert_dir
+from tpmtls.lab.process import child_env
 
 
 @pytest.fixture
@@ -129,6 +129,7 @@ def test_tpm_key_in_dockers_certs_d_still_works_with_a_warning(registry, pki, tp
     assert len(warnings) == 1 and "mv " in warnings[0] and str(tmp_path / "empty" / host) in warnings[0]
 
 
+@pytest.mark.machine  # writes /etc/docker/certs.d; starts dockerd
 def test_stock_docker_pull_still_works_after_certs_install(registry, pki, tpm, small_image, test_tpm, tmp_path,
                                                            monkeypatch, cli):
     """Stock dockerd with Docker's certs.d (software pair) for the registry; `tpmtls certs install`
@@ -161,7 +162,7 @@ def test_stock_docker_pull_still_works_after_certs_install(registry, pki, tpm, s
         monkeypatch.delenv("no_proxy", raising=False)
         with Dockerd(tmp_path / "dockerd") as daemon:
             pulled = subprocess.run(["docker", "pull", f"{name}/stock:1"], capture_output=True, text=True,
-                                    env=clean_env(daemon.env), timeout=300)
+                                    env=child_env(daemon.env), timeout=300)
         assert pulled.returncode == 0, pulled.stderr
         assert any(t.endswith(f":{registry.port}") for t in proxy.tunnels)
         again = run_cli("pull", f"{name}/stock:1", f"oci:{tmp_path / 'pulled'}", "--resolve", resolve, env=env)

@@ -4,22 +4,20 @@ docker login / push / logout through it, then tpmtls-push and tpmtls-pull with t
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 import tpmtls
-from support.commands import require
-from support.peers import clean_env
-from support.registry import env_for, one_line_failure, run_cli, tpm_cert_dir
-from tpmtls.lab import Registry
+from support.commands import one_line, require
+from support.registry import env_for, rootfs_tar, run_cli, tpm_cert_dir
+from support.tokens import htpasswd_registry
+from tpmtls.lab.process import child_env
 
 USER, PASSWORD = "pusher", "Tpm-sealed correct horse 4711"
 NOT_FOUND = "credentials not found in native keychain"
@@ -46,7 +44,7 @@ class Session:
         self.outputs: list[str] = []
 
     def run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=clean_env(self.env), input=stdin, timeout=300)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=child_env(self.env), input=stdin, timeout=300)
         assert "Traceback" not in proc.stderr, proc.stderr
         self.outputs += [proc.stdout, proc.stderr]
         return proc
@@ -58,7 +56,7 @@ class Session:
 
     def helper(self, action: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["docker-credential-tpmtls", action], capture_output=True, text=True,
-                              env=clean_env(self.env), input=stdin, timeout=120)
+                              env=child_env(self.env), input=stdin, timeout=120)
         assert proc.stderr == "", proc.stderr
         if action != "get":  # `get` answers with the secret: that is its job
             self.outputs.append(proc.stdout)
@@ -74,24 +72,14 @@ class Session:
 def login_registry(pki, tmp_path_factory):
     """TLS + htpasswd on 127.0.0.1 without client certificates: dockerd reaches loopback
     registries as insecure-allowed, so `docker login` works against it."""
-    require("htpasswd", "docker-registry")
-    work = tmp_path_factory.mktemp("login-registry")
-    htpasswd = work / "htpasswd"
-    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, check=True, text=True).stdout
-    htpasswd.write_text(line.strip() + "\n")
-    with Registry(pki.server_cert, pki.server_key, None, work / "reg", htpasswd=htpasswd) as reg:
+    with htpasswd_registry(pki, tmp_path_factory.mktemp("login-registry"), None, USER, PASSWORD) as reg:
         yield reg
 
 
 @pytest.fixture(scope="module")
 def mtls_basic_registry(pki, tmp_path_factory):
     """Client certificates from the test CA *and* htpasswd."""
-    require("htpasswd", "docker-registry")
-    work = tmp_path_factory.mktemp("mtls-basic")
-    htpasswd = work / "htpasswd"
-    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, check=True, text=True).stdout
-    htpasswd.write_text(line.strip() + "\n")
-    with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", htpasswd=htpasswd) as reg:
+    with htpasswd_registry(pki, tmp_path_factory.mktemp("mtls-basic"), pki.ca_file, USER, PASSWORD) as reg:
         yield reg
 
 
@@ -101,16 +89,6 @@ def session_for(test_tpm, tmp_path: Path, dockerd=None) -> Session:
     (config / "config.json").write_text(json.dumps({"credsStore": "tpmtls"}))
     extra = dict(dockerd.env) if dockerd is not None else {}
     return Session(env_for(test_tpm, tmp_path, **helper_on_path(tmp_path / "bin"), **extra))
-
-
-def tiny_image_tar() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"an image pushed by the stock docker CLI with helper credentials\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def assert_secret_nowhere(session: Session, roots: list[Path]) -> None:
@@ -148,8 +126,9 @@ def test_docker_login_push_logout_through_the_helper(dockerd, login_registry, tp
     assert oct(store.stat().st_mode & 0o777) == "0o600"
 
     # the docker CLI gets the credentials back from the helper to push (the registry wants them)
-    imported = subprocess.run([DOCKER, "import", "-", f"{host}/via-docker:1"], input=tiny_image_tar(),
-                              capture_output=True, env=clean_env(s.env), timeout=120)
+    rootfs = rootfs_tar("hello.txt", b"an image pushed by the stock docker CLI with helper credentials\n")
+    imported = subprocess.run([DOCKER, "import", "-", f"{host}/via-docker:1"], input=rootfs,
+                              capture_output=True, env=child_env(s.env), timeout=120)
     assert imported.returncode == 0, imported.stderr
     pushed = s.docker("push", f"{host}/via-docker:1")
     assert "digest: sha256:" in pushed
@@ -165,7 +144,7 @@ def test_docker_login_push_logout_through_the_helper(dockerd, login_registry, tp
     gone = s.helper("get", host)
     assert (gone.returncode, gone.stdout) == (1, NOT_FOUND + "\n")
     refused = s.tpmtls("push", f"docker-archive:{small_image}", f"{host}/via-tpmtls:2", "--cert-dir", str(tpm_certs))
-    line = one_line_failure(refused)
+    line = one_line(refused)
     assert host in line
 
     # the password was in no output, no log, and in no file in clear
@@ -202,7 +181,7 @@ def test_store_copied_to_another_tpm(mtls_basic_registry, pki, small_image, test
     # the second machine has a client certificate of its own TPM: only the credentials fail
     certs = tpm_cert_dir(tmp_path / "there-certs", pki, tpmtls.connect(fresh_tpm.tcti))
     push = there.tpmtls("push", f"docker-archive:{small_image}", f"{host}/copied:1", "--cert-dir", str(certs))
-    line = one_line_failure(push)
+    line = one_line(push)
     print(line)
     assert "docker-credential-tpmtls" in line and "another TPM" in line
     # logging in again there (what the line says) replaces the entry with one sealed to that TPM

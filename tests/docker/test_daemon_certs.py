@@ -7,114 +7,96 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
-
-from support.commands import require
+from support.commands import one_line, openssl
 from support.daemon import (
     DOCKER,
-    DaemonPki,
-    one_line,
-    openssl,
     run,
-    start_daemon,
     tls_refused_by,
     tpmtls_cli,
 )
 
 
-@pytest.fixture(scope="module")
-def dpki(test_tpm, tmp_path_factory):
-    require("openssl")
-    return DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env)
+def test_openssl_accepts_each_certificate_for_its_purpose_only(daemon_pki):
+    ca = str(daemon_pki.ca)
+    assert b"OK" in openssl("verify", "-CAfile", ca, "-purpose", "sslserver", str(daemon_pki.server_cert)).stdout
+    assert b"OK" in openssl("verify", "-CAfile", ca, "-purpose", "sslclient", str(daemon_pki.tpm_cert)).stdout
+    assert b"OK" in openssl("verify", "-CAfile", ca, "-purpose", "sslclient", str(daemon_pki.soft_dir / "cert.pem")).stdout
+    refused = openssl("verify", "-CAfile", ca, "-purpose", "sslserver", str(daemon_pki.tpm_cert), check=False)
+    assert refused.returncode != 0 and b"unsuitable certificate purpose" in refused.stdout + refused.stderr
 
 
-@pytest.fixture(scope="module")
-def tls_daemon(dpki, tmp_path_factory):
-    require("dockerd", "docker")
-    daemon, port = start_daemon(tmp_path_factory.mktemp("dockerd-tls"), dpki)
-    with daemon:
-        yield daemon, port
-
-
-def test_openssl_accepts_each_certificate_for_its_purpose_only(dpki):
-    ca = str(dpki.ca)
-    assert "OK" in openssl("verify", "-CAfile", ca, "-purpose", "sslserver", str(dpki.server_cert)).stdout
-    assert "OK" in openssl("verify", "-CAfile", ca, "-purpose", "sslclient", str(dpki.tpm_cert)).stdout
-    assert "OK" in openssl("verify", "-CAfile", ca, "-purpose", "sslclient", str(dpki.soft_dir / "cert.pem")).stdout
-    refused = openssl("verify", "-CAfile", ca, "-purpose", "sslserver", str(dpki.tpm_cert), check=False)
-    assert refused.returncode != 0 and "unsuitable certificate purpose" in refused.stdout + refused.stderr
-
-
-def test_daemon_config_prints_daemon_json_and_the_dropin(dpki):
-    out = tpmtls_cli("certs", "daemon-config", "--cert", str(dpki.server_cert), "--key", str(dpki.server_key),
-                     "--ca", str(dpki.ca), env=dpki.env).stdout
+def test_daemon_config_prints_daemon_json_and_the_dropin(daemon_pki):
+    out = tpmtls_cli("certs", "daemon-config", "--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
+                     "--ca", str(daemon_pki.ca), env=daemon_pki.env).stdout
     head, _, rest = out.partition("\n")
     assert head == "# /etc/docker/daemon.json"
     text, _, dropin = rest.partition("\n\n")
     block = json.loads(text)
-    assert block == {"tls": True, "tlsverify": True, "tlscacert": str(dpki.ca.resolve()),
-                     "tlscert": str(dpki.server_cert.resolve()), "tlskey": str(dpki.server_key.resolve()),
+    assert block == {"tls": True, "tlsverify": True, "tlscacert": str(daemon_pki.ca.resolve()),
+                     "tlscert": str(daemon_pki.server_cert.resolve()), "tlskey": str(daemon_pki.server_key.resolve()),
                      "hosts": ["unix:///var/run/docker.sock", "tcp://0.0.0.0:2376"]}
     lines = [ln for ln in dropin.splitlines() if not ln.startswith("#")]
     assert lines[:3] == ["[Service]", "ExecStart=", f"ExecStart={shutil.which('dockerd')}"]
 
 
-def test_daemon_config_refuses_what_dockerd_could_not_serve(dpki, tmp_path):
-    base = ["certs", "daemon-config", "--ca", str(dpki.ca)]
-    client_cert = str(dpki.soft_dir / "cert.pem")
+def test_daemon_config_refuses_what_dockerd_could_not_serve(daemon_pki, tmp_path):
+    base = ["certs", "daemon-config", "--ca", str(daemon_pki.ca)]
+    client_cert = str(daemon_pki.soft_dir / "cert.pem")
     cases = {
-        "not a server certificate": ["--cert", client_cert, "--key", str(dpki.soft_dir / "key.pem")],
-        "a TPM key file": ["--cert", str(dpki.server_cert), "--key", str(dpki.tpm_key)],
-        "does not belong to the key": ["--cert", str(dpki.server_cert), "--key", str(dpki.soft_dir / "key.pem")],
-        "not signed by the CA": ["--cert", str(dpki.server_cert), "--key", str(dpki.server_key),
-                                 "--ca", str(dpki.root / "foreign-ca" / "ca.crt")],
-        "no subjectAltName for 10.1.2.3": ["--cert", str(dpki.server_cert), "--key", str(dpki.server_key),
+        "not a server certificate": ["--cert", client_cert, "--key", str(daemon_pki.soft_dir / "key.pem")],
+        "a TPM key file": ["--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.tpm_key)],
+        "does not belong to the key": ["--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.soft_dir / "key.pem")],
+        "not signed by the CA": ["--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
+                                 "--ca", str(daemon_pki.root / "foreign-ca" / "ca.crt")],
+        "no subjectAltName for 10.1.2.3": ["--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
                                            "--host", "tcp://10.1.2.3:2376"],
-        "write a Docker host": ["--cert", str(dpki.server_cert), "--key", str(dpki.server_key),
+        "write a Docker host": ["--cert", str(daemon_pki.server_cert), "--key", str(daemon_pki.server_key),
                                 "--host", "0.0.0.0:2376"],
-        "no such certificate file": ["--cert", str(tmp_path / "nope.pem"), "--key", str(dpki.server_key)],
+        "no such certificate file": ["--cert", str(tmp_path / "nope.pem"), "--key", str(daemon_pki.server_key)],
     }
     for expected, args in cases.items():
-        line = one_line(tpmtls_cli(*base, *args, env=dpki.env, check=False))
+        line = one_line(tpmtls_cli(*base, *args, env=daemon_pki.env, check=False))
         assert expected in line, (expected, line)
     out = tmp_path / "out"
     out.mkdir()
-    one_line(tpmtls_cli(*base, "--cert", client_cert, "--key", str(dpki.soft_dir / "key.pem"), "--out", str(out),
-                        env=dpki.env, check=False))
+    one_line(tpmtls_cli(*base, "--cert", client_cert, "--key", str(daemon_pki.soft_dir / "key.pem"), "--out", str(out),
+                        env=daemon_pki.env, check=False))
     assert list(out.iterdir()) == []  # nothing half-written
 
 
-def test_certs_env_lays_out_the_cert_path_and_prints_docker_variables(dpki):
-    proc = tpmtls_cli("certs", "env", "127.0.0.1:2376", "--cert-path", str(dpki.tpm_dir), "--cert",
-                      str(dpki.tpm_cert), "--key", str(dpki.tpm_key), "--ca", str(dpki.ca), env=dpki.env)
+def test_certs_env_lays_out_the_cert_path_and_prints_docker_variables(daemon_pki, tmp_path):
+    cert_path = tmp_path / "tpm-certs"
+    proc = tpmtls_cli("certs", "env", "127.0.0.1:2376", "--cert-path", str(cert_path), "--cert",
+                      str(daemon_pki.tpm_cert), "--key", str(daemon_pki.tpm_key), "--ca", str(daemon_pki.ca),
+                      env=daemon_pki.env)
     assert proc.stdout.splitlines() == ["export DOCKER_HOST=tcp://127.0.0.1:2376", "export DOCKER_TLS_VERIFY=1",
-                                        f"export DOCKER_CERT_PATH={dpki.tpm_dir.resolve()}"]
-    assert sorted(p.name for p in dpki.tpm_dir.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
-    assert (dpki.tpm_dir / "key.pem").read_bytes() == dpki.tpm_key.read_bytes()
-    assert (dpki.tpm_dir / "key.pem").stat().st_mode & 0o777 == 0o600
-    again = tpmtls_cli("certs", "env", "127.0.0.1:2376", "--cert-path", str(dpki.tpm_dir), env=dpki.env)
+                                        f"export DOCKER_CERT_PATH={cert_path.resolve()}"]
+    assert sorted(p.name for p in cert_path.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    assert (cert_path / "key.pem").read_bytes() == daemon_pki.tpm_key.read_bytes()
+    assert (cert_path / "key.pem").stat().st_mode & 0o777 == 0o600
+    again = tpmtls_cli("certs", "env", "127.0.0.1:2376", "--cert-path", str(cert_path), env=daemon_pki.env)
     assert again.stdout == proc.stdout
 
 
-def test_certs_env_names_a_missing_or_mismatched_file(dpki, tmp_path):
+def test_certs_env_names_a_missing_or_mismatched_file(daemon_pki, tmp_path):
     d = tmp_path / "certs"
     d.mkdir()
-    shutil.copy(dpki.ca, d / "ca.pem")
-    shutil.copy(dpki.tpm_cert, d / "cert.pem")
-    line = one_line(tpmtls_cli("certs", "env", "h:2376", "--cert-path", str(d), env=dpki.env, check=False))
+    shutil.copy(daemon_pki.ca, d / "ca.pem")
+    shutil.copy(daemon_pki.tpm_cert, d / "cert.pem")
+    line = one_line(tpmtls_cli("certs", "env", "h:2376", "--cert-path", str(d), env=daemon_pki.env, check=False))
     assert f"{d / 'key.pem'}: missing" in line
     other = tmp_path / "other.key"
-    tpmtls_cli("key", "create", "--alg", "ecc-p256", "--out", str(other), env=dpki.env)
+    tpmtls_cli("key", "create", "--alg", "ecc-p256", "--out", str(other), env=daemon_pki.env)
     shutil.copy(other, d / "key.pem")
-    line = one_line(tpmtls_cli("certs", "env", "h:2376", "--cert-path", str(d), env=dpki.env, check=False))
+    line = one_line(tpmtls_cli("certs", "env", "h:2376", "--cert-path", str(d), env=daemon_pki.env, check=False))
     assert "does not belong to the key" in line
-    line = one_line(tpmtls_cli("certs", "env", "h", "--cert-path", str(d), env=dpki.env, check=False))
+    line = one_line(tpmtls_cli("certs", "env", "h", "--cert-path", str(d), env=daemon_pki.env, check=False))
     assert "HOST:PORT" in line
 
 
-def test_dockerd_from_daemon_config_serves_the_stock_cli_with_software_certificates(dpki, tls_daemon):
-    daemon, port = tls_daemon
-    soft = dpki.soft_dir
+def test_dockerd_from_daemon_config_serves_the_stock_cli_with_software_certificates(daemon_pki, tls_dockerd):
+    daemon, port = tls_dockerd
+    soft = daemon_pki.soft_dir
     proc = run([DOCKER, "--tlsverify", f"--tlscacert={soft / 'ca.pem'}", f"--tlscert={soft / 'cert.pem'}",
                 f"--tlskey={soft / 'key.pem'}", "-H", f"tcp://127.0.0.1:{port}", "version", "--format",
                 "{{.Server.APIVersion}}"])
@@ -124,15 +106,15 @@ def test_dockerd_from_daemon_config_serves_the_stock_cli_with_software_certifica
     assert run([DOCKER, "version"], env=env).returncode == 0
 
 
-def test_dockerd_refuses_a_foreign_or_missing_client_certificate(dpki, tls_daemon):
-    _daemon, port = tls_daemon
-    assert tls_refused_by(port, dpki.soft_dir / "cert.pem", dpki.soft_dir / "key.pem", dpki.ca) == ""
-    assert tls_refused_by(port, dpki.foreign_dir / "cert.pem", dpki.foreign_dir / "key.pem", dpki.ca) != ""
-    assert tls_refused_by(port, None, None, dpki.ca) != ""
+def test_dockerd_refuses_a_foreign_or_missing_client_certificate(daemon_pki, tls_dockerd):
+    _daemon, port = tls_dockerd
+    assert tls_refused_by(port, daemon_pki.soft_dir / "cert.pem", daemon_pki.soft_dir / "key.pem", daemon_pki.ca) == ""
+    assert tls_refused_by(port, daemon_pki.foreign_dir / "cert.pem", daemon_pki.foreign_dir / "key.pem", daemon_pki.ca) != ""
+    assert tls_refused_by(port, None, None, daemon_pki.ca) != ""
     env = {"DOCKER_HOST": f"tcp://127.0.0.1:{port}", "DOCKER_TLS_VERIFY": "1",
-           "DOCKER_CERT_PATH": str(dpki.foreign_dir)}
+           "DOCKER_CERT_PATH": str(daemon_pki.foreign_dir)}
     proc = run([DOCKER, "version", "--format", "{{.Server.Version}}"], env=env)
     assert proc.returncode != 0 and "bad certificate" in proc.stderr
-    proc = run([DOCKER, "--tlsverify", f"--tlscacert={dpki.ca}", "-H", f"tcp://127.0.0.1:{port}", "version",
-                "--format", "{{.Server.Version}}"], env={"DOCKER_CERT_PATH": str(dpki.root / "nothing-here")})
+    proc = run([DOCKER, "--tlsverify", f"--tlscacert={daemon_pki.ca}", "-H", f"tcp://127.0.0.1:{port}", "version",
+                "--format", "{{.Server.Version}}"], env={"DOCKER_CERT_PATH": str(daemon_pki.root / "nothing-here")})
     assert proc.returncode != 0 and "client authentication (--tlsverify) enabled" in proc.stderr, proc.stderr

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import ROOT
-from support.commands import require
-from support.daemon import DaemonPki, busybox_archive, run, start_daemon
+from support.daemon import busybox_archive, run
 from tpmtls.errors import TpmtlsError
 from tpmtls.testing import free_port
 
@@ -57,20 +56,6 @@ USER_SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def dpki(test_tpm, tmp_path_factory):
-    require("openssl")
-    return DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env).with_tpm_cert_path()
-
-
-@pytest.fixture(scope="module")
-def tls_daemon(dpki, tmp_path_factory):
-    require("dockerd", "docker")
-    daemon, port = start_daemon(tmp_path_factory.mktemp("dockerd-tls"), dpki)
-    with daemon:
-        yield daemon, port
-
-
-@pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     return busybox_archive(tmp_path_factory.mktemp("busybox") / "busybox.tar")
 
@@ -80,11 +65,11 @@ def docker_env(port: int, cert_path: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
-def test_docker_client_from_env_with_a_tpm_key_runs_the_whole_api(dpki, tls_daemon, archive, tmp_path):
-    _daemon, port = tls_daemon
+def test_docker_client_from_env_with_a_tpm_key_runs_the_whole_api(daemon_pki, tls_dockerd, archive, tmp_path):
+    _daemon, port = tls_dockerd
     # a bundle of another CA in the variables requests honours: ours must trust ca.pem only
-    other = dpki.root / "foreign-ca" / "ca.crt"
-    env = {**dpki.env, **docker_env(port, dpki.tpm_dir), "REQUESTS_CA_BUNDLE": str(other),
+    other = daemon_pki.root / "foreign-ca" / "ca.crt"
+    env = {**daemon_pki.env, **docker_env(port, daemon_pki.tpm_dir), "REQUESTS_CA_BUNDLE": str(other),
            "CURL_CA_BUNDLE": str(other), "HOME": str(tmp_path)}
     script = tmp_path / "user.py"
     script.write_text(USER_SCRIPT)
@@ -101,16 +86,16 @@ def test_docker_client_from_env_with_a_tpm_key_runs_the_whole_api(dpki, tls_daem
     assert proc.stderr == ""
 
 
-def test_only_the_named_ca_is_trusted_whatever_requests_ca_bundle_says(dpki, tls_daemon, tmp_path, monkeypatch):
+def test_only_the_named_ca_is_trusted_whatever_requests_ca_bundle_says(daemon_pki, tls_dockerd, tmp_path, monkeypatch):
     from tpmtls.docker.client import docker_client
 
-    _daemon, port = tls_daemon
+    _daemon, port = tls_dockerd
     wrong = tmp_path / "wrong-ca"
-    shutil.copytree(dpki.tpm_dir, wrong)
-    shutil.copy(dpki.root / "foreign-ca" / "ca.crt", wrong / "ca.pem")
-    for k, v in docker_env(port, wrong, REQUESTS_CA_BUNDLE=str(dpki.ca), CURL_CA_BUNDLE=str(dpki.ca)).items():
+    shutil.copytree(daemon_pki.tpm_dir, wrong)
+    shutil.copy(daemon_pki.root / "foreign-ca" / "ca.crt", wrong / "ca.pem")
+    for k, v in docker_env(port, wrong, REQUESTS_CA_BUNDLE=str(daemon_pki.ca), CURL_CA_BUNDLE=str(daemon_pki.ca)).items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("TPMTLS_TCTI", dpki.env["TPMTLS_TCTI"])
+    monkeypatch.setenv("TPMTLS_TCTI", daemon_pki.env["TPMTLS_TCTI"])
     with pytest.raises(TpmtlsError) as e:
         docker_client()
     assert f"the daemon's certificate is not signed by {wrong / 'ca.pem'}" in str(e.value)
@@ -130,31 +115,31 @@ def _one_line_error(monkeypatch, env: dict[str, str]) -> str:
     return text
 
 
-def test_bad_input_is_one_clear_error_each(dpki, tls_daemon, tmp_path, monkeypatch):
-    _daemon, port = tls_daemon
-    monkeypatch.setenv("TPMTLS_TCTI", dpki.env["TPMTLS_TCTI"])
+def test_bad_input_is_one_clear_error_each(daemon_pki, tls_dockerd, tmp_path, monkeypatch):
+    _daemon, port = tls_dockerd
+    monkeypatch.setenv("TPMTLS_TCTI", daemon_pki.env["TPMTLS_TCTI"])
     missing = tmp_path / "missing"
-    shutil.copytree(dpki.tpm_dir, missing)
+    shutil.copytree(daemon_pki.tpm_dir, missing)
     (missing / "key.pem").unlink()
     assert f"{missing / 'key.pem'}: missing" in _one_line_error(monkeypatch, docker_env(port, missing))
 
     mismatched = tmp_path / "mismatched"
-    shutil.copytree(dpki.tpm_dir, mismatched)
-    shutil.copy(dpki.soft_dir / "cert.pem", mismatched / "cert.pem")
+    shutil.copytree(daemon_pki.tpm_dir, mismatched)
+    shutil.copy(daemon_pki.soft_dir / "cert.pem", mismatched / "cert.pem")
     assert "does not belong to the key" in _one_line_error(monkeypatch, docker_env(port, mismatched))
 
     foreign = tmp_path / "foreign"
-    shutil.copytree(dpki.tpm_dir, foreign)
+    shutil.copytree(daemon_pki.tpm_dir, foreign)
     for name in ("cert.pem", "key.pem"):
-        shutil.copy(dpki.foreign_dir / name, foreign / name)
+        shutil.copy(daemon_pki.foreign_dir / name, foreign / name)
     assert "refused our client certificate" in _one_line_error(monkeypatch, docker_env(port, foreign))
 
-    assert "connection refused" in _one_line_error(monkeypatch, docker_env(free_port(), dpki.tpm_dir))
+    assert "connection refused" in _one_line_error(monkeypatch, docker_env(free_port(), daemon_pki.tpm_dir))
 
     plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     threading.Thread(target=plain.serve_forever, daemon=True).start()
     try:
-        line = _one_line_error(monkeypatch, docker_env(plain.server_address[1], dpki.tpm_dir))
+        line = _one_line_error(monkeypatch, docker_env(plain.server_address[1], daemon_pki.tpm_dir))
     finally:
         plain.shutdown()
         plain.server_close()
@@ -164,21 +149,21 @@ def test_bad_input_is_one_clear_error_each(dpki, tls_daemon, tmp_path, monkeypat
     assert "without TLS" in line
 
 
-def test_inject_into_ssl_lets_docker_py_itself_use_the_tpm_key(dpki, tls_daemon, tmp_path):
-    _daemon, port = tls_daemon
+def test_inject_into_ssl_lets_docker_py_itself_use_the_tpm_key(daemon_pki, tls_dockerd, tmp_path):
+    _daemon, port = tls_dockerd
     script = tmp_path / "plain_docker_py.py"
     script.write_text(textwrap.dedent(f"""
         import docker, tpmtls
         tpmtls.inject_into_ssl()
         a = docker.from_env()
         print(a.version()["ApiVersion"])
-        tls = docker.tls.TLSConfig(client_cert=("{dpki.tpm_dir / 'cert.pem'}", "{dpki.tpm_dir / 'key.pem'}"),
-                                   ca_cert="{dpki.ca}", verify=True)
+        tls = docker.tls.TLSConfig(client_cert=("{daemon_pki.tpm_dir / 'cert.pem'}", "{daemon_pki.tpm_dir / 'key.pem'}"),
+                                   ca_cert="{daemon_pki.ca}", verify=True)
         b = docker.DockerClient(base_url="tcp://127.0.0.1:{port}", tls=tls)
         print(b.version()["ApiVersion"])
         a.close(); b.close()
     """))
-    env = {**dpki.env, **docker_env(port, dpki.tpm_dir), "HOME": str(tmp_path)}
+    env = {**daemon_pki.env, **docker_env(port, daemon_pki.tpm_dir), "HOME": str(tmp_path)}
     env["REQUESTS_CA_BUNDLE"] = env["CURL_CA_BUNDLE"] = ""  # docker-py's own TLSConfig would yield to them
     proc = run([sys.executable, str(script)], env=env)
     assert proc.returncode == 0, proc.stderr
@@ -186,19 +171,19 @@ def test_inject_into_ssl_lets_docker_py_itself_use_the_tpm_key(dpki, tls_daemon,
     assert a == b and a.startswith("1.")
 
 
-def test_docs_docker_py_example_runs_verbatim(dpki, tls_daemon, archive, tmp_path):
+def test_docs_docker_py_example_runs_verbatim(daemon_pki, tls_dockerd, archive, tmp_path):
     """docs/daemon.md's docker-py block, unchanged, as its own process, against the TLS daemon."""
     import re
 
-    daemon, port = tls_daemon
+    daemon, port = tls_dockerd
     page = (ROOT / "docs" / "daemon.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "docker_client" in b)
-    local = {**dpki.env, **daemon.local_env}
+    local = {**daemon_pki.env, **daemon.env}
     for argv in (["docker", "load", "-i", str(archive)], ["docker", "tag", IMAGE, "alpine"]):
         proc = run(argv, env=local, timeout=120)
         assert proc.returncode == 0, proc.stderr
     script = tmp_path / "readme_docker.py"
     script.write_text(block)
-    env = {**dpki.env, **docker_env(port, dpki.tpm_dir), "HOME": str(tmp_path)}
+    env = {**daemon_pki.env, **docker_env(port, daemon_pki.tpm_dir), "HOME": str(tmp_path)}
     proc = run([sys.executable, str(script)], env=env, timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -15,48 +15,27 @@ from pathlib import Path
 import pytest
 
 from support import ROOT
-from support.commands import require
+from support.commands import one_line
 from support.daemon import (
     DOCKER,
-    DaemonPki,
     ProxyProcess,
-    busybox_archive,
-    one_line,
     run,
-    start_daemon,
     tpmtls_cli,
 )
-from support.peers import clean_env
+from support.wait import wait_until
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
 
 
 @pytest.fixture(scope="module")
-def dpki(test_tpm, tmp_path_factory):
-    require("openssl")
-    return DaemonPki(tmp_path_factory.mktemp("dpki"), test_tpm.env).with_tpm_cert_path()
-
-
-@pytest.fixture(scope="module")
-def tls_daemon(dpki, tmp_path_factory):
-    require("dockerd", "docker")
-    root = tmp_path_factory.mktemp("dockerd-tls")
-    daemon, port = start_daemon(root, dpki)
-    with daemon:
-        archive = busybox_archive(root / "busybox.tar")
-        loaded = run([DOCKER, "load", "-i", str(archive)], env=daemon.local_env)
-        assert loaded.returncode == 0, loaded.stderr
-        yield daemon, port
-
-
-@pytest.fixture(scope="module")
-def proxy(dpki, tls_daemon, tmp_path_factory):
-    _daemon, port = tls_daemon
+def proxy(daemon_pki, tls_dockerd, busybox_image, tmp_path_factory):
+    _daemon, port = tls_dockerd
     work = tmp_path_factory.mktemp("proxy")
     sock = work / "run" / "docker.sock"
-    with ProxyProcess(work, dpki.env, "--upstream", f"tcp://127.0.0.1:{port}", "--listen", f"unix://{sock}",
-                      "--cert-path", str(dpki.tpm_dir)) as p:
+    with ProxyProcess(work, daemon_pki.env, "--upstream", f"tcp://127.0.0.1:{port}", "--listen", f"unix://{sock}",
+                      "--cert-path", str(daemon_pki.tpm_dir)) as p:
         p.socket = sock
         yield p
 
@@ -94,7 +73,7 @@ def test_interactive_exec_gets_its_stdin_and_its_end(proxy, tmp_path):
         # interactive: answer a line before stdin is closed
         p = subprocess.Popen([DOCKER, "exec", "-i", name, "sh", "-c", "read a; echo first: $a; read b; echo second: $b"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=clean_env(cli_env(proxy, tmp_path)))
+                             env=child_env(cli_env(proxy, tmp_path)))
         assert p.stdin is not None and p.stdout is not None
         p.stdin.write("one\n")
         p.stdin.flush()
@@ -113,7 +92,9 @@ def test_eight_concurrent_cli_calls_all_succeed_on_resumed_sessions(proxy, tmp_p
         results = list(pool.map(lambda args: run([DOCKER, *args], env=cli_env(proxy, tmp_path)), commands))
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
     assert all(r.stdout.strip() == "concurrent" for r in results if "run" in r.args)
-    time.sleep(0.5)
+    # the proxy logs a connection once it has ended: wait for the eight lines (or fail naming them)
+    wait_until(lambda: len([ln for ln in proxy.lines()[before:] if ": conn " in ln]) >= 8, 30,
+               "the proxy logging the eight connections")
     new = [ln for ln in proxy.lines()[before:] if ": conn " in ln]
     assert len(new) >= 8, new
     assert all(": resumed, " in ln for ln in new), [ln for ln in new if ": resumed, " not in ln]  # no TPM signature per call
@@ -121,14 +102,14 @@ def test_eight_concurrent_cli_calls_all_succeed_on_resumed_sessions(proxy, tmp_p
     assert signatures[-1] <= 2 and len(signatures) >= 9, signatures
 
 
-def test_the_proxy_listens_on_loopback_or_a_unix_socket_only(dpki, tls_daemon, tmp_path):
-    _daemon, port = tls_daemon
-    base = ["daemon-proxy", "--upstream", f"tcp://127.0.0.1:{port}", "--cert-path", str(dpki.tpm_dir)]
+def test_the_proxy_listens_on_loopback_or_a_unix_socket_only(daemon_pki, tls_dockerd, tmp_path):
+    _daemon, port = tls_dockerd
+    base = ["daemon-proxy", "--upstream", f"tcp://127.0.0.1:{port}", "--cert-path", str(daemon_pki.tpm_dir)]
     for listen in ("tcp://0.0.0.0:2375", "tcp://192.0.2.1:2375", "10.0.0.1:2375", "tcp://[::]:2375"):
-        line = one_line(tpmtls_cli(*base, "--listen", listen, env=dpki.env, check=False))
+        line = one_line(tpmtls_cli(*base, "--listen", listen, env=daemon_pki.env, check=False))
         assert f"refusing to listen on {listen}" in line, line
     tcp_port = free_port()
-    with ProxyProcess(tmp_path, dpki.env, *base[1:], "--listen", f"tcp://127.0.0.1:{tcp_port}") as p:
+    with ProxyProcess(tmp_path, daemon_pki.env, *base[1:], "--listen", f"tcp://127.0.0.1:{tcp_port}") as p:
         proc = run([DOCKER, "-H", f"tcp://127.0.0.1:{tcp_port}", "version", "--format", "{{.Server.Version}}"],
                    env={"DOCKER_CONFIG": str(tmp_path / "cfg")})
         assert proc.returncode == 0, proc.stderr + "\n".join(p.lines())
@@ -141,32 +122,32 @@ def test_the_proxy_listens_on_loopback_or_a_unix_socket_only(dpki, tls_daemon, t
     assert p.returncode == 0 and "stopped after 3 connections (1 resumed" in p.lines()[-1], p.lines()  # SIGTERM: clean stop
 
 
-def test_bad_upstream_or_certificates_are_one_line_at_start(dpki, tls_daemon, tmp_path):
-    _daemon, port = tls_daemon
+def test_bad_upstream_or_certificates_are_one_line_at_start(daemon_pki, tls_dockerd, tmp_path):
+    _daemon, port = tls_dockerd
     sock = f"unix://{tmp_path}/p.sock"
 
-    def fails(*args: str, cert_path: Path = dpki.tpm_dir) -> str:
+    def fails(*args: str, cert_path: Path = daemon_pki.tpm_dir) -> str:
         return one_line(tpmtls_cli("daemon-proxy", "--listen", sock, "--cert-path", str(cert_path), *args,
-                                   env=dpki.env, check=False))
+                                   env=daemon_pki.env, check=False))
 
     assert "cannot connect" in fails("--upstream", f"tcp://127.0.0.1:{free_port()}")
     foreign = tmp_path / "foreign"
-    shutil.copytree(dpki.tpm_dir, foreign)
+    shutil.copytree(daemon_pki.tpm_dir, foreign)
     for name in ("cert.pem", "key.pem"):
-        shutil.copy(dpki.foreign_dir / name, foreign / name)
+        shutil.copy(daemon_pki.foreign_dir / name, foreign / name)
     assert "refused our client certificate" in fails("--upstream", f"tcp://127.0.0.1:{port}", cert_path=foreign)
     missing = tmp_path / "missing"
-    shutil.copytree(dpki.tpm_dir, missing)
+    shutil.copytree(daemon_pki.tpm_dir, missing)
     (missing / "cert.pem").unlink()
     assert f"{missing / 'cert.pem'}: missing" in fails("--upstream", f"tcp://127.0.0.1:{port}", cert_path=missing)
     mismatched = tmp_path / "mismatched"
-    shutil.copytree(dpki.tpm_dir, mismatched)
-    shutil.copy(dpki.soft_dir / "cert.pem", mismatched / "cert.pem")
+    shutil.copytree(daemon_pki.tpm_dir, mismatched)
+    shutil.copy(daemon_pki.soft_dir / "cert.pem", mismatched / "cert.pem")
     assert "does not belong to the key" in fails("--upstream", f"tcp://127.0.0.1:{port}", cert_path=mismatched)
     # the daemon's plain unix socket is no TLS daemon: a plain-TCP stand-in is the proxy's own TCP side
     plain_port = free_port()
-    with ProxyProcess(tmp_path, dpki.env, "--upstream", f"tcp://127.0.0.1:{port}",
-                      "--cert-path", str(dpki.tpm_dir), "--listen", f"tcp://127.0.0.1:{plain_port}"):
+    with ProxyProcess(tmp_path, daemon_pki.env, "--upstream", f"tcp://127.0.0.1:{port}",
+                      "--cert-path", str(daemon_pki.tpm_dir), "--listen", f"tcp://127.0.0.1:{plain_port}"):
         assert "does not speak TLS" in fails("--upstream", f"tcp://127.0.0.1:{plain_port}")
     assert not Path(sock[len("unix://"):]).exists()
 
@@ -185,18 +166,18 @@ def test_the_systemd_unit_runs_a_valid_daemon_proxy_command():
     assert "ListenStream=/run/tpmtls/%i/docker.sock" in socket_unit.splitlines()
 
 
-def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(dpki, tls_daemon, tmp_path):
+def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(daemon_pki, tls_dockerd, tmp_path):
     """If the daemon stops accepting our certificate while the proxy runs, the CLI says why."""
     import threading
 
     from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
 
-    _daemon, port = tls_daemon
+    _daemon, port = tls_dockerd
     foreign = tmp_path / "foreign"
-    shutil.copytree(dpki.tpm_dir, foreign)
+    shutil.copytree(daemon_pki.tpm_dir, foreign)
     for name in ("cert.pem", "key.pem"):
-        shutil.copy(dpki.foreign_dir / name, foreign / name)
+        shutil.copy(daemon_pki.foreign_dir / name, foreign / name)
     lines: list[str] = []
     proxy = DaemonProxy(f"tcp://127.0.0.1:{port}", f"unix://{tmp_path}/r.sock", CertPath(foreign),
                         log=lines.append)  # no probe(): as if the daemon's CA changed after start

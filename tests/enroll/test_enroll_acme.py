@@ -21,7 +21,9 @@ from support.schemas import validated
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def enroll_server_process(tmp_path_factory):
+    """(tmp, machine, cli, server): machine A (EK certificates from a private EK CA) driven by the
+    CLI, and `tpmtls enroll-server` as its own process, issuing from tmp/ca under A's PCR policy."""
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
     tmp = tmp_path_factory.mktemp("enroll")
     ek_ca = EkCa(tmp / "ekca")
@@ -38,8 +40,8 @@ def world(tmp_path_factory):
     assert "Traceback" not in server.log.read_text()
 
 
-def test_policy_file_records_current_pcrs(world):
-    tmp, _, cli, _ = world
+def test_policy_file_records_current_pcrs(enroll_server_process):
+    tmp, _, cli, _ = enroll_server_process
     import json
 
     doc = json.loads((tmp / "policy.json").read_text())
@@ -48,8 +50,8 @@ def test_policy_file_records_current_pcrs(world):
     assert "already exists" in cli.fails("enroll", "policy", "--out", str(tmp / "policy.json"))
 
 
-def test_machine_enrolls_and_pushes_with_the_certificate(world, pki, small_image, tmp_path):
-    tmp, machine, cli, server = world
+def test_machine_enrolls_and_pushes_with_the_certificate(enroll_server_process, pki, small_image, tmp_path):
+    tmp, machine, cli, server = enroll_server_process
     require("docker-registry")
     from tpmtls.lab import Registry
 
@@ -79,8 +81,8 @@ def test_machine_enrolls_and_pushes_with_the_certificate(world, pki, small_image
         assert "enrolled:1" in push.stdout or "1: digest: sha256:" in push.stdout
 
 
-def test_renew_re_attests_the_same_key(world, tmp_path):
-    tmp, _, cli, server = world
+def test_renew_re_attests_the_same_key(enroll_server_process, tmp_path):
+    tmp, _, cli, server = enroll_server_process
     args = ("--acme", server.directory, "--cafile", str(tmp / "ca" / "ca.crt"),
             "--key-out", str(tmp_path / "k"), "--cert-out", str(tmp_path / "c"))
     cli("enroll", *args)
@@ -102,16 +104,16 @@ def test_renew_re_attests_the_same_key(world, tmp_path):
     assert line.endswith(f"{tmp_path / 'c2'} is not the certificate of {tmp_path / 'k'}; renew each key with its own")
 
 
-def test_untrusted_server_is_one_line_and_writes_nothing(world, tmp_path):
-    tmp, _, cli, server = world
+def test_untrusted_server_is_one_line_and_writes_nothing(enroll_server_process, tmp_path):
+    tmp, _, cli, server = enroll_server_process
     line = cli.fails("enroll", "--acme", server.directory, "--key-out", str(tmp_path / "k"),
                      "--cert-out", str(tmp_path / "c"))
     assert "TLS verification failed" in line and "--cafile" in line
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
 
 
-def test_enroll_server_bad_files_are_one_line(world, tmp_path):
-    tmp, _, cli, _ = world
+def test_enroll_server_bad_files_are_one_line(enroll_server_process, tmp_path):
+    tmp, _, cli, _ = enroll_server_process
     line = cli.fails("enroll-server", "--ca", str(tmp_path / "nope"), "--ek-roots", str(tmp / "ek-roots.pem"),
                      "--policy", str(tmp / "policy.json"))
     assert "not a CA directory" in line
@@ -124,8 +126,8 @@ def test_enroll_server_bad_files_are_one_line(world, tmp_path):
     assert "holds no PEM certificate" in line
 
 
-def test_refusal_is_one_line_on_both_sides(world, tmp_path):
-    tmp, _, cli, server = world
+def test_refusal_is_one_line_on_both_sides(enroll_server_process, tmp_path):
+    tmp, _, cli, server = enroll_server_process
     line = cli.fails("enroll", "--acme", server.directory, "--id", "urn:ek:sha256:not-this-tpm",
                      "--cafile", str(tmp / "ca" / "ca.crt"), "--key-out", str(tmp_path / "k"),
                      "--cert-out", str(tmp_path / "c"))

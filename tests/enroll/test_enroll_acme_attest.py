@@ -10,7 +10,7 @@ import requests
 from cryptography import x509
 
 import tpmtls
-from support.attest import EkCa, ek_machine, enroll_files, enroll_world
+from support.attest import EkCa, ek_machine, enroll_files
 from support.commands import require
 from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
 from tpmtls.enroll.attest_errors import EnrollError
@@ -25,23 +25,20 @@ from tpmtls.tpm import attest
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
-    with enroll_world(tmp_path_factory.mktemp("attest")) as world:
-        session = requests.Session()
-        session.verify = str(world.ca_dir / "ca.crt")
-        yield world.tpm, world.server, session
+def machine_a(enroll_server):
+    """(tpm, server, session): machine A's TPM, the enroll-server, and HTTPS to it."""
+    return enroll_server.tpm, enroll_server.server, enroll_server.session()
 
 
-def test_ek_certificate_is_read_from_nv(env):
-    tpm, _, _ = env
+def test_ek_certificate_is_read_from_nv(machine_a):
+    tpm, _, _ = machine_a
     ek = attest.read_ek(tpm, "rsa")
     cert = x509.load_der_x509_certificate(ek.certificate)
     assert cert.public_key().public_numbers().n.to_bytes(256, "big") == bytes(ek.public.publicArea.unique.rsa)
 
 
-def test_exchange_issues_an_ak_certificate_step_ca_accepts(env):
-    tpm, server, session = env
+def test_exchange_issues_an_ak_certificate_step_ca_accepts(machine_a):
+    tpm, server, session = machine_a
     cred = obtain_ak_certificate(tpm, server.url, session)
     cert = cred.certificate
     validate_ak_certificate(cert)  # step-ca's profile: v3, empty subject, not CA, EKU, TPM details
@@ -55,8 +52,8 @@ def test_exchange_issues_an_ak_certificate_step_ca_accepts(env):
     assert server.app.attestation_ca.issued >= 1
 
 
-def test_second_use_of_an_activated_secret_is_refused(env):
-    tpm, server, session = env
+def test_second_use_of_an_activated_secret_is_refused(machine_a):
+    tpm, server, session = machine_a
     ek = attest.read_ek(tpm, "rsa")
     ak = attest.create_ak(tpm)
     answer = post_json(session, server.url + "/attest", attest_request(tpm, ek, ak))
@@ -70,9 +67,9 @@ def test_second_use_of_an_activated_secret_is_refused(env):
     assert server.app.attestation_ca.issued == before + 1
 
 
-def test_credential_for_another_ek_cannot_be_activated(env):
+def test_credential_for_another_ek_cannot_be_activated(machine_a):
     """A credential encrypted to an EK this TPM does not hold: ActivateCredential fails in the TPM."""
-    tpm, server, session = env
+    tpm, server, session = machine_a
     ek = attest.read_ek(tpm, "rsa")
     ak = attest.create_ak(tpm)
     answer = post_json(session, server.url + "/attest", attest_request(tpm, ek, ak))
@@ -151,9 +148,9 @@ def test_ecc_ek_with_nv_header_and_padding(tmp_path):
         machine.stop()
 
 
-def test_high_range_ecc_p384_ek_from_swtpm_setup(env):
+def test_high_range_ecc_p384_ek_from_swtpm_setup(machine_a):
     """swtpm_setup's ECC EK is the high-range P-384 one (policy B = PolicyOR(A, C)): attest with it."""
-    tpm, server, session = env
+    tpm, server, session = machine_a
     ek = attest.read_ek(tpm, "ecc")
     assert ek.template == "EK-HIGH-ECC384"
     cred = obtain_ak_certificate(tpm, server.url, session, ek_kind="ecc")

@@ -17,8 +17,6 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from support.attest import enroll_world
-from support.commands import require
 from tpmtls.enroll.acme_attobj import QUOTE_KEY, verify_att_obj
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
 from tpmtls.enroll.attest_errors import Refusal
@@ -73,17 +71,17 @@ class Recorder(Enroller):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
-    with enroll_world(tmp_path_factory.mktemp("fuzz")) as w:
-        Recorder(w.tpm, EnrollOptions(w.server.directory_url, cafile=str(w.ca_dir / "ca.crt"), key_out=w.tmp / "k",
-                                      cert_out=w.tmp / "c")).run()
-        yield w.tmp, w.tpm, w.app, w.server
+def recorded_enrollment(enroll_server):
+    """(tmp, tpm, app, server) after one genuine enrollment of machine A, what it sent kept in `Recorder.seen`."""
+    w = enroll_server
+    Recorder(w.tpm, EnrollOptions(w.server.directory_url, cafile=str(w.ca_dir / "ca.crt"), key_out=w.tmp / "k",
+                                  cert_out=w.tmp / "c")).run()
+    return w.tmp, w.tpm, w.app, w.server
 
 
 @pytest.mark.timeout(600)
-def test_attobj_and_each_structure_inside_it(world):
-    _, _, app, _ = world
+def test_attobj_and_each_structure_inside_it(recorded_enrollment):
+    _, _, app, _ = recorded_enrollment
     att, key_auth = Recorder.seen["att"], Recorder.seen["key_auth"]
     verify_att_obj(att, key_auth, app.ak_roots, app.policy)  # the genuine one passes
     total = all_refused("attObj", att, lambda m: verify_att_obj(m, key_auth, app.ak_roots, app.policy))
@@ -106,8 +104,8 @@ def test_attobj_and_each_structure_inside_it(world):
 
 
 @pytest.mark.timeout(600)
-def test_attestation_ca_request_structures(world):
-    _, tpm, app, _ = world
+def test_attestation_ca_request_structures(recorded_enrollment):
+    _, tpm, app, _ = recorded_enrollment
     ca = app.attestation_ca
     body = attest_request(tpm, attest.read_ek(tpm), attest.create_ak(tpm))
     ca.attest(body)  # the genuine request passes
@@ -127,8 +125,8 @@ def test_attestation_ca_request_structures(world):
 
 
 @pytest.mark.timeout(600)
-def test_quote_structures(world):
-    _, tpm, app, _ = world
+def test_quote_structures(recorded_enrollment):
+    _, tpm, app, _ = recorded_enrollment
     policy = app.attestation_ca.policy
     ak = attest.create_ak(tpm)
     nonce = b"\x5a" * 32
@@ -146,9 +144,9 @@ def test_quote_structures(world):
 
 
 @pytest.mark.timeout(600)
-def test_csr_and_jws_over_http(world):
+def test_csr_and_jws_over_http(recorded_enrollment):
     """Finalize's CSR parser refuses every mutant; mutated JWS bodies get problem documents from the server, never a 5xx."""
-    tmp, _, app, server = world
+    tmp, _, app, server = recorded_enrollment
     verify = str(tmp / "server" / "ca" / "ca.crt")
     csr = Recorder.seen["csr"]
     from tpmtls.enroll.attest_verify import load_der_csr
@@ -179,11 +177,11 @@ def test_csr_and_jws_over_http(world):
 
 
 @pytest.mark.timeout(600)
-def test_attestation_ca_json_over_http(world):
+def test_attestation_ca_json_over_http(recorded_enrollment):
     """Mutated /attest and /secret bodies: a problem document each (4xx), never a 5xx; the server keeps serving."""
     import json
 
-    tmp, tpm, app, server = world
+    tmp, tpm, app, server = recorded_enrollment
     verify = str(tmp / "server" / "ca" / "ca.crt")
     body = json.dumps(attest_request(tpm, attest.read_ek(tpm), attest.create_ak(tpm))).encode()
     secret = json.dumps({"secret": base64.b64encode(b"\x01" * 32).decode(),

@@ -21,10 +21,10 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA
 
 import tpmtls
-from support.attest import Clock, EkCa, busy_limits, busy_settings, ek_machine, enroll_files
+from support.attest import Clock, EkCa, ek_machine, enroll_world
 from support.commands import require
 from tpmtls.enroll.acme_client import Enroller, EnrollOptions
-from tpmtls.enroll.acme_server import NONCE_TTL, EnrollApp, EnrollServer
+from tpmtls.enroll.acme_server import NONCE_TTL
 from tpmtls.enroll.attest_ca import SESSION_TTL
 from tpmtls.enroll.attest_errors import EnrollError
 from tpmtls.enroll.attestation import attest_request, post_json, secret_request
@@ -33,35 +33,42 @@ from tpmtls.tpm.keys import make_key
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def machines_abc(tmp_path_factory):
+    """(tmp, tpms, app, server, clock): machines A and B with EK certificates of the EK CA the
+    enroll-server trusts, C of another; the server's policy is A's PCRs, its clock a `Clock`."""
     require("swtpm", "swtpm_setup", "swtpm_localca", "tpm2-abrmd")
     tmp = tmp_path_factory.mktemp("refusals")
-    ek_ca, other_ca = EkCa(tmp / "ekca"), EkCa(tmp / "other-ekca", manufacturer="elsewhere")
-    machines = {"A": ek_machine(tmp / "a", ek_ca), "B": ek_machine(tmp / "b", ek_ca), "C": ek_machine(tmp / "c", other_ca)}
-    pools = {k: tpmtls.Pool(m.tcti) for k, m in machines.items()}
-    tpms = {k: tpmtls.connect(pool=p) for k, p in pools.items()}
-    ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpms["A"])
     clock = Clock()
-    app = EnrollApp(ca_dir, roots, policy, clock=clock, settings=busy_settings())
-    server = EnrollServer(app, limits=busy_limits()).start()
-    yield tmp, tpms, app, server, clock
-    server.stop()
-    app.close()
-    for p in pools.values():
-        p.close()
-    for m in machines.values():
-        m.stop()
+    with enroll_world(tmp, clock=clock) as a:
+        other_ca = EkCa(tmp / "other-ekca", manufacturer="elsewhere")
+        machines = {"B": ek_machine(tmp / "b", a.ek_ca), "C": ek_machine(tmp / "c", other_ca)}
+        pools = {k: tpmtls.Pool(m.tcti) for k, m in machines.items()}
+        tpms = {"A": a.tpm, **{k: tpmtls.connect(pool=p) for k, p in pools.items()}}
+        try:
+            yield tmp, tpms, a.app, a.server, clock
+        finally:
+            for p in pools.values():
+                p.close()
+            for m in machines.values():
+                m.stop()
 
 
-def options(world, tmp_path: Path, name: str = "x") -> EnrollOptions:
-    tmp, _, app, server, _ = world
+def options(machines_abc, tmp_path: Path, name: str = "x") -> EnrollOptions:
+    tmp, _, app, server, _ = machines_abc
     return EnrollOptions(server.directory_url, cafile=str(tmp / "server" / "ca" / "ca.crt"),
                          key_out=tmp_path / f"{name}.key", cert_out=tmp_path / f"{name}.cert")
 
 
-def refused(world, enroller: Enroller, match: str) -> str:
+def _session(machines_abc) -> requests.Session:
+    """HTTPS to the enroll-server, trusting its CA only."""
+    session = requests.Session()
+    session.verify = str(machines_abc[0] / "server" / "ca" / "ca.crt")
+    return session
+
+
+def refused(machines_abc, enroller: Enroller, match: str) -> str:
     """Run a rogue enrollment: it must fail with `match`, issue no client certificate and write no file."""
-    app = world[2]
+    app = machines_abc[2]
     before = (app.stats.issued, sorted(app.issued_dir.glob("*.pem")) if app.issued_dir.exists() else [])
     with pytest.raises(EnrollError, match=match) as info:
         enroller.run()
@@ -85,18 +92,17 @@ class Replaying(Enroller):
         return Recording.att
 
 
-def test_machine_b_replaying_a_s_attobj_is_refused(world, tmp_path):
-    _, tpms, *_ = world
-    Recording(tpms["A"], options(world, tmp_path, "a")).run()
+def test_machine_b_replaying_a_s_attobj_is_refused(machines_abc, tmp_path):
+    _, tpms, *_ = machines_abc
+    Recording(tpms["A"], options(machines_abc, tmp_path, "a")).run()
     assert Recording.att
-    msg = refused(world, Replaying(tpms["B"], options(world, tmp_path, "b")), "badAttestationStatement")
+    msg = refused(machines_abc, Replaying(tpms["B"], options(machines_abc, tmp_path, "b")), "badAttestationStatement")
     assert "key authorization invalid" in msg
 
 
-def test_replaying_a_s_credential_answer_is_refused(world):
-    _, tpms, app, server, _ = world
-    session = requests.Session()
-    session.verify = str(world[0] / "server" / "ca" / "ca.crt")
+def test_replaying_a_s_credential_answer_is_refused(machines_abc):
+    _, tpms, app, server, _ = machines_abc
+    session = _session(machines_abc)
     a_ek, a_ak = attest.read_ek(tpms["A"]), attest.create_ak(tpms["A"])
     answer = post_json(session, server.url + "/attest", attest_request(tpms["A"], a_ek, a_ak))
     body = secret_request(tpms["A"], a_ak, answer, server.url, "rsa")
@@ -112,13 +118,13 @@ def test_replaying_a_s_credential_answer_is_refused(world):
     assert app.attestation_ca.issued == issued + 1
 
 
-def test_ek_certificate_from_another_ca_is_refused(world, tmp_path):
-    msg = refused(world, Enroller(world[1]["C"], options(world, tmp_path)), "does not chain to a trusted CA")
+def test_ek_certificate_from_another_ca_is_refused(machines_abc, tmp_path):
+    msg = refused(machines_abc, Enroller(machines_abc[1]["C"], options(machines_abc, tmp_path)), "does not chain to a trusted CA")
     assert "the EK certificate" in msg
 
 
-def test_imported_key_is_refused(world, tmp_path):
-    tpm = world[1]["A"]
+def test_imported_key_is_refused(machines_abc, tmp_path):
+    tpm = machines_abc[1]["A"]
 
     class Imported(Enroller):
         def tls_key(self):  # type: ignore[no-untyped-def]
@@ -126,41 +132,41 @@ def test_imported_key_is_refused(world, tmp_path):
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
             return tpm.import_key(pem)
 
-    assert "not fixedTPM" in refused(world, Imported(tpm, options(world, tmp_path)), "badAttestationStatement")
+    assert "not fixedTPM" in refused(machines_abc, Imported(tpm, options(machines_abc, tmp_path)), "badAttestationStatement")
 
 
-def test_restricted_key_is_refused(world, tmp_path):
-    tpm = world[1]["A"]
+def test_restricted_key_is_refused(machines_abc, tmp_path):
+    tpm = machines_abc[1]["A"]
 
     class Restricted(Enroller):
         def attested_key(self, key):  # type: ignore[no-untyped-def]
             ak = attest.create_ak(tpm)
             return make_key(tpm.pool, ak.blob, ak.blob.public)
 
-    assert "restricted" in refused(world, Restricted(tpm, options(world, tmp_path)), "badAttestationStatement")
+    assert "restricted" in refused(machines_abc, Restricted(tpm, options(machines_abc, tmp_path)), "badAttestationStatement")
 
 
-def test_csr_for_another_key_is_refused(world, tmp_path):
-    tpm = world[1]["A"]
+def test_csr_for_another_key_is_refused(machines_abc, tmp_path):
+    tpm = machines_abc[1]["A"]
 
     class OtherCsr(Enroller):
         def csr(self, key, identifier):  # type: ignore[no-untyped-def]
             return super().csr(tpm.create_key("ecc-p256"), identifier)
 
-    msg = refused(world, OtherCsr(tpm, options(world, tmp_path)), "unauthorized")
+    msg = refused(machines_abc, OtherCsr(tpm, options(machines_abc, tmp_path)), "unauthorized")
     assert "csr does not match the attested key" in msg
 
 
-def test_identifier_not_attested_is_refused(world, tmp_path):
-    opts = options(world, tmp_path)
+def test_identifier_not_attested_is_refused(machines_abc, tmp_path):
+    opts = options(machines_abc, tmp_path)
     opts.identifier = "urn:ek:sha256:somebody-else"
-    msg = refused(world, Enroller(world[1]["A"], opts), "permanent identifier does not match")
+    msg = refused(machines_abc, Enroller(machines_abc[1]["A"], opts), "permanent identifier does not match")
     assert "badAttestationStatement" in msg
 
 
-def _account(world):
+def _account(machines_abc):
     """An ACME account on the server, and its signed-request helper (acme's own network layer)."""
-    tmp, _, app, server, _ = world
+    tmp, _, app, server, _ = machines_abc
     key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     net = acme_client.ClientNetwork(key, alg=jose.ES256, verify_ssl=str(tmp / "server" / "ca" / "ca.crt"))
     directory = acme_client.ClientV2.get_directory(server.directory_url, net)
@@ -176,9 +182,9 @@ def _post_with_nonce(net, url: str, nonce: str) -> requests.Response:
                          verify=net.verify_ssl)
 
 
-def test_reused_nonce_is_refused(world):
-    _, _, app, server, _ = world
-    net, directory = _account(world)
+def test_reused_nonce_is_refused(machines_abc):
+    _, _, app, server, _ = machines_abc
+    net, directory = _account(machines_abc)
     nonce = requests.head(directory["newNonce"], verify=net.verify_ssl, timeout=30).headers["Replay-Nonce"]
     first = _post_with_nonce(net, directory["newOrder"], nonce)
     assert first.status_code == 400 and "permanent-identifier identifiers only" in first.json()["detail"]
@@ -189,9 +195,9 @@ def test_reused_nonce_is_refused(world):
     assert again.json()["detail"] == "unknown or already used nonce"
 
 
-def test_expired_nonce_is_refused(world):
-    clock = world[4]
-    net, directory = _account(world)
+def test_expired_nonce_is_refused(machines_abc):
+    clock = machines_abc[4]
+    net, directory = _account(machines_abc)
     nonce = requests.head(directory["newNonce"], verify=net.verify_ssl, timeout=30).headers["Replay-Nonce"]
     clock.offset += NONCE_TTL + 1
     try:
@@ -201,10 +207,9 @@ def test_expired_nonce_is_refused(world):
     assert resp.status_code == 400 and resp.json()["detail"] == "expired nonce"
 
 
-def test_expired_attestation_nonce_is_refused(world):
-    _, tpms, app, server, clock = world
-    session = requests.Session()
-    session.verify = str(world[0] / "server" / "ca" / "ca.crt")
+def test_expired_attestation_nonce_is_refused(machines_abc):
+    _, tpms, app, server, clock = machines_abc
+    session = _session(machines_abc)
     ek, ak = attest.read_ek(tpms["A"]), attest.create_ak(tpms["A"])
     answer = post_json(session, server.url + "/attest", attest_request(tpms["A"], ek, ak))
     body = secret_request(tpms["A"], ak, answer, server.url, "rsa")
@@ -218,10 +223,9 @@ def test_expired_attestation_nonce_is_refused(world):
     assert app.attestation_ca.issued == issued
 
 
-def test_quote_over_another_nonce_is_refused(world):
-    _, tpms, app, server, _ = world
-    session = requests.Session()
-    session.verify = str(world[0] / "server" / "ca" / "ca.crt")
+def test_quote_over_another_nonce_is_refused(machines_abc):
+    _, tpms, app, server, _ = machines_abc
+    session = _session(machines_abc)
     ek, ak = attest.read_ek(tpms["A"]), attest.create_ak(tpms["A"])
     answer = post_json(session, server.url + "/attest", attest_request(tpms["A"], ek, ak))
     answer["nonce"] = "AAAA" * 11  # the client quotes over a nonce of its choosing
@@ -229,9 +233,9 @@ def test_quote_over_another_nonce_is_refused(world):
         post_json(session, server.url + "/secret", secret_request(tpms["A"], ak, answer, server.url, "rsa"))
 
 
-def test_pcr_outside_the_policy_is_refused(world, tmp_path):
+def test_pcr_outside_the_policy_is_refused(machines_abc, tmp_path):
     """Run last in this module: it extends PCR 7 of machine B for good."""
-    tpm = world[1]["B"]
+    tpm = machines_abc[1]["B"]
 
     def extend(ctx):  # type: ignore[no-untyped-def]
         ha = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
@@ -239,6 +243,6 @@ def test_pcr_outside_the_policy_is_refused(world, tmp_path):
         ctx.esapi.pcr_extend(ESYS_TR.PCR7, TPML_DIGEST_VALUES([ha]))
 
     tpm.pool.run("extend PCR 7", extend)
-    msg = refused(world, Enroller(tpm, options(world, tmp_path)), "is not allowed by the policy")
+    msg = refused(machines_abc, Enroller(tpm, options(machines_abc, tmp_path)), "is not allowed by the policy")
     assert "PCR sha256:7 = " in msg
-    assert json.loads((world[0] / "server" / "policy.json").read_text())["pcrs"]["sha256"]["7"]
+    assert json.loads((machines_abc[0] / "server" / "policy.json").read_text())["pcrs"]["sha256"]["7"]

@@ -10,7 +10,6 @@ import shutil
 import socket
 import stat
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,8 @@ from support.commands import require
 from support.daemon import DOCKER, ProxyProcess, busybox_archive, run, tpmtls_cli
 from support.pairing import AgentProcess
 from support.schemas import validated
+from support.wait import wait_until
 from tpmtls.enroll.pairing_client import ensure_server_enrolled
-from tpmtls.enroll.store import CertificateStore
 from tpmtls.testing import free_port
 
 IMAGE = "busybox-tpmtls:1"
@@ -48,19 +47,18 @@ def _ping(tls_sock) -> bytes:
 
 
 @pytest.fixture
-def world(test_tpm, tmp_path):
+def run_dir():
+    """A short directory under /tmp for dockerd's exec-root, pid file and sockets (unix socket
+    paths are limited to 108 bytes)."""
     require("dockerd", "docker", "systemd-socket-activate")
-    store = CertificateStore(tmp_path / "store")
-    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    run_dir = Path(tempfile.mkdtemp(prefix="tpe-", dir="/tmp"))  # unix socket paths stay short
-    yield store, state, run_dir
-    shutil.rmtree(run_dir, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix="tpe-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def test_pair_then_dockerd_on_the_same_socket(world, test_tpm, tmp_path):
-    store, state, run_dir = world
+@pytest.mark.machine  # the agent execs dockerd (root, /etc/docker/key.json)
+def test_pair_then_dockerd_on_the_same_socket(pairing_store, run_dir, test_tpm, tmp_path):
+    store, state = pairing_store
     port = free_port()
     host = f"127.0.0.1:{port}"
     agent_args = ["--ca", str(store.ca_dir / "ca.crt"), "--state", str(state), *_dockerd_args(tmp_path, run_dir)]
@@ -87,10 +85,7 @@ def test_pair_then_dockerd_on_the_same_socket(world, test_tpm, tmp_path):
 
         # exec, not fork: dockerd has the agent's PID (so LISTEN_PID held)
         pidfile = run_dir / "docker.pid"
-        for _ in range(600):
-            if pidfile.exists() and pidfile.read_text().strip():
-                break
-            time.sleep(0.05)
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, f"dockerd writing {pidfile}")
         assert int(pidfile.read_text()) == agent.pid
 
         # docker-py through tpmtls, with the store's directory as DOCKER_CERT_PATH

@@ -11,9 +11,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from support.commands import require
-from support.daemon import one_line, tpmtls_cli
+from support.commands import one_line, require
+from support.daemon import tpmtls_cli
 from support.pairing import AgentProcess, Impostor, make_cert
+from support.wait import wait_until
 from tpmtls.enroll.pairing_client import (
     EnrollmentError,
     connect_pinned,
@@ -26,17 +27,14 @@ from tpmtls.testing import free_port
 
 
 @pytest.fixture
-def paired_world(test_tpm, tmp_path):
-    """A client store with its CA, and an agent trusting that CA (--listen: no systemd here)."""
+def listening_agent(pairing_store, test_tpm, tmp_path):
+    """(store, state, port, agent): an enroll-agent on a loopback port (--listen: no systemd here)
+    trusting the client store's CA."""
     require("openssl")
-    store = CertificateStore(tmp_path / "store")
-    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
+    store, state = pairing_store
     port = free_port()
-    agent = AgentProcess(tmp_path, test_tpm.env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
-                         "--listen", f"127.0.0.1:{port}", "--dockerd", "true")
-    with agent:
+    with AgentProcess(tmp_path, test_tpm.env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
+                      "--listen", f"127.0.0.1:{port}", "--dockerd", "true") as agent:
         yield store, state, port, agent
 
 
@@ -48,8 +46,8 @@ def _posted(store, port, fingerprint, pem, tcti):
         tls.close()
 
 
-def test_wrong_certificates_are_refused_and_nothing_is_stored(paired_world, test_tpm, tmp_path):
-    store, state, port, agent = paired_world
+def test_wrong_certificates_are_refused_and_nothing_is_stored(listening_agent, test_tpm, tmp_path):
+    store, state, port, agent = listening_agent
     fp = agent.fingerprint()
     assert stat.S_IMODE(os.stat(state / "server.key").st_mode) == 0o600
     daemon_key = x509.load_pem_x509_certificate((state / "pairing.crt").read_bytes()).public_key()
@@ -164,21 +162,19 @@ def test_first_use_pin_is_enforced_later(test_tpm, tmp_path):
     assert "differs from the key recorded in" in one_line(proc)
 
 
-def test_a_trickling_peer_cannot_hold_the_agent(test_tpm, tmp_path):
+def test_a_trickling_peer_cannot_hold_the_agent(pairing_store, test_tpm, tmp_path):
     """Connections are served one at a time: each has a deadline, so a slow peer gives way."""
     import socket
     import threading
     import time
 
-    store = CertificateStore(tmp_path / "store")
-    tpmtls_cli("ca", "init", str(store.ca_dir), "--name", "pairing CA", env=test_tpm.env)
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
+    store, state = pairing_store
     port = free_port()
     env = {**test_tpm.env, "TPMTLS_ENROLL_DEADLINE": "2"}
     with AgentProcess(tmp_path, env, "--ca", str(store.ca_dir / "ca.crt"), "--state", str(state),
                       "--listen", f"127.0.0.1:{port}", "--dockerd", "true") as agent:
         stop = threading.Event()
+        sent: list[int] = []
 
         def trickle() -> None:  # a ClientHello one byte every 0.5 s, for at most 60 s
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -189,11 +185,13 @@ def test_a_trickling_peer_cannot_hold_the_agent(test_tpm, tmp_path):
                         s.sendall(bytes([byte]))
                     except OSError:
                         return
-                    time.sleep(0.5)
+                    sent.append(byte)
+                    time.sleep(0.5)  # the pace is the point: the ClientHello would take a minute, past any deadline
 
         slow = threading.Thread(target=trickle, daemon=True)
         slow.start()
-        time.sleep(0.5)  # the slow peer is being served now
+        # the slow peer is connected (and so served first: one connection at a time, in order)
+        wait_until(lambda: sent, 30, "the slow peer's first byte")
         with pytest.raises(EnrollmentError) as err:  # a real client still gets its answer
             _posted(store, port, agent.fingerprint(), b"hello", test_tpm.tcti)
         stop.set()
@@ -222,11 +220,11 @@ def _expire_client_certificate(store: CertificateStore, tcti: str) -> None:
     cert_path.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
 
 
-def test_an_expired_client_certificate_is_said_so(paired_world, test_tpm):
+def test_an_expired_client_certificate_is_said_so(listening_agent, test_tpm):
     """The agent refuses an expired client certificate (in TLS 1.3 its alert is often lost in
     the close): the client names the dates, where it used to blame the agent's --ca (any
     error text with "certificate" in it was read so)."""
-    store, state, port, agent = paired_world
+    store, state, port, agent = listening_agent
     _expire_client_certificate(store, test_tpm.tcti)
     proc = tpmtls_cli("enroll", f"127.0.0.1:{port}", "--store", str(store.root), "--expect-fingerprint",
                       agent.fingerprint(), env=test_tpm.env, check=False)

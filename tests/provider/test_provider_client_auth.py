@@ -12,11 +12,11 @@ from support.commands import openssl, require
 from support.peers import (
     OpenSSLServer,
     PythonTlsServer,
-    clean_env,
     verifying_server_context,
 )
 from support.tls_clients import client_subject, pyopenssl_get, stdlib_get
 from tpmtls import provider
+from tpmtls.lab.process import child_env
 from tpmtls.tpm import default_pool
 
 ALGS = ["ecc-p256", "ecc-p384", "rsa2048", "rsa3072"]
@@ -96,7 +96,7 @@ def test_tpmtls_key_works_in_tpm2_openssl_client(test_tpm, tpm_client, pki):
     """`openssl s_client -provider tpm2` authenticates with a key tpmtls created."""
     require("openssl")
     cert, key = tpm_client["ecc-p256"]
-    env = clean_env({**test_tpm.env, "TPM2OPENSSL_TCTI": test_tpm.tcti})
+    env = child_env({**test_tpm.env, "TPM2OPENSSL_TCTI": test_tpm.tcti})
     with PythonTlsServer(verifying_server_context(pki)) as server:
         proc = subprocess.run(
             ["openssl", "s_client", "-provider", "tpm2", "-provider", "default",

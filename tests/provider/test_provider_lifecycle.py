@@ -8,6 +8,7 @@ import threading
 import pytest
 
 import tpmtls
+from support.wait import reap_child
 from tpmtls import provider
 
 
@@ -63,8 +64,6 @@ def test_context_still_signs_after_other_keys_were_freed(tpm_client, test_tpm, p
 def test_fork_while_another_thread_holds_a_provider_lock(lock, tpm_client, test_tpm):
     """The child gets fresh locks: it loads a TPM key although the parent's thread held one at fork()."""
     import os
-    import signal
-    import time
 
     cert, key = tpm_client["ecc-p256"]
     held, release = threading.Event(), threading.Event()
@@ -86,14 +85,4 @@ def test_fork_while_another_thread_holds_a_provider_lock(lock, tpm_client, test_
             os._exit(1)
     release.set()
     holder.join(10)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail(f"the forked child hung on provider.{lock}")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert reap_child(pid, 60, f"the forked child loading a key (provider.{lock} held at fork)") == 0

@@ -8,7 +8,8 @@ import pytest
 
 import tpmtls
 from support.commands import require
-from support.peers import PythonTlsServer, clean_env
+from support.peers import PythonTlsServer
+from tpmtls.lab.process import child_env
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_openssl_s_client_accepts_tpm_server(version, tpm_server_cert, pki, test
             ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost",
              "-CAfile", str(pki.ca_file), "-verify_return_error", "-verify_hostname", "localhost",
              f"-tls{version.replace('.', '_')}", "-cert", str(client_cert), "-key", str(client_key), "-ign_eof"],
-            input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, env=clean_env(), timeout=60,
+            input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, env=child_env(), timeout=60,
         )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-500:]
     assert b"Verification: OK" in proc.stdout or b"Verify return code: 0 (ok)" in proc.stdout
@@ -48,7 +49,7 @@ def test_curl_accepts_tpm_server(tpm_server_cert, pki, test_tpm):
             ["curl", "-sS", "--max-time", "20", "--cacert", str(pki.ca_file), "--cert", str(client_cert),
              "--key", str(client_key), f"https://localhost:{server.port}/",
              "--resolve", f"localhost:{server.port}:127.0.0.1"],
-            capture_output=True, env=clean_env(), timeout=60,
+            capture_output=True, env=child_env(), timeout=60,
         )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert proc.stdout == b"hello curl-client\n"
@@ -62,7 +63,7 @@ def test_tpm_server_refuses_client_without_certificate(tpm_server_cert, pki, tes
         proc = subprocess.run(
             ["curl", "-sS", "--max-time", "20", "--cacert", str(pki.ca_file), f"https://localhost:{server.port}/",
              "--resolve", f"localhost:{server.port}:127.0.0.1"],
-            capture_output=True, env=clean_env(), timeout=60,
+            capture_output=True, env=child_env(), timeout=60,
         )
     assert proc.returncode != 0
     assert server.subjects == []

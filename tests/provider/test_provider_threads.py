@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import tpmtls
 from support.peers import OpenSSLServer, Pki
 from support.tls_clients import client_subject, pyopenssl_get, stdlib_get
+from support.wait import wait_until
 from tpmtls import provider
 from tpmtls.tpm import default_pool
 
@@ -75,14 +76,18 @@ def test_tpm_goes_away_mid_run(fresh_tpm, tmp_path):
             except (ssl.SSLError, OSError) as e:
                 errors.append(provider.last_error() or f"no reason recorded: {e}")
 
+    def handshakes_after(count: int, what: str) -> None:
+        """Wait until the workers have done a handshake beyond the first `count`."""
+        wait_until(lambda: len(results) > count, 60, what)
+
     def outage(seconds: float, reconnect_window: float) -> tuple[int, int]:
         pool.reconnect_timeout = reconnect_window
-        time.sleep(0.5)
+        handshakes_after(len(results), "a handshake before the outage")
         ok, failed = len(results), len(errors)
         fresh_tpm.abrmd.kill()
-        time.sleep(seconds)
+        time.sleep(seconds)  # the outage itself: its length against the reconnect wait is the point
         fresh_tpm.abrmd.restart()
-        time.sleep(1.0)
+        handshakes_after(len(results), "a handshake after the restart")
         return len(results) - ok, len(errors) - failed
 
     with OpenSSLServer(pki) as server:
@@ -92,7 +97,7 @@ def test_tpm_goes_away_mid_run(fresh_tpm, tmp_path):
         short_ok, short_failed = outage(0.3, reconnect_window=10.0)  # restart well inside the window
         long_ok, long_failed = outage(3.0, reconnect_window=0.5)  # down far longer than the window
         ok_before_end = len(results)
-        time.sleep(1.0)
+        handshakes_after(ok_before_end, "a handshake once the TPM is back")
         stop.set()
         for t in threads:
             t.join(30)

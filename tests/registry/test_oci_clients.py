@@ -53,11 +53,11 @@ def demo(named_registry, small_image, soft_certs):
     """demo:1 pushed directly with a software key; its manifest digest."""
     import subprocess
 
-    from support.peers import clean_env
+    from tpmtls.lab.process import child_env
 
     proc = subprocess.run(["skopeo", "copy", "--insecure-policy", "--dest-cert-dir", str(soft_certs),
                            f"docker-archive:{small_image}", f"docker://{named_registry.address}/demo:1"],
-                          capture_output=True, text=True, env=clean_env(), timeout=300)
+                          capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     return skopeo_raw(f"{named_registry.address}/demo:1", soft_certs)[1]
 

@@ -6,32 +6,28 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from support.peers import CountingListener, clean_env
-from support.registry import env_for, one_line_failure, run_cli
+from support.commands import one_line
+from support.peers import CountingListener
+from support.registry import env_for, run_cli
+from support.wait import wait_until
+from tpmtls.lab.process import child_env
 
 
 def test_silent_server_fails_once_in_bounded_time(tpm_certs, small_image, test_tpm, tmp_path):
-    listener = CountingListener("hold")
-    try:
+    with CountingListener("hold") as listener:
         proc = run_cli("push", f"docker-archive:{small_image}", f"localhost:{listener.port}/x:1", "--cert-dir",
                        str(tpm_certs), env=env_for(test_tpm, tmp_path), timeout=60)
-    finally:
-        listener.close()
-    line = one_line_failure(proc)
+    line = one_line(proc)
     assert "did not answer within 10 s" in line
     assert listener.connections == 1  # not retried
 
 
 def test_plain_http_on_the_registry_port_is_not_retried(tpm_certs, small_image, test_tpm, tmp_path):
-    listener = CountingListener("http")
-    try:
+    with CountingListener("http") as listener:
         proc = run_cli("pull", f"localhost:{listener.port}/x:1", f"oci:{tmp_path / 'o'}", "--cert-dir",
                        str(tpm_certs), env=env_for(test_tpm, tmp_path), timeout=60)
-    finally:
-        listener.close()
-    assert "plain HTTP, not TLS" in one_line_failure(proc)
+    assert "plain HTTP, not TLS" in one_line(proc)
     assert listener.connections == 1
 
 
@@ -45,7 +41,7 @@ def test_pull_output_paths(registry, tpm_certs, test_tpm, tmp_path):
                         ("docker-archive:/sys/img.tar", "cannot write"),
                         ("oci:/sys/layout", "cannot write")):
         proc = run_cli("pull", src, dest, "--cert-dir", str(tpm_certs), env=env)
-        assert proc.returncode == 1 and words in one_line_failure(proc), (dest, proc.stderr)
+        assert proc.returncode == 1 and words in one_line(proc), (dest, proc.stderr)
 
 
 def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, test_tpm, tmp_path):
@@ -58,12 +54,13 @@ def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, tes
     layout = tmp_path / "layout"
     blobs = layout / "blobs" / "sha256"
     args = [sys.executable, "-m", "tpmtls.cli.pull", dest, f"oci:{layout}", "--cert-dir", str(tpm_certs)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**clean_env(), **env})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if blobs.is_dir() and any(p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()):
-            break
-        time.sleep(0.01)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**child_env(), **env})
+
+    def partial_blob_or_exit() -> bool:
+        return proc.poll() is not None or (blobs.is_dir() and any(
+            p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()))
+
+    wait_until(partial_blob_or_exit, 60, "the pull writing a partial blob", interval=0.01)
     assert proc.poll() is None, "the pull finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)

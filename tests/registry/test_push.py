@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import tpmtls
-from support.peers import clean_env
+from support.commands import one_line
 from support.registry import env_for, run_cli, skopeo_layers, skopeo_raw
+from tpmtls.lab.process import child_env
 from tpmtls.registry.push import BlobCache
 
 LINE = "{tag}: digest: {digest} size: {size}"
@@ -47,7 +48,7 @@ def test_push_oci_layouts(kind, registry, tpm_certs, soft_certs, small_image, te
     target = tmp_path / ("layout" if kind == "oci" else "layout.tar")
     ref = f"{target}:v1" if kind == "oci" else str(target)
     subprocess.run(["skopeo", "copy", "--insecure-policy", f"docker-archive:{small_image}", f"{kind}:{ref}"],
-                   check=True, capture_output=True, env=clean_env(), timeout=120)
+                   check=True, capture_output=True, env=child_env(), timeout=120)
     dest = f"localhost:{registry.port}/{kind}:v1"
     result = tpmtls.push(f"{kind}:{ref}", dest, cert_dir=tpm_certs, tcti=test_tpm.tcti,
                          cache=BlobCache(tmp_path / "c.json"))
@@ -125,7 +126,7 @@ def test_skopeo_copy_reads_back_the_same_manifest(registry, tpm_certs, soft_cert
                          cache=BlobCache(tmp_path / "c.json"))
     out = tmp_path / "copy"
     subprocess.run(["skopeo", "copy", "--insecure-policy", "--src-cert-dir", str(soft_certs), f"docker://{dest}",
-                    f"dir:{out}"], check=True, capture_output=True, env=clean_env(), timeout=120)
+                    f"dir:{out}"], check=True, capture_output=True, env=child_env(), timeout=120)
     manifest = (out / "manifest.json").read_bytes()  # dir: keeps the manifest byte for byte
     assert "sha256:" + hashlib.sha256(manifest).hexdigest() == pushed.digest
     for layer in json.loads(manifest)["layers"]:
@@ -143,20 +144,19 @@ def test_progress_bars_on_a_terminal(registry, tpm_certs, small_image, test_tpm,
     cmd = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{small_image}",
                                            f"localhost:{registry.port}/tty:1", "--cert-dir", str(tpm_certs)])
     proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=120,
-                          env={**clean_env(), **env_for(test_tpm, tmp_path), "COLUMNS": "120", "TERM": "xterm"})
+                          env={**child_env(), **env_for(test_tpm, tmp_path), "COLUMNS": "120", "TERM": "xterm"})
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "Pushed" in proc.stdout and "━" in proc.stdout  # rich's bar
     assert "1: digest: sha256:" in proc.stdout
 
 
 def test_certs_d_rules(registry, pki, small_image, test_tpm, tmp_path):
-    from support.registry import one_line_failure
 
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "ca.crt").write_bytes(pki.ca_file.read_bytes())
     (lonely / "client.cert").write_bytes(pki.ca_file.read_bytes())
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"localhost:{registry.port}/x:1",
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"localhost:{registry.port}/x:1",
                                     "--cert-dir", str(lonely), env=env_for(test_tpm, tmp_path)))
     assert "client.cert: client certificate without its key client.key" in line
 
@@ -171,9 +171,8 @@ def test_flat_layout_with_untagged_manifests(registry, tpm_certs, soft_certs, te
         child.pop("platform")
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": children}))
     env = env_for(test_tpm, tmp_path)
-    from support.registry import one_line_failure
 
-    line = one_line_failure(run_cli("push", f"oci:{layout}", f"localhost:{registry.port}/flat:1", "--cert-dir",
+    line = one_line(run_cli("push", f"oci:{layout}", f"localhost:{registry.port}/flat:1", "--cert-dir",
                                     str(tpm_certs), env=env))
     assert "holds 2 images" in line and "@DIGEST" in line and "--platform" in line
     by_digest = run_cli("push", f"oci:{layout}@{children[1]['digest']}", f"localhost:{registry.port}/flat:d",

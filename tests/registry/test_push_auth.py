@@ -5,31 +5,26 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from support.commands import require
-from support.registry import env_for, one_line_failure, run_cli
+from support.commands import one_line
+from support.registry import env_for, run_cli
 from support.tokens import (  # noqa: F401
     PASSWORD,
     REFRESH,
     USER,
     TokenServer,
+    htpasswd_registry,
     registry_with_token_server,
 )
-from tpmtls.lab import Registry
 
 
 @pytest.fixture(scope="module")
 def basic_registry(pki, tmp_path_factory):
-    require("htpasswd", "docker-registry")
-    work = tmp_path_factory.mktemp("basic")
-    htpasswd = work / "htpasswd"
-    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, check=True, text=True).stdout
-    htpasswd.write_text(line.strip() + "\n")
-    with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", htpasswd=htpasswd) as reg:
+    """Client certificates from the test CA *and* htpasswd (USER, PASSWORD)."""
+    with htpasswd_registry(pki, tmp_path_factory.mktemp("basic"), pki.ca_file) as reg:
         yield reg
 
 
@@ -91,7 +86,7 @@ def test_password_stdin(auth_registry, tpm_certs, small_image, test_tpm, tmp_pat
 def test_wrong_password_is_one_line(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
     host = f"localhost:{auth_registry.port}"
     docker_config(tmp_path, {"auths": {host: auth_entry(USER, "wrong")}})
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/denied:1", "--cert-dir",
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"{host}/denied:1", "--cert-dir",
                                     str(tpm_certs), env=env_for(test_tpm, tmp_path)))
     print(line)
     assert host in line and f"as {USER}" in line and ("authentication failed" in line or "refused" in line)
@@ -99,7 +94,7 @@ def test_wrong_password_is_one_line(auth_registry, tpm_certs, small_image, test_
 
 def test_no_credentials_is_one_line(auth_registry, tpm_certs, small_image, test_tpm, tmp_path):
     host = f"localhost:{auth_registry.port}"
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/anon:1", "--cert-dir",
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"{host}/anon:1", "--cert-dir",
                                     str(tpm_certs), env=env_for(test_tpm, tmp_path)))
     print(line)
     assert host in line
@@ -145,7 +140,7 @@ def test_one_token_per_scope_and_no_catalog_scope(token_registry, tpm_certs, sma
 def test_unparseable_auth_names_the_file(basic_registry, tpm_certs, small_image, test_tpm, tmp_path):
     host = f"localhost:{basic_registry.port}"
     docker_config(tmp_path, {"auths": {host: {"auth": "not base64 at all!"}}})
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"{host}/x:1", "--cert-dir",
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"{host}/x:1", "--cert-dir",
                                     str(tpm_certs), env=env_for(test_tpm, tmp_path)))
     assert str(tmp_path / "docker" / "config.json") in line and "auth" in line
 
@@ -168,22 +163,14 @@ def test_resolve_applies_to_the_token_server(resolved_registry, tpm_certs, small
 
 
 def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, small_image, test_tpm, tmp_path):
-    require("docker-registry")
     from support.peers import CountingListener
 
-    listener = CountingListener()
-    tokens = TokenServer(pki, tmp_path)
-    config = {"realm": f"http://127.0.0.1:{listener.port}/token", "service": "tpmtls-test",
-              "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
-    try:
-        with Registry(pki.server_cert, pki.server_key, pki.ca_file, tmp_path / "reg", token=config) as reg:
-            line = one_line_failure(run_cli(
-                "push", f"docker-archive:{small_image}", f"localhost:{reg.port}/clear:1", "--cert-dir",
-                str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
-                stdin=PASSWORD + "\n"))
-    finally:
-        listener.close()
-        tokens.close()
+    with CountingListener() as listener, \
+            registry_with_token_server(pki, tmp_path, realm=f"http://127.0.0.1:{listener.port}/token") as (reg, _):
+        line = one_line(run_cli(
+            "push", f"docker-archive:{small_image}", f"localhost:{reg.port}/clear:1", "--cert-dir",
+            str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
+            stdin=PASSWORD + "\n"))
     print(line)
     assert f"http://127.0.0.1:{listener.port}/token" in line and "not https" in line
     assert listener.connections == 0
@@ -192,15 +179,12 @@ def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, small_image,
 def test_plain_http_upload_location_gets_no_layer_data(pki, tpm_certs, small_image, test_tpm, tmp_path):
     from support.peers import CountingListener, HostileRegistry
 
-    listener = CountingListener()
-    try:
+    with CountingListener() as listener:
         with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/upload/1") as hostile:
-            line = one_line_failure(run_cli(
+            line = one_line(run_cli(
                 "push", f"docker-archive:{small_image}", f"localhost:{hostile.port}/clear:1", "--cert-dir",
                 str(tpm_certs), "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path),
                 stdin=PASSWORD + "\n"))
-    finally:
-        listener.close()
     print(line)
     assert f"http://127.0.0.1:{listener.port}/upload/1" in line and "not https" in line
     assert listener.connections == 0
@@ -225,14 +209,11 @@ def test_foreign_upload_location_gets_no_authorization(pki, tpm_certs, small_ima
 def test_pull_redirects_get_no_authorization_and_never_plain_http(pki, tpm_certs, test_tpm, tmp_path):
     from support.peers import CountingListener, HostileRegistry
 
-    listener = CountingListener()
-    try:
+    with CountingListener() as listener:
         with HostileRegistry(pki, f"http://127.0.0.1:{listener.port}/blob") as hostile:
-            line = one_line_failure(run_cli(
+            line = one_line(run_cli(
                 "pull", f"localhost:{hostile.port}/r:1", f"oci:{tmp_path / 'o'}", "--cert-dir", str(tpm_certs),
                 "--username", USER, "--password-stdin", env=env_for(test_tpm, tmp_path), stdin=PASSWORD + "\n"))
-    finally:
-        listener.close()
     assert f"http://127.0.0.1:{listener.port}/blob" in line and "not https" in line
     assert listener.connections == 0
     with HostileRegistry(pki) as storage, HostileRegistry(pki) as hostile:

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
-import tarfile
 
-from support.peers import clean_env
-from support.registry import (
-    env_for,
-    one_line_failure,
-    run_cli,
-    skopeo_raw,
-    tpm_cert_dir,
-)
+from support.commands import one_line
+from support.registry import env_for, rootfs_tar, run_cli, skopeo_raw, tpm_cert_dir
+from tpmtls.lab.process import child_env
 
 
 def docker(dockerd, *args: str, input: bytes | None = None) -> str:
-    proc = subprocess.run(["docker", *args], env={**clean_env(), **dockerd.env}, input=input, capture_output=True,
+    proc = subprocess.run(["docker", *args], env={**child_env(), **dockerd.env}, input=input, capture_output=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     return proc.stdout.decode()
 
 
 def test_mission_push_and_pull_with_dockerd(dockerd, registry, pki, tpm, soft_certs, test_tpm, tmp_path):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"a tiny image made by the test\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    image_id = docker(dockerd, "import", "-", "demo-src:1", input=buf.getvalue()).strip()
+    rootfs = rootfs_tar("hello.txt", b"a tiny image made by the test\n")
+    image_id = docker(dockerd, "import", "-", "demo-src:1", input=rootfs).strip()
 
     name = f"server.domain.com:{registry.port}"
     tpm_cert_dir(tmp_path / "certs.d" / name, pki, tpm)  # certs.d named like Docker's: host:port
@@ -51,7 +39,7 @@ def test_mission_push_and_pull_with_dockerd(dockerd, registry, pki, tpm, soft_ce
 def test_unknown_daemon_image(dockerd, registry, tpm_certs, test_tpm, tmp_path):
     proc = run_cli("push", "no-such-image:1", f"localhost:{registry.port}/x:1", "--cert-dir", str(tpm_certs),
                    env=env_for(test_tpm, tmp_path, **dockerd.env))
-    assert "no-such-image:1: no such image in the local Docker daemon" in one_line_failure(proc)
+    assert "no-such-image:1: no such image in the local Docker daemon" in one_line(proc)
 
 
 def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_tpm, tmp_path):
@@ -61,19 +49,14 @@ def test_registry_checked_before_the_daemon_saves(dockerd, registry, pki, test_t
     from support.peers import Pki
     from support.registry import cert_dir
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("x.txt")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"x\n"))
-    image_id = docker(dockerd, "import", "-", "unsaved:1", input=buf.getvalue()).strip()
+    image_id = docker(dockerd, "import", "-", "unsaved:1", input=rootfs_tar("x.txt", b"x\n")).strip()
     stranger = Pki(tmp_path / "other", cn="not the registry's CA")
     cert, key = stranger.software_client("stranger")
     certs = cert_dir(tmp_path / "c", pki, cert, key)
     since = str(int(time.time()) - 1)
     proc = run_cli("push", "unsaved:1", f"localhost:{registry.port}/x:1", "--cert-dir", str(certs),
                    env=env_for(test_tpm, tmp_path, **dockerd.env))
-    assert "refused our client certificate" in one_line_failure(proc)
+    assert "refused our client certificate" in one_line(proc)
     until = str(int(time.time()) + 1)
     events = docker(dockerd, "events", "--since", since, "--until", until, "--filter", "type=image",
                     "--format", "{{.Action}} {{.Actor.ID}}")

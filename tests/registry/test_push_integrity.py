@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
-from support.peers import clean_env
-from support.registry import env_for, one_line_failure, run_cli, skopeo_layers
+from support.commands import one_line
+from support.registry import env_for, run_cli, skopeo_layers
+from support.wait import wait_until
 from tpmtls.lab import build_docker_archive
+from tpmtls.lab.process import child_env
 
 
 def _tamper(archive: Path, member_suffix: str, out: Path) -> str:
@@ -34,7 +35,7 @@ def _tamper(archive: Path, member_suffix: str, out: Path) -> str:
 
 def _tags(registry, repo: str, certs: Path) -> int:
     proc = subprocess.run(["skopeo", "list-tags", "--cert-dir", str(certs), f"docker://localhost:{registry.port}/{repo}"],
-                          capture_output=True, text=True, env=clean_env(), timeout=60)
+                          capture_output=True, text=True, env=child_env(), timeout=60)
     return len(json.loads(proc.stdout)["Tags"] or []) if proc.returncode == 0 else 0
 
 
@@ -45,7 +46,7 @@ def test_layer_not_matching_its_diff_id_is_refused_and_not_cached(registry, tpm_
     layer = _tamper(good, "layer.tar", bad)
     env = env_for(test_tpm, tmp_path)
     dest = f"localhost:{registry.port}/corrupt:1"
-    line = one_line_failure(run_cli("push", f"docker-archive:{bad}", dest, "--cert-dir", str(tpm_certs), env=env))
+    line = one_line(run_cli("push", f"docker-archive:{bad}", dest, "--cert-dir", str(tpm_certs), env=env))
     print(line)
     assert layer in line and "diff_id" in line and "nothing was tagged" in line
     assert _tags(registry, "corrupt", soft_certs) == 0
@@ -65,7 +66,7 @@ def test_oci_blob_not_matching_its_descriptor_is_refused(registry, tpm_certs, so
                                                          tmp_path):
     layout = tmp_path / "layout"
     subprocess.run(["skopeo", "copy", "--insecure-policy", f"docker-archive:{small_image}", f"oci:{layout}:v1"],
-                   check=True, capture_output=True, env=clean_env(), timeout=120)
+                   check=True, capture_output=True, env=child_env(), timeout=120)
     index = json.loads((layout / "index.json").read_text())
     manifest = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
     big = max(manifest["layers"], key=lambda d: d["size"])
@@ -73,7 +74,7 @@ def test_oci_blob_not_matching_its_descriptor_is_refused(registry, tpm_certs, so
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    line = one_line_failure(run_cli("push", f"oci:{layout}:v1", f"localhost:{registry.port}/ocibad:v1",
+    line = one_line(run_cli("push", f"oci:{layout}:v1", f"localhost:{registry.port}/ocibad:v1",
                                     "--cert-dir", str(tpm_certs), env=env_for(test_tpm, tmp_path)))
     print(line)
     assert big["digest"] in line and "does not match" in line
@@ -90,15 +91,15 @@ def test_oci_blob_not_matching_its_descriptor_is_refused(registry, tpm_certs, so
 def test_bad_references_fail_before_any_network_call(ref, words, small_image, tmp_path):
     # nothing listens on this port: an error about the reference proves no connection was tried
     dest = f"localhost:9/{ref}"
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", dest, env={"XDG_CACHE_HOME": str(tmp_path)}))
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", dest, env={"XDG_CACHE_HOME": str(tmp_path)}))
     print(line)
     assert words in line and "Traceback" not in line
 
 
 def test_url_reference_is_one_line(small_image, tmp_path):
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", "https://localhost:9/x:1", env={}))
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", "https://localhost:9/x:1", env={}))
     assert "no URL scheme" in line
-    line = one_line_failure(run_cli("pull", "https://localhost:9/x:1", f"oci:{tmp_path}/o", env={}))
+    line = one_line(run_cli("pull", "https://localhost:9/x:1", f"oci:{tmp_path}/o", env={}))
     assert "no URL scheme" in line
 
 
@@ -109,22 +110,21 @@ LAYER_SIZE = 6_000_000
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_push_resends_only_missing_blobs(sig, registry, tpm_certs, soft_certs, test_tpm, tmp_path):
     image = build_docker_archive(tmp_path / "img.tar", [{f"f{i}.bin": LAYER_SIZE} for i in range(LAYERS)])
-    env = {**clean_env(), **env_for(test_tpm, tmp_path)}
+    env = {**child_env(), **env_for(test_tpm, tmp_path)}
     dest = f"localhost:{registry.port}/resume-{sig.name.lower()}:1"
     args = [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", dest, "--cert-dir", str(tpm_certs),
             "--jobs", "1"]
     cache = tmp_path / "cache" / "tpmtls" / "blobs.json"
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def two_blobs_recorded_or_exit() -> bool:
         try:
             done = len(json.loads(cache.read_text())["compressed"])
         except (OSError, ValueError, KeyError):
             done = 0
-        if done >= 2:
-            break
-        time.sleep(0.02)
+        return done >= 2 or proc.poll() is not None
+
+    wait_until(two_blobs_recorded_or_exit, 120, "the push recording two blobs in its cache", interval=0.02)
     assert proc.poll() is None, "the push finished before it could be interrupted"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from support.commands import require
-from support.nginx import Nginx
+from support.commands import one_line, require
+from support.nginx import registry_front
 from support.peers import Pki
-from support.registry import cert_dir, env_for, one_line_failure, run_cli, tpm_cert_dir
+from support.registry import cert_dir, env_for, run_cli, tpm_cert_dir
 from tpmtls.lab import Registry
 
 
@@ -21,8 +21,8 @@ def plain_registry(pki, tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["TLSv1.2", "TLSv1.3"])
 def nginx(request, pki, plain_registry, tmp_path_factory):
-    with Nginx(tmp_path_factory.mktemp("nginx"), pki.server_cert, pki.server_key, pki.ca_file, plain_registry.port,
-               protocols=request.param) as server:
+    with registry_front(tmp_path_factory.mktemp("nginx"), pki.server_cert, pki.server_key, pki.ca_file,
+                        plain_registry.port, protocols=request.param) as server:
         yield server
 
 
@@ -41,7 +41,7 @@ def test_push_and_pull_through_nginx(alg, nginx, pki, tpm, small_image, test_tpm
 
 def test_no_client_certificate_configured(nginx, pki, small_image, test_tpm, tmp_path):
     certs = cert_dir(tmp_path / "c", pki, None, None)
-    line = one_line_failure(run_cli("push", f"docker-archive:{small_image}", f"localhost:{nginx.port}/x:1",
+    line = one_line(run_cli("push", f"docker-archive:{small_image}", f"localhost:{nginx.port}/x:1",
                                     "--cert-dir", str(certs), env=env_for(test_tpm, tmp_path)))
     print(line)
     assert "requires a client certificate and none is configured" in line and "answered 400" not in line
@@ -51,7 +51,7 @@ def test_foreign_client_certificate(nginx, pki, small_image, test_tpm, tmp_path)
     stranger = Pki(tmp_path / "other", cn="not the registry's CA")
     cert, key = stranger.software_client("stranger")
     certs = cert_dir(tmp_path / "c", pki, cert, key)
-    line = one_line_failure(run_cli("pull", f"localhost:{nginx.port}/x:1", f"oci:{tmp_path / 'o'}",
+    line = one_line(run_cli("pull", f"localhost:{nginx.port}/x:1", f"oci:{tmp_path / 'o'}",
                                     "--cert-dir", str(certs), env=env_for(test_tpm, tmp_path)))
     print(line)
     assert "refused our client certificate" in line and str(certs / "client.cert") in line

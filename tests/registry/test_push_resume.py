@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import tpmtls
-from support.peers import CuttingProxy, clean_env
+from support.peers import CuttingProxy
 from support.registry import env_for, skopeo_layers, skopeo_raw
 from tpmtls.lab import build_docker_archive
+from tpmtls.lab.process import child_env
 from tpmtls.registry.push import BlobCache
 
 LAYER = 24_000_000  # random, so gzip cannot shrink it: ~24 MB on the wire
@@ -18,12 +19,9 @@ LAYER = 24_000_000  # random, so gzip cannot shrink it: ~24 MB on the wire
 
 def push_through(where: str, registry, tpm_certs, soft_certs, test_tpm, tmp_path) -> tuple[int, int]:
     image = build_docker_archive(tmp_path / "img.tar", [{"big.bin": LAYER}])
-    proxy = CuttingProxy(registry.port, cut_after=LAYER // 2, where=where)
-    try:
+    with CuttingProxy(registry.port, cut_after=LAYER // 2, where=where) as proxy:
         result = tpmtls.push(f"docker-archive:{image}", f"localhost:{proxy.port}/cut-{where}:1", cert_dir=tpm_certs,
                              tcti=test_tpm.tcti, cache=BlobCache(tmp_path / "c.json"))
-    finally:
-        proxy.close()
     assert proxy.cuts == 1
     ref = f"localhost:{registry.port}/cut-{where}:1"
     raw, digest = skopeo_raw(ref, soft_certs)
@@ -60,7 +58,7 @@ after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(before, after, r.bytes_sent)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          env={**clean_env(), **env_for(test_tpm, tmp_path)})
+                          env={**child_env(), **env_for(test_tpm, tmp_path)})
     assert proc.returncode == 0, proc.stderr
     before_kb, after_kb, sent = map(int, proc.stdout.split())
     print(f"RSS before {before_kb / 1024:.1f} MB, peak {after_kb / 1024:.1f} MB, sent {sent / 1e6:.1f} MB")

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from support.commands import require
-from support.peers import clean_env
 from support.proxy import RegistryProxyProcess, docker, hosts_entry, unique_name
 from support.registry import skopeo_raw
+from support.wait import wait_until
+from tpmtls.lab.process import child_env
 
 LOG_LINE = r"^\d\d:\d\d:\d\d tpmtls proxy: (GET|HEAD|POST|PUT|PATCH|DELETE) /\S* \d{3} up=\d+ down=\d+ \d+ms"
 
@@ -45,6 +46,7 @@ def test_listen_outside_loopback_is_refused(listen, cli, tpm_certs):
     _listen_refused(cli, listen, tpm_certs)
 
 
+@pytest.mark.machine  # edits /etc/hosts
 def test_listen_on_a_name_resolving_off_loopback_is_refused(cli, tpm_certs):
     with hosts_entry(unique_name("off-loopback"), "10.0.0.1") as name:
         line = _listen_refused(cli, f"{name}:5000", tpm_certs)
@@ -80,7 +82,7 @@ def test_untrusted_key_fails_and_the_refusal_is_logged(registry, dockerd, loaded
     with RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}", "--listen",
                               "127.0.0.1:0", "--cert-dir", str(foreign)) as p:
         pulled = docker(dockerd.env, "pull", f"{p.address}/demo:1", check=False)
-        lines = p.lines()
+    lines = p.lines()  # once it has stopped: each request's line is written after its answer
     assert pulled.returncode != 0
     assert p.returncode == 0, lines[-3:]  # SIGTERM: a clean exit, TPM key context and all
     refusals = [line for line in lines if "refused our client certificate" in line]
@@ -119,6 +121,7 @@ def test_a_502_carries_the_reason_in_its_status_line_and_error_body(registry, pk
     assert body["errors"][0]["code"] == "UNAVAILABLE" and "refused our client certificate" in body["errors"][0]["message"]
 
 
+@pytest.mark.machine  # edits /etc/hosts; starts dockerd
 def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, test_tpm, soft_certs, tmp_path):
     """`docker push NAME:PORT/demo:1` with NAME → 127.0.0.2 in /etc/hosts; the proxy listens on
     127.0.0.2:PORT and reaches the real registry (127.0.0.1:PORT) with --resolve."""
@@ -128,7 +131,7 @@ def test_registry_own_name_mapped_to_loopback(pki, dockerd, loaded, tpm_certs, t
     name = unique_name()
     server_cert = pki.issue(_server_key(pki).public_key(), name, f"{name}.crt", server=True)  # SAN: the name
     with Registry(server_cert, pki.dir / "own-name.key", pki.ca_file, tmp_path / "reg") as reg, \
-            hosts_entry(name, "127.0.0.2"):
+            hosts_entry(name, "127.0.0.2", dockerd_env=dockerd.env):
         hostport = f"{name}:{reg.port}"
         certs = tmp_path / "certs"
         shutil.copytree(tpm_certs, certs)
@@ -183,7 +186,7 @@ def test_eight_concurrent_clients_get_the_same_digest(proxy, loaded, dockerd, tm
     def skopeo_copy(i: int) -> str:
         out = tmp_path / f"dir-{i}"  # dir: keeps the manifest as served (oci: would convert it)
         proc = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{repos[i]}", f"dir:{out}"],
-                              capture_output=True, text=True, env=clean_env(), timeout=300)
+                              capture_output=True, text=True, env=child_env(), timeout=300)
         assert proc.returncode == 0, proc.stderr
         return "sha256:" + hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
 
@@ -260,6 +263,7 @@ def test_rss_stays_flat_while_200_mb_stream_through(proxy):
     assert growth_mb < 50, f"RSS grew by {growth_mb:.0f} MB while {size_mb} MB streamed"
 
 
+@pytest.mark.machine  # binds 127.0.0.3:80 (root); edits /etc/hosts; starts dockerd
 def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm_certs, test_tpm, tmp_path):
     """`docker push NAME/demo:1`: dockerd tries https://NAME (443), then http://NAME (80): with NAME
     mapped to loopback, a proxy listening on port 80 of that address serves it (root or
@@ -270,7 +274,7 @@ def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm
     if os.geteuid() != 0:
         pytest.skip("binding port 80 needs root or CAP_NET_BIND_SERVICE")  # the suite runs as root here
     name = unique_name("portless")
-    with hosts_entry(name, "127.0.0.3"), \
+    with hosts_entry(name, "127.0.0.3", dockerd_env=dockerd.env), \
             RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}",
                                  "--listen", "127.0.0.3:80", "--cert-dir", str(tpm_certs)) as p:
         ref = f"{name}/portless:1"
@@ -311,7 +315,9 @@ def test_browsers_and_rebound_names_are_refused(headers, proxy):
     body = response.read().decode()
     conn.close()
     assert response.status == 403 and "DENIED" in body, body
-    assert any("403" in line and ("Host" in line or "browser" in line) for line in proxy.lines())
+    # the proxy logs a request once it has answered it
+    wait_until(lambda: any("403" in line and ("Host" in line or "browser" in line) for line in proxy.lines()), 30,
+               "the proxy logging the refusal")
 
 
 def test_loopback_callers_are_served(proxy):

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from support.commands import require
 from support.proxy import RegistryProxyProcess, docker
-from support.tokens import PASSWORD, USER, TokenServer, registry_with_token_server
+from support.tokens import PASSWORD, USER, registry_with_token_server
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def test_docker_login_push_pull_through_the_proxy(mtls_token_registry, tpm_certs
         # without the login the registry refuses, through the proxy as it would directly
         anonymous = docker(dockerd.env, "pull", ref, check=False, config=tmp_path / "no-config")
         assert anonymous.returncode != 0
-        lines = proxy.lines()
+    lines = proxy.lines()  # once it has stopped: each request's line is written after its answer
     realm_requests = [line for line in lines if " /_tpmtls/realm/localhost:" in line]
     assert any(" 200 " in line for line in realm_requests) and any(" 401 " in line for line in realm_requests)
     assert tokens.requests >= 3
@@ -53,21 +52,12 @@ def test_docker_login_push_pull_through_the_proxy(mtls_token_registry, tpm_certs
 def test_plain_http_token_realm_gets_no_credentials(pki, tpm_certs, dockerd, test_tpm, tmp_path):
     """A realm in clear on another host: docker is pointed at the proxy, which refuses (403) and
     sends nothing on; the password never leaves the machine."""
-    require("docker-registry")
-    from tpmtls.lab import Registry
-
-    tokens = TokenServer(pki, tmp_path)  # only its signing certificate is used
-    config = {"realm": "http://192.0.2.1/token", "service": "tpmtls-test", "issuer": "tpmtls-test-issuer",
-              "rootcertbundle": str(tokens.bundle)}
-    try:
-        with Registry(pki.server_cert, pki.server_key, pki.ca_file, tmp_path / "reg", token=config) as reg, \
-                RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{reg.port}", "--listen",
-                                     "127.0.0.1:0", "--cert-dir", str(tpm_certs)) as proxy:
-            login = docker(dockerd.env, "login", proxy.address, "-u", USER, "--password-stdin",
-                           input=PASSWORD + "\n", check=False, config=tmp_path / "config")
-            lines = proxy.lines()
-    finally:
-        tokens.close()
+    with registry_with_token_server(pki, tmp_path, realm="http://192.0.2.1/token") as (reg, _), \
+            RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{reg.port}", "--listen",
+                                 "127.0.0.1:0", "--cert-dir", str(tpm_certs)) as proxy:
+        login = docker(dockerd.env, "login", proxy.address, "-u", USER, "--password-stdin",
+                       input=PASSWORD + "\n", check=False, config=tmp_path / "config")
+    lines = proxy.lines()  # once it has stopped: each request's line is written after its answer
     assert login.returncode != 0
     assert any("token realm http://192.0.2.1/token is not https" in line for line in lines), lines
     assert any(line.split(": ", 1)[1].startswith("GET /_tpmtls/refused-realm 403 ") for line in lines if ": GET " in line)

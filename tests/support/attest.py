@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import requests
 
 import tpmtls
 from tpmtls.lab.ekca import EkCa, ek_machine
@@ -78,18 +81,27 @@ def busy_limits(**changes: Any) -> Any:
 
 @dataclass
 class EnrollWorld:
-    """One machine with EK certificates and the embedded enroll-server trusting its EK CA."""
+    """Machine A with EK certificates from `ek_ca`, and the embedded enroll-server trusting that CA
+    (its files under tmp/server: the issuing CA in `ca_dir`, ek-roots.pem, policy.json)."""
 
     tmp: Path
     tpm: Any
     app: Any
     server: Any
     ca_dir: Path
+    ek_ca: EkCa
+
+    def session(self) -> requests.Session:
+        """HTTPS to the enroll-server, trusting its CA only."""
+        session = requests.Session()
+        session.verify = str(self.ca_dir / "ca.crt")
+        return session
 
 
 @contextmanager
-def enroll_world(tmp: Path) -> Iterator[EnrollWorld]:
-    """Start machine A (swtpm + EK certificates of a private EK CA) and an enroll-server; stop both."""
+def enroll_world(tmp: Path, clock: Callable[[], float] = time.time) -> Iterator[EnrollWorld]:
+    """Start machine A (swtpm + EK certificates of a private EK CA) and an enroll-server (on
+    `clock`: tests that move time give their own); stop both."""
     from tpmtls.enroll.acme_server import EnrollApp, EnrollServer
 
     ek_ca = EkCa(tmp / "ekca")
@@ -98,10 +110,10 @@ def enroll_world(tmp: Path) -> Iterator[EnrollWorld]:
     try:
         tpm = tpmtls.connect(pool=pool)
         ca_dir, roots, policy = enroll_files(tmp / "server", ek_ca, tpm)
-        app = EnrollApp(ca_dir, roots, policy, settings=busy_settings())
+        app = EnrollApp(ca_dir, roots, policy, clock=clock, settings=busy_settings())
         server = EnrollServer(app, limits=busy_limits()).start()
         try:
-            yield EnrollWorld(tmp, tpm, app, server, ca_dir)
+            yield EnrollWorld(tmp, tpm, app, server, ca_dir, ek_ca)
         finally:
             server.stop()
             app.close()

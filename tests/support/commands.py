@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tpmtls.lab.process import child_env
 
 
 def require(*binaries: str) -> None:
@@ -18,12 +19,19 @@ def require(*binaries: str) -> None:
             pytest.skip(f"{b} is not installed (run 'make setup')")
 
 
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a command that must fail: non-zero exit, no traceback."""
+    assert proc.returncode != 0, f"{' '.join(map(str, proc.args))} succeeded: {proc.stdout}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, f"expected one line on stderr, got: {proc.stderr!r}"
+    return lines[0]
+
+
 class Cli:
     """Runs `python -m tpmtls …` as a user would, with the test TPM in the environment."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env = {**os.environ, **env}
-        self.env.pop("OPENSSL_CONF", None)
+        self.env = child_env(env)
         self.cwd = cwd
 
     def __call__(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,19 +51,13 @@ class Cli:
 
     def fails(self, *args: str, env: dict[str, str] | None = None) -> str:
         """Run a command that must fail: non-zero exit, exactly one line on stderr, no traceback."""
-        proc = self(*args, check=False, env=env)
-        assert proc.returncode != 0, f"tpmtls {' '.join(args)} succeeded: {proc.stdout}"
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
-        assert "Traceback" not in proc.stderr
-        return lines[0]
+        return one_line(self(*args, check=False, env=env))
 
 
-def openssl(*args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def openssl(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[bytes]:
     """The system `openssl` (tpm2-openssl provider available), never with our OPENSSL_CONF."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("OPENSSL_CONF", None)
-    proc = subprocess.run(["openssl", *args], env=full_env, capture_output=True, input=input, timeout=120)
-    if proc.returncode != 0:
+    proc = subprocess.run(["openssl", *args], env=child_env(env), capture_output=True, input=input, timeout=120)
+    if check and proc.returncode != 0:
         raise AssertionError(f"openssl {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
     return proc

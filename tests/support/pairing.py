@@ -18,52 +18,34 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from support.daemon import _Process
+from support.processes import Supervised
 
 PEM = serialization.Encoding.PEM
 
 
-class AgentProcess(_Process):
-    """`python -m tpmtls enroll-agent …`, optionally under `systemd-socket-activate -l ADDR`."""
+class AgentProcess(Supervised):
+    """`python -m tpmtls enroll-agent …`, optionally under `systemd-socket-activate -l ADDR`;
+    ready once it logs that it listens (socket activation) or its pairing key."""
+
+    name = "enroll-agent"
 
     def __init__(self, workdir: Path, env: dict[str, str], *args: str, activate_on: str | None = None) -> None:
-        self.log = workdir / f"enroll-agent-{time.monotonic_ns()}.log"
         argv = [sys.executable, "-m", "tpmtls", "enroll-agent", *args]
         if activate_on:
             # systemd-socket-activate passes only the variables named with -E (as a unit's Environment=)
             argv = ["systemd-socket-activate", "-l", activate_on, "-E", "PYTHONPATH", "-E", "PATH",
                     "-E", "DBUS_SESSION_BUS_ADDRESS", *argv]
-        self._spawn(argv, env=env)
-        self.wait_for("Listening on" if activate_on else "pairing key SHA-256")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if needle in text:
-                return text
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise self._failed(f"enroll-agent exited {self.proc.returncode} before '{needle}'")
-            time.sleep(0.05)
-        raise self._failed(f"enroll-agent did not log '{needle}' within {timeout} s")
+        self.ready_line = "Listening on" if activate_on else "pairing key SHA-256"
+        super().__init__(argv, workdir / f"enroll-agent-{time.monotonic_ns()}.log", env)
 
     def fingerprint(self) -> str:
-        m = re.search(r"pairing key SHA-256 ([0-9a-f]{64})", self.wait_for("pairing key SHA-256"))
-        assert m, self.text()
+        text = self.wait_for("pairing key SHA-256")
+        m = re.search(r"pairing key SHA-256 ([0-9a-f]{64})", text)
+        assert m, text
         return m.group(1)
 
     def exit_code(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
+        return self.wait(timeout)
 
 
 def make_cert(public_key, issuer_key, issuer_cert: x509.Certificate | None, *, eku=ExtendedKeyUsageOID.SERVER_AUTH,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import http.server
 import ipaddress
 import json
-import os
 import socket
-import subprocess
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from support.processes import Supervised
 from tpmtls.testing import free_port
 
 PEM = serialization.Encoding.PEM
@@ -86,51 +87,78 @@ class Pki:
         return self.issue(key.public_key(), cn, f"{cn}.crt"), self._write_key(f"{cn}.key", key)
 
 
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
-    env.update(extra or {})
-    return env
+class OpenSSLServer(Supervised):
+    """`openssl s_server` on a free loopback port (`address`: 127.0.0.1 or ::1), serving the
+    CA's server certificate unless `cert`/`key` are given; ready once it prints ACCEPT."""
 
-
-class OpenSSLServer:
-    """`openssl s_server` on a free loopback port; stopped by PID."""
+    name = "openssl s_server"
+    ready_line = "ACCEPT"
 
     def __init__(self, pki: Pki, *extra: str, verify_client: bool = True, www: bool = True,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log = pki.dir / f"s_server-{self.port}.log"
-        args = ["openssl", "s_server", "-accept", f"127.0.0.1:{self.port}", "-cert", str(pki.server_cert),
-                "-key", str(pki.server_key), "-CAfile", str(pki.ca_file), "-naccept", "100000"]
+                 env: dict[str, str] | None = None, address: str = "127.0.0.1", cert: Path | None = None,
+                 key: Path | None = None) -> None:
+        self.address, self.port = address, free_port()
+        accept = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
+        args = ["openssl", "s_server", "-accept", accept, "-cert", str(cert or pki.server_cert),
+                "-key", str(key or pki.server_key), "-CAfile", str(pki.ca_file), "-naccept", "100000"]
         if verify_client:
             args += ["-Verify", "1", "-verify_return_error"]
         if www:
             args.append("-www")
-        self.proc = subprocess.Popen([*args, *extra], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=clean_env(env), start_new_session=True)
-        deadline = time.monotonic() + 10
-        while b"ACCEPT" not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"openssl s_server did not start: {self.log.read_text()[-500:]}")
-            time.sleep(0.02)
+        super().__init__([*args, *extra], pki.dir / f"s_server-{self.port}.log", env)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+
+def shut_down(*socks: socket.socket, close: bool = False) -> None:
+    """Both directions of each socket ended (the peer sees EOF), whatever state it is in."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if close:
+            s.close()
+
+
+class LoopbackListener:
+    """A TCP listener on a free 127.0.0.1 port whose thread hands every connection to `handle`
+    until `close()`. Accept waits are 0.2 s, so closing is prompt; a context manager.
+    Subclasses set their own attributes before calling `super().__init__()` (it starts the thread)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
             try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                conn, _ = self.listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            self.handle(conn)
 
-    def __enter__(self) -> "OpenSSLServer":
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+        self._thread.join(5)
+
+    def __enter__(self):  # noqa: ANN204 - returns the subclass
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
 
-class PythonTlsServer:
+
+class PythonTlsServer(LoopbackListener):
     """A threaded stdlib TLS server that answers each connection with the client's CN.
 
     `context` decides the rest: a TPM key as the server key (server-role tests), or a
@@ -139,62 +167,34 @@ class PythonTlsServer:
     """
 
     def __init__(self, context) -> None:
-        import socket
-        import threading
-
         self.context = context
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.subjects: list[str] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        import socket
-        import ssl
-
-        while not self._stop.is_set():
-            try:
-                raw, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            raw.settimeout(10)
-            try:
-                with self.context.wrap_socket(raw, server_side=True) as tls:
-                    peer = tls.getpeercert() or {}
-                    cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "-")
-                    self.subjects.append(cn)
-                    tls.recv(1024)
-                    tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello " + cn.encode() + b"\n")
-                    try:
-                        tls.unwrap()  # close_notify: a clean end of the response
-                    except (ssl.SSLError, OSError):
-                        pass
-            except (ssl.SSLError, OSError) as e:
-                self.errors.append(str(e))
-                raw.close()
+    def handle(self, raw: socket.socket) -> None:
+        raw.settimeout(10)
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as tls:
+                peer = tls.getpeercert() or {}
+                cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "-")
+                self.subjects.append(cn)
+                tls.recv(1024)
+                tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello " + cn.encode() + b"\n")
+                try:
+                    tls.unwrap()  # close_notify: a clean end of the response
+                except (ssl.SSLError, OSError):
+                    pass
+        except (ssl.SSLError, OSError) as e:
+            self.errors.append(str(e))
+            raw.close()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-    def __enter__(self) -> "PythonTlsServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
 
 def verifying_server_context(pki: Pki):
     """A software-key server context that requires client certificates from `pki`."""
-    import ssl
-
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
     ctx.load_verify_locations(str(pki.ca_file))
@@ -202,7 +202,7 @@ def verifying_server_context(pki: Pki):
     return ctx
 
 
-class CuttingProxy:
+class CuttingProxy(LoopbackListener):
     """Loopback TCP proxy counting client→registry bytes. Once a connection has carried
     more than `cut_after` bytes it is cut, once: `inside` a request (in the middle of the
     upload data) or `after` the registry's next response (between two requests).
@@ -218,26 +218,14 @@ class CuttingProxy:
         self.sent = 0
         self.cuts = 0
         self.lock = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
-            client.settimeout(30)
-            state = {"carried": 0, "armed": False}
-            threading.Thread(target=self._pump, args=(client, upstream, True, state), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False, state), daemon=True).start()
+    def handle(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
+        client.settimeout(30)
+        state = {"carried": 0, "armed": False}
+        threading.Thread(target=self._pump, args=(client, upstream, True, state), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, False, state), daemon=True).start()
 
     def _cut_now(self, state: dict, upward: bool) -> bool:
         with self.lock:
@@ -255,7 +243,7 @@ class CuttingProxy:
 
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool, state: dict) -> None:
         try:
-            while not self.stop.is_set():
+            while not self.closing.is_set():
                 data = src.recv(65536)
                 if not data:
                     break
@@ -279,17 +267,18 @@ class CuttingProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            shut_down(src, dst, close=True)
 
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        self.thread.join(5)
+
+def serve_https(handler: type[http.server.BaseHTTPRequestHandler], pki: Pki) -> http.server.ThreadingHTTPServer:
+    """`handler` over TLS (the CA's server certificate) on a free 127.0.0.1 port, served by a
+    thread of its own until `shutdown()`; `server_close()` then frees the port."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return httpd
 
 
 class HostileRegistry:
@@ -298,9 +287,6 @@ class HostileRegistry:
     host). Records what arrived: (method, path, Authorization header or None)."""
 
     def __init__(self, pki: Pki, upload_location: str = "") -> None:
-        import http.server
-        import ssl
-
         self.upload_location = upload_location  # also where blob downloads are redirected
         self.seen: list[tuple[str, str, str | None]] = []
         digest = "sha256:" + "ab" * 32
@@ -355,13 +341,8 @@ class HostileRegistry:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route  # noqa: N815 - http.server's naming
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd = serve_https(Handler, pki)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.thread.start()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -374,7 +355,7 @@ class HostileRegistry:
         self.close()
 
 
-class CountingListener:
+class CountingListener(LoopbackListener):
     """A TCP listener that counts connections and bytes. `mode`: "close" reads and closes (a
     plain-HTTP endpoint nothing should reach), "hold" accepts and never answers, "http"
     answers like a plain-HTTP server (400) and closes."""
@@ -382,68 +363,42 @@ class CountingListener:
     def __init__(self, mode: str = "close") -> None:
         self.mode = mode
         self.held: list[socket.socket] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         self.received = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            if self.mode == "hold":
-                self.held.append(conn)
-                continue
-            conn.settimeout(1)
-            try:
-                self.received += len(conn.recv(65536))
-                if self.mode == "http":
-                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            conn.close()
+    def handle(self, conn: socket.socket) -> None:
+        self.connections += 1
+        if self.mode == "hold":
+            self.held.append(conn)
+            return
+        conn.settimeout(1)
+        try:
+            self.received += len(conn.recv(65536))
+            if self.mode == "http":
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except OSError:
+            pass
+        conn.close()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
+        super().close()
         for conn in self.held:
             conn.close()
 
 
-class ConnectProxy:
+class ConnectProxy(LoopbackListener):
     """An HTTP CONNECT proxy that sends every tunnel to 127.0.0.1:<the port asked for>.
 
     How a test lets stock dockerd reach a loopback registry under a name that does not
     resolve into 127.0.0.0/8 (dockerd treats those as insecure and ignores certs.d)."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self.tunnels: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+    def handle(self, client: socket.socket) -> None:
+        threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
 
     def _tunnel(self, client: socket.socket) -> None:
         client.settimeout(30)
@@ -468,8 +423,9 @@ class ConnectProxy:
             threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        """Forward src → dst until either side ends (or the listener closes), then shut both down."""
         try:
-            while not self.stop.is_set():
+            while not self.closing.is_set():
                 data = src.recv(65536)
                 if not data:
                     break
@@ -477,13 +433,4 @@ class ConnectProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.listener.close()
-        self.thread.join(5)
+            shut_down(src, dst)

@@ -14,39 +14,26 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from support.daemon import DOCKER, _Process
-from support.peers import clean_env
+from support.daemon import DOCKER
+from support.processes import Supervised
+from support.wait import wait_until
+from tpmtls.lab.process import child_env
 
 HOSTS = Path("/etc/hosts")
 #: Go's resolver (dockerd) re-reads /etc/hosts at most every 5 s (net/hosts.go cacheMaxAge).
-GO_HOSTS_CACHE = 5.5
+GO_HOSTS_CACHE = 5.0
 
 
-class RegistryProxyProcess(_Process):
+class RegistryProxyProcess(Supervised):
     """`python -m tpmtls proxy …` as a user runs it; ready once it logs 'listening on'."""
 
+    name = "proxy"
+    ready_line = "listening on http://"
+
     def __init__(self, workdir: Path, env: dict[str, str], *args: str) -> None:
-        self.log = workdir / f"proxy-{time.monotonic_ns()}.log"
-        self._spawn([sys.executable, "-m", "tpmtls", "proxy", *args], env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            text = self.log.read_text(errors="replace")
-            if "listening on http://" in text:
-                self.address = text.split("listening on http://", 1)[1].split(",", 1)[0]
-                return
-            if self.proc.poll() is not None:
-                raise self._failed(f"proxy exited {self.proc.returncode}")
-            time.sleep(0.05)
-        raise self._failed("proxy did not start listening within 60 s")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
+        super().__init__([sys.executable, "-m", "tpmtls", "proxy", *args], workdir / f"proxy-{time.monotonic_ns()}.log",
+                         env)
+        self.address = self.text().split("listening on http://", 1)[1].split(",", 1)[0]
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"http://{self.address}/_tpmtls/status", timeout=10) as r:  # noqa: S310
@@ -57,7 +44,7 @@ def docker(daemon_env: dict[str, str], *args: str, input: str | None = None, che
            timeout: float = 300, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The stock docker CLI (a private DOCKER_CONFIG if given)."""
     env = {**daemon_env, **({"DOCKER_CONFIG": str(config)} if config else {})}
-    proc = subprocess.run([DOCKER, *args], env=clean_env(env), input=input, capture_output=True, text=True,
+    proc = subprocess.run([DOCKER, *args], env=child_env(env), input=input, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
@@ -69,17 +56,21 @@ def unique_name(prefix: str = "reg") -> str:
 
 
 @contextlib.contextmanager
-def hosts_entry(name: str, address: str) -> Iterator[str]:
+def hosts_entry(name: str, address: str, *, dockerd_env: dict[str, str] | None = None) -> Iterator[str]:
     """`address name` appended to /etc/hosts, removed again (only our line) whatever happens.
 
     Written in place: /etc/hosts is often a bind mount, where a rename fails. Names are
-    unique per test, so a concurrent edit of other lines survives the removal.
+    unique per test, so a concurrent edit of other lines survives the removal. glibc (Python,
+    the tpmtls commands) reads the file at every lookup; with `dockerd_env` this also waits
+    until that dockerd resolves the name, since Go's resolver keeps its copy for up to 5 s.
     """
     line = f"{address} {name}  # tpmtls test {os.getpid()}\n"
     with open(HOSTS, "a") as f:
         f.write(line)
     try:
-        time.sleep(GO_HOSTS_CACHE)
+        if dockerd_env is not None:
+            wait_until(lambda: dockerd_resolves(dockerd_env, name), 4 * GO_HOSTS_CACHE,
+                       f"dockerd resolving {name} from {HOSTS}", interval=0.25)
         yield name
     finally:
         kept = [x for x in HOSTS.read_text().splitlines(keepends=True) if x != line]
@@ -87,6 +78,13 @@ def hosts_entry(name: str, address: str) -> Iterator[str]:
             f.seek(0)
             f.write("".join(kept))
             f.truncate()
+
+
+def dockerd_resolves(daemon_env: dict[str, str], name: str) -> bool:
+    """Whether the daemon finds an address for `name`: a pull of an image that is nowhere fails
+    either at the lookup ("dial tcp: lookup NAME … no such host") or after it (refused, 404 …)."""
+    proc = docker(daemon_env, "pull", f"{name}/tpmtls-resolve-probe:0", check=False, timeout=60)
+    return f"lookup {name}" not in proc.stderr
 
 
 def rss_kib(pid: int) -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
-from support.peers import Pki, clean_env
+from support.peers import Pki
+from tpmtls.lab.process import child_env
 
 
 def cert_dir(directory: Path, pki: Pki, cert: Path | None, key: Path | None, *, with_ca: bool = True) -> Path:
@@ -41,27 +44,20 @@ def software_cert_dir(directory: Path, pki: Pki, cn: str = "skopeo") -> Path:
 def run_cli(module: str, *args: str, env: dict[str, str], stdin: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", f"tpmtls.cli.{module}", *args], capture_output=True, text=True,
-                          env={**clean_env(), **env}, input=stdin, timeout=timeout)
-
-
-def one_line_failure(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
+                          env={**child_env(), **env}, input=stdin, timeout=timeout)
 
 
 def skopeo_raw(ref: str, certs: Path) -> tuple[bytes, str]:
     """The manifest bytes skopeo reads (software client cert), and their digest."""
     proc = subprocess.run(["skopeo", "inspect", "--raw", "--cert-dir", str(certs), f"docker://{ref}"],
-                          capture_output=True, env=clean_env(), timeout=120)
+                          capture_output=True, env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     return proc.stdout, "sha256:" + hashlib.sha256(proc.stdout).hexdigest()
 
 
 def skopeo_layers(ref: str, certs: Path) -> list[str]:
     proc = subprocess.run(["skopeo", "inspect", "--cert-dir", str(certs), f"docker://{ref}"],
-                          capture_output=True, env=clean_env(), timeout=120)
+                          capture_output=True, env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     return json.loads(proc.stdout)["Layers"]
 
@@ -72,3 +68,11 @@ def env_for(test_tpm, tmp: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
+def rootfs_tar(name: str, data: bytes) -> bytes:
+    """A tar of one file: what `docker import -` turns into a one-layer image."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

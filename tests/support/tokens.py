@@ -6,8 +6,7 @@ import base64
 import datetime
 import http.server
 import json
-import ssl
-import threading
+import subprocess
 import time
 import uuid
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
 from support.commands import require
+from support.peers import serve_https
 from tpmtls.lab import Registry
 
 USER, PASSWORD = "pusher", "correct horse battery"
@@ -85,13 +85,8 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.httpd = serve_https(Handler, pki)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self.thread.start()
 
     def token(self, service: str, scopes: str) -> str:
         access = []
@@ -114,14 +109,29 @@ class TokenServer:
 
 
 @contextmanager
-def registry_with_token_server(pki, work: Path, realm_host: str = "localhost") -> Iterator[tuple[Registry, "TokenServer"]]:
-    """An mTLS docker-registry whose token realm is our TokenServer, reached as `realm_host`."""
+def registry_with_token_server(pki, work: Path, realm_host: str = "localhost",
+                               realm: str | None = None) -> Iterator[tuple[Registry, "TokenServer"]]:
+    """An mTLS docker-registry whose token realm is our TokenServer, reached as `realm_host`;
+    or, given `realm`, that URL (the TokenServer then only signs: its certificate is the bundle)."""
     require("docker-registry")
     tokens = TokenServer(pki, work)
-    config = {"realm": f"https://{realm_host}:{tokens.port}/token", "service": "tpmtls-test",
+    config = {"realm": realm or f"https://{realm_host}:{tokens.port}/token", "service": "tpmtls-test",
               "issuer": "tpmtls-test-issuer", "rootcertbundle": str(tokens.bundle)}
     try:
         with Registry(pki.server_cert, pki.server_key, pki.ca_file, work / "reg", token=config) as reg:
             yield reg, tokens
     finally:
         tokens.close()
+
+
+@contextmanager
+def htpasswd_registry(pki, work: Path, client_ca: Path | None, user: str = USER,
+                      password: str = PASSWORD) -> Iterator[Registry]:
+    """A TLS docker-registry with Basic auth for `user` (an htpasswd file, bcrypt), requiring client
+    certificates from `client_ca` unless it is None."""
+    require("htpasswd", "docker-registry")
+    htpasswd = work / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, check=True, text=True).stdout
+    htpasswd.write_text(line.strip() + "\n")
+    with Registry(pki.server_cert, pki.server_key, client_ca, work / "reg", htpasswd=htpasswd) as reg:
+        yield reg

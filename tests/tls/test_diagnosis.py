@@ -29,8 +29,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import tpmtls
 from support.commands import require
-from support.peers import CountingListener, OpenSSLServer, Pki, clean_env
+from support.peers import CountingListener, OpenSSLServer, Pki
 from support.tls_clients import pyopenssl_get
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 from tpmtls.tls.diagnosis import Cause, diagnose, diagnose_response, diagnose_text
 
@@ -282,9 +283,9 @@ def test_go_server_refusing_an_expired_certificate(pki, certs, registry):
 
 def test_nginx_judges_our_certificate_after_the_handshake(pki, certs, tmp_path):
     require("nginx")
-    from support.nginx import Nginx
+    from support.nginx import registry_front
 
-    nginx = Nginx(tmp_path / "nginx", pki.server_cert, pki.server_key, pki.ca_file, free_port())
+    nginx = registry_front(tmp_path / "nginx", pki.server_cert, pki.server_key, pki.ca_file, free_port())
     try:
         answers = {}
         for label, (cert, key) in {"none": (None, None), "stranger": certs.stranger, "expired": certs.expired,
@@ -343,7 +344,7 @@ def test_a_closed_port_is_unreachable(kind, pki):
 
 
 def _docker_cli(tmp: Path, port: int, ca: Path, cert: Path, key: Path, host: str = "localhost") -> str:
-    env = clean_env({"HOME": str(tmp), "DOCKER_CONFIG": str(tmp / "docker-config")})
+    env = child_env({"HOME": str(tmp), "DOCKER_CONFIG": str(tmp / "docker-config")})
     for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
         env.pop(name, None)
     proc = subprocess.run(["docker", "--tlsverify", f"--tlscacert={ca}", f"--tlscert={cert}", f"--tlskey={key}",

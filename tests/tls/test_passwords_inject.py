@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import tpmtls
-from support.peers import clean_env
 from support.tls_clients import client_subject, stdlib_get
 from tpmtls import provider
+from tpmtls.lab.process import child_env
 
 PASSWORD = "open sesame"
 
@@ -174,7 +174,7 @@ def test_library_never_prompts_on_a_terminal(how, pw_client, pki, test_tpm, tmp_
                                   "hostname='localhost')"),
     }[how]
     code = textwrap.dedent(NO_PROMPT).format(setup=setup, call=call)
-    status, out = run_in_pty([sys.executable, "-c", code], clean_env(test_tpm.env), tmp_path, seconds=60)
+    status, out = run_in_pty([sys.executable, "-c", code], child_env(test_tpm.env), tmp_path, seconds=60)
     assert "pass phrase" not in out.lower() and "password:" not in out.lower(), out
     assert status == 1, out
     assert f"error: {key}: this key has a password and none was given" in out
@@ -184,12 +184,12 @@ def test_cli_connect_asks_for_the_password_on_a_terminal(pw_client, pki, s_serve
     cert, key = pw_client
     argv = [sys.executable, "-m", "tpmtls", "connect", f"127.0.0.1:{s_server.port}", "--cert", str(cert),
             "--key", str(key), "--cafile", str(pki.ca_file), "--servername", "localhost"]
-    status, out = run_in_pty(argv, clean_env(test_tpm.env), tmp_path, answer=PASSWORD.encode())
+    status, out = run_in_pty(argv, child_env(test_tpm.env), tmp_path, answer=PASSWORD.encode())
     assert f"Password for {key}:" in out
     assert PASSWORD not in out  # not echoed
     assert status == 0, out
     assert "client signature: ecdsa_secp256r1_sha256 (in the TPM)" in out
-    status, out = run_in_pty(argv, clean_env(test_tpm.env), tmp_path, answer=b"wrong")
+    status, out = run_in_pty(argv, child_env(test_tpm.env), tmp_path, answer=b"wrong")
     assert status == 1 and "wrong password" in out, out
 
 

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 import tpmtls
-from support.peers import OpenSSLServer, Pki, clean_env
+from support.peers import OpenSSLServer, Pki
+from tpmtls.lab.process import child_env
 
 ENV_BUNDLES = ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]
 
@@ -101,7 +102,7 @@ SCRIPT = """
 def test_as_its_own_process(variable, foreign, tpm_client, pki, s_server, test_tpm, tmp_path):
     other, server = foreign
     cert, key = tpm_client["ecc-p256"]
-    env = clean_env({**test_tpm.env, variable: str(other.ca_file)})
+    env = child_env({**test_tpm.env, variable: str(other.ca_file)})
     for name in ENV_BUNDLES:
         if name != variable:
             env.pop(name, None)

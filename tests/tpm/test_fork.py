@@ -9,13 +9,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import tpmtls
+from support.wait import reap_child, wait_until
 
 ECDSA = ec.ECDSA(hashes.SHA256())
 CHILDREN, PER_CHILD = 3, 60
@@ -42,10 +42,7 @@ class ParentSigner:
 
     def __enter__(self) -> "ParentSigner":
         self._thread.start()
-        for _ in range(200):  # let it get going, so the fork lands mid-signing
-            if self.ok >= 5:
-                break
-            time.sleep(0.01)
+        wait_until(lambda: self.ok >= 5, 30, "the parent's thread signing")  # so the fork lands mid-signing
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,20 +116,10 @@ def test_os_fork_child_signs_with_objects_made_before_the_fork(key):
             finally:
                 os._exit(status)
         os.close(write_end)
-        deadline = time.monotonic() + 120
-        status = None
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
+        exit_code = reap_child(pid, 120, "the forked child signing")
         report = os.read(read_end, 100).decode()
         os.close(read_end)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code == 0
     signed, contexts = map(int, report.split())
     assert signed == PER_CHILD and contexts >= 1  # the child opened contexts of its own
     assert parent.bad == [] and parent.ok > 0

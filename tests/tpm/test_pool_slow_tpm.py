@@ -37,7 +37,7 @@ def test_no_thread_starves(slow_tpm):
         workers = [threading.Thread(target=sign, args=(i,)) for i in range(len(counts))]
         for w in workers:
             w.start()
-        time.sleep(3)
+        time.sleep(3)  # the test's window: the same time for every thread, then the counts are compared
         stop.set()
         for w in workers:
             w.join(60)

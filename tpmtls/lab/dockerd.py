@@ -18,10 +18,14 @@ class Dockerd(Daemon):
     vfs storage, no iptables or bridge: images can be imported, saved, loaded, tagged,
     pushed and pulled; containers are not run (docs/facts-docker.md, "dockerd on this machine
     kind"). Clients use `host`/`env`.
+    With `config_file` (a daemon.json whose "hosts" include ``unix://`` + `socket`, e.g. from
+    `tpmtls certs daemon-config --socket`) it listens where that file says instead.
     """
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, workdir: str | os.PathLike[str] | None = None,
+                 config_file: str | os.PathLike[str] | None = None) -> None:
         self.workdir, self._owns_workdir = make_workdir(workdir, "tpmtls-dockerd-")
+        self.config_file = Path(config_file) if config_file is not None else None
         # unix socket paths are limited to 108 bytes: keep the runtime dirs short
         self._run = Path(tempfile.mkdtemp(prefix="tpd-", dir="/tmp"))
         self.socket = self._run / "docker.sock"
@@ -42,7 +46,9 @@ class Dockerd(Daemon):
         binary = find_binary("dockerd")
         args = [binary, "--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
                 "--data-root", str(self.workdir / "data"), "--exec-root", str(self._run / "exec"),
-                "--pidfile", str(self._run / "docker.pid"), "-H", self.host]
+                "--pidfile", str(self._run / "docker.pid")]
+        # dockerd refuses "hosts" given both in daemon.json and as -H
+        args += ["--config-file", str(self.config_file)] if self.config_file else ["-H", self.host]
         self._proc = spawn(args, self.log_path, child_env())
         register(self)
         deadline = time.monotonic() + 60
