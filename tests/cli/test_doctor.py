@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from support.schemas import validated
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -67,8 +68,7 @@ def test_provider_missing_from_cryptographys_openssl_fails_and_says_why(tmp_path
     code = ("from cryptography.hazmat.backends.openssl import backend\n"
             "import json\nfrom tpmtls.doctor import tpm\n"
             "print(json.dumps([[f.status, f.message] for f in tpm.check_provider()]))")
-    env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), cwd=tmp_path,
                           timeout=120, check=True)
     (theirs, why), (system, _) = json.loads(proc.stdout)
     assert (theirs, system) == ("failed", "ok")
@@ -204,10 +204,9 @@ def _group_findings_with_service_user(tmp_path: Path, env: dict[str, str], in_ts
     device.touch(mode=0o660)
     os.chown(device, 0, tss.gr_gid)
     mounted = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"'
-    run_env = {k: v for k, v in {**os.environ, **env}.items() if k != "OPENSSL_CONF"}
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", mounted, "sh", str(passwd),
                            str(group), sys.executable, "-m", "tpmtls", "doctor", "--format", "json", "--tcti",
-                           f"device:{device}"], capture_output=True, text=True, env=run_env, cwd=tmp_path, timeout=120)
+                           f"device:{device}"], capture_output=True, text=True, env=child_env(env), cwd=tmp_path, timeout=120)
     assert proc.returncode == 1, proc.stderr  # the stand-in is no TPM
     return findings(validated(proc.stdout, "doctor"), "group")
 

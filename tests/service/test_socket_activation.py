@@ -17,7 +17,7 @@ import pytest
 
 from support.commands import require
 from support.daemon import DOCKER, DaemonPki, run, start_daemon
-from support.peers import clean_env
+from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
 
@@ -39,7 +39,7 @@ class Activated:
         setenv = [f"-E{k}={v}" for k, v in passed.items()]
         self.proc = subprocess.Popen(["systemd-socket-activate", "-l", listen, *setenv,
                                       sys.executable, "-m", "tpmtls", *args],
-                                     stdout=subprocess.DEVNULL, stderr=self._err, env=clean_env())
+                                     stdout=subprocess.DEVNULL, stderr=self._err, env=child_env())
 
     def ready(self) -> list[str]:
         """The assignments of the first datagram (READY=1, STATUS=…)."""
@@ -128,13 +128,14 @@ def test_fd_without_systemd_is_one_line(cli, tpm_certs):
 def tls_daemon(test_tpm, tmp_path_factory):
     require("openssl", "dockerd", "docker")
     root = tmp_path_factory.mktemp("activated-daemon")
-    dpki = DaemonPki(root / "pki", test_tpm.env).with_tpm_cert_path()
+    dpki = DaemonPki(root / "pki", test_tpm.env)
     (root / "daemon").mkdir()
-    daemon, port = start_daemon(root / "daemon", dpki)
-    with daemon:
-        yield dpki, port
+    daemon = start_daemon(root / "daemon", dpki)
+    with daemon.dockerd:
+        yield dpki, daemon.port
 
 
+@pytest.mark.machine  # starts a dockerd
 def test_daemon_proxy_on_systemds_unix_socket(tls_daemon, tmp_path):
     dpki, port = tls_daemon
     sock = tmp_path / "run" / "docker.sock"
@@ -147,7 +148,7 @@ def test_daemon_proxy_on_systemds_unix_socket(tls_daemon, tmp_path):
                 break
             time.sleep(0.05)
         version = run([DOCKER, "version", "--format", "{{.Server.Version}}"],
-                      env=clean_env({"DOCKER_HOST": f"unix://{sock}"}))
+                      env=child_env({"DOCKER_HOST": f"unix://{sock}"}))
         assert version.returncode == 0 and version.stdout.strip(), version.stderr
         ready = proxy.ready()
         assert ready[0] == "READY=1" and ready[1].startswith(f"STATUS=serving unix://{sock} for tcp://127.0.0.1:{port}")
