@@ -131,14 +131,14 @@ def _backup_path(p: Path) -> Path:
 
 
 def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[bytes, int]], *, overwrite: bool = False,
-                keep: Iterable[str] = (), dir_mode: int = 0o755) -> Path:
+                keep: Iterable[str] = (), dir_mode: int = 0o755, group: int | None = None) -> Path:
     """Write {name: (data, mode)} into `directory`, all or nothing.
 
     A new directory (and any missing parent) appears whole: staged beside it, then renamed. In an
     existing one, files already there are refused unless `overwrite` (those named in `keep` are
     kept as NAME.bak), and the new files (and backups) replace the old ones together
     (`replace_together`): a reader never pairs a new certificate with an old key, and a full or
-    read-only disk leaves the directory as it was."""
+    read-only disk leaves the directory as it was. `group` (a gid) owns the new files."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise UsageError(f"{_shown(d)}: exists and is not a directory")
@@ -148,7 +148,7 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[byt
             stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
             try:
                 for name, (data, mode) in files.items():
-                    write_atomic(stage / name, data, mode)
+                    write_atomic(stage / name, data, mode, group)
                 stage.chmod(dir_mode)
                 os.rename(stage, d)  # the directory appears complete or not at all
             except BaseException:
@@ -171,7 +171,7 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, tuple[byt
         old = d / name
         if name in files and old.is_file():
             new[_backup_path(old).name] = (old.read_bytes(), 0o600)
-    replace_together(d, new)
+    replace_together(d, new, group)
     return d
 
 
@@ -235,13 +235,17 @@ def _remove_made(made: list[Path]) -> None:
             pass
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *, keep: bool = False) -> Path:
-    """Write `data` to a temp file beside `path`, fsync, then rename it into place (`keep`: a
-    file already there is first copied to PATH.bak, as `--force` does for key material)."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, group: int | None = None, *,
+                 keep: bool = False) -> Path:
+    """Write `data` to a temp file beside `path`, fsync, then rename it into place. `group` (a gid)
+    owns it from the start, so the file is never readable by anyone it should not be; `keep`: a
+    file already there is first copied to PATH.bak, as `--force` does for key material."""
     p = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        if group is not None:
+            os.fchown(fd, -1, group)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -269,7 +273,8 @@ def _discard(tmp: str | None) -> None:
             pass
 
 
-def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[bytes, int]]) -> Path:
+def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[bytes, int]],
+                     group: int | None = None) -> Path:
     """Give `directory` new contents for several files at once: a reader sees all old or all new.
 
     Needed where two files must match (a certificate and its key): a reader between two
@@ -277,16 +282,17 @@ def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[b
     rename of that file is enough. Otherwise a copy of the directory with the new files is
     made beside it and swapped in with one renameat2(RENAME_EXCHANGE) (Linux 3.15; on a file
     system without it, the files are replaced one by one, the key-like 0600 ones last).
-    Other files in the directory, and the owners of replaced files, are kept. A directory that
-    does not exist yet appears complete (made beside it, then renamed into place).
+    Other files in the directory, and the owners of replaced files, are kept (`group`, a gid:
+    the new files belong to it instead). A directory that does not exist yet appears complete
+    (made beside it, then renamed into place).
     """
     d = Path(directory)
     if not d.exists():
-        return _appear(d, files)
+        return _appear(d, files, group)
     changed = {name: v for name, v in files.items() if _content(d / name) != v[0]}
     if len(changed) <= 1:
         for name, (data, mode) in changed.items():
-            _keep_owner(d / name, write_atomic(d / name, data, mode))
+            _owned(d / name, write_atomic(d / name, data, mode, group), group)
         return d
     stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
     try:
@@ -296,14 +302,14 @@ def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[b
                 shutil.copy2(entry, stage / entry.name)
                 _keep_owner(entry, stage / entry.name)
         for name, (data, mode) in changed.items():
-            _keep_owner(d / name, write_atomic(stage / name, data, mode))
+            _owned(d / name, write_atomic(stage / name, data, mode, group), group)
         os.chmod(stage, stat.S_IMODE(st.st_mode))
         if os.geteuid() == 0:
             os.chown(stage, st.st_uid, st.st_gid)
         if _exchange(stage, d):
             return d
         for name, (data, mode) in sorted(changed.items(), key=lambda item: item[1][1] == 0o600):
-            _keep_owner(d / name, write_atomic(d / name, data, mode))
+            _owned(d / name, write_atomic(d / name, data, mode, group), group)
         return d
     except OSError as e:
         if isinstance(e, OutputError):
@@ -313,13 +319,13 @@ def replace_together(directory: str | os.PathLike[str], files: dict[str, tuple[b
         shutil.rmtree(stage, ignore_errors=True)  # after the swap, the old contents
 
 
-def _appear(d: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+def _appear(d: Path, files: dict[str, tuple[bytes, int]], group: int | None = None) -> Path:
     stage = None
     try:
         d.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
         for name, (data, mode) in files.items():
-            write_atomic(stage / name, data, mode)
+            write_atomic(stage / name, data, mode, group)
         stage.chmod(0o755)
         os.rename(stage, d)
         stage = None
@@ -338,6 +344,12 @@ def _content(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
+
+
+def _owned(old: Path, new: Path, group: int | None) -> None:
+    """A new file's owner: the group given, else the replaced file's owner and group."""
+    if group is None:
+        _keep_owner(old, new)
 
 
 def _keep_owner(old: Path, new: Path) -> None:

@@ -16,6 +16,7 @@ COMMANDS = {
     "connect": [], "ca": ["init", "issue", "revoke", "crl"],
     "certs": ["install", "daemon-config", "env", "nginx-front", "containerd-hosts", "registries-conf"],
     "proxy": [], "daemon-proxy": [], "enroll": ["policy"], "enroll-agent": [], "enroll-server": [], "quickstart": [],
+    "completion": [],
 }
 
 
@@ -142,6 +143,10 @@ def test_enroll_policy_with_a_store_names_the_escape(cli):
     ("enroll policy --out policy.json", "enroll.run_policy"),
     ("enroll-server --ca DIR --ek-roots roots.pem --policy policy.json", "enroll_server.run"),
     ("quickstart", "quickstart.run"),
+    ("completion bash", "completion.run"),
+    ("doctor --format json", "doctor.run"),
+    ("proxy --upstream registry:5000 --listen fd://", "proxy.run"),
+    ("certs install registry:5000 --cert c --key k --ca ca --group tpmtls", "certs.run_install"),
 ])
 def test_documented_spellings_parse_to_their_handler(line, handler):
     args = parse(*line.split())

@@ -303,7 +303,7 @@ def test_the_systemd_units_the_docs_name_run_valid_commands():
     argv = _unit_command("tpmtls-proxy@.service", "registry.example:5000")
     assert argv[0].endswith("/tpmtls")
     args = build_parser().parse_args(argv[1:])
-    assert (args.upstream, args.listen) == ("registry.example:5000", "127.0.0.1:5000")
+    assert (args.upstream, args.listen) == ("registry.example:5000", "fd://")  # the socket unit's port
     argv = _unit_command("tpmtls-enroll-agent.service", "")
     args = build_parser().parse_args(argv[1:])
     assert (str(args.ca), str(args.state)) == ("/etc/tpmtls/enroll/ca.crt", "/var/lib/tpmtls/enroll-agent")

@@ -191,3 +191,26 @@ def test_install_a_persistent_key_by_its_handle_file(cli, tpm_pair, pki, tmp_pat
     assert "another key" in cli.fails("certs", "install", "reg.example:5001", "--cert", str(other), "--key",
                                       "handle.pem", "--ca", str(pki.ca_file), "--root", "root", "--force")
     assert (tmp_path / "root" / "reg.example:5001" / "client.key").read_bytes() == installed
+
+
+def test_install_for_the_services_group(cli, tpm_pair, pki, tmp_path):
+    """--group: the key readable by that group (the proxy services' tpmtls group), no one else's."""
+    import grp
+
+    cert, key, _ = tpm_pair
+    tss = grp.getgrnam("tss")  # a group every machine with tpm-udev has
+    env = {"TPMTLS_CERTS_D": str(tmp_path / "tpmtls-certs.d")}
+    cli("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca", str(pki.ca_file),
+        "--group", "tss", env=env)
+    target = tmp_path / "tpmtls-certs.d" / "reg.example:5000"
+    for name, mode in (("client.key", 0o640), ("client.cert", 0o644), ("ca.crt", 0o644)):
+        st = (target / name).stat()
+        assert (st.st_mode & 0o777, st.st_gid) == (mode, tss.gr_gid), name
+    cli("certs", "env", "d1.example:2376", "--cert-path", str(tmp_path / "d1"), "--cert", str(cert), "--key", str(key),
+        "--ca", str(pki.ca_file), "--group", "tss")
+    st = (tmp_path / "d1" / "key.pem").stat()
+    assert (st.st_mode & 0o777, st.st_gid) == (0o640, tss.gr_gid)
+    line = cli.fails("certs", "install", "reg.example:5000", "--cert", str(cert), "--key", str(key), "--ca",
+                     str(pki.ca_file), "--group", "no-such-group-here", env=env)
+    assert line == ("tpmtls: --group no-such-group-here: no such group (make install creates tpmtls; "
+                    "or groupadd no-such-group-here)")

@@ -161,8 +161,9 @@ def test_the_systemd_unit_runs_a_valid_daemon_proxy_command():
     assert argv[0].endswith("/tpmtls")
     args = build_parser().parse_args(argv[1:])
     assert (args.upstream, args.listen, args.cert_path) == (
-        "tcp://docker1.example:2376", "unix:///run/tpmtls/docker1.example:2376/docker.sock",
-        "/etc/tpmtls/docker/docker1.example:2376")
+        "tcp://docker1.example:2376", "fd://", "/etc/tpmtls/docker/docker1.example:2376")
+    socket_unit = (ROOT / "helpers" / "tpmtls-daemon-proxy@.socket").read_text()
+    assert "ListenStream=/run/tpmtls/%i/docker.sock" in socket_unit.splitlines()
 
 
 def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(daemon_pki, tls_dockerd, tmp_path):

@@ -17,6 +17,7 @@ from support.attest import EkCa, ek_machine
 from support.commands import Cli, require
 from support.enroll_server import ServerProcess
 from support.registry import env_for, run_cli
+from support.schemas import validated
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,12 @@ def test_renew_re_attests_the_same_key(enroll_server_process, tmp_path):
     cli("enroll", *args)
     key_before = (tmp_path / "k").read_bytes()
     first = x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())[0]
-    proc = cli("enroll", *args, "--renew")
-    assert proc.stdout.startswith("renewed ")
+    proc = cli("enroll", *args, "--renew", "--format", "json")
+    renewed = validated(proc.stdout, "enroll")
     second = x509.load_pem_x509_certificates((tmp_path / "c").read_bytes())[0]
+    assert (renewed["scheme"], renewed["renewed"], renewed["key"], renewed["certificate"], renewed["installed"]) == (
+        "acme", True, str(tmp_path / "k"), str(tmp_path / "c"), None)
+    assert int(renewed["serial"], 16) == second.serial_number and renewed["identifier"].startswith("urn:ek:sha256:")
     assert (tmp_path / "k").read_bytes() == key_before
     assert second.serial_number != first.serial_number
     assert second.public_key() == first.public_key()
@@ -131,16 +135,18 @@ def test_refusal_is_one_line_on_both_sides(enroll_server_process, tmp_path):
                            "permanent identifier does not match"), line
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()
     logged = [s for s in server.log.read_text().splitlines() if "not-this-tpm" in s]
-    assert len(logged) == 1 and logged[0].startswith("tpmtls enroll-server: refused POST /acme/chall/"), logged
+    # a warning line of the long-running server: the time, then the command (docs/services.md, "Logs")
+    assert len(logged) == 1 and re.match(r"\d\d:\d\d:\d\d tpmtls enroll-server: warning: refused POST /acme/chall/",
+                                         logged[0]), logged
 
 
-def test_a_full_disk_leaves_neither_key_nor_certificate_and_the_rerun_works(world, tmp_path):
+def test_a_full_disk_leaves_neither_key_nor_certificate_and_the_rerun_works(enroll_server_process, tmp_path):
     """`enroll --acme` onto a full file system (a tmpfs filled up, in the command's own mount
     namespace): one line naming where, no key without its certificate; the same command then works."""
     require("unshare")
     from support.sweep import Case, run_case
 
-    tmp, machine, cli, server = world
+    tmp, machine, cli, server = enroll_server_process
     args = ["enroll", "--acme", server.directory, "--cafile", str(tmp / "ca" / "ca.crt"),
             "--key-out", "box/client.key", "--cert-out", "box/client.cert", "--install", "registry.example:5000"]
     result = run_case(Case("acme onto a full disk", "tpmtls", args, env=dict(machine.env), mount="full"),
@@ -152,4 +158,5 @@ def test_a_full_disk_leaves_neither_key_nor_certificate_and_the_rerun_works(worl
     again = [a.replace("box/", f"{tmp_path / 'full' / 'box'}/") for a in args]  # box/: a plain directory here
     proc = cli(*again, env={"TPMTLS_CERTS_D": str(tmp_path / "full" / "certs.d")})
     assert proc.stdout.startswith("enrolled ")
-    assert sorted(p.name for p in (tmp_path / "full" / "box").iterdir()) == ["client.cert", "client.key"]
+    assert sorted(p.name for p in (tmp_path / "full" / "box").iterdir()) == ["client.cert", "client.cert.renew.json",
+                                                                             "client.key"]

@@ -19,6 +19,7 @@ import tpmtls
 from support.commands import require
 from support.daemon import DOCKER, ProxyProcess, busybox_archive, run, tpmtls_cli
 from support.pairing import AgentProcess
+from support.schemas import validated
 from support.wait import wait_until
 from tpmtls.enroll.pairing_client import ensure_server_enrolled
 from tpmtls.testing import free_port
@@ -106,6 +107,10 @@ def test_pair_then_dockerd_on_the_same_socket(pairing_store, run_dir, test_tpm, 
         assert not again.changed and again.cert_path == done.cert_path
         proc = tpmtls_cli("enroll", host, "--store", str(store.root), env=test_tpm.env)
         assert proc.stdout.startswith(f"{host} is already enrolled") and proc.stderr == ""
+        proc = tpmtls_cli("enroll", host, "--store", str(store.root), "--format", "json", env=test_tpm.env)
+        assert validated(proc.stdout, "enroll") == {
+            "scheme": "pairing", "host": done.host, "port": done.port, "changed": False, "fingerprint": done.fingerprint,
+            "trust": "pinned", "docker_host": done.base_url, "docker_cert_path": str(done.cert_path)}
 
         # the stock docker CLI through daemon-proxy, same port
         sock = run_dir / "proxy.sock"

@@ -48,8 +48,16 @@ class Pki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            # RFC 5280's identifiers, which strict verification (Python 3.13's default) demands
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         )
-        if not ca:
+        if issuer is None:  # not self-signed
+            b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+        if ca:
+            b = b.add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                              data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                              crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        else:
             eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
             b = b.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         if server:

@@ -12,21 +12,22 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .._version import __version__
 from ._common import Parser, add_tcti, run_main
+from ._help import finish as finish_help
 
 #: The commands' modules, in the order `tpmtls --help` lists them.
 COMMANDS = ("doctor", "key", "csr", "connect", "ca", "certs", "proxy", "daemon_proxy", "enroll", "enroll_agent",
-            "enroll_server", "quickstart")
+            "enroll_server", "quickstart", "completion")
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="tpmtls", description="Mutual TLS with a private key that never leaves the TPM.")
-    parser.add_argument("--version", action="version", version=f"tpmtls {__version__}")
+    parser.set_defaults(verbose=0, quiet=0, build_parser=build_parser)  # `completion` generates from it
     add_tcti(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    finish_help(parser)
     return parser
 
 

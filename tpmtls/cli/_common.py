@@ -1,24 +1,70 @@
-"""What every tpmtls command shares: a one-line-error parser, --tcti, password files."""
+"""What every tpmtls command shares: a one-line-error parser with --version, -v/-q and help
+sections, --tcti, --format, password files, logging and the error-to-exit-status rule."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import re
 import signal
 import sys
-import time
+import textwrap
 from types import FrameType
 from typing import Any, Callable, NoReturn
 
+from .._version import __version__
 from ..errors import UsageError
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs, keeps indented lines (examples) and section headings as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for paragraph in re.split(r"\n\s*\n", text.strip("\n")):
+            lines = paragraph.splitlines()
+            if any(line.startswith(" ") for line in lines) or lines[0].endswith(":"):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                                         subsequent_indent=indent))
+        return "\n\n".join(out)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not a usage dump."""
+    """argparse, but a usage error is one line on stderr (exit 2), not a usage dump, and every
+    parser — each command and subcommand — has --version, -v/--verbose and -q/--quiet."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"{self.prog.split()[0]} {__version__}")
+        # SUPPRESS: a subcommand's own -v/-q only count when given (see add_tcti)
+        self.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                          help="more log lines (debug)")
+        self.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                          help="less output: warnings and errors only (-qq: errors only)")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_format(parser: argparse.ArgumentParser) -> None:
+    """--format {text,json}: one JSON object on stdout instead of the lines (docs/scripting.md)."""
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (default), or one JSON object on stdout whose schema docs/scripting.md gives")
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], lines: "list[str] | Callable[[], list[str]]") -> None:
+    """Print `data` as JSON with --format json, else the text lines (nothing with -q)."""
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps(data, indent=2), flush=True)
+        return
+    if getattr(args, "quiet", 0):
+        return
+    for line in lines() if callable(lines) else lines:
+        say(line)
 
 
 def add_tcti(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -154,19 +200,13 @@ def say(text: str) -> None:
     print(text, file=sys.stdout, flush=True)
 
 
-def service_log(name: str) -> Callable[[str], None]:
-    """One timestamped line per event on stderr, for the long-running proxies (journald keeps it)."""
-
-    def log(line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} tpmtls {name}: {line}", file=sys.stderr, flush=True)
-
-    return log
-
-
 def serve_until_signal(server: Any) -> None:
     """Run `server.serve()` until SIGTERM or SIGINT asks it to `stop()` (systemd stops with SIGTERM)."""
 
+    from .._systemd import notify
+
     def _stop(signum: int, frame: FrameType | None) -> None:
+        notify("STOPPING=1")
         server.stop()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -198,6 +238,7 @@ def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argpar
     import os
     import warnings
 
+    from .. import _log
     from ..errors import TpmtlsError
 
     args = parser.parse_args(argv)
@@ -207,6 +248,9 @@ def run_main(prog: str, parser: argparse.ArgumentParser, func: "Callable[[argpar
     # urllib3 warns (two lines) when the clock reads before its release; a certificate that is
     # then "not valid yet" is said in the failure's own line
     warnings.filterwarnings("ignore", message="System time is way off", module="urllib3")
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    name = f"{prog} {args.command}" if getattr(args, "command", None) else prog
+    _log.setup(name, verbosity, timestamps=getattr(args, "long_running", False) or getattr(args, "daemon", False))
     try:
         return int(func(args))
     except TpmtlsError as e:

@@ -47,6 +47,10 @@ def registry_options(args: argparse.Namespace) -> dict[str, Any]:
         if not secret:
             raise UsageError("--password-stdin: stdin gave an empty password")
         credentials = Credentials(args.username, secret, "--username/--password-stdin")
+    if getattr(args, "digestfile", None):
+        from .._files import check_writable
+
+        check_writable(args.digestfile, overwrite=True)  # replaced like skopeo's, but known writable first
     return {
         "cert_dir": args.cert_dir,
         "certs_root": args.certs_root,
@@ -62,3 +66,27 @@ def client_key_password(args: argparse.Namespace) -> Callable[[Path], bytes | No
     from ._common import key_password
 
     return lambda key: key_password(str(key), args.password_file)
+
+
+def add_output_args(p: argparse.ArgumentParser, done: str) -> None:
+    """--digestfile, as skopeo copy has it (-q/--quiet comes with every parser)."""
+    p.add_argument("--digestfile", metavar="F", help=f"write the digest of the {done} manifest to F "
+                   "(sha256:…, no newline, as skopeo copy --digestfile does)")
+
+
+def progress_for(args: argparse.Namespace) -> Any:
+    """Bars on a terminal's stderr; plain lines on stdout otherwise — none with -q, and none on
+    stdout with --format json, whose one JSON object is all stdout carries."""
+    from ..registry.progress import Progress
+
+    if getattr(args, "quiet", 0):
+        return Progress(None, plain=None)
+    bars = sys.stderr if sys.stderr.isatty() else None
+    return Progress(bars, plain=None if getattr(args, "format", "text") == "json" else sys.stdout)
+
+
+def write_digest(args: argparse.Namespace, digest: str) -> None:
+    if getattr(args, "digestfile", None):
+        from .._files import write_atomic
+
+        write_atomic(args.digestfile, digest.encode(), 0o644)

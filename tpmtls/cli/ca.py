@@ -15,7 +15,7 @@ from ..pki.ca import FileCA
 from ..pki.csr import load_pem_csr
 from ..pki.revocation import REASONS
 from ..tpm import connect
-from ._common import add_tcti, say
+from ._common import add_format, add_tcti, emit, say
 
 DEFAULT_CRL_HOURS = 168.0  # a week: a daily timer leaves six days to notice a failure before fronts refuse everyone
 
@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", required=True, metavar="CERT")
     p.add_argument("--force", action="store_true", help="replace CERT if it exists")
     add_tcti(p)
+    add_format(p)
     p.set_defaults(func=issue)
 
     p = csub.add_parser("revoke", help="revoke a certificate this CA issued (recorded in DIR/revoked.json; "
@@ -85,7 +86,9 @@ def issue(args: argparse.Namespace) -> int:
     except UsageError as e:
         raise UsageError(f"{args.csr}: {e}") from None
     write_atomic(out, cert.public_bytes(Encoding.PEM), 0o644)
-    say(f"issued {'server' if args.server else 'client'} certificate for {cert.subject.rfc4514_string()} to {out}")
+    role = "server" if args.server else "client"
+    emit(args, _certificate_data(cert, out, role),
+         [f"issued {role} certificate for {cert.subject.rfc4514_string()} to {out}"])
     return 0
 
 
@@ -116,9 +119,10 @@ def revoke(args: argparse.Namespace) -> int:
 
 def crl(args: argparse.Namespace) -> int:
     import datetime
+    import logging
 
     from ..pki.crl import CrlKeeper, write_crl
-    from ._common import serve_until_signal, service_log
+    from ._common import serve_until_signal
 
     if not 0 < args.hours <= 24 * 366:
         raise UsageError(f"--hours {args.hours:g}: give a lifetime between a few minutes and a year")
@@ -126,12 +130,27 @@ def crl(args: argparse.Namespace) -> int:
     ca = FileCA.open(args.dir, getattr(args, "tcti", None))
     lifetime = datetime.timedelta(hours=args.hours)
     if args.daemon:
-        serve_until_signal(CrlKeeper(ca, out, lifetime, log=service_log("ca crl")))
+        serve_until_signal(CrlKeeper(ca, out, lifetime, log=logging.getLogger("tpmtls.ca").info))
         return 0
     signed = write_crl(ca, out, lifetime)
     say(f"wrote {out}: {len(signed)} revoked, next update {signed.next_update_utc:%Y-%m-%d %H:%M} UTC; reload the "
         "front that reads it (nginx -s reload)")
     return 0
+
+
+def _certificate_data(cert: x509.Certificate, out: Path, role: str) -> dict[str, object]:
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [f"DNS:{n}" for n in san.get_values_for_type(x509.DNSName)] + \
+                [f"IP:{a}" for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    return {"out": str(out), "role": role, "subject": cert.subject.rfc4514_string(),
+            "issuer": cert.issuer.rfc4514_string(), "serial": format(cert.serial_number, "x"), "san": names,
+            "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
+            "sha256": cert.fingerprint(hashes.SHA256()).hex()}
 
 
 __all__ = ["add_parser"]

@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    "key there breaks stock docker for that registry)")
     p.add_argument("--force", action="store_true", help="replace an installed certificate and key (the old key is "
                                                         "kept as client.key.bak)")
+    p.add_argument("--group", metavar="GROUP", help="give the files to GROUP, the key readable by it (0640): "
+                   "--group tpmtls for the proxy services (docs/services.md)")
     add_tcti(p)
     p.set_defaults(func=run_install)
 
@@ -70,6 +72,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--ca", metavar="CA", help="… and the CA certificate to DIR/ca.pem")
     p.add_argument("--force", action="store_true", help="replace ca.pem, cert.pem and key.pem already in DIR (the old "
                                                         "key.pem is kept as key.pem.bak)")
+    p.add_argument("--group", metavar="GROUP", help="laying out DIR: give the files to GROUP, key.pem readable by "
+                   "it (0640): --group tpmtls for the daemon-proxy service (docs/services.md)")
     add_password_file(p)
     add_tcti(p)
     p.set_defaults(func=run_env)
@@ -151,8 +155,21 @@ def _apply(config: ClientConfig, args: argparse.Namespace, hint: str) -> int:
     return 0
 
 
+def _group(name: str | None) -> int | None:
+    """--group NAME → its gid, or a one-line error."""
+    if name is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise UsageError(f"--group {name}: no such group (make install creates tpmtls; or groupadd {name})") from None
+
+
 def run_install(args: argparse.Namespace) -> int:
-    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti, force=args.force)
+    target = install(args.hostport, args.cert, args.key, args.ca, args.root, tcti=args.tcti, force=args.force,
+                     group=_group(args.group))
     say(f"installed {target}/ca.crt, client.cert, client.key (tpmtls's certs.d: stock docker keeps its own "
         "/etc/docker/certs.d untouched)")
     _remember(args.cert, args.key, "certs.d", target)
@@ -238,7 +255,7 @@ def run_env(args: argparse.Namespace) -> int:
                 raise UsageError(f"{f}: no such file")
         paths.check_layable(args.force)  # before the TPM is asked anything
         check_tpm_client(args.cert, args.key, args.ca, tcti=args.tcti, password=read_secret_file(args.password_file))
-        paths.lay_out(args.ca, args.cert, args.key, force=args.force)
+        paths.lay_out(args.ca, args.cert, args.key, force=args.force, group=_group(args.group))
         _remember(args.cert, args.key, "cert-path", directory, quiet_stdout=True)
     else:
         paths.check_files()

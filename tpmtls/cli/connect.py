@@ -11,7 +11,7 @@ from ..errors import HandshakeError
 from ..provider import last_signature_scheme
 from ..tls import ssl_context
 from ..tls.diagnosis import Cause, diagnose
-from ._common import add_password_file, add_tcti, key_password, say, seconds, split_target
+from ._common import add_format, add_password_file, add_tcti, emit, key_password, seconds, split_target
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_password_file(p, "file holding the key's password; without it, a key's password is asked for on "
                          "the terminal (like ssh does), and with no terminal the command fails")
     add_tcti(p)
+    add_format(p)
     p.set_defaults(func=run)
 
 
@@ -43,31 +44,32 @@ def run(args: argparse.Namespace) -> int:
                 peer: dict[str, Any] = dict(tls.getpeercert() or {})
                 subject = ",".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn)
                 cipher = tls.cipher()
-                say(f"connected to {host}:{port} ({name})")
-                say(f"protocol: {tls.version()}")
-                say(f"cipher: {cipher[0] if cipher else '?'}")
-                say(_client_key_line(args.key, tls))
-                say(f"peer: {subject}")
+                signature, key_line = _client_signature(args.key, tls)
+                data = {"host": host, "port": port, "server_name": name, "protocol": tls.version(),
+                        "cipher": cipher[0] if cipher else None, "resumed": tls.session_reused,
+                        "client_signature": signature, "peer": subject}
+                emit(args, data, [f"connected to {host}:{port} ({name})", f"protocol: {tls.version()}",
+                                  f"cipher: {cipher[0] if cipher else '?'}", key_line, f"peer: {subject}"])
     except OSError as e:  # ssl.SSLError included
         raise HandshakeError(f"{host}:{port}: {_failure(e, args.cert, name)}") from None
     return 0
 
 
-def _client_key_line(key: str, tls: ssl.SSLSocket) -> str:
-    """What signed for us: the TPM (and with which scheme), or a software key file."""
+def _client_signature(key: str, tls: ssl.SSLSocket) -> tuple[dict[str, Any], str]:
+    """What signed for us — the TPM (and with which scheme), a software key file, nothing — as data and as a line."""
     from ..errors import KeyFileError
     from ..tpm.keyfile import read_key_reference
 
     try:
         read_key_reference(key)
     except KeyFileError:
-        return f"client key: {key}, a software key (not in the TPM)"
+        return {"by": "software", "scheme": None}, f"client key: {key}, a software key (not in the TPM)"
     scheme = last_signature_scheme()
     if tls.session_reused:
-        return "client signature: none (session resumed)"
+        return {"by": None, "scheme": None}, "client signature: none (session resumed)"
     if scheme is None:
-        return "client signature: none (the server asked for no client certificate)"
-    return f"client signature: {scheme} (in the TPM)"
+        return {"by": None, "scheme": None}, "client signature: none (the server asked for no client certificate)"
+    return {"by": "tpm", "scheme": scheme}, f"client signature: {scheme} (in the TPM)"
 
 
 def _await_verdict(tls: ssl.SSLSocket, seconds: float = 1.0) -> None:

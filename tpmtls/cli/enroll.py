@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from .._files import check_writable, write_atomic
 from ..errors import UsageError
 from ..tpm import connect
-from ._common import add_tcti, say
+from ._common import add_format, add_tcti, emit, say
 
 if TYPE_CHECKING:
     from ..enroll.acme_client import EnrollOptions
@@ -109,6 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--ek", default="rsa", choices=("rsa", "ecc"), help="which EK to attest with (default rsa)")
     p.add_argument("--force", action="store_true", help="replace existing --key-out/--cert-out files")
     add_tcti(p)
+    add_format(p)
     p.set_defaults(func=run, host=None)
     words = p.add_subparsers(action=_HostOrSubcommand, dest="enroll_command", required=False, prog=p.prog,
                              metavar="HOST[:PORT] | policy",
@@ -148,23 +149,30 @@ def run_pairing(args: argparse.Namespace) -> int:
                          "trust on first use takes any key)")
 
     def first_use(fingerprint: str) -> None:
-        say(f"trust on first use: the agent's key SHA-256 is {fingerprint}; compare it with the fingerprint "
-            "enroll-agent printed (--expect-fingerprint checks it before anything is sent)")
+        if args.format == "text":
+            say(f"trust on first use: the agent's key SHA-256 is {fingerprint}; compare it with the fingerprint "
+                "enroll-agent printed (--expect-fingerprint checks it before anything is sent)")
 
     done = ensure_server_enrolled(args.store, args.host, expect_fingerprint=args.expect_fingerprint,
                                   trust_on_first_use=args.trust_on_first_use, tcti=args.tcti, on_first_use=first_use)
+    data = {"scheme": "pairing", "host": done.host, "port": done.port, "changed": done.changed,
+            "fingerprint": done.fingerprint, "trust": done.trust, "docker_host": done.base_url,
+            "docker_cert_path": str(done.cert_path)}
     if not done.changed:
-        say(f"{done.host}:{done.port} is already enrolled; DOCKER_CERT_PATH={done.cert_path}")
+        emit(args, data, [f"{done.host}:{done.port} is already enrolled; DOCKER_CERT_PATH={done.cert_path}"])
         return 0
-    say(f"enrolled {done.host}:{done.port} (agent key SHA-256 {done.fingerprint}, {done.trust}); dockerd starts there now")
-    say(f"DOCKER_HOST={done.base_url} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={done.cert_path}")
+    emit(args, data, [f"enrolled {done.host}:{done.port} (agent key SHA-256 {done.fingerprint}, {done.trust}); "
+                      "dockerd starts there now",
+                      f"DOCKER_HOST={done.base_url} DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH={done.cert_path}"])
     return 0
 
 
 def run_renew(args: argparse.Namespace) -> int:
     """`tpmtls enroll --renew …`: now, `--if-due`, or as a `--daemon` (docs/renewal.md)."""
+    import logging
+
     from ..enroll.renewal import RenewalDaemon, RenewalTiming, load_certificate
-    from ._common import serve_until_signal, service_log
+    from ._common import serve_until_signal
 
     if args.store and args.host:
         raise UsageError("--renew --store DIR renews the store's client certificate; it takes no HOST")
@@ -178,7 +186,7 @@ def run_renew(args: argparse.Namespace) -> int:
         cert = Path(args.cert_out)
         renew_now = _acme_renewal(args)
     if args.daemon:
-        serve_until_signal(RenewalDaemon(cert, renew_now, log=service_log("enroll --renew")))
+        serve_until_signal(RenewalDaemon(cert, renew_now, log=logging.getLogger("tpmtls.enroll").info))
         return 0
     if args.if_due:
         current = load_certificate(cert)
@@ -214,10 +222,17 @@ def run_acme(args: argparse.Namespace) -> int:
     attrs = TPMA_OBJECT(result.key.tpm_public.publicArea.objectAttributes)
     fixed = "fixedTPM|fixedParent" if attrs & TPMA_OBJECT.FIXEDTPM and attrs & TPMA_OBJECT.FIXEDPARENT else str(attrs)
     verb = "renewed" if options.renew else "enrolled"
-    say(f"{verb} {result.identifier}: key {result.key_path} ({result.key.algorithm}, created in the TPM, {fixed}); "
-        f"certificate {result.cert_path} valid until {result.certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    cert = result.certificate
+    lines = [f"{verb} {result.identifier}: key {result.key_path} ({result.key.algorithm}, created in the TPM, {fixed}); "
+             f"certificate {result.cert_path} valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"]
     if result.installed is not None:
-        say(f"installed client.key and client.cert in {result.installed}")
+        lines.append(f"installed client.key and client.cert in {result.installed}")
+    emit(args, {"scheme": "acme", "renewed": bool(options.renew), "identifier": result.identifier,
+                "key": str(result.key_path), "algorithm": result.key.algorithm, "certificate": str(result.cert_path),
+                "subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+                "serial": format(cert.serial_number, "x"), "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+                "installed": None if result.installed is None else str(result.installed)}, lines)
     return 0
 
 

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="names the server certificate must carry (default: the name or address the client used)")
     p.add_argument("--listen", metavar="ADDRESS:PORT",
                    help="without systemd socket activation (LISTEN_FDS): listen here (fd 3, as systemd would)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, long_running=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--attestation-roots", metavar="BUNDLE",
                    help="CAs whose AK certificates the ACME side accepts (default: this server's Attestation CA)")
     add_server_state_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, long_running=True)
 
 
 def add_server_state_options(p: argparse.ArgumentParser) -> None:

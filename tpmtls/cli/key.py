@@ -15,7 +15,7 @@ from ..tpm.keyfile import OWNER, read_key_reference
 from ..tpm.keys import TpmKey
 from ..tpm.templates import ALGORITHMS, algorithm_name
 from ..tpm.transfer import EK_TYPES, import_wrapped, read_ek, read_file, wrap_key
-from ._common import add_password_file, add_tcti, read_secret_file, say
+from ._common import add_format, add_password_file, add_tcti, emit, read_secret_file, say
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("key", metavar="FILE", help="key file or handle:0x81…")
     p.add_argument("--pubout", action="store_true", help="print only the public key (PEM)")
     add_tcti(p)
+    add_format(p)
     p.set_defaults(func=show)
 
     p = ksub.add_parser("persist", help="make a key persistent at a handle (TPM2_EvictControl)")
@@ -80,6 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--out", required=True, metavar="EK.pem", help="PEM file to write")
     p.add_argument("--type", choices=sorted(EK_TYPES), default="rsa", help="EK algorithm (default rsa: RSA-2048)")
     p.add_argument("--force", action="store_true", help="replace EK.pem if it exists")
+    add_format(p)
     add_tcti(p)
     p.set_defaults(func=ek)
 
@@ -131,19 +133,29 @@ def show(args: argparse.Namespace) -> int:
         return 0
     area = public.publicArea
     attrs = TPMA_OBJECT(area.objectAttributes)
-    if blob.is_persistent:
-        say(f"key: {blob.source} (persistent handle 0x{blob.handle:08x})")
-    else:
-        parent = "owner-hierarchy SRK" if blob.parent == OWNER else "persistent parent"
-        say(f"key: {blob.source} (TSS2 PRIVATE KEY, loadable)")
-        say(f"parent: 0x{blob.parent:08x} ({parent})")
-        say(f"password: {'no' if blob.empty_auth else 'yes'}")
-    say(f"algorithm: {algorithm_name(area)}")
-    say(f"attributes: {attrs}")
-    origin = "created in the TPM" if attrs & TPMA_OBJECT.SENSITIVEDATAORIGIN else "imported"
-    bound = "cannot leave this TPM" if attrs & TPMA_OBJECT.FIXEDTPM else "not fixedTPM"
-    say(f"origin: {origin}; {bound}")
-    say(f"name: {bytes(public.get_name()).hex()}")
+    created = bool(attrs & TPMA_OBJECT.SENSITIVEDATAORIGIN)
+    fixed = bool(attrs & TPMA_OBJECT.FIXEDTPM)
+    data = {"key": blob.source, "form": "handle" if blob.is_persistent else "tss2-private-key",
+            "handle": blob.handle, "parent": None if blob.is_persistent else blob.parent,
+            "password": None if blob.is_persistent else not blob.empty_auth, "algorithm": algorithm_name(area),
+            "attributes": str(attrs).split("|") if str(attrs) else [], "origin": "tpm" if created else "imported",
+            "fixed_tpm": fixed, "name": bytes(public.get_name()).hex(), "public_key": public.to_pem().decode()}
+
+    def lines() -> list[str]:
+        shown = []
+        if blob.is_persistent:
+            shown.append(f"key: {blob.source} (persistent handle 0x{blob.handle:08x})")
+        else:
+            parent = "owner-hierarchy SRK" if blob.parent == OWNER else "persistent parent"
+            shown += [f"key: {blob.source} (TSS2 PRIVATE KEY, loadable)", f"parent: 0x{blob.parent:08x} ({parent})",
+                      f"password: {'no' if blob.empty_auth else 'yes'}"]
+        shown += [f"algorithm: {algorithm_name(area)}", f"attributes: {attrs}",
+                  f"origin: {'created in the TPM' if created else 'imported'}; "
+                  f"{'cannot leave this TPM' if fixed else 'not fixedTPM'}",
+                  f"name: {bytes(public.get_name()).hex()}"]
+        return shown
+
+    emit(args, data, lines)
     return 0
 
 
@@ -195,7 +207,9 @@ def ek(args: argparse.Namespace) -> int:
     info = read_ek(connect(args.tcti), args.type)
     write_atomic(out, info.to_pem(), 0o644)
     cert = "with its certificate" if info.certificate else "no EK certificate in this TPM's NV"
-    say(f"{info.ek_type} public key written to {out} ({cert}); name {info.name.hex()}")
+    emit(args, {"ek_type": info.ek_type, "out": str(out), "certificate": bool(info.certificate),
+                "name": info.name.hex(), "public_key": info.public.to_pem().decode()},
+         [f"{info.ek_type} public key written to {out} ({cert}); name {info.name.hex()}"])
     return 0
 
 

@@ -16,8 +16,8 @@ Whether a key file holds a TPM key is `tpm.keyfile.is_tpm_key`'s call, one rule 
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -101,20 +101,23 @@ def lookup(hostport: str, ours: Path | None = None, docker: Path | None = None) 
     if mine.client is None and theirs.client is not None and theirs.is_tpm_key():
         cert, key = theirs.client
         dest = (ours or tpmtls_root()) / hostport
-        print(f"tpmtls: warning: {key} is a TPM key in Docker's certs.d, where it makes stock docker fail for "
-              f"{hostport}; move it: mkdir -p {dest} && mv {cert} {key} {dest}/", file=sys.stderr)
+        logging.getLogger("tpmtls.docker").warning(
+            f"{key} is a TPM key in Docker's certs.d, where it makes stock docker fail for {hostport}; "
+            f"move it: mkdir -p {dest} && mv {cert} {key} {dest}/")
     directory = mine.directory if mine.client is not None or theirs.directory is None else theirs.directory
     return CertDir(directory, mine.cas + theirs.cas, mine.pairs + theirs.pairs)
 
 
 def write_cert_dir(hostport: str, files: Mapping[str, tuple[bytes, int]],
-                   root: str | os.PathLike[str] | None = None, *, force: bool = False) -> Path:
+                   root: str | os.PathLike[str] | None = None, *, force: bool = False,
+                   group: int | None = None) -> Path:
     """Write {name: (data, mode)} into tpmtls's `<root>/<hostport>/`, all or nothing: a new directory
-    appears whole; files already there are replaced only with `force` (a key kept as client.key.bak)."""
+    appears whole; files already there are replaced only with `force` (a key kept as client.key.bak).
+    With `group` (a gid) the files belong to that group."""
     base = check_root(root)
     target = base / check_hostport(hostport)
     check_directory(target)
-    return write_files(target, files, overwrite=force, keep=[CLIENT_KEY])
+    return write_files(target, files, overwrite=force, keep=[CLIENT_KEY], group=group)
 
 
 def check_root(root: str | os.PathLike[str] | None) -> Path:
@@ -135,9 +138,10 @@ def _same_place(a: Path, b: Path) -> bool:
 
 
 def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike[str] | None = None,
-            tcti: str | None = None, *, force: bool = False) -> Path:
+            tcti: str | None = None, *, force: bool = False, group: int | None = None) -> Path:
     """`tpmtls certs install`: check the TPM key, its certificate and the CA, then write
-    ca.crt, client.cert and client.key (0600) into tpmtls's `<root>/<hostport>/`.
+    ca.crt, client.cert and client.key (0600; 0640 for `group`, e.g. the services' tpmtls
+    group: docs/services.md) into tpmtls's `<root>/<hostport>/`.
 
     Everything that needs no TPM is checked first (the host, the root, the files); an installed
     key is replaced only with `force`, and kept as client.key.bak."""
@@ -162,8 +166,9 @@ def install(hostport: str, cert: str, key: str, ca: str, root: str | os.PathLike
         public_key = connect(tcti).load_key(key).public_key()
     check_client_cert(cert, public_key)
     files = {CA_CRT: (read_input(ca, "CA certificate"), 0o644), CLIENT_CERT: (read_input(cert, "certificate"), 0o644),
-             CLIENT_KEY: (read_input(key, "key") if blob.public is not None else blob.to_pem(), 0o600)}
-    return write_cert_dir(hostport, files, root, force=force)
+             CLIENT_KEY: (read_input(key, "key") if blob.public is not None else blob.to_pem(),
+                          0o600 if group is None else 0o640)}
+    return write_cert_dir(hostport, files, root, force=force, group=group)
 
 
 # ---- DOCKER_CERT_PATH ----
@@ -202,12 +207,14 @@ class CertPath:
         return self
 
     def lay_out(self, ca: str | os.PathLike[str], cert: str | os.PathLike[str], key: str | os.PathLike[str], *,
-                force: bool = False) -> "CertPath":
+                force: bool = False, group: int | None = None) -> "CertPath":
         """Copy the CA, the client certificate and the key file in under Docker's names (key.pem 0600),
-        all or nothing; files already there are replaced only with `force` (key.pem kept as key.pem.bak)."""
+        all or nothing; files already there are replaced only with `force` (key.pem kept as key.pem.bak).
+        With `group` (a gid), key.pem is 0640 and the files the group's."""
         files = {CA_PEM: (read_input(ca, "CA certificate"), 0o644), CERT_PEM: (read_input(cert, "certificate"), 0o644),
-                 KEY_PEM: (read_input(key, "key"), 0o600)}
-        write_files(self.directory, files, overwrite=force, keep=[KEY_PEM], dir_mode=0o700)
+                 KEY_PEM: (read_input(key, "key"), 0o600 if group is None else 0o640)}
+        write_files(self.directory, files, overwrite=force, keep=[KEY_PEM], dir_mode=0o700 if group is None else 0o750,
+                    group=group)
         return self
 
     def check_layable(self, force: bool = False) -> "CertPath":

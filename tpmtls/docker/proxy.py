@@ -24,6 +24,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .._callers import foreign_caller
+from .._systemd import LISTEN_FD, passed_local_socket
 from ..errors import HandshakeError, UsageError
 from ..tls.diagnosis import diagnose_response
 from ._relay import HEAD_TIMEOUT, IDLE_TIMEOUT, Relay
@@ -39,7 +40,9 @@ MAX_CONNECTIONS = 128
 
 
 def parse_listen(listen: str) -> tuple[str, str | tuple[str, int]]:
-    """`unix:///path` or `tcp://127.0.0.1:PORT` (loopback only) → (family, address)."""
+    """`unix:///path`, `tcp://127.0.0.1:PORT` (loopback only) or `fd://` (systemd's socket) → (family, address)."""
+    if listen == LISTEN_FD:
+        return "fd", listen
     if listen.startswith("unix://"):
         kind, path, _ = parse_host(listen)
         return "unix", path
@@ -160,6 +163,7 @@ class DaemonProxy:
         self._relays: set[Relay] = set()
         self._relays_lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._passed = False  # the listener came from systemd (--listen fd://)
         # Forward a client's half-close (end of stdin) as a TLS close_notify? dockerd reads it as
         # EOF on the container's stdin; NGINX ends the whole upgraded stream on it (its
         # ngx_http_upstream_process_upgraded), losing the output, so not to NGINX. Set by probe().
@@ -232,7 +236,14 @@ class DaemonProxy:
     # ---- serving -------------------------------------------------------------------------
 
     def bind(self) -> None:
-        if self.family == "unix":
+        if self.family == "fd":  # systemd made and owns it: a unix socket (SocketMode=) or loopback TCP
+            sock = passed_local_socket("tpmtls daemon-proxy --listen fd://", allow_unix=True)
+            self._passed = True
+            if sock.family == socket.AF_UNIX:
+                self.family, self.address = "unix", str(sock.getsockname())
+            else:
+                self.family, self.address = "tcp", tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+        elif self.family == "unix":
             assert isinstance(self.address, str)
             sock = _bind_unix(self.address)
         else:
@@ -314,7 +325,7 @@ class DaemonProxy:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            if self.family == "unix":
+            if self.family == "unix" and not self._passed:  # systemd's socket file stays systemd's
                 try:
                     os.unlink(str(self.address))
                 except FileNotFoundError:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
+import logging
 import secrets
-import sys
 import threading
 import time
 from pathlib import Path
@@ -46,6 +46,8 @@ from .state_sql import open_store
 IDENTIFIER_TYPE = "permanent-identifier"
 CHALLENGE_TYPE = "device-attest-01"
 MAX_ORDERS_LISTED = 100
+
+_log = logging.getLogger("tpmtls.enroll_server")
 
 
 def _id() -> str:
@@ -445,7 +447,7 @@ class EnrollApp:
                 self.stats.refused += 1
                 if len(self.stats.reasons) < 1000:
                     self.stats.reasons.append(str(e))
-            print(f"tpmtls enroll-server: refused {req.method} {req.path[:100]}: {e}", file=sys.stderr, flush=True)
+            _log.warning(f"refused {req.method} {req.path[:100]}: {e}")
         return Response(e.status, json.dumps(e.problem()).encode(), "application/problem+json", dict(e.headers))
 
 

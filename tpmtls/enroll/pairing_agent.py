@@ -21,6 +21,7 @@ import datetime
 import http.server
 import ipaddress
 import json
+import logging
 import os
 import select
 import shutil
@@ -39,12 +40,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .._files import write_atomic
+from .._systemd import SD_LISTEN_FDS_START, passed_fds
 from ..errors import TlsSetupError, UsageError
 from ..pki.csr import parse_san
 from .store import key_fingerprint
 
 ENROLL_PATH = "/tpmtls/v1/enroll"
-SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at fd 3
+_log = logging.getLogger("tpmtls.enroll_agent")
 _MAX_BODY = 64 * 1024
 _MAX_CONNECTIONS = 16  # handled at once; more wait in the listening socket's backlog
 _POLL = 0.25  # seconds between looks at "enrolled yet?" while waiting for a connection or a slot
@@ -180,21 +182,19 @@ def listening_socket(listen: str | None) -> tuple[socket.socket, int]:
     socket in TLS when --tlsverify is on (moby listeners.Init), so a local unix socket
     belongs in --dockerd-arg=--host=unix://… rather than in the socket unit.
     """
-    fds, pid = os.environ.get("LISTEN_FDS"), os.environ.get("LISTEN_PID")
-    if fds and pid == str(os.getpid()):
-        if not fds.isdigit() or not 0 < int(fds) < 64:
-            raise UsageError(f"LISTEN_FDS={fds!r}: not a socket count systemd would pass")
+    passed = passed_fds()
+    if passed:
         tcp = []
-        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(fds)):
+        for fd in passed:
             s = socket.socket(fileno=fd)
             if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6):
                 tcp.append(s)
             else:
                 s.detach()  # leave it open for dockerd
         if len(tcp) != 1:
-            raise UsageError(f"systemd passed {len(tcp)} TCP sockets (LISTEN_FDS={fds}); enroll-agent needs "
+            raise UsageError(f"systemd passed {len(tcp)} TCP sockets (LISTEN_FDS={len(passed)}); enroll-agent needs "
                              "exactly one: the daemon's TLS port (ListenStream=2376)")
-        return tcp[0], int(fds)
+        return tcp[0], len(passed)
     if not listen:
         raise UsageError("no listening socket: run under systemd socket activation "
                          "(helpers/tpmtls-enroll-agent.socket) or pass --listen ADDRESS:PORT")
@@ -249,8 +249,9 @@ class PairingAgent:
             with self._sni_lock:
                 self._sni[id(sslobj)] = name
 
-    def say(self, text: str) -> None:
-        print(f"enroll-agent: {text}", file=sys.stderr, flush=True)
+    def say(self, text: str, level: int = logging.INFO) -> None:
+        """An event for the log (stderr; the journal under systemd, refusals as warnings)."""
+        _log.log(level, text)
 
     def serve(self, sock: socket.socket) -> None:
         """Accept until enrolled, each connection in a thread of its own (at most `max_connections`); return
@@ -307,13 +308,13 @@ class PairingAgent:
         try:
             tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         except (ssl.SSLError, OSError) as e:
-            self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})")
+            self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})", logging.WARNING)
             return False
         try:
             try:
                 tls.do_handshake()
             except (ssl.SSLError, OSError) as e:
-                self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})")
+                self.say(f"refused {peer}: TLS handshake failed ({getattr(e, 'reason', None) or e})", logging.WARNING)
                 return False
             finally:
                 with self._sni_lock:
@@ -328,7 +329,7 @@ class PairingAgent:
             finally:
                 self._session.release()
         except (ssl.SSLError, OSError) as e:
-            self.say(f"{peer}: connection failed ({e})")
+            self.say(f"{peer}: connection failed ({e})", logging.WARNING)
             return False
         finally:
             try:
@@ -416,7 +417,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             finally:
                 self.enrolled = True
             return
-        self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)")
+        self.agent.say(f"refused the certificate POSTed by {peer}: {r} (HTTP {r.status}; nothing stored)", logging.WARNING)
         self._reply(r.status, f"certificate refused: {r}")
 
     def do_PUT(self) -> None:

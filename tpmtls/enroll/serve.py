@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import logging
 import signal
 import socket
 import ssl
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -378,7 +378,8 @@ def _problem(status: int, kind: str, detail: str, headers: dict[str, str] | None
 
 
 def _log(line: str) -> None:
-    print(f"tpmtls enroll-server: {line}", file=sys.stderr, flush=True)
+    """A connection-level problem, for the log (stderr; the journal under systemd)."""
+    logging.getLogger("tpmtls.enroll_server").warning(line)
 
 
 __all__ = ["EnrollServer", "FrontStats", "Handler", "Limits", "Request", "Response"]

@@ -102,8 +102,9 @@ _next_id = iter(range(1, 2**62))
 
 
 def shim_path() -> Path | None:
-    found = sorted(_here.glob("_shim*.so"))
-    return found[0] if found else None
+    """The built shim (setup.py names it without an ABI suffix: it is no Python module)."""
+    path = _here / "_shim.so"
+    return path if path.is_file() else None
 
 
 # ---- callbacks (run on whatever thread OpenSSL calls from; ctypes takes the GIL) ----

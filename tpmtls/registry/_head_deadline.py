@@ -64,11 +64,12 @@ class DeadlineServer(ThreadingHTTPServer):
     a connection's first, `idle_timeout` for a kept-alive connection's next."""
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
+                 bind_and_activate: bool = True) -> None:
         self.head_timeout, self.idle_timeout = head_timeout, idle_timeout
         self.deadlines = HeadDeadlines()
         try:
-            super().__init__(address, handler)
+            super().__init__(address, handler, bind_and_activate=bind_and_activate)
         except BaseException:  # a port in use: the watcher ends with the server that never was
             self.deadlines.close()
             raise

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import urllib3
 
 from .._callers import foreign_caller
+from .._systemd import LISTEN_FD, passed_local_socket
 from ..errors import RegistryError, UsageError
 from ._bodies import BUFFER, BrokenBody, ClientGone, Counter, dechunk, exactly, relay
 from ._head_deadline import HEAD_TIMEOUT, IDLE_TIMEOUT, DeadlineHandler, DeadlineServer
@@ -128,7 +129,8 @@ class RegistryProxy:
 
         self.host, self.port = parse_upstream(upstream)
         self.upstream = f"{self.host}:{self.port}"
-        self.listen_host, self.listen_port = parse_listen(listen)
+        # fd://: systemd's socket (socket activation); its address is known at bind()
+        self.listen_host, self.listen_port = ("", 0) if listen == LISTEN_FD else parse_listen(listen)
         self.listen = listen
         name = self.host if self.port == 443 else self.upstream  # Docker's certs.d names 443 without a port
         certs = read_cert_dir(Path(cert_dir)) if cert_dir else lookup(name, Path(certs_root) if certs_root else None)
@@ -197,6 +199,11 @@ class RegistryProxy:
     # ---- serving -------------------------------------------------------------------------
 
     def bind(self) -> None:
+        if self.listen == LISTEN_FD:
+            sock = passed_local_socket("tpmtls proxy --listen fd://", allow_unix=False)
+            self.listen_host, self.listen_port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
+            self._server = _Server((self.listen_host, self.listen_port), _Handler, self, sock.family, sock)
+            return
         family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
         try:
             self._server = _Server((self.listen_host, self.listen_port), _Handler, self, family)
@@ -232,10 +239,14 @@ class _Server(DeadlineServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], proxy: RegistryProxy,
-                 family: socket.AddressFamily) -> None:
+                 family: socket.AddressFamily, listening: socket.socket | None = None) -> None:
         self.address_family = family
         self.proxy = proxy
-        super().__init__(address, handler, proxy.head_timeout, proxy.idle_timeout)
+        super().__init__(address, handler, proxy.head_timeout, proxy.idle_timeout, bind_and_activate=listening is None)
+        if listening is not None:  # already bound and listening (systemd's): serve it as it is
+            self.socket.close()
+            self.socket = listening
+            self.server_address = listening.getsockname()[:2]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that failed outside a request (reset, cut by its head deadline): one log line."""

@@ -32,7 +32,7 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF_OBJECT,
     TPMU_PUBLIC_PARMS,
 )
-from tpm2_pytss.utils import NVReadEK, create_ek_template
+from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from ..errors import TpmError, UsageError
 from .context import TpmContext
@@ -163,6 +163,31 @@ def ek_policies(hash_name: str) -> tuple[bytes, bytes, bytes]:
     c = h(bytes(size), _CC_POLICY_AUTHORIZE_NV.to_bytes(4, "big"), index_name)
     b = h(bytes(size), _CC_POLICY_OR.to_bytes(4, "big"), a, c)
     return a, c, b
+
+
+# Where a TPM maker stores EK certificates (TCG EK Credential Profile 2.3, 2.2.1.4 and 2.2.1.5):
+# the low range, then the high range's templates tpmtls knows (EK_TYPES).
+EK_CERT_INDICES = {"RSA 2048": 0x01C00002, "ECC P-256": 0x01C0000A, "RSA 2048 (high range)": 0x01C00012,
+                   "ECC P-256 (high range)": 0x01C00014, "ECC P-384 (high range)": 0x01C00016}
+
+
+def ek_certificates(tpm: Tpm) -> dict[str, bytes]:
+    """The EK certificates in NV, as stored ({kind: bytes}; an absent one is no error).
+
+    Only NV reads: no CreatePrimary, which takes seconds for an RSA EK on a hardware TPM.
+    """
+
+    def fn(ctx: TpmContext) -> dict[str, bytes]:
+        read = NVReadEK(ctx.esapi)
+        found = {}
+        for kind, index in EK_CERT_INDICES.items():
+            try:
+                found[kind] = bytes(read(index))
+            except NoSuchIndex:
+                continue
+        return found
+
+    return tpm.pool.run("read the EK certificates", fn)
 
 
 def read_ek(tpm: Tpm, kind: str = "rsa") -> Ek:

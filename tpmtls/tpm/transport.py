@@ -281,7 +281,8 @@ class SwtpmTcti(StreamTcti):
 _UDEV_RULE = 'KERNEL=="tpmrm[0-9]*", GROUP="tss", MODE="0660"'
 
 
-def _open_failure(path: str, e: OSError, direct: bool) -> str:
+def open_failure(path: str, e: OSError, direct: bool) -> str:
+    """What to do about a TPM device that cannot be opened (or stat'ed), in one line."""
     if e.errno == errno.ENOENT:
         return (f"{path}: no such device: this machine has no TPM, or its driver is not loaded "
                 "(see 'ls /dev/tpm*'; 'modprobe tpm_crb' or 'tpm_tis')")
@@ -320,7 +321,7 @@ class DeviceTcti(StreamTcti):
                     time.sleep(delay)
                     delay = min(delay * 2, 0.25)
                     continue
-                raise TransportUnavailable(_open_failure(path, e, direct)) from None
+                raise TransportUnavailable(open_failure(path, e, direct)) from None
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
 
