@@ -33,7 +33,8 @@ EXIT_STATUS = {
     1: "failed: one line on stderr says what and what to do",
     2: "bad usage: one line on stderr",
     70: "internal error, a bug (TPMTLS_DEBUG=1 shows the traceback)",
-    130: "interrupted",
+    130: "interrupted (Ctrl-C)",
+    143: "terminated (SIGTERM): cleaned up as after Ctrl-C",
 }
 
 # command path → (examples, environment variables read)
@@ -66,6 +67,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ca issue": (("tpmtls ca issue ./ca --csr client.csr --client --out client.crt",
                   "tpmtls ca issue ./ca --csr server.csr --server --san DNS:registry.example --out server.crt "
                   "--format json"), _TPM),
+    "ca revoke": (("tpmtls ca revoke ./ca --cert client.crt --reason keyCompromise",
+                   "tpmtls ca revoke ./ca --serial 4f1c2a"), _TPM),
+    "ca crl": (("tpmtls ca crl ./ca --out ca.crl --force",
+                "tpmtls ca crl ./ca --out /etc/nginx/docker-ca.crl --hours 168 --daemon"), _TPM),
     "certs install": (("tpmtls certs install registry.example:5000 --cert client.crt --key client.key --ca ca.crt",
                        "tpmtls certs install registry.example:5000 --cert client.crt --key client.key --ca ca.crt "
                        "--group tpmtls"), ("TPMTLS_CERTS_D", *_TPM)),
@@ -90,7 +95,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                      (*_TPM, "DOCKER_HOST", "DOCKER_CERT_PATH", *_SERVICE)),
     "enroll": (("tpmtls enroll docker1.example:2376 --store ~/.tpmtls --expect-fingerprint SHA256",
                 "tpmtls enroll --acme https://ca.example/acme/directory --id ek --key-out client.key "
-                "--cert-out client.crt --install registry.example:5000"),
+                "--cert-out client.crt --install registry.example:5000",
+                "tpmtls enroll --renew --cert-out client.crt --if-due"),
                (*_TPM, "TPMTLS_CERTS_D")),
     "enroll policy": (("tpmtls enroll policy --out policy.json",), _TPM),
     "enroll-agent": (("tpmtls enroll-agent --ca /etc/tpmtls/enroll/ca.crt --state /var/lib/tpmtls/enroll-agent "
