@@ -217,7 +217,7 @@ def templates() -> dict[str, Template]:
             Bad("text", "banana", culprit="banana"), Bad("transient", "0x80000001", culprit="0x80000001"),
             Bad("too-long", "0x8100000001", culprit="0x8100000001"), Bad("empty", "")])], tpm=True),
         "tpmtls key wrap": Template([S(soft, bad_input(soft, crt)), "--ek", S("{ek_pem}", bad_input("{ek_pem}", key)),
-                                     "--out", S("w.blob", bad_output("w.blob"))]),
+                                     "--ek-unverified", "--out", S("w.blob", bad_output("w.blob"))]),
         "tpmtls key import-wrapped": Template([S("{blob}", bad_input("{blob}", key)), "--out",
                                                S("unwrapped.key", bad_output("unwrapped.key"))], tpm=True),
         "tpmtls key ek": Template(["--out", S("ek.pem", bad_output("ek.pem"))], tpm=True),
@@ -277,8 +277,8 @@ def templates() -> dict[str, Template]:
             tpm=True, prepare=_mkdir("state")),
         # the agent's place is a TLS server that refuses the store's client certificate: every bad value
         # below fails before that (the store is made only once the host answers)
-        "tpmtls enroll": Template([S("{s_server}", bad_hostport(refused=True)), "--store", S("store", bad_outdir())],
-                                  tpm=True),
+        "tpmtls enroll": Template([S("{s_server}", bad_hostport(refused=True)), "--store", S("store", bad_outdir()),
+                                   "--trust-on-first-use"], tpm=True),
         "tpmtls enroll --acme": Template([
             # (a full disk under --key-out needs a whole enrollment: tests/enroll/test_enroll_acme.py)
             "--acme", S("https://{dead}/directory", bad_url()[:-2]),
@@ -425,9 +425,11 @@ def fault_cases() -> list[Case]:
     for label, pw in (("right", "{pw_file}"), ("wrong", "{wrong_pw_file}")):
         out.append(Case(f"fault locked-tpm {label}-password", "tpmtls", ["csr", "--key", "{locked_key}", "--subject",
                         "CN=x", "--out", "x.csr", "--password-file", pw], env=locked, culprit="lockout"))
-    for shift, what in (("+800d", "expired"), ("-800d", "not yet valid")):
+    # connect diagnoses the handshake ("not yet valid"); push checks our certificate's dates before it
+    # connects ("… is not valid before DATE; renew it")
+    for shift, what, ours in (("+800d", "expired", "expired"), ("-800d", "not yet valid", "not valid before")):
         out.append(Case(f"fault clock{shift} connect", "tpmtls", connect, wrap=["faketime", "-f", shift], culprit=what))
-        out.append(Case(f"fault clock{shift} push", "tpmtls-push", push, wrap=["faketime", "-f", shift], culprit=what))
+        out.append(Case(f"fault clock{shift} push", "tpmtls-push", push, wrap=["faketime", "-f", shift], culprit=ours))
     for signum in SIGNALS:  # each through a slow link of its own, so each lands mid-way through its push
         name = signal.Signals(signum).name
         out.append(Case(f"fault {name} mid-push", "tpmtls-push",
@@ -482,7 +484,8 @@ def world(tmp_path_factory, test_tpm, tpm, pki, registry, tpm_certs, s_server):
     _cli("csr", "--key", str(d / "tpm.key"), "--subject", "CN=sweep", "--out", str(d / "req.csr"), env=env)
     _cli("ca", "init", str(d / "ca"), "--name", "sweep CA", env=env)
     _cli("key", "ek", "--out", str(d / "ek.pem"), env=env)
-    _cli("key", "wrap", str(soft_key), "--ek", str(d / "ek.pem"), "--out", str(d / "wrapped.blob"), env=env)
+    _cli("key", "wrap", str(soft_key), "--ek", str(d / "ek.pem"), "--ek-unverified", "--out", str(d / "wrapped.blob"),
+         env=env)  # the sweep's own TPM: its EK public key read from it just now
     _cli("enroll", "policy", "--out", str(d / "policy.json"), env=env)
     cert_path = d / "cert-path"
     cert_path.mkdir()
