@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -75,6 +76,19 @@ class Lab:
             self._write_key(key.name, k)
         self._write_cert(cert.name, self.ca.issue(build_csr(k, f"CN={kind}-{alg}")))
         return cert, key
+
+    def cert_dirs(self, alg: str = "ecc-p256") -> dict[str, Path]:
+        """{"tpm": DIR, "software": DIR}: certs.d-style directories (ca.crt, client.cert, client.key)
+        for a TPM client and a software one, for tpmtls-push and skopeo side by side."""
+        dirs = {}
+        for kind in ("tpm", "software"):
+            cert, key = self.client(alg, kind)
+            d = dirs[kind] = self.work / f"certs-{kind}"
+            d.mkdir(exist_ok=True)
+            shutil.copy(self.ca.cert_path, d / "ca.crt")
+            shutil.copy(cert, d / "client.cert")
+            shutil.copy(key, d / "client.key")
+        return dirs
 
     def s_server(self) -> int:
         """`openssl s_server -Verify 1 -www` in its own process (no GIL shared with the clients)."""

@@ -185,14 +185,7 @@ def proxy(args: Any) -> int:
 
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
         lab = Lab(work, stack, timing)
-        dirs = {}
-        for kind in ("tpm", "software"):
-            cert, key = lab.client("ecc-p256", kind)
-            d = dirs[kind] = work / f"certs-{kind}"
-            d.mkdir()
-            shutil.copy(lab.ca.cert_path, d / "ca.crt")
-            shutil.copy(cert, d / "client.cert")
-            shutil.copy(key, d / "client.key")
+        dirs = lab.cert_dirs()
         image, size = random_image(work / "image.tar", args.size_mb, args.layers)
         mb = size / 1e6
         env = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}

@@ -79,7 +79,7 @@ def push(args: Any) -> int:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tpmtls-bench-")))
         lab = Lab(work, stack, TpmTiming.with_sign(args.tpm_latency) if args.tpm_latency else None)
-        dirs = _cert_dirs(lab, work)
+        dirs = lab.cert_dirs()
         daemon = stack.enter_context(Dockerd(work / "dockerd")) if "daemon" in sources else None
         base_env = _python_env(work, lab.worker_env())
         started = startup(base_env)
@@ -143,17 +143,6 @@ def _csv(text: str) -> list[str]:
 def _tool_name(tool: str, op: str) -> str:
     return f"tpmtls-{op}" if tool == "tpmtls" else "skopeo"
 
-
-def _cert_dirs(lab: Lab, work: Path) -> dict[str, Path]:
-    dirs = {}
-    for kind in ("tpm", "software"):
-        cert, key = lab.client("ecc-p256", kind)
-        d = dirs[kind] = work / f"certs-{kind}"
-        d.mkdir()
-        shutil.copy(lab.ca.cert_path, d / "ca.crt")
-        shutil.copy(cert, d / "client.cert")
-        shutil.copy(key, d / "client.key")
-    return dirs
 
 
 def _push_argv(tool: str, source: str, image: Path, name: str, dest: str, dirs: dict[str, Path], daemon: Any) -> list[str]:
