@@ -4,7 +4,6 @@ sections, --tcti, --format, password files, logging and the error-to-exit-status
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import re
 import signal
@@ -13,6 +12,7 @@ import textwrap
 from types import FrameType
 from typing import Any, Callable, NoReturn
 
+from .._hosts import is_host
 from .._version import __version__
 from ..errors import UsageError
 
@@ -127,10 +127,6 @@ def key_password(key: str, password_file: str | None) -> bytes | None:
     return secret.encode()  # empty: the empty password, as tpm2-openssl takes it for such key files
 
 
-_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?$")
-
-
 def split_target(target: str, default_port: int | None = None) -> tuple[str, int]:
     """HOST:PORT (or [v6]:PORT) → (host, port), or a one-line usage error saying what is wrong.
 
@@ -152,11 +148,8 @@ def split_target(target: str, default_port: int | None = None) -> tuple[str, int
         raise UsageError(f"{shown}: write it as HOST:PORT")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"{shown}: the port must be a number from 1 to 65535")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if len(host) > 253 or not _DNS_NAME.match(host):
-            raise UsageError(f"{shown}: {host[:100]!r} is neither a host name nor an IP address") from None
+    if not is_host(host):
+        raise UsageError(f"{shown}: {host[:100]!r} is neither a host name nor an IP address")
     return host, int(port)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -51,7 +52,7 @@ _ORDER_COLUMNS = {f.name for f in fields(Order)} - {"id"}
 _ACCOUNT_COLUMNS = {"status", "contact", "last_used"}
 
 
-class _Dialect:
+class _Dialect(ABC):
     """What differs between SQLite and PostgreSQL: connecting, placeholders, types, locking, errors."""
 
     name = ""
@@ -59,8 +60,9 @@ class _Dialect:
     retry_errors: tuple[type[BaseException], ...] = ()
     integrity_errors: tuple[type[BaseException], ...] = ()
 
+    @abstractmethod
     def connect(self) -> Any:
-        raise NotImplementedError
+        """A new DB-API connection to this database."""
 
     def sql(self, text: str) -> str:
         return text
@@ -68,9 +70,11 @@ class _Dialect:
     def begin(self, conn: Any) -> None:
         conn.execute("BEGIN")
 
+    @abstractmethod
     def lock_schema(self, conn: Any) -> None:
         """Hold a lock for the rest of the transaction so only one process migrates."""
 
+    @abstractmethod
     def durable(self, conn: Any) -> None:
         """Inside a transaction: make its commit wait for the disk (certificates, revocations)."""
 
@@ -104,6 +108,9 @@ class _Sqlite(_Dialect):
 
     def lock_schema(self, conn: Any) -> None:
         pass  # BEGIN IMMEDIATE already excludes every other writer
+
+    def durable(self, conn: Any) -> None:
+        pass  # a connection-wide setting here (PRAGMA synchronous, set when connecting), not per transaction
 
 
 class _Postgres(_Dialect):

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import ipaddress
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from .._files import check_directory, write_atomic
+from .._hosts import is_host
 from ..docker.files import CertPath
 from ..errors import UsageError
 from ..pki.ca import FileCA
@@ -78,16 +77,11 @@ def split_host(host: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
         port = _port(p, host)
     if not h:
         raise UsageError(f"{host!r}: no host name")
-    try:
-        ipaddress.ip_address(h)
-    except ValueError:
-        if len(h) > 253 or not _DNS_NAME.match(h):
-            raise UsageError(f"{host[:100]!r}: {h[:100]!r} is neither a host name nor an IP address") from None
+    if not is_host(h):
+        raise UsageError(f"{host[:100]!r}: {h[:100]!r} is neither a host name nor an IP address")
     return h, port
 
 
-_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*\.?$")
 
 
 def _port(text: str, host: str) -> int:
