@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from support.commands import one_line
-from support.peers import CountingListener
+from support.peers import CountingListener, CuttingProxy
 from support.registry import env_for, run_cli
 from support.wait import wait_until
 from tpmtls.lab.process import child_env
@@ -53,17 +53,22 @@ def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, tes
     assert run_cli("push", f"docker-archive:{image}", dest, "--cert-dir", str(tpm_certs), env=env).returncode == 0
     layout = tmp_path / "layout"
     blobs = layout / "blobs" / "sha256"
-    args = [sys.executable, "-m", "tpmtls.cli.pull", dest, f"oci:{layout}", "--cert-dir", str(tpm_certs)]
+    stall = CuttingProxy(registry.port, hold_down_after=20_000_000)  # the kill falls mid-blob, however fast
+    args = [sys.executable, "-m", "tpmtls.cli.pull", dest.replace(str(registry.port), str(stall.port)), f"oci:{layout}",
+            "--cert-dir", str(tpm_certs)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**child_env(), **env})
 
     def partial_blob_or_exit() -> bool:
         return proc.poll() is not None or (blobs.is_dir() and any(
             p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()))
 
-    wait_until(partial_blob_or_exit, 60, "the pull writing a partial blob", interval=0.01)
-    assert proc.poll() is None, "the pull finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    try:
+        wait_until(partial_blob_or_exit, 60, "the pull writing a partial blob", interval=0.01)
+        assert proc.poll() is None, "the pull finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        stall.close()
     assert [p for p in blobs.iterdir() if p.name.startswith(".tmp-")]  # what a killed pull leaves
     again = run_cli("pull", dest, f"oci:{layout}", "--cert-dir", str(tpm_certs), env=env)
     assert again.returncode == 0, again.stderr

@@ -69,7 +69,7 @@ def test_a_killed_pull_is_taken_over_by_the_next_run(registry, pushed, tpm_certs
     ref, digest = pushed
     layout = tmp_path / "layout"
     blobs = layout / "blobs" / "sha256"
-    slow = CuttingProxy(registry.port, throttle=0.002)  # a slow link: the kill falls mid-blob
+    slow = CuttingProxy(registry.port, hold_down_after=LAYER // 2)  # the download stalls: the kill falls mid-blob
     env = env_for(test_tpm, tmp_path)
     args = [sys.executable, "-m", "tpmtls.cli.pull", ref.replace(str(registry.port), str(slow.port)), f"oci:{layout}",
             "--cert-dir", str(tpm_certs)]
@@ -77,8 +77,8 @@ def test_a_killed_pull_is_taken_over_by_the_next_run(registry, pushed, tpm_certs
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            partial = [p for p in blobs.iterdir() if p.name.startswith(".tmp-")] if blobs.is_dir() else []
-            if partial and partial[0].stat().st_size > LAYER // 4:
+            partial = [p.stat().st_size for p in blobs.iterdir() if p.name.startswith(".tmp-")] if blobs.is_dir() else []
+            if partial and max(partial) > LAYER // 4:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "the pull finished before it could be killed"
@@ -110,7 +110,7 @@ def test_sigterm_stops_the_pull_and_leaves_nothing_behind(kind, registry, pushed
     out = tmp_path / "dest"
     out.mkdir()
     target = out / ("layout" if kind == "oci" else "img.tar")
-    slow = CuttingProxy(registry.port, throttle=0.002)
+    slow = CuttingProxy(registry.port, hold_down_after=LAYER // 2)  # the download stalls mid-blob
     env = env_for(test_tpm, tmp_path)
     args = [sys.executable, "-m", "tpmtls.cli.pull", ref.replace(str(registry.port), str(slow.port)),
             f"{kind}:{target}", "--cert-dir", str(tpm_certs)]

@@ -209,15 +209,21 @@ class CuttingProxy(LoopbackListener):
     once: `inside` a request (in the middle of the upload data) or `after` the registry's
     next response (between two requests); with `cut_down_after`, once a connection has
     carried more than that many bytes down (in the middle of a download).
-    `throttle` sleeps per forwarded piece (a slow link); `carried_enough` is set once
-    `signal_after` bytes went up."""
+    `throttle` sleeps per forwarded upload piece (a slow link); `carried_enough` is set once
+    `signal_after` bytes went up. With `hold_down_after` (`hold_up_after`), downloads (uploads)
+    stall once that many bytes came down (went up) in all, `holding` is set, until `close()`:
+    a transfer caught in the middle for certain, however fast the machine."""
 
     def __init__(self, upstream_port: int, cut_after: int | None = None, where: str = "inside",
-                 throttle: float = 0.0, signal_after: int = 0, cut_down_after: int | None = None) -> None:
+                 throttle: float = 0.0, signal_after: int = 0, cut_down_after: int | None = None,
+                 hold_down_after: int | None = None, hold_up_after: int | None = None) -> None:
         self.upstream, self.where, self.throttle = upstream_port, where, throttle
         self.cut_after = cut_after if cut_after is not None else float("inf")
         self.cut_down_after = cut_down_after if cut_down_after is not None else float("inf")
         self.signal_after = signal_after
+        self.hold_down_after = hold_down_after if hold_down_after is not None else float("inf")
+        self.hold_up_after = hold_up_after if hold_up_after is not None else float("inf")
+        self.holding = threading.Event()  # set once a transfer stalls
         self.carried_enough = threading.Event()  # set once `signal_after` upload bytes went through
         self.sent = 0
         self.received = 0
@@ -249,6 +255,11 @@ class CuttingProxy(LoopbackListener):
                 return True
         return False
 
+    def _stall(self) -> None:
+        """A transfer stuck in the middle: nothing more goes through until close()."""
+        self.holding.set()
+        self.closing.wait(120)
+
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool, state: dict) -> None:
         try:
             while not self.closing.is_set():
@@ -263,6 +274,10 @@ class CuttingProxy(LoopbackListener):
                         state["carried"] += len(data)
                         if self.sent > self.signal_after:
                             self.carried_enough.set()
+                        hold = self.sent > self.hold_up_after
+                    if hold:
+                        self._stall()
+                        break
                     if state.get("frozen") or self._cut_now(state, True):
                         break  # frozen: the response that ends the connection is on its way to the client
                     dst.sendall(data)
@@ -272,6 +287,10 @@ class CuttingProxy(LoopbackListener):
                     with self.lock:
                         self.received += len(data)
                         state["down"] += len(data)
+                        hold = self.received > self.hold_down_after
+                    if hold:
+                        self._stall()
+                        break
                     if state["down"] > self.cut_down_after and self._cut_now(state, False):
                         break  # mid-download: what was carried so far went through, the rest never will
                     dst.sendall(data)
