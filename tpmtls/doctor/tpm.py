@@ -48,7 +48,7 @@ def check_provider() -> list[Finding]:
 
     from cryptography.hazmat.backends.openssl import backend
 
-    from ..provider import in_cryptography, load_into_system_ssl, state
+    from ..provider import in_cryptography, load_into_system_ssl, not_loaded_why, state
 
     if state.problem:
         return [Finding("provider", FAILED, "shim", state.problem)]
@@ -58,7 +58,7 @@ def check_provider() -> list[Finding]:
         found.append(Finding("provider", OK, ours, f"loaded in cryptography's {ours}: pyOpenSSL can use TPM keys"))
     else:
         why = ("cryptography was imported before tpmtls: import tpmtls first" if state.cryptography_first
-               else "not loaded (see the provider's error above)")
+               else not_loaded_why())
         found.append(Finding("provider", FAILED, ours, f"not in cryptography's {ours}: {why}"))
     try:
         load_into_system_ssl()

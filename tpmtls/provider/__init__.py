@@ -21,6 +21,7 @@ This module must not import cryptography at module level.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -70,6 +71,7 @@ class _State:
     lib: ctypes.CDLL | None = None
     problem: str | None = None  # why the shim is unusable altogether
     cryptography_first = False  # cryptography was imported before tpmtls
+    in_cryptography = False  # cryptography's OpenSSL initialised the shim as it was imported
     system_provider: int | None = None  # the shim in the system OpenSSL: loaded once, never unloaded
     system_decoding = False  # plain `ssl` loads TPM key files now (a factory decoding, or injected)
     system: SystemOpenSSL | None = None
@@ -346,11 +348,13 @@ def bootstrap() -> None:
         state.cryptography_first = True
         return
     _cryptography.load(path)
+    # now, before the system OpenSSL's load adds an initialisation of its own to the count
+    state.in_cryptography = lib.tpmtls_init_count() > 0
 
 
 def in_cryptography() -> bool:
     """True when cryptography's OpenSSL (pyOpenSSL) has the shim."""
-    return state.lib is not None and not state.cryptography_first and state.lib.tpmtls_init_count() > 0
+    return state.in_cryptography
 
 
 def require_cryptography() -> None:
@@ -366,7 +370,16 @@ def require_cryptography() -> None:
             "(the stdlib ssl path, tpmtls.ssl_context, still works)"
         )
     if not in_cryptography():
-        raise ProviderError("cryptography's OpenSSL did not load the tpmtls provider (see 'tpmtls doctor')")
+        raise ProviderError(f"cryptography's OpenSSL (pyOpenSSL) did not load the tpmtls provider: {not_loaded_why()}")
+
+
+def not_loaded_why() -> str:
+    """What to check when cryptography's OpenSSL read tpmtls's config and still lacks the shim."""
+    user = os.environ.get("OPENSSL_CONF")
+    if user:
+        return (f"OpenSSL skips a config it cannot parse, and tpmtls's includes $OPENSSL_CONF ({user}): "
+                "check that file, or unset OPENSSL_CONF")
+    return "its OpenSSL read no provider configuration; reinstall tpmtls and cryptography"
 
 
 def load_into_system_ssl() -> None:
@@ -392,7 +405,10 @@ def load_into_system_ssl() -> None:
                 raise ProviderError(str(e)) from None
             handle = system.load(PROVIDER_NAME, ctypes.cast(state.lib.OSSL_provider_init, ctypes.c_void_p))
             if handle is None:
-                raise ProviderError(f"the system OpenSSL ({system.version}) refused the tpmtls provider {state.path}")
+                said = "; ".join(dict.fromkeys(system.errors())) or "no reason given"
+                raise ProviderError(f"the system OpenSSL ({system.version}) refused the tpmtls provider {state.path} "
+                                    f"({said}): does an OpenSSL config ($OPENSSL_CONF) name a provider "
+                                    f"'{PROVIDER_NAME.decode()}' of its own?")
             # first after the activation emptied OpenSSL's method cache: the default provider's
             # key managers become the answer for "RSA"/"EC" from any provider, not ours
             system.fetch_key_managers((b"RSA", b"EC"))

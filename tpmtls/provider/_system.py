@@ -49,10 +49,13 @@ class SystemOpenSSL:
         lib.EVP_KEYMGMT_fetch.restype = ctypes.c_void_p
         lib.EVP_KEYMGMT_fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
         lib.EVP_KEYMGMT_free.argtypes = [ctypes.c_void_p]
+        lib.ERR_get_error.restype = ctypes.c_ulong
+        lib.ERR_error_string_n.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_size_t]
         self.lib = lib
 
     def load(self, name: bytes, init: ctypes.c_void_p) -> int | None:
-        """Register the shim's init function as a built-in provider and load it; the handle or None."""
+        """Register the shim's init function as a built-in provider and load it; the handle or
+        None (then `errors()` says why)."""
         # Loading any provider explicitly stops OpenSSL from loading the default one by
         # itself; make sure it is there so software keys, digests and ciphers keep working.
         if not self.lib.OSSL_PROVIDER_available(None, b"default"):
@@ -60,6 +63,18 @@ class SystemOpenSSL:
         self.lib.OSSL_PROVIDER_add_builtin(None, name, init)
         handle = self.lib.OSSL_PROVIDER_load(None, name)
         return int(handle) if handle else None
+
+    def errors(self) -> list[str]:
+        """OpenSSL's error queue of this thread, oldest first, emptied (bounded: at most 16)."""
+        found = []
+        for _ in range(16):
+            code = self.lib.ERR_get_error()
+            if not code:
+                break
+            text = ctypes.create_string_buffer(256)
+            self.lib.ERR_error_string_n(code, text, len(text))
+            found.append(text.value.decode(errors="replace"))
+        return found
 
     def provider_ctx(self, handle: int) -> int:
         """The provider's own context (what its OSSL_provider_init returned) for a loaded provider."""
