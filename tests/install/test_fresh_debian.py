@@ -313,6 +313,29 @@ class TestUnderSystemd:
         report = json.loads(proc.stdout)
         assert proc.returncode == 0, report
         assert [f["status"] for f in report["findings"] if f["check"] in ("tpm", "keys")] == ["ok", "ok"]
+        # the clock as systemd-timedated sees the kernel's (shared with the container): a warning, unless synced
+        (status, message), = [(f["status"], f["message"]) for f in report["findings"] if f["check"] == "clock"]
+        synced = system.ok("timedatectl", "show", "-p", "NTPSynchronized", "--value").strip()
+        assert synced == ("yes" if _kernel_clock_synchronized() else "no")
+        if synced == "no":
+            assert status == "warning" and "not synchronized (timedatectl)" in message, message
+            assert message.endswith("timedatectl set-ntp true"), message
+        else:
+            assert status == "ok" and message.endswith("after every certificate's start; synchronized"), message
+
+
+def _kernel_clock_synchronized() -> bool:
+    """systemd's own rule (ntp_synced()): the kernel's maximum error below 16 s."""
+    import ctypes
+
+    class Timex(ctypes.Structure):  # struct timex, up to status; the rest is room
+        _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                    ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                    ("rest", ctypes.c_byte * 256)]
+
+    timex = Timex()
+    assert ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.byref(timex)) >= 0
+    return timex.maxerror < 16_000_000
 
 
 # ---- last: the whole test stack (its packages' services would start at the next boot) ----------
