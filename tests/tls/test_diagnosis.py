@@ -278,6 +278,19 @@ def test_our_certificate_not_yet_valid_needs_its_dates(pki, certs, s_server):
     assert found.dates.startswith(f"{cert} is not valid before ")
 
 
+def test_our_certificate_file_is_read_bounded(pki, certs, s_server, tmp_path):
+    """The file named as ours is read like every input (at most 16 MiB): /dev/zero, a directory or
+    a missing file add no dates to the diagnosis, and never hang it."""
+    from tpmtls.tls.diagnosis import certificate_dates
+
+    cert, key = certs.expired
+    error = failure("urllib3", pki, s_server.port, cert=cert, key=key)
+    for ours in ("/dev/zero", tmp_path, tmp_path / "missing.crt"):
+        assert certificate_dates(ours) is None
+        found = diagnose(error, ours=ours)
+        assert (found.cause, found.dates) == (Cause.EXPIRED, ""), found
+
+
 def test_go_server_refusing_an_expired_certificate(pki, certs, registry):
     cert, key = certs.expired
     error = failure("urllib3", pki, registry.port, cert=cert, key=key)

@@ -22,7 +22,7 @@ import re
 import ssl
 from dataclasses import dataclass
 
-from ..errors import TpmBusy, TpmError, TpmUnavailable
+from ..errors import TpmBusy, TpmError, TpmtlsError, TpmUnavailable
 from ._errors import TpmHandshakeError
 
 
@@ -156,10 +156,11 @@ def certificate_dates(path: str | os.PathLike[str]) -> str | None:
     """'<file> expired on …' / '<file> is not valid before …' when the certificate is outside its dates now."""
     from cryptography import x509  # when needed: a diagnosis of a text or an exception needs none
 
-    try:
-        with open(path, "rb") as f:
-            certificate = x509.load_pem_x509_certificate(f.read())
-    except (OSError, ValueError):
+    from .._files import read_input
+
+    try:  # bounded like every input: a diagnosis must not hang on /dev/zero given as a certificate
+        certificate = x509.load_pem_x509_certificate(read_input(path, "certificate"))
+    except (TpmtlsError, ValueError):
         return None
     now = datetime.datetime.now(datetime.timezone.utc)
     if certificate.not_valid_after_utc < now:
