@@ -49,6 +49,11 @@ def test_cli_password_file(cli, tmp_path: Path):
     assert "pw.key: wrong password" in line and "rc 0x" in line
     line = cli.fails("csr", "--key", "pw.key", "--subject", "CN=pw", "--out", "bad.csr", "--password-file", "missing")
     assert "missing" in line
+    # a password for a key that has none is said as such, not as a wrong one
+    cli("key", "create", "--alg", "ecc-p256", "--out", "open.key")
+    line = cli.fails("csr", "--key", "open.key", "--subject", "CN=open", "--out", "bad.csr", "--password-file", "pw")
+    assert line.endswith("open.key: this key has no password, but one was given: leave out --password-file "
+                         "(password=)"), line
     assert not (tmp_path / "no.csr").exists() and not (tmp_path / "bad.csr").exists()
 
 

@@ -204,6 +204,9 @@ class Tpm:
         auth = _password(password)
         if not blob.empty_auth and auth is None:
             auth = b""  # the empty password, proved like any other below
+        if auth and blob.empty_auth and not blob.is_persistent:  # the file says its password is empty
+            raise KeyAuthError(f"{blob.source}: this key has no password, but one was given: "
+                               "leave out --password-file (password=)")
 
         def fn(ctx: TpmContext) -> TPM2B_PUBLIC:
             handle = ctx.key(blob, auth)
