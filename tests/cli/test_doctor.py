@@ -20,7 +20,6 @@ from support.schemas import validated
 from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
 
 
@@ -256,17 +255,18 @@ def certs_report(tmp_path_factory, tpm_client, pki, test_tpm):
             (root / name / f).write_bytes(data)
 
     ca = pki.ca_file.read_bytes()
+    now = datetime.datetime.now(datetime.timezone.utc)  # the dates' origin, taken just before doctor runs
     host(ours, "good:5000", {"ca.crt": ca, "client.cert": cert.read_bytes(), "client.key": key.read_bytes()})
-    host(ours, "expired:5000", {"client.cert": _cert(pki, tpm_public, "c", NOW - 30 * DAY, NOW - DAY),
+    host(ours, "expired:5000", {"client.cert": _cert(pki, tpm_public, "c", now - 30 * DAY, now - DAY),
                                 "client.key": key.read_bytes()})
-    host(ours, "renew-soon:5000", {"client.cert": _cert(pki, tpm_public, "c", NOW - 25 * DAY, NOW + 5 * DAY),
+    host(ours, "renew-soon:5000", {"client.cert": _cert(pki, tpm_public, "c", now - 25 * DAY, now + 5 * DAY),
                                    "client.key": key.read_bytes()})
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    host(ours, "mismatch:5000", {"client.cert": _cert(pki, other, "c", NOW - DAY, NOW + 30 * DAY),
+    host(ours, "mismatch:5000", {"client.cert": _cert(pki, other, "c", now - DAY, now + 30 * DAY),
                                  "client.key": key.read_bytes()})
     host(ours, "no-key:5000", {"client.cert": cert.read_bytes()})
     host(ours, "bad-ca:5000", {"ca.crt": b"not a certificate\n"})
-    host(ours, "future:5000", {"client.cert": _cert(pki, tpm_public, "c", NOW + 3 * DAY, NOW + 30 * DAY),
+    host(ours, "future:5000", {"client.cert": _cert(pki, tpm_public, "c", now + 3 * DAY, now + 30 * DAY),
                                "client.key": key.read_bytes()})
     host(docker, "misplaced:5000", {"client.cert": cert.read_bytes(), "client.key": key.read_bytes()})
     (tmp / "config").mkdir()

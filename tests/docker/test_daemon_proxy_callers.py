@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from support.daemon import DOCKER, DaemonPki, run
+from support.wait import wait_until
 from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
@@ -128,14 +129,14 @@ def test_a_slow_head_is_judged_once_complete_or_refused_when_too_slow(proxy, tls
     pieces = [request[i:i + 8] for i in range(0, len(request), 8)]
     status, body = exchange(proxy.listen_port, *pieces, gap=0.02)  # ≈0.5 s in all: past the old peek's patience
     assert status == 403 and b"rebound.example" in body, body
-    status, body = exchange(proxy.listen_port, b"GET /_ping HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n", gap=HEAD_TIMEOUT + 1)
+    status, body = exchange(proxy.listen_port, b"GET /_ping HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n", gap=HEAD_TIMEOUT + 3)
     assert status == 408 and b"did not arrive within" in body, body
     assert "callers-slow" not in volumes(tls_dockerd)
 
 
 def test_a_connection_idle_before_its_request_is_still_checked_then_closed(proxy, tls_dockerd):
     with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=30) as s:
-        time.sleep(HEAD_TIMEOUT / 2)
+        time.sleep(HEAD_TIMEOUT / 4)
         s.sendall(create_volume("callers-idle", extra="Origin: http://rebound.example\r\n"))
         status, body = answer(s)
     assert status == 403 and b"web browser" in body, body
@@ -308,6 +309,8 @@ def test_a_browser_page_rebinding_its_name_to_the_proxy_never_reaches_the_daemon
         try:
             with serving(daemon_pki, upstream, test_tpm.tcti, f"tcp://127.0.0.1:{port}") as (_proxy, lines):
                 assert wait_for(reports, "done", 60), reports
+                # the page's last two requests are fire-and-forget: wait for the proxy to have judged them
+                wait_until(lambda: sum("refused:" in ln for ln in lines) >= 5, 30, "the proxy refusing the page's five")
         finally:
             browser.terminate()
             try:

@@ -9,7 +9,7 @@ import sys
 
 from support.commands import one_line
 from support.peers import CountingListener, CuttingProxy
-from support.registry import env_for, run_cli
+from support.registry import env_for, partial_sizes, run_cli
 from support.wait import wait_until
 from tpmtls.lab.process import child_env
 
@@ -59,8 +59,7 @@ def test_killed_pull_leaves_nothing_the_next_pull_keeps(registry, tpm_certs, tes
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**child_env(), **env})
 
     def partial_blob_or_exit() -> bool:
-        return proc.poll() is not None or (blobs.is_dir() and any(
-            p.name.startswith(".tmp-") and p.stat().st_size > 0 for p in blobs.iterdir()))
+        return proc.poll() is not None or any(size > 0 for size in partial_sizes(blobs))
 
     try:
         wait_until(partial_blob_or_exit, 60, "the pull writing a partial blob", interval=0.01)

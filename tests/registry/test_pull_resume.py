@@ -18,7 +18,7 @@ import pytest
 import tpmtls
 from support.commands import one_line, require
 from support.peers import CuttingProxy
-from support.registry import env_for, run_cli
+from support.registry import env_for, partial_sizes, run_cli
 from tpmtls.lab import build_docker_archive
 from tpmtls.lab.process import child_env
 from tpmtls.registry.blobcache import BlobCache
@@ -77,7 +77,7 @@ def test_a_killed_pull_is_taken_over_by_the_next_run(registry, pushed, tpm_certs
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            partial = [p.stat().st_size for p in blobs.iterdir() if p.name.startswith(".tmp-")] if blobs.is_dir() else []
+            partial = partial_sizes(blobs)
             if partial and max(partial) > LAYER // 4:
                 break
             time.sleep(0.01)
@@ -118,7 +118,7 @@ def test_sigterm_stops_the_pull_and_leaves_nothing_behind(kind, registry, pushed
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(p.is_file() and p.name.startswith(".tmp-") and p.stat().st_size > 1_000_000 for p in out.rglob("*")):
+            if any(size > 1_000_000 for size in partial_sizes(out)):
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "the pull finished before it could be stopped"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.commands import one_line
+from support.peers import CuttingProxy
 from support.registry import env_for, run_cli, skopeo_layers
 from support.wait import wait_until
 from tpmtls.lab import build_docker_archive
@@ -122,19 +123,26 @@ def test_interrupted_push_resends_only_missing_blobs(sig, registry, tpm_certs, s
     args = [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", dest, "--cert-dir", str(tpm_certs),
             "--jobs", "1"]
     cache = tmp_path / "cache" / "tpmtls" / "blobs.json"
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the third layer's upload stalls half-way, so the signal falls mid-push however fast the machine
+    stall = CuttingProxy(registry.port, hold_up_after=int(2.5 * LAYER_SIZE))
+    through = [a.replace(str(registry.port), str(stall.port)) if a == dest else a for a in args]
+    proc = subprocess.Popen(through, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    def two_blobs_recorded_or_exit() -> bool:
+    def two_blobs_recorded_and_stalled_or_exit() -> bool:
         try:
             done = _layers_held(cache)
         except (OSError, ValueError, KeyError):
             done = 0
-        return done >= 2 or proc.poll() is not None
+        return (done >= 2 and stall.holding.is_set()) or proc.poll() is not None
 
-    wait_until(two_blobs_recorded_or_exit, 120, "the push recording two blobs in its cache", interval=0.02)
-    assert proc.poll() is None, "the push finished before it could be interrupted"
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        wait_until(two_blobs_recorded_and_stalled_or_exit, 120, "the push recording two blobs, then stalling",
+                   interval=0.02)
+        assert proc.poll() is None, "the push finished before it could be interrupted"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stall.close()
     if sig == signal.SIGINT:
         assert proc.returncode == 130, err
         assert "interrupted" in err and "nothing was tagged" in err and len(err.strip().splitlines()) == 1, err

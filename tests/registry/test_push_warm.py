@@ -110,7 +110,7 @@ def test_the_cache_survives_an_interrupted_push_without_vouching_for_a_partial_b
     blobs that were done and nothing of the one cut; the next push sends the rest and the one
     after reads nothing."""
     image = build_docker_archive(tmp_path / "img.tar", [{"small.txt": b"small\n" * 1000}, {"big.bin": 12_000_000}])
-    slow = CuttingProxy(registry.port, throttle=0.003, signal_after=3_000_000)
+    slow = CuttingProxy(registry.port, hold_up_after=3_000_000)  # the big layer's upload stalls: killed mid-blob
     env = {**child_env(), **env_for(test_tpm, tmp_path)}
     cache = tmp_path / "cache" / "tpmtls" / "blobs.json"
     args = [sys.executable, "-m", "tpmtls.cli.push", f"docker-archive:{image}", "--cert-dir", str(tpm_certs),
@@ -118,7 +118,7 @@ def test_the_cache_survives_an_interrupted_push_without_vouching_for_a_partial_b
     try:
         proc = subprocess.Popen([*args[:4], f"localhost:{slow.port}/killed:1", *args[4:]], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
-        assert slow.carried_enough.wait(120), "the push never got that far"
+        assert slow.holding.wait(120), "the push never got that far"
         assert proc.poll() is None, "the push finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)

@@ -62,6 +62,19 @@ def skopeo_layers(ref: str, certs: Path) -> list[str]:
     return json.loads(proc.stdout)["Layers"]
 
 
+def partial_sizes(directory: Path) -> list[int]:
+    """Sizes of the `.tmp-` files under `directory` (a download in progress); a file renamed
+    into place between listing and stat is simply not counted."""
+    sizes = []
+    for path in directory.rglob(".tmp-*") if directory.is_dir() else []:
+        try:
+            if path.is_file():
+                sizes.append(path.stat().st_size)
+        except FileNotFoundError:
+            continue
+    return sizes
+
+
 def env_for(test_tpm, tmp: Path, **extra: str) -> dict[str, str]:
     """TPM, a private blob cache and docker config for a CLI run."""
     return {**test_tpm.env, "XDG_CACHE_HOME": str(tmp / "cache"), "DOCKER_CONFIG": str(tmp / "docker"),

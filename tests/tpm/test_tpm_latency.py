@@ -32,14 +32,13 @@ def slow_tpm(tmp_path):
         yield t
 
 
-def test_signatures_take_the_modelled_time(slow_tpm, test_tpm):
-    fast = _sign_time(test_tpm.tcti)
+def test_signatures_take_the_modelled_time(slow_tpm):
     slow = _sign_time(slow_tpm.tcti)
     assert slow_tpm.latency is not None
     assert slow_tpm.latency.counts["Sign"] == SIGNATURES + 1
     assert slow_tpm.latency.counts["Create"] == 1
-    # 60 ms modelled per TPM2_Sign against 1–2 ms on swtpm: a generous bound on the ratio
-    assert slow > 3 * fast, (slow, fast)
+    # 60 ms modelled per TPM2_Sign is a floor (a delay never ends early), whatever the machine's speed
+    assert slow >= SIGNATURES * 0.060, slow
     assert slow_tpm.latency.delayed > 0
 
 
