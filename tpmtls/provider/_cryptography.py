@@ -66,8 +66,10 @@ def _init_sections(config: Path) -> tuple[str | None, str | None]:
         elif "=" in line and not line.startswith("."):
             key, value = (part.strip() for part in line.split("=", 1))
             sections.setdefault(current, {})[key] = value
-    def plain(value: str | None) -> str | None:
+
+    def plain(value: str | None) -> str | None:  # a section of this file, named without a variable
         return value if value and "$" not in value and value in sections else None
+
     init = plain(sections.get("default", {}).get("openssl_conf"))
     if init is None:
         return None, None
