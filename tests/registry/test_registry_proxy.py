@@ -272,8 +272,7 @@ def test_portless_name_needs_the_proxy_on_port_80(registry, dockerd, loaded, tpm
     import os
     import time
 
-    if os.geteuid() != 0:
-        pytest.skip("binding port 80 needs root or CAP_NET_BIND_SERVICE")  # the suite runs as root here
+    assert os.geteuid() == 0, "binding port 80 needs root or CAP_NET_BIND_SERVICE: run the machine tests as root"
     name = unique_name("portless")
     with hosts_entry(name, "127.0.0.3", dockerd_env=dockerd.env), \
             RegistryProxyProcess(tmp_path, test_tpm.env, "--upstream", f"localhost:{registry.port}",
