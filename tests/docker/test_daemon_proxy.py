@@ -22,6 +22,7 @@ from support.daemon import (
     run,
     tpmtls_cli,
 )
+from support.proxy import in_thread
 from support.wait import wait_until
 from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
@@ -168,7 +169,6 @@ def test_the_systemd_unit_runs_a_valid_daemon_proxy_command():
 
 def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(daemon_pki, tls_dockerd, tmp_path):
     """If the daemon stops accepting our certificate while the proxy runs, the CLI says why."""
-    import threading
 
     from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
@@ -181,15 +181,9 @@ def test_a_refusal_after_start_reaches_the_cli_as_one_daemon_error(daemon_pki, t
     lines: list[str] = []
     proxy = DaemonProxy(f"tcp://127.0.0.1:{port}", f"unix://{tmp_path}/r.sock", CertPath(foreign),
                         log=lines.append)  # no probe(): as if the daemon's CA changed after start
-    proxy.bind()
-    server = threading.Thread(target=proxy.serve, daemon=True)
-    server.start()
-    try:
+    with in_thread(proxy, join=10):
         proc = run([DOCKER, "-H", f"unix://{tmp_path}/r.sock", "version", "--format", "{{.Server.Version}}"],
                    env={"DOCKER_CONFIG": str(tmp_path / "cfg")})
-    finally:
-        proxy.stop()
-        server.join(10)
     assert proc.returncode != 0
     assert "Error response from daemon: tpmtls daemon-proxy: tcp://127.0.0.1:" in proc.stderr
     assert "refused our client certificate" in proc.stderr

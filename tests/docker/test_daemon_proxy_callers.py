@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from support.daemon import DOCKER, DaemonPki, run
+from support.proxy import in_thread
 from support.wait import wait_until
 from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
@@ -34,14 +35,8 @@ def serving(daemon_pki: DaemonPki, upstream_port: int, tcti: str, listen: str, *
     proxy = DaemonProxy(f"tcp://127.0.0.1:{upstream_port}", listen, CertPath(daemon_pki.tpm_dir), tcti=tcti,
                         log=lines.append, **{"head_timeout": HEAD_TIMEOUT, **options})
     proxy.probe()
-    proxy.bind()
-    server = threading.Thread(target=proxy.serve, daemon=True)
-    server.start()
-    try:
+    with in_thread(proxy):
         yield proxy, lines
-    finally:
-        proxy.stop()
-        server.join(15)
 
 
 @pytest.fixture(scope="module")

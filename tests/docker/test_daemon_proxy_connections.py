@@ -19,6 +19,7 @@ import pytest
 from support.commands import require
 from support.daemon import DOCKER, DaemonPki, busybox_archive, run, start_daemon, tpmtls_cli
 from support.nginx import Nginx
+from support.proxy import in_thread
 from tpmtls.lab.process import child_env
 from tpmtls.testing import free_port
 
@@ -50,7 +51,6 @@ def stack(daemon_pki, tmp_path_factory):
 @contextmanager
 def serving(daemon_pki: DaemonPki, upstream_port: int, tcti: str, listen: str) -> Iterator:
     """An in-process DaemonProxy; yields (proxy, log lines, the CLI's environment)."""
-    import threading
 
     from tpmtls.docker.files import CertPath
     from tpmtls.docker.proxy import DaemonProxy
@@ -59,14 +59,8 @@ def serving(daemon_pki: DaemonPki, upstream_port: int, tcti: str, listen: str) -
     proxy = DaemonProxy(f"tcp://127.0.0.1:{upstream_port}", listen, CertPath(daemon_pki.tpm_dir), tcti=tcti,
                         log=lines.append)
     proxy.probe()
-    proxy.bind()
-    server = threading.Thread(target=proxy.serve, daemon=True)
-    server.start()
-    try:
+    with in_thread(proxy):
         yield proxy, lines, {"DOCKER_HOST": proxy.bound, "DOCKER_CONFIG": "/nonexistent-docker-config"}
-    finally:
-        proxy.stop()
-        server.join(15)
 
 
 def listen_on(kind: str, tmp_path: Path) -> str:

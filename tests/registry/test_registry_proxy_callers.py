@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -15,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from support.commands import require
+from support.proxy import in_thread
 
 HEAD_TIMEOUT = 1.5
 
@@ -26,14 +26,8 @@ def serving(registry, tpm_certs, tcti: str) -> Iterator:
     lines: list[str] = []
     proxy = RegistryProxy(f"localhost:{registry.port}", "127.0.0.1:0", cert_dir=tpm_certs, tcti=tcti,
                           log=lines.append, head_timeout=HEAD_TIMEOUT, idle_timeout=HEAD_TIMEOUT * 2)
-    proxy.bind()
-    thread = threading.Thread(target=proxy.serve, daemon=True)
-    thread.start()
-    try:
+    with in_thread(proxy):
         yield proxy, lines
-    finally:
-        proxy.stop()
-        thread.join(15)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,22 @@ HOSTS = Path("/etc/hosts")
 GO_HOSTS_CACHE = 5.0
 
 
+@contextlib.contextmanager
+def in_thread(proxy, join: float = 15) -> Iterator:
+    """An in-process proxy (tpmtls's daemon or registry proxy) bound and serving on a thread of
+    its own while the block runs; stopped, and its thread joined (bounded), after."""
+    import threading
+
+    proxy.bind()
+    server = threading.Thread(target=proxy.serve, daemon=True)
+    server.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        server.join(join)
+
+
 class RegistryProxyProcess(Supervised):
     """`python -m tpmtls proxy …` as a user runs it; ready once it logs 'listening on'."""
 
