@@ -15,6 +15,7 @@ import tpmtls
 from support.commands import require
 from support.daemon import DaemonPki, start_daemon, tls_refused_by, tpmtls_cli
 from support.nginx import Nginx
+from support.peers import read_to_close
 from support.wait import wait_until
 from tpmtls.testing import free_port
 
@@ -36,13 +37,7 @@ def _get(ctx: ssl.SSLContext, port: int, session: ssl.SSLSession | None = None) 
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
             tls.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            reply = b""
-            for _ in range(100):
-                chunk = tls.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply, tls.session, tls.session_reused
+            return read_to_close(tls), tls.session, tls.session_reused
 
 
 def _reload(nginx: Nginx) -> None:

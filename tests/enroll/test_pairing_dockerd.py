@@ -19,6 +19,7 @@ import tpmtls
 from support.commands import require
 from support.daemon import DOCKER, ProxyProcess, busybox_archive, run, tpmtls_cli
 from support.pairing import AgentProcess
+from support.peers import read_to_close
 from support.schemas import validated
 from support.wait import wait_until
 from tpmtls.enroll.pairing_client import ensure_server_enrolled
@@ -38,13 +39,7 @@ def _dockerd_args(root: Path, run_dir: Path) -> list[str]:
 
 def _ping(tls_sock) -> bytes:
     tls_sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-    data = b""
-    for _ in range(100):
-        chunk = tls_sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
+    return read_to_close(tls_sock)
 
 
 @pytest.fixture

@@ -120,6 +120,17 @@ def shut_down(*socks: socket.socket, close: bool = False) -> None:
             s.close()
 
 
+def read_to_close(sock, pieces: int = 100, size: int = 4096) -> bytes:
+    """What a peer sends until it closes the connection, bounded at `pieces` reads of `size`."""
+    data = b""
+    for _ in range(pieces):
+        chunk = sock.recv(size)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class LoopbackListener:
     """A TCP listener on a free 127.0.0.1 port whose thread hands every connection to `handle`
     until `close()`. Accept waits are 0.2 s, so closing is prompt; a context manager.
