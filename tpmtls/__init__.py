@@ -6,7 +6,7 @@
     key = tpm.load_key("client.key")          # a cryptography EllipticCurvePrivateKey / RSAPrivateKey
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # First, before anything imports cryptography: give its OpenSSL the TPM shim provider
 # (it reads its config only once, at its first import). See tpmtls/provider.
@@ -15,6 +15,7 @@ from .provider import bootstrap as _bootstrap
 _bootstrap()
 
 from ._files import OutputError  # noqa: E402
+from ._lazy import lazy_attributes  # noqa: E402
 from ._version import __version__ as __version__  # noqa: E402
 from .errors import (  # noqa: E402
     DaemonError,
@@ -61,14 +62,7 @@ _LAZY = {"push": ".registry.push", "pull": ".registry.pull", "docker_client": ".
          "TpmSSLError": ".tls._adapter", "CredentialsError": ".docker.credentials"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tpmtls' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -1,6 +1,8 @@
 """OCI distribution over TPM-backed mTLS: push and pull like docker, with Docker's certs.d."""
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .pull import PullResult, pull
@@ -10,14 +12,7 @@ if TYPE_CHECKING:
 _LAZY = {"PullResult": ".pull", "pull": ".pull", "PushResult": ".push", "push": ".push"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["PullResult", "PushResult", "pull", "push"]
