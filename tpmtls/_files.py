@@ -9,12 +9,13 @@ line (`OutputError`, a UsageError and an OSError) when they happen anyway.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import TpmtlsError, UsageError
 
@@ -99,6 +100,17 @@ def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_INPUT,
         size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit >> 10} KiB"
         raise error(f"{_shown(path)}: larger than {size}, not a {what} file")
     return data
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document in `path`, read bounded like every input (a larger file is a
+    ValueError). OSError (FileNotFoundError for a missing file) and ValueError are left to the
+    caller, whose one line says what the file should have been."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_INPUT + 1)
+    if len(data) > MAX_INPUT:
+        raise ValueError(f"larger than {MAX_INPUT >> 20} MiB")
+    return json.loads(data)
 
 
 def _shown(path: str | os.PathLike[str]) -> str:

@@ -375,3 +375,9 @@ def test_unreadable_docker_config_is_a_warning(cli, env):
     (Path(env["DOCKER_CONFIG"]) / "config.json").write_text("{not json")
     (status, message), = findings(doctor(cli, env, code=0), "credentials")
     assert status == "warning" and "cannot read Docker's config" in message
+
+
+def test_a_docker_config_without_end_is_read_bounded(cli, env):
+    (Path(env["DOCKER_CONFIG"]) / "config.json").symlink_to("/dev/zero")
+    (status, message), = findings(doctor(cli, env, code=0), "credentials")
+    assert status == "warning" and "cannot read Docker's config (larger than 16 MiB)" in message, message

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
+from .._files import read_json
 from ..registry.credentials import docker_config_path
 from .findings import FAILED, INFO, OK, WARNING, Finding
 
@@ -17,7 +17,7 @@ def check() -> list[Finding]:
     found = shutil.which(HELPER)
     config = docker_config_path()
     try:
-        data = json.loads(config.read_text())
+        data = read_json(config)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:

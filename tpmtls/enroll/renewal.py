@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 
-from .._files import replace_together, write_atomic
+from .._files import read_json, replace_together, write_atomic
 from ..errors import TpmtlsError, UsageError
 
 RECORD_SUFFIX = ".renew.json"
@@ -68,7 +68,7 @@ class RenewalRecord:
         """The record beside `cert`, None if it has none."""
         path = record_path(Path(cert))
         try:
-            doc = json.loads(path.read_text())
+            doc = read_json(path)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -28,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from .._files import check_directory, write_atomic
+from .._files import check_directory, read_json, write_atomic
 from .._hosts import is_host
 from ..docker.files import CertPath
 from ..errors import UsageError
@@ -106,7 +105,7 @@ class StorePolicy:
     @classmethod
     def load(cls, path: Path) -> "StorePolicy":
         try:
-            doc = json.loads(path.read_text())
+            doc = read_json(path)
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as e:

@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import read_json
 from ..errors import RegistryError
 
 TOKEN_USER = "<token>"  # docker's username for an identity token (credential-helper protocol)
@@ -52,7 +53,7 @@ def find_credentials(registry: str, config: Path | None = None) -> Credentials |
     """Credentials for `registry` ("host[:port]") from the docker config, or None."""
     path = config or docker_config_path()
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
