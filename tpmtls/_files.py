@@ -102,15 +102,19 @@ def read_input(path: str | os.PathLike[str], what: str, limit: int = MAX_INPUT,
     return data
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """The JSON document in `path`, read bounded like every input (a larger file is a
-    ValueError). OSError (FileNotFoundError for a missing file) and ValueError are left to the
-    caller, whose one line says what the file should have been."""
+def read_bounded(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, read bounded like every input (a larger file is a ValueError). OSError
+    and ValueError are left to the caller, whose one line says what the file should have been."""
     with open(path, "rb") as f:
         data = f.read(MAX_INPUT + 1)
     if len(data) > MAX_INPUT:
         raise ValueError(f"larger than {MAX_INPUT >> 20} MiB")
-    return json.loads(data)
+    return data
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document in `path`, read as `read_bounded` does (errors left to the caller)."""
+    return json.loads(read_bounded(path))
 
 
 def _shown(path: str | os.PathLike[str]) -> str:

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from .._files import read_bounded
 from ..docker.files import docker_root, read_cert_dir, tpmtls_root
 from ..errors import TpmtlsError
 from ..tpm.keyfile import is_tpm_key_file, read_key_reference
@@ -94,7 +95,7 @@ def _check_host(directory: Path, ours: bool, now: datetime.datetime, seen: Seen)
 
 def _load(path: Path, add) -> x509.Certificate | None:  # type: ignore[no-untyped-def]
     try:
-        return x509.load_pem_x509_certificates(path.read_bytes())[0]
+        return x509.load_pem_x509_certificates(read_bounded(path))[0]
     except OSError as e:
         add(FAILED, f"{path.name}: cannot read ({e.strerror})")
     except ValueError:
@@ -110,7 +111,7 @@ def _public_key(path: Path, tpm_key: bool, add) -> PublicKeyTypes | None:  # typ
             if blob.public is None:
                 return None  # the handle form: its public part is in the TPM only
             return serialization.load_pem_public_key(blob.public.to_pem())
-        return serialization.load_pem_private_key(path.read_bytes(), None).public_key()
+        return serialization.load_pem_private_key(read_bounded(path), None).public_key()
     except TypeError:
         return None  # a software key with a passphrase: Docker cannot use it either, but that is for Docker to say
     except (OSError, ValueError, TpmtlsError) as e:
