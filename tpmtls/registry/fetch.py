@@ -65,6 +65,7 @@ def download(client: RegistryClient, repo: str, blobs: dict[str, int | None], di
             cancel.set()
             for f in futures:
                 f.cancel()
+            client.transport.abort()  # a download blocked on a stalled registry must not hold the exit
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise no_space(directory, needed) from None
             raise

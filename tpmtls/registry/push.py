@@ -172,6 +172,7 @@ def _send(client: RegistryClient, ref: Reference, img: Image | None, cache: Blob
             cancel.set()
             for f in futures.values():
                 f.cancel()
+            client.transport.abort()  # an upload blocked on a stalled registry must not hold the exit
             raise
     sent.streamed += img.streamed
     return img

@@ -16,9 +16,11 @@ sources, and every retry is ours to bound.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -89,6 +91,30 @@ class Target:
     hostport: str
 
 
+class _TrackedPool(urllib3.HTTPSConnectionPool):
+    """A connection pool that knows every connection it made, idle or in use, so `abort()`
+    can reach a request blocked on a peer that stopped reading or sending."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.made: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _new_conn(self) -> Any:
+        conn = super()._new_conn()
+        self.made.add(conn)
+        return conn
+
+    def abort(self) -> None:
+        """Shut every connection's socket down: a send or receive blocked on it returns at once."""
+        for conn in list(self.made):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:  # the plain socket's shutdown: SSLSocket's own would drop its TLS state under a reader
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 class Transport:
     """HTTPS to `registry` ("host[:port]", 443 by default) and the hosts it names; thread-safe."""
 
@@ -108,9 +134,10 @@ class Transport:
         self._resolve = dict(resolve or {})
         self._connections = connections
         self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout)
-        self._pools: dict[str, urllib3.HTTPSConnectionPool] = {}  # host:port → pool
+        self._pools: dict[str, _TrackedPool] = {}  # host:port → pool
         self._answered: set[str] = set()  # host:port that have answered a request
         self._lock = threading.Lock()
+        self._aborted = threading.Event()
 
     def close(self) -> None:
         with self._lock:
@@ -118,16 +145,26 @@ class Transport:
         for pool in pools:
             pool.close()
 
+    def abort(self) -> None:
+        """Cut every connection, in use or not (an interrupted push or pull): a transfer blocked on
+        a stalled peer fails now instead of at its read timeout, so its clean-up runs and the
+        command ends. No request starts or is retried after it."""
+        self._aborted.set()
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.abort()
+
     # -- where requests go --------------------------------------------------------------------
 
-    def pool(self, host: str, port: int) -> urllib3.HTTPSConnectionPool:
+    def pool(self, host: str, port: int) -> _TrackedPool:
         """The pool for https://host:port, connecting where --resolve says; SNI and the certificate check use `host`."""
         key = f"{host}:{port}".lower()
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
                 address = self._resolve.get(f"{host}:{port}", host)
-                pool = self._pools[key] = urllib3.HTTPSConnectionPool(
+                pool = self._pools[key] = _TrackedPool(
                     address, port, ssl_context=self.context, server_hostname=host, assert_hostname=host,
                     maxsize=self._connections, block=True, timeout=self._timeout, retries=False)
             return pool
@@ -164,6 +201,8 @@ class Transport:
         replayable = body is None or isinstance(body, (bytes, str))
         attempts = retries.attempts if replayable else 1
         for attempt in range(attempts):
+            if self._aborted.is_set():
+                raise TransportError(f"{self.registry}: {what} not sent: the transfer was stopped")
             target = self.target(url, what)
             hdrs = urllib3.HTTPHeaderDict(headers or {})
             if "Host" not in hdrs:
